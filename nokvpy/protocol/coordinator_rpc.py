@@ -1,0 +1,266 @@
+"""Requests and replies of the coordinator service (DESIGN 4.3-4.6, 6, 7). Tags 300-399.
+
+Route-read refusals travel as remote errors of kind `rejected` with a stable reason (for
+example `root_lag_exceeded`) and `details["witness"]` holding the RouteWitness, so a refused
+caller still learns how far behind the coordinator is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nokvpy.protocol.base import wire_type
+from nokvpy.protocol.enums import Freshness, StoreState
+from nokvpy.protocol.records import (
+    RegionDescriptor,
+    RegionEpoch,
+    RootEvent,
+    RootToken,
+    RouteWitness,
+)
+
+
+@wire_type(300)
+@dataclass(slots=True, frozen=True)
+class GetRegionByKeyRequest:
+    key: bytes
+    freshness: Freshness = Freshness.BOUNDED
+    required_root_token: RootToken | None = None
+    max_root_lag: int | None = None
+    required_descriptor_revision: int | None = None
+
+
+@wire_type(301)
+@dataclass(slots=True, frozen=True)
+class RouteReply:
+    descriptor: RegionDescriptor | None
+    witness: RouteWitness
+    leader_store_id: int = 0
+    store_addrs: dict[int, str] | None = None  # addresses of the descriptor's stores
+
+
+@wire_type(302)
+@dataclass(slots=True, frozen=True)
+class ScanRegionsRequest:
+    start_key: bytes = b""
+    end_key: bytes = b""
+    limit: int = 1000
+    freshness: Freshness = Freshness.BOUNDED
+    required_root_token: RootToken | None = None
+    max_root_lag: int | None = None
+
+
+@wire_type(303)
+@dataclass(slots=True, frozen=True)
+class ScanRegionsReply:
+    descriptors: list[RegionDescriptor]
+    witness: RouteWitness
+    leaders: dict[int, int] | None = None  # region id -> leader store id
+
+
+@wire_type(304)
+@dataclass(slots=True, frozen=True)
+class PublishRootEventRequest:
+    event: RootEvent
+    expected_cluster_epoch: int | None = None
+
+
+@wire_type(305)
+@dataclass(slots=True, frozen=True)
+class PublishRootEventReply:
+    accepted: bool
+    assessment: object  # nokvpy.protocol.grants.Assessment-like record
+    token: RootToken | None = None
+
+
+@wire_type(306)
+@dataclass(slots=True, frozen=True)
+class AssessRootEventRequest:
+    event: RootEvent
+
+
+@wire_type(307)
+@dataclass(slots=True, frozen=True)
+class AssessRootEventReply:
+    assessment: object
+
+
+@wire_type(308)
+@dataclass(slots=True, frozen=True)
+class ListTransitionsRequest:
+    include_history: bool = False
+
+
+@wire_type(309)
+@dataclass(slots=True, frozen=True)
+class ListTransitionsReply:
+    entries: list[object]
+    token: RootToken
+
+
+@wire_type(310)
+@dataclass(slots=True, frozen=True)
+class RemoveRegionRequest:
+    region_id: int
+    expected_cluster_epoch: int | None = None
+
+
+@wire_type(311)
+@dataclass(slots=True, frozen=True)
+class RemoveRegionReply:
+    removed: bool
+    token: RootToken | None = None
+
+
+@wire_type(312)
+@dataclass(slots=True, frozen=True)
+class AllocIdRequest:
+    count: int = 1
+
+
+@wire_type(313)
+@dataclass(slots=True, frozen=True)
+class AllocIdReply:
+    first: int
+    count: int
+    era: int
+
+
+@wire_type(314)
+@dataclass(slots=True, frozen=True)
+class TsoRequest:
+    count: int = 1
+
+
+@wire_type(315)
+@dataclass(slots=True, frozen=True)
+class TsoReply:
+    first: int
+    count: int
+    era: int
+
+
+@wire_type(316)
+@dataclass(slots=True, frozen=True)
+class StoreJoinRequest:
+    """Register a store. `store_id` 0 asks the coordinator to allocate one."""
+
+    store_id: int
+    address: str
+
+
+@wire_type(317)
+@dataclass(slots=True, frozen=True)
+class StoreJoinReply:
+    store_id: int
+    cluster_id: str
+    token: RootToken
+
+
+@wire_type(318)
+@dataclass(slots=True, frozen=True)
+class RegionHeartbeat:
+    region_id: int
+    epoch: RegionEpoch
+    peer_id: int
+    is_leader: bool
+    leader_peer_id: int
+    applied_index: int
+    approx_keys: int = 0
+    approx_bytes: int = 0
+    writes: int = 0  # writes applied since the previous heartbeat
+    voters: tuple[int, ...] = ()  # peer ids, as the leader's raft config sees them
+    learners: tuple[int, ...] = ()
+    pending_transition: str = ""
+
+
+@wire_type(319)
+@dataclass(slots=True, frozen=True)
+class StoreHeartbeatRequest:
+    store_id: int
+    address: str
+    regions: list[RegionHeartbeat]
+    restart_state: str = "READY"
+    outbox_backlog: int = 0
+    blocked_events: int = 0
+
+
+@wire_type(320)
+@dataclass(slots=True, frozen=True)
+class SchedulerOperation:
+    """A scheduling step for a region leader. `kind`: split | merge | add_peer |
+    remove_peer | transfer_leader | compensate | drive_forward."""
+
+    kind: str
+    region_id: int
+    store_id: int = 0
+    peer_id: int = 0
+    split_key: bytes = b""
+    other_region_id: int = 0
+    transition_id: str = ""
+    new_region_id: int = 0
+    new_peer_ids: tuple[int, ...] = ()
+
+
+@wire_type(321)
+@dataclass(slots=True, frozen=True)
+class StoreHeartbeatReply:
+    accepted: bool
+    should_host: list[RegionDescriptor]
+    tombstoned: list[int]
+    operations: list[SchedulerOperation]
+    store_addrs: dict[int, str]
+    token: RootToken
+
+
+@wire_type(322)
+@dataclass(slots=True, frozen=True)
+class StoreInfo:
+    store_id: int
+    address: str
+    state: StoreState
+    last_heartbeat_age_ms: int
+    region_count: int
+    leader_count: int
+    restart_state: str = ""
+
+
+@wire_type(323)
+@dataclass(slots=True, frozen=True)
+class ListStoresRequest:
+    pass
+
+
+@wire_type(324)
+@dataclass(slots=True, frozen=True)
+class ListStoresReply:
+    stores: list[StoreInfo]
+
+
+@wire_type(325)
+@dataclass(slots=True, frozen=True)
+class DiagnosticsRequest:
+    pass
+
+
+@wire_type(326)
+@dataclass(slots=True, frozen=True)
+class DiagnosticsReply:
+    """Nested plain data (str keys; ints, strs, lists, dicts) for operators and scripts."""
+
+    body: dict[str, object]
+
+
+@wire_type(327)
+@dataclass(slots=True, frozen=True)
+class RegionLeaderHint:
+    region_id: int
+    leader_store_id: int
+
+
+@wire_type(328)
+@dataclass(slots=True, frozen=True)
+class PauseCatchUpRequest:
+    """Test and demo control: stop applying root deltas (the coordinator falls behind)."""
+
+    paused: bool

@@ -1,0 +1,142 @@
+"""Requests and replies of the metaroot service (DESIGN 4.1, 4.2, 6). Tags 200-299.
+
+Refusals travel as remote errors (kind from `ErrorKind`, a stable reason, and details such as
+`leader_id` / `leader_addr` for not-leader); replies carry only success.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nokvpy.protocol.base import wire_type
+from nokvpy.protocol.enums import AllocatorKind, Duty
+from nokvpy.protocol.records import CommittedEvent, RootEvent, RootToken
+
+
+@wire_type(200)
+@dataclass(slots=True, frozen=True)
+class AppendRequest:
+    """Append events atomically on the metaroot leader.
+
+    Fences: `expected_cluster_epoch` (None = unchecked) and, for duty-gated writes, the
+    caller's grant `era` for `duty`; a retired era is refused (silence)."""
+
+    events: list[RootEvent]
+    expected_cluster_epoch: int | None = None
+    grant_era: int | None = None
+    duty: Duty | None = None
+
+
+@wire_type(201)
+@dataclass(slots=True, frozen=True)
+class AppendReply:
+    first_token: RootToken
+    last_token: RootToken
+    cluster_epoch: int
+    duplicate: bool = False  # every event was already applied under the same request id
+
+
+@wire_type(202)
+@dataclass(slots=True, frozen=True)
+class SnapshotRequest:
+    pass
+
+
+@wire_type(203)
+@dataclass(slots=True, frozen=True)
+class SnapshotReply:
+    token: RootToken
+    checkpoint: object  # nokvpy.protocol.grants.RootCheckpoint
+
+
+@wire_type(204)
+@dataclass(slots=True, frozen=True)
+class WatchRequest:
+    """Stream deltas after `after`. An idle stream sends a keepalive every `keepalive_ms`."""
+
+    after: RootToken
+    keepalive_ms: int = 500
+
+
+@wire_type(205)
+@dataclass(slots=True, frozen=True)
+class WatchItem:
+    """One delta (or keepalive when `events` is empty) and the current committed token.
+
+    `bootstrap_required`: `after` is older than the retained tail; `checkpoint` and
+    `checkpoint_token` hold the state to install before later deltas apply."""
+
+    current_token: RootToken
+    events: list[CommittedEvent]
+    bootstrap_required: bool = False
+    checkpoint: object | None = None
+    checkpoint_token: RootToken | None = None
+    retained_from: int = 0
+
+
+@wire_type(206)
+@dataclass(slots=True, frozen=True)
+class ConfirmTokenRequest:
+    pass
+
+
+@wire_type(207)
+@dataclass(slots=True, frozen=True)
+class ConfirmTokenReply:
+    """The current committed token, confirmed by a ReadIndex round on the metaroot group."""
+
+    token: RootToken
+
+
+@wire_type(208)
+@dataclass(slots=True, frozen=True)
+class FenceAllocatorRequest:
+    kind: AllocatorKind
+    minimum: int
+    grant_era: int | None = None
+
+
+@wire_type(209)
+@dataclass(slots=True, frozen=True)
+class FenceAllocatorReply:
+    kind: AllocatorKind
+    fence: int
+    token: RootToken
+
+
+@wire_type(210)
+@dataclass(slots=True, frozen=True)
+class GrantRequest:
+    command: object  # nokvpy.protocol.grants.GrantCommand
+
+
+@wire_type(211)
+@dataclass(slots=True, frozen=True)
+class GrantReply:
+    result: object  # nokvpy.protocol.grants.GrantCommandResult
+    token: RootToken
+
+
+@wire_type(212)
+@dataclass(slots=True, frozen=True)
+class MetarootStatusRequest:
+    pass
+
+
+@wire_type(213)
+@dataclass(slots=True, frozen=True)
+class MetarootStatus:
+    cluster_id: str
+    node_id: int
+    is_leader: bool
+    leader_id: int
+    leader_addr: str
+    term: int
+    committed_token: RootToken
+    applied_token: RootToken
+    cluster_epoch: int
+    retained_from: int
+    checkpoint_token: RootToken
+    peers: dict[int, str]
+    id_fence: int = 0
+    tso_fence: int = 0
