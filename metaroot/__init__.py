@@ -1,0 +1,29 @@
+"""metaroot: the durable owner of cluster truth (DESIGN 1, 4.1, 4.2, 6).
+
+Pure core: `metaroot.state` (RootState: apply / validate / checkpoint) and `metaroot.grants`
+(authority grant commands, era fences, audit). The log, checkpoint storage and the service
+live in their own modules and are not imported here.
+"""
+
+from metaroot.grants import audit, fence_violation, live_grant, plan_grant_command
+from metaroot.state import (
+    RootEventRejected,
+    RootState,
+    Situation,
+    classify,
+    transition_id,
+    transition_kind,
+)
+
+__all__ = [
+    "RootEventRejected",
+    "RootState",
+    "Situation",
+    "audit",
+    "classify",
+    "fence_violation",
+    "live_grant",
+    "plan_grant_command",
+    "transition_id",
+    "transition_kind",
+]

@@ -14,6 +14,9 @@ from enum import IntEnum
 from nokvpy.protocol.base import wire_type
 from nokvpy.protocol.records import RegionEpoch
 
+MAX_KEY_SIZE = 511  # LMDB's key limit: user keys are stored as LMDB keys
+MAX_VALUE_SIZE = 1 << 20
+
 
 class ReadMode(IntEnum):
     LINEARIZABLE = 1  # ReadIndex on the leader (lease-based when check-quorum holds)

@@ -1,0 +1,357 @@
+"""metaroot: the replicated rooted event log that owns durable cluster truth.
+
+Owns: one raft group (group id 0) of 1, 3 or 5 peers whose entries are encoded
+`AppendRequest`, `GrantRequest` and `FenceAllocatorRequest` records. Applying an entry is
+deterministic on every peer: fences are checked, events validated against the rooted state and
+given dense tokens `RootToken(entry term, index)`, written to the event log in the same
+transaction as the raft applied index, and the retained tail is compacted behind a checkpoint.
+Serves Append / Snapshot / Watch / ConfirmToken / FenceAllocator / ApplyGrant / Status over
+`nokvpy.rpc`. Never serves routes and never decides topology: it records what it is told,
+once, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from metaroot import rootlog
+from metaroot.grants import plan_grant_command
+from metaroot.state import RootEventRejected, RootState
+from nokvpy import failpoints
+from nokvpy.protocol import (
+    AllocatorFence,
+    AllocatorKind,
+    CommittedEvent,
+    Duty,
+    ErrorKind,
+    EventKind,
+    RetryClass,
+    RootEvent,
+    RootToken,
+)
+from nokvpy.protocol.admin import (
+    FailpointClearRequest,
+    FailpointListReply,
+    FailpointListRequest,
+    FailpointSetRequest,
+)
+from nokvpy.protocol.grants import AppendFences
+from nokvpy.protocol.metaroot_rpc import (
+    AppendReply,
+    AppendRequest,
+    ConfirmTokenReply,
+    ConfirmTokenRequest,
+    FenceAllocatorReply,
+    FenceAllocatorRequest,
+    GrantReply,
+    GrantRequest,
+    MetarootStatus,
+    MetarootStatusRequest,
+    SnapshotReply,
+    SnapshotRequest,
+    WatchItem,
+    WatchRequest,
+)
+from nokvpy.raft.types import ConfChange, ConfState, Entry, EntryType, Snapshot
+from nokvpy.replication.driver import Driver, ProposalError
+from nokvpy.rpc import RemoteError
+from nokvpy.storage import Env, RaftLogStore, WriteBatch
+from nokvpy.wire import DecodeError, decode, encode
+
+log = logging.getLogger("nokvpy.metaroot")
+
+GROUP_ID = 1  # the only raft group of a metaroot process (its own LMDB environment)
+WATCH_BATCH = 512
+
+
+@dataclass(slots=True, frozen=True)
+class Rejection:
+    kind: str
+    reason: str
+    message: str
+    retry_class: RetryClass = RetryClass.PERMANENT
+
+    def error(self) -> RemoteError:
+        return RemoteError(self.kind, self.reason, self.message,
+                           {"retry_class": self.retry_class.name})
+
+
+class RootStateMachine:
+    """Applies metaroot entries; holds the committed `RootState` in memory."""
+
+    def __init__(self, env: Env, retained_tail: int):
+        self.env = env
+        self.retained_tail = retained_tail
+        self.state, self._applied, self.first_retained = rootlog.load(env)
+        self.changed = trio.Event()
+        self.checkpoints = 0
+
+    # -- driver protocol ------------------------------------------------------------------
+
+    def applied_index(self) -> int:
+        return self._applied
+
+    def stage_apply(self, batch: WriteBatch, entries: list[Entry]) -> list[Any]:
+        state = self.state
+        first_retained = self.first_retained
+        results: list[Any] = []
+        for e in entries:
+            result: Any = None
+            if e.type == EntryType.NORMAL and e.data:
+                try:
+                    cmd = decode(e.data)
+                except DecodeError as exc:  # cannot happen for entries we proposed
+                    result = Rejection(ErrorKind.INVALID_ARGUMENT, "undecodable", str(exc))
+                else:
+                    state, result = self._apply_command(batch, state, e.term, cmd)
+            results.append(result)
+        last = entries[-1].index
+        rootlog.stage_applied(batch, last)
+        retained = state.token.index - first_retained + 1
+        if retained > self.retained_tail + max(16, self.retained_tail // 8):
+            keep_from = state.token.index - self.retained_tail + 1
+            rootlog.stage_checkpoint(batch, state)
+            rootlog.stage_compact(batch, keep_from)
+            first_retained = keep_from
+            self.checkpoints += 1
+        self._staged = (state, last, first_retained)
+        return results
+
+    def after_commit(self, entries: list[Entry], results: list[Any]) -> None:
+        self.state, self._applied, self.first_retained = self._staged
+        self._notify()
+
+    def snapshot(self) -> tuple[int, bytes]:
+        return self._applied, encode(self.state.to_checkpoint())
+
+    def stage_restore(self, batch: WriteBatch, snapshot: Snapshot) -> None:
+        state = RootState.from_checkpoint(decode(snapshot.data))
+        rootlog.stage_reset(batch)
+        rootlog.stage_checkpoint(batch, state)
+        rootlog.stage_applied(batch, snapshot.metadata.index)
+
+        def installed() -> None:
+            self.state = state
+            self._applied = snapshot.metadata.index
+            self.first_retained = state.token.index + 1
+            self._notify()
+
+        batch.on_commit(installed)
+
+    def on_conf_change(self, cc: ConfChange, conf_state: ConfState) -> None:
+        pass
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    # -- commands -------------------------------------------------------------------------
+
+    def _apply_command(self, batch: WriteBatch, state: RootState, term: int, cmd: Any):
+        if isinstance(cmd, AppendRequest):
+            return self._append(batch, state, term, cmd.events,
+                                AppendFences(cmd.expected_cluster_epoch, cmd.grant_era, cmd.duty))
+        if isinstance(cmd, FenceAllocatorRequest):
+            current = state.id_fence if cmd.kind == AllocatorKind.ID else state.tso_fence
+            if cmd.minimum <= current:
+                return state, FenceAllocatorReply(cmd.kind, current, state.token)
+            kind = (EventKind.ID_ALLOCATOR_FENCED if cmd.kind == AllocatorKind.ID
+                    else EventKind.TSO_ALLOCATOR_FENCED)
+            event = RootEvent(kind, AllocatorFence(cmd.kind, cmd.minimum))
+            duty = Duty.ALLOC_ID if cmd.kind == AllocatorKind.ID else Duty.TSO
+            fences = AppendFences(None, cmd.grant_era, duty if cmd.grant_era is not None else None)
+            state, reply = self._append(batch, state, term, [event], fences)
+            if isinstance(reply, Rejection):
+                return state, reply
+            return state, FenceAllocatorReply(cmd.kind, cmd.minimum, reply.last_token)
+        if isinstance(cmd, GrantRequest):
+            events, result = plan_grant_command(state, cmd.command)
+            if events:
+                state, reply = self._append(batch, state, term, events, AppendFences(None, None, None))
+                if isinstance(reply, Rejection):
+                    return state, reply
+            return state, GrantReply(result, state.token)
+        return state, Rejection(ErrorKind.INVALID_ARGUMENT, "unknown_command",
+                                f"metaroot cannot apply {type(cmd).__name__}")
+
+    def _append(self, batch, state: RootState, term: int, events: list[RootEvent],
+                fences: AppendFences):
+        # Idempotency first: a retried append of already-applied events is answered with
+        # the original tokens and writes nothing.
+        originals = [state.lookup_request(ev.request_id, ev) if ev.request_id else None
+                     for ev in events]
+        if events and all(t is not None for t in originals):
+            return state, AppendReply(originals[0], originals[-1], state.cluster_epoch,
+                                      duplicate=True)
+        new = state
+        staged: list[CommittedEvent] = []
+        try:
+            for ev in events:
+                new.validate(ev, fences)
+                token = RootToken(term, new.token.index + 1)
+                new = new.apply(token, ev)
+                staged.append(CommittedEvent(token, ev))
+        except RootEventRejected as exc:
+            kind = ErrorKind.STALE_EPOCH if "epoch" in exc.reason else ErrorKind.REJECTED
+            return state, Rejection(kind, exc.reason, str(exc), exc.retry_class)
+        for ce in staged:
+            rootlog.stage_event(batch, ce)
+        if not staged:
+            return state, AppendReply(state.token, state.token, state.cluster_epoch)
+        return new, AppendReply(staged[0].token, staged[-1].token, new.cluster_epoch)
+
+
+class MetarootService:
+    def __init__(self, node_id: int, cluster_id: str, peers: dict[int, str], env: Env,
+                 driver: Driver, raftlog: RaftLogStore, retained_tail: int = 4096):
+        self.node_id = node_id
+        self.cluster_id = cluster_id
+        self.peers = peers
+        self.env = env
+        self.driver = driver
+        self.sm = RootStateMachine(env, retained_tail)
+        storage = raftlog.group(GROUP_ID)
+        self.group = driver.add_group(GROUP_ID, node_id, storage, self.sm,
+                                      route=lambda peer: peer if peer in peers else None,
+                                      election_tick=10, heartbeat_tick=1)
+        self.counters: dict[str, int] = {}
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _not_leader(self) -> RemoteError:
+        lead = self.group.leader_id
+        return RemoteError(ErrorKind.NOT_LEADER, "not_leader",
+                           f"metaroot-{self.node_id} is not the leader"
+                           + (f"; try metaroot-{lead} at {self.peers.get(lead, '?')}" if lead else
+                              "; no leader is known yet"),
+                           {"leader_id": lead, "leader_addr": self.peers.get(lead, "")})
+
+    async def _propose(self, record: Any) -> Any:
+        if not self.group.is_leader:
+            raise self._not_leader()
+        try:
+            result = await self.driver.propose(self.group, encode(record))
+        except ProposalError as exc:
+            if exc.reason == "not_leader":
+                raise self._not_leader() from None
+            raise RemoteError(ErrorKind.UNAVAILABLE, exc.reason, str(exc),
+                              {"retry_class": RetryClass.RETRY.name}) from None
+        if isinstance(result, Rejection):
+            raise result.error()
+        return result
+
+    # -- handlers -------------------------------------------------------------------------
+
+    async def on_append(self, req: AppendRequest, ctx) -> AppendReply:
+        if not req.events:
+            raise RemoteError(ErrorKind.INVALID_ARGUMENT, "empty", "append needs at least one event")
+        for ev in req.events:
+            try:
+                self.sm.state.precheck(ev)  # shape errors answered without a raft round
+            except RootEventRejected as exc:
+                raise RemoteError(ErrorKind.INVALID_ARGUMENT, exc.reason, str(exc),
+                                  {"retry_class": exc.retry_class.name}) from None
+        await failpoints.acheck("metaroot.before_append")
+        return await self._propose(req)
+
+    async def on_fence(self, req: FenceAllocatorRequest, ctx) -> FenceAllocatorReply:
+        return await self._propose(req)
+
+    async def on_grant(self, req: GrantRequest, ctx) -> GrantReply:
+        return await self._propose(req)
+
+    async def on_snapshot(self, req: SnapshotRequest, ctx) -> SnapshotReply:
+        state = self.sm.state
+        return SnapshotReply(state.token, state.to_checkpoint())
+
+    async def on_confirm(self, req: ConfirmTokenRequest, ctx) -> ConfirmTokenReply:
+        if not self.group.is_leader:
+            raise self._not_leader()
+        try:
+            index = await self.driver.read_index(self.group)
+        except ProposalError as exc:
+            raise RemoteError(ErrorKind.UNAVAILABLE, exc.reason, str(exc)) from None
+        await self.driver.wait_applied(self.group, index)
+        return ConfirmTokenReply(self.sm.state.token)
+
+    async def on_watch(self, req: WatchRequest, ctx):
+        after = req.after.index
+        keepalive = max(0.05, req.keepalive_ms / 1000)
+        while True:
+            sm = self.sm
+            state = sm.state
+            # a subscriber ahead of this peer (it watched a newer leader) just waits here
+            if after < state.token.index and after + 1 < sm.first_retained:
+                yield WatchItem(state.token, [], bootstrap_required=True,
+                                checkpoint=state.to_checkpoint(), checkpoint_token=state.token,
+                                retained_from=sm.first_retained)
+                after = state.token.index
+                continue
+            if after < state.token.index:
+                events = rootlog.events_after(self.env, after, WATCH_BATCH)
+                if events and events[0].token.index == after + 1:
+                    yield WatchItem(sm.state.token, events, retained_from=sm.first_retained)
+                    after = events[-1].token.index
+                    continue
+            changed = sm.changed
+            with trio.move_on_after(keepalive):
+                await changed.wait()
+                continue
+            yield WatchItem(sm.state.token, [], retained_from=sm.first_retained)
+
+    async def on_status(self, req: MetarootStatusRequest, ctx) -> MetarootStatus:
+        state = self.sm.state
+        lead = self.group.leader_id
+        return MetarootStatus(
+            cluster_id=self.cluster_id, node_id=self.node_id, is_leader=self.group.is_leader,
+            leader_id=lead, leader_addr=self.peers.get(lead, ""), term=self.group.term,
+            committed_token=state.token, applied_token=state.token,
+            cluster_epoch=state.cluster_epoch, retained_from=self.sm.first_retained,
+            checkpoint_token=state.token, peers=dict(self.peers),
+            id_fence=state.id_fence, tso_fence=state.tso_fence,
+        )
+
+    def register(self, server) -> None:
+        server.register(AppendRequest, self.on_append)
+        server.register(FenceAllocatorRequest, self.on_fence)
+        server.register(GrantRequest, self.on_grant)
+        server.register(SnapshotRequest, self.on_snapshot)
+        server.register(ConfirmTokenRequest, self.on_confirm)
+        server.register(MetarootStatusRequest, self.on_status)
+        server.register_stream(WatchRequest, self.on_watch)
+        register_failpoint_admin(server)
+
+
+def register_failpoint_admin(server) -> None:
+    """Every process answers failpoint set / clear / list."""
+
+    async def on_set(req: FailpointSetRequest, ctx) -> FailpointListReply:
+        try:
+            failpoints.set(req.name, req.spec)
+        except ValueError as exc:
+            raise RemoteError(ErrorKind.INVALID_ARGUMENT, "bad_failpoint", str(exc)) from None
+        return _fp_list()
+
+    async def on_clear(req: FailpointClearRequest, ctx) -> FailpointListReply:
+        if req.name:
+            failpoints.clear(req.name)
+        else:
+            failpoints.clear_all()
+        return _fp_list()
+
+    async def on_list(req: FailpointListRequest, ctx) -> FailpointListReply:
+        return _fp_list()
+
+    server.register(FailpointSetRequest, on_set)
+    server.register(FailpointClearRequest, on_clear)
+    server.register(FailpointListRequest, on_list)
+
+
+def _fp_list() -> FailpointListReply:
+    active = failpoints.list_active()
+    return FailpointListReply({k: str(v) for k, v in active.items()},
+                              {k: int(v) for k, v in failpoints.hits().items()})

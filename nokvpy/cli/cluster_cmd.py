@@ -1,0 +1,137 @@
+"""`nokv cluster up | down | status | logs | kill | restart | stop | pause | resume`."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from nokvpy.cli.main import CliError
+from nokvpy.cli.output import Progress, print_json, table
+from nokvpy.cluster.local import LocalCluster
+
+
+def run(args) -> int:
+    cluster = LocalCluster(Path(args.dir))
+    action = args.action
+    if action == "up":
+        return up(cluster, args)
+    if action == "down":
+        return down(cluster, args)
+    if action == "status":
+        return status(cluster, args)
+    if action == "logs":
+        return logs(cluster, args)
+    spec = cluster.load()
+    proc = spec.get(args.name)
+    if action == "kill":
+        pid = cluster.kill(proc.name)
+        result = {"name": proc.name, "pid": pid, "action": "killed (SIGKILL)" if pid else "not running"}
+    elif action == "stop":
+        pid = cluster.stop(proc.name)
+        result = {"name": proc.name, "pid": pid, "action": "stopped" if pid else "not running"}
+    elif action == "restart":
+        if cluster.pid(proc.name) is not None:
+            cluster.stop(proc.name)
+        pid = cluster.start(spec, proc)
+        result = {"name": proc.name, "pid": pid, "action": "started"}
+    elif action == "pause":
+        pid = cluster.signal(proc.name, signal.SIGSTOP)
+        result = {"name": proc.name, "pid": pid, "action": "paused (SIGSTOP)" if pid else "not running"}
+    else:
+        pid = cluster.signal(proc.name, signal.SIGCONT)
+        result = {"name": proc.name, "pid": pid, "action": "resumed (SIGCONT)" if pid else "not running"}
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{result['name']}: {result['action']}" + (f" (pid {pid})" if pid else ""))
+    return 0
+
+
+def up(cluster: LocalCluster, args) -> int:
+    created = not cluster.exists()
+    spec = cluster.load() if not created else cluster.create(
+        metaroots=args.metaroot, coordinators=args.coordinators, stores=args.stores,
+        replication=args.replication)
+    progress = Progress("cluster up", enabled=not args.json)
+    for proc in spec.processes:
+        cluster.start(spec, proc)
+        progress.update(f"started {proc.name}")
+    from nokvpy.client.admin import wait_cluster_ready
+
+    try:
+        wait_cluster_ready(spec, timeout=args.wait, on_progress=progress.update)
+    except Exception as exc:
+        raise CliError(f"cluster did not become ready within {args.wait:.0f}s: {exc} "
+                       f"(logs in {cluster.root / 'logs'})") from None
+    progress.done("serving")
+    rows = process_rows(cluster, spec)
+    if args.json:
+        print_json({"dir": str(cluster.root), "created": created, "cluster_id": spec.cluster_id,
+                    "processes": rows})
+    else:
+        print(table(rows, ["name", "kind", "role", "pid", "address", "health"]))
+        print(f"\ncluster {spec.cluster_id} in {cluster.root}; stop it with "
+              f"`nokv cluster down --dir {args.dir}`")
+    return 0
+
+
+def down(cluster: LocalCluster, args) -> int:
+    spec = cluster.load()
+    stopped = cluster.stop_all(spec)
+    result = {"stopped": stopped, "data": str(cluster.root / "data"), "logs": str(cluster.root / "logs")}
+    if args.json:
+        print_json(result)
+    else:
+        print(f"stopped {len(stopped)} process(es): {', '.join(stopped) or '-'}")
+        print(f"data kept in {result['data']}, logs in {result['logs']}")
+    return 0
+
+
+def process_rows(cluster: LocalCluster, spec) -> list[dict]:
+    from nokvpy.client.admin import probe_processes
+
+    probes = probe_processes(spec, timeout=1.5, pids={p.name: cluster.pid(p.name) for p in spec.processes})
+    rows = []
+    for proc in spec.processes:
+        pid = cluster.pid(proc.name)
+        probe = probes.get(proc.name, {})
+        rows.append({
+            "name": proc.name, "kind": proc.kind, "role": probe.get("role", "-"), "pid": pid,
+            "address": proc.address,
+            "health": probe.get("health", "down" if pid is None else "unreachable"),
+        })
+    return rows
+
+
+def status(cluster: LocalCluster, args) -> int:
+    spec = cluster.load()
+    rows = process_rows(cluster, spec)
+    if args.json:
+        print_json({"dir": str(cluster.root), "cluster_id": spec.cluster_id, "processes": rows})
+    else:
+        print(table(rows, ["name", "kind", "role", "pid", "address", "health"]))
+    return 0
+
+
+def logs(cluster: LocalCluster, args) -> int:
+    spec = cluster.load()
+    names = [spec.get(args.name).name] if args.name else [p.name for p in spec.processes]
+    for name in names:
+        path = cluster.log_path(name)
+        if not path.exists():
+            print(f"== {name}: no log yet ({path})")
+            continue
+        lines = path.read_text(errors="replace").splitlines()[-args.lines:]
+        print(f"== {name} ({path})")
+        print("\n".join(lines))
+    return 0
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

@@ -1,0 +1,312 @@
+"""`nokv kv | route | regions | stores | transitions | execution | diag | admin | failpoint`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from nokvpy.cli.main import CliError
+from nokvpy.cli.output import kv_lines, parse_key, plain, print_json, show_key, table
+from nokvpy.client import Client
+from nokvpy.client.errors import NokvError, RouteRejectedError
+from nokvpy.cluster.local import ClusterError, LocalCluster
+from nokvpy.protocol import Freshness, RootToken
+from nokvpy.protocol.admin import FailpointClearRequest, FailpointListRequest, FailpointSetRequest
+from nokvpy.protocol.coordinator_rpc import (
+    DiagnosticsRequest,
+    ListStoresRequest,
+    ListTransitionsRequest,
+    ScanRegionsRequest,
+)
+from nokvpy.protocol.store_rpc import AdminRequest, ExecutionStatusRequest, ReadMode
+from nokvpy.rpc import Identity
+
+FRESHNESS = {"strong": Freshness.STRONG, "bounded": Freshness.BOUNDED,
+             "best-effort": Freshness.BEST_EFFORT}
+READ_MODES = {"linearizable": ReadMode.LINEARIZABLE, "follower": ReadMode.FOLLOWER,
+              "stale": ReadMode.BOUNDED_STALE}
+
+
+class Target:
+    """Where the command goes: a local cluster directory or explicit coordinator addresses."""
+
+    def __init__(self, args):
+        self.spec = None
+        if args.coordinator:
+            self.coordinators = [a.strip() for a in args.coordinator.split(",") if a.strip()]
+            self.cluster_id = os.environ.get("NOKV_CLUSTER_ID", "nokv")
+            secret = os.environ.get("NOKV_CLUSTER_SECRET", "")
+        else:
+            try:
+                self.spec = LocalCluster(Path(args.dir)).load()
+            except ClusterError as exc:
+                raise CliError(f"{exc} (or pass --coordinator HOST:PORT)") from None
+            self.coordinators = self.spec.coordinator_addrs()
+            self.cluster_id = self.spec.cluster_id
+            secret = self.spec.secret
+        self.secret = secret.encode() if secret else None
+        self.timeout = args.timeout
+
+    def identity(self) -> Identity:
+        return Identity(self.cluster_id, "client", 0, self.secret)
+
+    def client(self) -> Client:
+        return Client(self.coordinators, cluster_id=self.cluster_id, secret=self.secret,
+                      timeout=self.timeout)
+
+    def process_addr(self, name: str) -> str:
+        if ":" in name:
+            return name
+        if self.spec is None:
+            raise CliError(f"cannot resolve process {name!r} without --dir; pass HOST:PORT")
+        if name.isdigit():
+            name = f"store-{name}"
+        try:
+            return self.spec.get(name).address
+        except ClusterError as exc:
+            raise CliError(str(exc)) from None
+
+
+def run(args) -> int:
+    target = Target(args)
+    return trio.run(_run, args, target)
+
+
+async def _run(args, target: Target) -> int:
+    client = target.client()
+    try:
+        handler = HANDLERS[args.command]
+        return await handler(args, target, client)
+    except NokvError as exc:
+        raise CliError(f"{type(exc).__name__}: {exc}") from None
+    finally:
+        await client.aclose()
+
+
+def key_arg(text: str) -> bytes:
+    try:
+        return parse_key(text)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+async def cmd_kv(args, target: Target, client: Client) -> int:
+    action = args.action
+    if action == "get":
+        value = await client.get(key_arg(args.key), read_mode=READ_MODES[args.read])
+        if args.json:
+            print_json({"key": args.key, "value": None if value is None else show_key(value),
+                        "found": value is not None})
+        elif value is None:
+            print("(not found)")
+        else:
+            print(show_key(value))
+        return 0 if value is not None or args.json else 1
+    if action == "put":
+        index = await client.put(key_arg(args.key), args.value.encode())
+        _done(args, {"key": args.key, "applied_index": index}, "OK")
+        return 0
+    if action == "delete":
+        index = await client.delete(key_arg(args.key))
+        _done(args, {"key": args.key, "applied_index": index}, "OK")
+        return 0
+    if action == "scan":
+        pairs = await client.scan(key_arg(args.start), key_arg(args.end), args.limit)
+        rows = [{"key": show_key(k), "value": show_key(v)} for k, v in pairs]
+        if args.json:
+            print_json(rows)
+        else:
+            print(table(rows, ["key", "value"]))
+        return 0
+    expected = None if args.expected == "-" else args.expected.encode()
+    new = None if args.new == "-" else args.new.encode()
+    ok, current = await client.compare_and_swap(key_arg(args.key), expected, new)
+    result = {"key": args.key, "succeeded": ok,
+              "current": None if current is None else show_key(current)}
+    if args.json:
+        print_json(result)
+    else:
+        print("OK" if ok else f"FAILED: current value is {result['current'] or '(absent)'}")
+    return 0 if ok else 1
+
+
+def _done(args, data: dict, text: str) -> None:
+    if args.json:
+        print_json(data)
+    else:
+        print(text)
+
+
+async def cmd_route(args, target: Target, client: Client) -> int:
+    token = RootToken(0, args.required_root_token) if args.required_root_token is not None else None
+    try:
+        reply = await client.route(key_arg(args.key), FRESHNESS[args.freshness],
+                                   args.max_root_lag, token)
+    except RouteRejectedError as exc:
+        if args.json:
+            print_json({"rejected": True, "reason": exc.reason, "witness": exc.witness,
+                        "message": str(exc)})
+            return 1
+        raise CliError(f"route rejected ({exc.reason}): {exc}; witness: "
+                       f"{kv_lines(plain(exc.witness)) if exc.witness else '-'}") from None
+    d = reply.descriptor
+    if args.json:
+        print_json({"rejected": False, "descriptor": d, "leader_store_id": reply.leader_store_id,
+                    "witness": reply.witness})
+        return 0
+    if d is None:
+        print("region: (not found)")
+    else:
+        print(kv_lines({"region": d.region_id, "range": f"[{show_key(d.start_key) or '-inf'}, "
+                        f"{show_key(d.end_key) or '+inf'})", "epoch": str(d.epoch),
+                        "peers": ", ".join(f"store-{p.store_id}/peer-{p.peer_id}"
+                                           + (" (learner)" if p.learner else "") for p in d.peers),
+                        "leader": f"store-{reply.leader_store_id}" if reply.leader_store_id else "-",
+                        "revision": d.revision}))
+    print("-- witness")
+    print(kv_lines(plain(reply.witness)))
+    return 0
+
+
+async def cmd_regions(args, target: Target, client: Client) -> int:
+    reply = await client.call_coordinator(ScanRegionsRequest(b"", b"", 100000, Freshness.BEST_EFFORT))
+    leaders = reply.leaders or {}
+    rows = [{"region": d.region_id, "start": show_key(d.start_key) or "-inf",
+             "end": show_key(d.end_key) or "+inf", "epoch": str(d.epoch),
+             "peers": [f"{p.store_id}{'L' if p.learner else ''}" for p in d.peers],
+             "leader": leaders.get(d.region_id, 0) or "-", "revision": d.revision}
+            for d in reply.descriptors]
+    if args.json:
+        print_json({"regions": reply.descriptors, "leaders": leaders, "witness": reply.witness})
+    else:
+        print(table(rows, ["region", "start", "end", "epoch", "peers", "leader", "revision"]))
+    return 0
+
+
+async def cmd_stores(args, target: Target, client: Client) -> int:
+    reply = await client.call_coordinator(ListStoresRequest())
+    if args.json:
+        print_json(reply.stores)
+    else:
+        print(table([plain(s) for s in reply.stores]))
+    return 0
+
+
+async def cmd_transitions(args, target: Target, client: Client) -> int:
+    reply = await client.call_coordinator(ListTransitionsRequest(include_history=True))
+    entries = [plain(e) for e in reply.entries]
+    if args.action == "list":
+        if args.json:
+            print_json({"token": reply.token, "transitions": entries})
+        else:
+            cols = ["transition_id", "kind", "phase", "source_token"]
+            print(table([{c: e.get(c) for c in cols} for e in entries], cols))
+        return 0
+    match = [e for e in entries if e.get("transition_id") == args.id]
+    if not match:
+        raise CliError(f"no transition {args.id!r} known to the coordinator")
+    story = match[0]
+    # what stores know about it: lifecycle, outbox, last error
+    if target.spec is not None:
+        story["stores"] = {}
+        for proc in target.spec.of_kind("store"):
+            try:
+                st = await client.rpc.call(proc.address, ExecutionStatusRequest(0, args.id), timeout=2.0)
+                tracked = st.body.get("transitions", {}).get(args.id)
+                if tracked:
+                    story["stores"][proc.name] = tracked
+            except Exception as exc:  # noqa: BLE001 - a story with a hole is still a story
+                story["stores"][proc.name] = {"unreachable": type(exc).__name__}
+    if args.json:
+        print_json(story)
+    else:
+        print(kv_lines(story))
+    return 0
+
+
+async def cmd_execution(args, target: Target, client: Client) -> int:
+    addr = target.process_addr(args.store)
+    reply = await client.rpc.call(addr, ExecutionStatusRequest(), timeout=target.timeout)
+    if args.json:
+        print_json(reply.body)
+    else:
+        body = dict(reply.body)
+        transitions = body.pop("transitions", {})
+        print(kv_lines(body))
+        if transitions:
+            print("-- transitions")
+            print(table([{"transition_id": k, **v} for k, v in transitions.items()]))
+    return 0
+
+
+async def cmd_diag(args, target: Target, client: Client) -> int:
+    reply = await client.call_coordinator(DiagnosticsRequest())
+    if args.json:
+        print_json(reply.body)
+    else:
+        print(kv_lines(reply.body))
+    return 0
+
+
+async def cmd_admin(args, target: Target, client: Client) -> int:
+    action = args.action
+    if action == "split":
+        key = key_arg(args.key)
+        route = await client.route(key, Freshness.BOUNDED)
+        if route.descriptor is None:
+            raise CliError("no region holds that key")
+        req = AdminRequest("split", route.descriptor.region_id, split_key=key)
+        leader = route.leader_store_id
+    elif action == "merge":
+        req = AdminRequest("merge", args.left, other_region_id=args.right)
+        leader = await _leader_of(client, args.left)
+    elif action == "tombstone":
+        req = AdminRequest("tombstone", args.region)
+        leader = await _leader_of(client, args.region)
+    else:
+        op = action.replace("-", "_")
+        req = AdminRequest(op, args.region, store_id=args.store)
+        leader = await _leader_of(client, args.region)
+    addr = await client._store_addr(leader)
+    reply = await client.rpc.call(addr, req, timeout=max(target.timeout, 30.0))
+    if args.json:
+        print_json(reply)
+    else:
+        print(kv_lines(plain(reply)))
+    return 0
+
+
+async def _leader_of(client: Client, region_id: int) -> int:
+    reply = await client.call_coordinator(ScanRegionsRequest(b"", b"", 100000, Freshness.BEST_EFFORT))
+    for d in reply.descriptors:
+        if d.region_id == region_id:
+            leader = (reply.leaders or {}).get(region_id, 0)
+            return leader or d.voters()[0].store_id
+    raise CliError(f"region {region_id} is not known to the coordinator")
+
+
+async def cmd_failpoint(args, target: Target, client: Client) -> int:
+    addr = target.process_addr(args.process)
+    if args.action == "set":
+        req: Any = FailpointSetRequest(args.name, args.spec)
+    elif args.action == "clear":
+        req = FailpointClearRequest(args.name)
+    else:
+        req = FailpointListRequest()
+    reply = await client.rpc.call(addr, req, timeout=target.timeout)
+    if args.json:
+        print_json(reply)
+    else:
+        rows = [{"failpoint": k, "spec": v, "hits": reply.hits.get(k, 0)} for k, v in reply.active.items()]
+        print(table(rows, ["failpoint", "spec", "hits"]))
+    return 0
+
+
+HANDLERS = {
+    "kv": cmd_kv, "route": cmd_route, "regions": cmd_regions, "stores": cmd_stores,
+    "transitions": cmd_transitions, "execution": cmd_execution, "diag": cmd_diag,
+    "admin": cmd_admin, "failpoint": cmd_failpoint,
+}

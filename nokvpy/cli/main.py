@@ -1,0 +1,257 @@
+"""The `nokv` command.
+
+Owns: argument parsing and turning every failure into one line on stderr with a non-zero exit
+status (2 for usage errors, 1 for everything else). Never prints a traceback for an expected
+failure; set NOKV_DEBUG=1 to see one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_DIR = os.environ.get("NOKV_DIR", "./nokv-cluster")
+
+
+class CliError(Exception):
+    """An expected failure: printed as one line, exit status 1."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        print(f"nokv: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def add_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dir", default=DEFAULT_DIR, help="local cluster directory (default %(default)s)")
+    p.add_argument("--coordinator", default=None,
+                   help="coordinator address(es) host:port[,host:port] instead of --dir")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+
+
+def add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="nokv", description="nokvpy: a Raft-replicated range-partitioned KV store")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+
+    # ---- cluster --------------------------------------------------------------------------
+    cl = sub.add_parser("cluster", help="run a local multi-process cluster")
+    clsub = cl.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
+    up = clsub.add_parser("up", help="create (if needed) and start a local cluster")
+    up.add_argument("--dir", default=DEFAULT_DIR)
+    up.add_argument("--metaroot", type=int, default=1, help="metaroot peers: 1, 3 or 5")
+    up.add_argument("--coordinators", type=int, default=1)
+    up.add_argument("--stores", type=int, default=3)
+    up.add_argument("--replication", type=int, default=3)
+    up.add_argument("--wait", type=float, default=60.0, help="seconds to wait until serving")
+    add_json(up)
+    for name, text in (("down", "stop every process"), ("status", "list processes and health")):
+        p = clsub.add_parser(name, help=text)
+        p.add_argument("--dir", default=DEFAULT_DIR)
+        add_json(p)
+    logs = clsub.add_parser("logs", help="print a process's log (default: all, last lines)")
+    logs.add_argument("name", nargs="?")
+    logs.add_argument("--dir", default=DEFAULT_DIR)
+    logs.add_argument("--lines", type=int, default=20)
+    for name, text in (("kill", "kill -9 a process"), ("restart", "start a stopped process (or restart)"),
+                       ("pause", "SIGSTOP a process"), ("resume", "SIGCONT a process"),
+                       ("stop", "stop a process gracefully")):
+        p = clsub.add_parser(name, help=text)
+        p.add_argument("name")
+        p.add_argument("--dir", default=DEFAULT_DIR)
+        add_json(p)
+
+    # ---- serve ----------------------------------------------------------------------------
+    for kind in ("metaroot", "coordinator", "store"):
+        kp = sub.add_parser(kind, help=f"{kind} process")
+        ksub = kp.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
+        s = ksub.add_parser("serve", help=f"run a {kind}")
+        s.add_argument("--id", type=int, required=True)
+        s.add_argument("--listen", required=True, help="host:port")
+        s.add_argument("--cluster-id", default=os.environ.get("NOKV_CLUSTER_ID", "nokv"))
+        if kind == "metaroot":
+            s.add_argument("--peer", action="append", default=[], help="id=host:port (repeat)")
+            s.add_argument("--data", required=True)
+            s.add_argument("--retained-tail", type=int, default=4096)
+        elif kind == "coordinator":
+            s.add_argument("--metaroot", required=True, help="metaroot addresses, comma separated")
+            s.add_argument("--replication", type=int, default=3)
+            s.add_argument("--grant-ttl", type=float, default=6.0)
+            s.add_argument("--staleness-window", type=float, default=3.0)
+        else:
+            s.add_argument("--coordinator", required=True, help="coordinator addresses, comma separated")
+            s.add_argument("--data", required=True)
+            s.add_argument("--tick-ms", type=int, default=100)
+
+    # ---- data -----------------------------------------------------------------------------
+    kv = sub.add_parser("kv", help="key-value operations")
+    kvsub = kv.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
+    g = kvsub.add_parser("get")
+    g.add_argument("key")
+    g.add_argument("--read", choices=["linearizable", "follower", "stale"], default="linearizable")
+    p = kvsub.add_parser("put")
+    p.add_argument("key")
+    p.add_argument("value")
+    d = kvsub.add_parser("delete")
+    d.add_argument("key")
+    sc = kvsub.add_parser("scan")
+    sc.add_argument("start", nargs="?", default="")
+    sc.add_argument("end", nargs="?", default="")
+    sc.add_argument("--limit", type=int, default=100)
+    cas = kvsub.add_parser("cas", help="compare and swap")
+    cas.add_argument("key")
+    cas.add_argument("expected", help="expected value, or - for absent")
+    cas.add_argument("new", help="new value, or - to delete")
+    for q in (g, p, d, sc, cas):
+        add_target(q)
+        add_json(q)
+
+    r = sub.add_parser("route", help="which region holds KEY, with the freshness witness")
+    r.add_argument("key")
+    r.add_argument("--freshness", choices=["strong", "bounded", "best-effort"], default="bounded")
+    r.add_argument("--max-root-lag", type=int, default=None)
+    r.add_argument("--required-root-token", type=int, default=None, help="root index")
+    add_target(r)
+    add_json(r)
+
+    rg = sub.add_parser("regions", help="list regions")
+    add_target(rg)
+    add_json(rg)
+    st = sub.add_parser("stores", help="list stores")
+    add_target(st)
+    add_json(st)
+
+    tr = sub.add_parser("transitions", help="topology transitions")
+    trsub = tr.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
+    tl = trsub.add_parser("list")
+    ts = trsub.add_parser("show")
+    ts.add_argument("id")
+    for q in (tl, ts):
+        add_target(q)
+        add_json(q)
+
+    ex = sub.add_parser("execution", help="execution status of a store")
+    ex.add_argument("store", help="store name (store-2), id (2) or address")
+    add_target(ex)
+    add_json(ex)
+
+    dg = sub.add_parser("diag", help="coordinator and metaroot diagnostics")
+    add_target(dg)
+    add_json(dg)
+
+    ad = sub.add_parser("admin", help="topology commands")
+    adsub = ad.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
+    a = adsub.add_parser("split")
+    a.add_argument("key", help="split key (the new right region starts here)")
+    a = adsub.add_parser("merge")
+    a.add_argument("left", type=int, help="left region id")
+    a.add_argument("right", type=int, help="right region id")
+    for name in ("add-peer", "remove-peer", "transfer-leader"):
+        a = adsub.add_parser(name)
+        a.add_argument("region", type=int)
+        a.add_argument("store", type=int)
+    a = adsub.add_parser("tombstone")
+    a.add_argument("region", type=int)
+    for a in adsub.choices.values():
+        add_target(a)
+        add_json(a)
+
+    fp = sub.add_parser("failpoint", help="failpoints of a running process")
+    fpsub = fp.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
+    f = fpsub.add_parser("set")
+    f.add_argument("process", help="process name (store-1) or address")
+    f.add_argument("name")
+    f.add_argument("spec", help="raise | exit | sleep(MS) | drop, with N* or P% prefixes")
+    f = fpsub.add_parser("clear")
+    f.add_argument("process")
+    f.add_argument("name", nargs="?", default="")
+    f = fpsub.add_parser("list")
+    f.add_argument("process")
+    for f in fpsub.choices.values():
+        add_target(f)
+        add_json(f)
+
+    b = sub.add_parser("bench", help="benchmark a cluster (starts one when none is given)")
+    b.add_argument("workload", choices=["puts", "gets", "routes"])
+    b.add_argument("--clients", type=int, default=16)
+    b.add_argument("--duration", type=float, default=10.0)
+    b.add_argument("--regions", type=int, default=1)
+    b.add_argument("--value-size", type=int, default=100)
+    b.add_argument("--dir", default=None)
+    b.add_argument("--coordinator", default=None)
+    b.add_argument("--timeout", type=float, default=10.0)
+    add_json(b)
+
+    dm = sub.add_parser("demo", help="a narrated tour of a local cluster")
+    dm.add_argument("--keep", action="store_true", help="leave the cluster running")
+    dm.add_argument("--dir", default=None)
+
+    jp = sub.add_parser("jepsen", help="fault injection with a history checker")
+    jp.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    cmd = args.command
+    if cmd == "cluster":
+        from nokvpy.cli import cluster_cmd
+
+        return cluster_cmd.run(args)
+    if cmd in ("metaroot", "coordinator", "store"):
+        from nokvpy.cli import serve_cmd
+
+        return serve_cmd.run(args)
+    if cmd == "bench":
+        from nokvpy.cli import bench_cmd
+
+        return bench_cmd.run(args)
+    if cmd == "demo":
+        from nokvpy.cli import demo_cmd
+
+        return demo_cmd.run(args)
+    if cmd == "jepsen":
+        from jepsen_lite.cli import main as jepsen_main
+
+        return jepsen_main(args.args)
+    from nokvpy.cli import data_cmd
+
+    return data_cmd.run(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return dispatch(args)
+    except KeyboardInterrupt:
+        print("nokv: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the one place that turns errors into lines
+        if os.environ.get("NOKV_DEBUG"):
+            raise
+        print(f"nokv: {describe(exc)}", file=sys.stderr)
+        return 1
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        return describe(exc.exceptions[0])
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    name = type(exc).__name__
+    known = ("CliError", "ClusterError")
+    return text if name in known and text else f"{name}: {text}" if text else name
+
+
+def default_dir(path: str | None) -> Path:
+    return Path(path or DEFAULT_DIR)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

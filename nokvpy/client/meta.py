@@ -1,0 +1,90 @@
+"""Client of the metaroot group: finds and follows the leader.
+
+Owns: which metaroot peer to ask. Writes and ConfirmToken go to the leader (following the
+`leader_addr` hint of a not-leader refusal); reads may go to any peer. Never interprets the
+answers.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from nokvpy.client.errors import UnavailableError
+from nokvpy.protocol.metaroot_rpc import MetarootStatus, MetarootStatusRequest
+from nokvpy.rpc import RemoteError, RpcClient, RpcTimeoutError, RpcUnavailableError
+
+
+class MetaClient:
+    def __init__(self, rpc: RpcClient, addrs: list[str], timeout: float = 5.0):
+        if not addrs:
+            raise ValueError("at least one metaroot address is needed")
+        self.rpc = rpc
+        self.addrs = list(addrs)
+        self.timeout = timeout
+        self.leader: str | None = addrs[0] if len(addrs) == 1 else None
+
+    def _candidates(self) -> list[str]:
+        if self.leader is None:
+            return list(self.addrs)
+        return [self.leader] + [a for a in self.addrs if a != self.leader]
+
+    async def call(self, request: Any, timeout: float | None = None, leader: bool = True) -> Any:
+        """Call the leader (or any peer when `leader` is False), following hints, retrying
+        briefly while an election runs. Raises RemoteError for a refusal that is not about
+        leadership, UnavailableError when no peer answers."""
+        timeout = timeout or self.timeout
+        deadline = trio.current_time() + timeout
+        last: Exception | None = None
+        backoff = 0.02
+        while trio.current_time() < deadline:
+            for addr in self._candidates():
+                remaining = deadline - trio.current_time()
+                if remaining <= 0:
+                    break
+                try:
+                    reply = await self.rpc.call(addr, request, timeout=min(remaining, 3.0))
+                except (RpcUnavailableError, RpcTimeoutError) as exc:
+                    last = exc
+                    if self.leader == addr:
+                        self.leader = None
+                    continue
+                except RemoteError as exc:
+                    if exc.kind != "not_leader":
+                        raise
+                    last = exc
+                    hint = exc.details.get("leader_addr") or ""
+                    if hint and hint != addr:
+                        self.leader = hint
+                        break  # retry at once against the hinted leader
+                    continue
+                if leader:
+                    self.leader = addr
+                return reply
+            else:
+                await trio.sleep(min(backoff, max(0.0, deadline - trio.current_time())))
+                backoff = min(backoff * 2, 0.3)
+        raise UnavailableError(f"metaroot unavailable ({', '.join(self.addrs)}): {last}")
+
+    async def status_all(self, timeout: float = 1.0) -> dict[str, MetarootStatus | Exception]:
+        out: dict[str, MetarootStatus | Exception] = {}
+
+        async def one(addr: str) -> None:
+            try:
+                out[addr] = await self.rpc.call(addr, MetarootStatusRequest(), timeout=timeout)
+            except Exception as exc:  # noqa: BLE001 - reported per peer
+                out[addr] = exc
+
+        async with trio.open_nursery() as n:
+            for a in self.addrs:
+                n.start_soon(one, a)
+        return out
+
+    @asynccontextmanager
+    async def stream(self, request: Any):
+        """A watch stream from the current leader (or any peer when none is known)."""
+        addr = self.leader or self.addrs[0]
+        async with self.rpc.stream(addr, request) as it:
+            yield addr, it

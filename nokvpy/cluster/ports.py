@@ -1,0 +1,13 @@
+"""Free loopback ports for local clusters and tests.
+
+Owns: picking ports. Binding a socket is the only way to find a free one, and DESIGN gives
+socket opening to `nokvpy.rpc`, so this asks rpc for them.
+"""
+
+from __future__ import annotations
+
+
+def free_ports(count: int) -> list[int]:
+    from nokvpy.rpc.ports import free_ports as _free
+
+    return _free(count)

@@ -1,0 +1,87 @@
+"""Payloads of store raft entries and snapshots (DESIGN 5). Tags 450-499.
+
+Owns: the records a region's raft log carries (`KvCommand`, `AdminCommand`), the region
+snapshot image a lagging or new peer installs (`RegionSnapshot`), and the tombstone record a
+store keeps for a removed region. Every command carries the region epoch it was proposed
+under so apply can refuse a command that a range change made stale. Never holds behaviour:
+`raftstore.apply` interprets them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from nokvpy.protocol.base import wire_type
+from nokvpy.protocol.records import RegionDescriptor, RegionEpoch
+
+
+class KvOpKind(IntEnum):
+    PUT = 1
+    DELETE = 2
+    CAS = 3  # value = new value (None deletes); expected = required value (None = absent)
+
+
+@wire_type(450)
+@dataclass(slots=True, frozen=True)
+class KvOp:
+    kind: KvOpKind
+    key: bytes
+    value: bytes | None = None
+    expected: bytes | None = None
+
+
+@wire_type(451)
+@dataclass(slots=True, frozen=True)
+class KvCommand:
+    """One client write (or a batch of them) for one region, as proposed on its leader."""
+
+    region_id: int
+    epoch: RegionEpoch
+    ops: list[KvOp]
+
+
+@wire_type(452)
+@dataclass(slots=True, frozen=True)
+class AdminCommand:
+    """A topology command in a region's log (split, merge, ...). `payload` is the op's own
+    record. Extension point for the topology issue: apply dispatches on `op`."""
+
+    op: str
+    region_id: int
+    epoch: RegionEpoch
+    transition_id: str = ""
+    payload: object = None
+
+
+@wire_type(453)
+@dataclass(slots=True, frozen=True)
+class RegionSnapshot:
+    """A region's state at `applied_index`: descriptor plus every KV pair in its range."""
+
+    descriptor: RegionDescriptor
+    applied_index: int
+    applied_term: int
+    pairs: list[tuple[bytes, bytes]]
+
+
+@wire_type(454)
+@dataclass(slots=True, frozen=True)
+class RegionTombstone:
+    """Why a region is gone from this store; raft traffic for it is dropped afterwards."""
+
+    region_id: int
+    epoch: RegionEpoch
+    peer_id: int = 0
+    reason: str = ""
+
+
+@wire_type(455)
+@dataclass(slots=True, frozen=True)
+class KvResult:
+    """The outcome of applying one KvCommand (kept in memory; not sent as is)."""
+
+    ok: bool
+    succeeded: bool = True  # CAS predicate held (all ops)
+    current: bytes | None = None  # CAS: value seen when the predicate failed
+    error: str = ""  # "epoch_mismatch" | "key_not_in_region" | "invalid" when not ok

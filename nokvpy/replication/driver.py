@@ -1,0 +1,561 @@
+"""The trio driver around the pure raft core, shared by metaroot (one group) and stores (many).
+
+Owns: one ready loop per process. Each turn it steps the queued incoming messages, proposals,
+read requests and ticks into the raw nodes; collects the Readys of every group; stages their
+hard state, entries and snapshots plus the writes of applying their committed entries into ONE
+write batch; commits it in one fsynced LMDB transaction (group commit); then sends the
+messages (batched per destination by the transport), applies membership changes, resolves
+proposal and read waiters, and advances. Never interprets entry payloads: a `StateMachine`
+does that. Never mutates a raw node outside the loop task, so a Ready is never interleaved
+with a step.
+
+Proposal outcomes: a proposal is accepted only on the leader; its (index, term) is recorded and
+it resolves when that index applies. If the index applies with another term, the proposal was
+overwritten by a new leader and fails as dropped: it will never apply (the outcome is known).
+A proposal whose waiter times out before apply has an unknown outcome.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import struct
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from nokvpy.raft import ConfChange, Config, RawNode, ReadOnlyOption
+from nokvpy.storage import WriteBatch
+from nokvpy.raft.types import (
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    Snapshot,
+    SnapshotMetadata,
+    StateType,
+)
+from nokvpy.storage import WriteBatch
+
+log = logging.getLogger("nokvpy.replication")
+
+_CTX = struct.Struct(">Q")
+
+
+class ProposalError(Exception):
+    """A proposal was refused or lost. `reason`: not_leader | dropped | stopped | too_large."""
+
+    def __init__(self, reason: str, message: str, leader_id: int = 0):
+        super().__init__(message)
+        self.reason = reason
+        self.leader_id = leader_id
+
+
+class StateMachine(Protocol):
+    """What a group's owner supplies: how committed entries change durable state."""
+
+    def stage_apply(self, batch: Any, entries: list[Entry]) -> list[Any]:
+        """Stage the writes of applying `entries` (normal and conf change, in order) into
+        `batch`, including the new applied index. Returns one result per entry (delivered to
+        the proposal's waiter after the batch commits)."""
+
+    def after_commit(self, entries: list[Entry], results: list[Any]) -> None:
+        """The batch that applied `entries` is durable: update in-memory views."""
+
+    def applied_index(self) -> int:
+        """The applied index persisted with the state (restart resumes after it)."""
+
+    def snapshot(self) -> tuple[int, bytes]:
+        """A consistent (applied_index, data) image of the state for a lagging follower."""
+
+    def stage_restore(self, batch: Any, snapshot: Snapshot) -> None:
+        """Stage replacing the state with `snapshot` (its applied index included)."""
+
+    def on_conf_change(self, cc: ConfChange, conf_state: ConfState) -> None:
+        """A membership change applied (after the batch that applied it committed)."""
+
+
+@dataclass(slots=True)
+class _Waiter:
+    term: int
+    done: trio.Event = field(default_factory=trio.Event)
+    result: Any = None
+    error: Exception | None = None
+
+    def resolve(self, result: Any) -> None:
+        self.result = result
+        self.done.set()
+
+    def fail(self, error: Exception) -> None:
+        self.error = error
+        self.done.set()
+
+
+class SnapshotStorage:
+    """Wraps a group's durable log storage so that `snapshot()` produces a fresh, consistent
+    image at the state machine's applied index (not a stale one from the last compaction)."""
+
+    def __init__(self, inner: Any, group: Group):
+        self._inner = inner
+        self._group = group
+
+    def initial_state(self):
+        return self._inner.initial_state()
+
+    def entries(self, lo, hi, max_size=None):
+        return self._inner.entries(lo, hi, max_size)
+
+    def term(self, index):
+        return self._inner.term(index)
+
+    def first_index(self):
+        return self._inner.first_index()
+
+    def last_index(self):
+        return self._inner.last_index()
+
+    def snapshot(self) -> Snapshot:
+        group = self._group
+        index, data = group.sm.snapshot()
+        term = self._inner.term(index)
+        meta = SnapshotMetadata(index=index, term=term, conf_state=group.conf_state)
+        return Snapshot(meta, data)
+
+
+class Group:
+    """One raft group hosted here: its raw node, durable storage and state machine."""
+
+    def __init__(
+        self,
+        group_id: int,
+        node_id: int,
+        storage: Any,
+        sm: StateMachine,
+        route: Callable[[int], int | None],
+        config: Config,
+    ):
+        self.group_id = group_id
+        self.node_id = node_id
+        self.sm = sm
+        self.route = route  # raft node id -> transport destination (store / peer process id)
+        self.storage = SnapshotStorage(storage, self)
+        self.node = RawNode(config_with_storage(config, self.storage))
+        _, self.conf_state = storage.initial_state()
+        self.waiters: dict[int, _Waiter] = {}
+        self.reads: dict[bytes, _Waiter] = {}
+        self.applied = sm.applied_index()
+        self.apply_waiters: list[tuple[int, trio.Event]] = []
+        self.leader_id = 0
+        self.role = StateType.FOLLOWER
+        self.term = 0
+        self.stopped = False
+        self.pending_steps: list[Message] = []
+        self.epoch: tuple[int, int] = (0, 0)  # (version, conf_ver) stamped on outgoing envelopes
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role == StateType.LEADER
+
+    def wait_applied_event(self, index: int) -> trio.Event | None:
+        if self.applied >= index:
+            return None
+        ev = trio.Event()
+        self.apply_waiters.append((index, ev))
+        return ev
+
+    def _notify_applied(self) -> None:
+        if not self.apply_waiters:
+            return
+        keep = []
+        for index, ev in self.apply_waiters:
+            if index <= self.applied:
+                ev.set()
+            else:
+                keep.append((index, ev))
+        self.apply_waiters = keep
+
+
+def next_conf_state(cs: ConfState, cc: ConfChange) -> ConfState:
+    """The configuration after applying `cc` to `cs` (mirrors Raft.apply_conf_change)."""
+    nid = cc.node_id
+    if not nid:
+        return cs
+    voters, learners = set(cs.voters), set(cs.learners)
+    if cc.type == ConfChangeType.ADD_NODE:
+        voters.add(nid)
+        learners.discard(nid)
+    elif cc.type == ConfChangeType.ADD_LEARNER:
+        if nid not in voters:
+            learners.add(nid)
+    elif cc.type == ConfChangeType.REMOVE_NODE:
+        voters.discard(nid)
+        learners.discard(nid)
+    return ConfState(tuple(sorted(voters)), tuple(sorted(learners)))
+
+
+def config_with_storage(config: Config, storage: Any) -> Config:
+    config.storage = storage
+    return config
+
+
+class Driver:
+    """Hosts raft groups and runs their ready loop.
+
+    `raftlog` stages Readys into a batch (`stage_ready`); `env.commit(batch)` makes a batch
+    durable; `send(envelopes)` hands (group_id, to_node, message, epoch) tuples to the
+    transport, which batches them per destination."""
+
+    def __init__(
+        self,
+        env: Any,
+        raftlog: Any,
+        send: Callable[[list[tuple[int, int, Message, tuple[int, int]]]], None],
+        *,
+        tick_interval: float = 0.1,
+        max_batch_proposals: int = 4096,
+    ):
+        self.env = env
+        self.raftlog = raftlog
+        self.send = send
+        self.tick_interval = tick_interval
+        self.max_batch_proposals = max_batch_proposals
+        self.groups: dict[int, Group] = {}
+        self._wake = trio.Event()
+        self._dirty: set[int] = set()
+        self._proposals: deque[tuple[Group, bytes, _Waiter | None, bool]] = deque()
+        self._ticks = 0
+        self._ctx = itertools.count(1)
+        self.counters: Counter[str] = Counter()
+        self.on_role_change: Callable[[Group], None] | None = None
+        self.on_applied_batch: Callable[[], None] | None = None
+        self.before_persist: Callable[[], None] | None = None  # failpoint hooks
+        self.after_persist: Callable[[], None] | None = None
+        self.before_apply: Callable[[], None] | None = None
+        self.after_apply: Callable[[], None] | None = None
+        self.running = False
+
+    # ---- groups ----------------------------------------------------------------------
+
+    def add_group(
+        self,
+        group_id: int,
+        node_id: int,
+        storage: Any,
+        sm: StateMachine,
+        route: Callable[[int], int | None],
+        *,
+        election_tick: int = 10,
+        heartbeat_tick: int = 1,
+        seed: int | None = None,
+        lease_reads: bool = True,
+    ) -> Group:
+        import random
+
+        config = Config(
+            id=node_id,
+            storage=storage,  # replaced by the group's snapshot-producing wrapper
+            election_tick=election_tick,
+            heartbeat_tick=heartbeat_tick,
+            applied=sm.applied_index(),
+            check_quorum=True,
+            pre_vote=True,
+            read_only_option=ReadOnlyOption.LEASE_BASED if lease_reads else ReadOnlyOption.SAFE,
+            rng=random.Random(seed if seed is not None else (group_id * 1_000_003 + node_id)),
+        )
+        group = Group(group_id, node_id, storage, sm, route, config)
+        self.groups[group_id] = group
+        self.mark(group)
+        return group
+
+    def remove_group(self, group_id: int) -> Group | None:
+        group = self.groups.pop(group_id, None)
+        if group is not None:
+            group.stopped = True
+            err = ProposalError("stopped", f"group {group_id} was removed from this node")
+            for w in list(group.waiters.values()) + list(group.reads.values()):
+                w.fail(err)
+            group.waiters.clear()
+            group.reads.clear()
+            for _, ev in group.apply_waiters:
+                ev.set()
+            self._dirty.discard(group_id)
+        return group
+
+    def mark(self, group: Group) -> None:
+        self._dirty.add(group.group_id)
+        self._wake.set()
+
+    # ---- inputs (any task) -----------------------------------------------------------
+
+    def step(self, group_id: int, msg: Message) -> bool:
+        group = self.groups.get(group_id)
+        if group is None or group.stopped:
+            return False
+        group.pending_steps.append(msg)
+        self.mark(group)
+        return True
+
+    async def propose(self, group: Group, data: bytes, conf_change: bool = False) -> Any:
+        """Propose on the leader and wait until applied; returns the state machine's result.
+
+        Raises ProposalError(not_leader | dropped | stopped). Cancellation (a deadline) leaves
+        the outcome unknown to the caller."""
+        if not group.is_leader:
+            raise ProposalError("not_leader", f"node {group.node_id} is not the leader of "
+                                f"group {group.group_id}", group.leader_id)
+        waiter = _Waiter(term=0)
+        self._proposals.append((group, data, waiter, conf_change))
+        self.mark(group)
+        await waiter.done.wait()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result
+
+    async def read_index(self, group: Group) -> int:
+        """Linearizable read barrier: the index a read must wait for (ReadIndex; lease-based
+        when configured). Raises ProposalError when no leader confirms it."""
+        ctx = _CTX.pack(next(self._ctx))
+        waiter = _Waiter(term=0)
+        group.reads[ctx] = waiter
+        self._proposals.append((group, ctx, None, False))
+        self.mark(group)
+        try:
+            await waiter.done.wait()
+        finally:
+            group.reads.pop(ctx, None)
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result
+
+    async def wait_applied(self, group: Group, index: int) -> None:
+        ev = group.wait_applied_event(index)
+        if ev is not None:
+            await ev.wait()
+
+    def campaign(self, group: Group) -> None:
+        self._proposals.append((group, b"", None, "campaign"))  # type: ignore[arg-type]
+        self.mark(group)
+
+    def transfer_leader(self, group: Group, to_node: int) -> None:
+        self._proposals.append((group, to_node, None, "transfer"))  # type: ignore[arg-type]
+        self.mark(group)
+
+    def report_unreachable(self, group: Group, to_node: int) -> None:
+        """The transport could not deliver to `to_node`: the leader probes it again."""
+        self._proposals.append((group, to_node, None, "unreachable"))  # type: ignore[arg-type]
+        self.mark(group)
+
+    def report_snapshot(self, group: Group, to_node: int, failed: bool) -> None:
+        """A snapshot sent to `to_node` was delivered (or lost): leave snapshot state."""
+        kind = "snap_failed" if failed else "snap_done"
+        self._proposals.append((group, to_node, None, kind))  # type: ignore[arg-type]
+        self.mark(group)
+
+    # ---- loop ------------------------------------------------------------------------
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self.running = True
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._ticker)
+            task_status.started()
+            try:
+                while True:
+                    await self._wake.wait()
+                    self._wake = trio.Event()
+                    await self._turn()
+                    await trio.sleep(0)  # let request handlers enqueue: natural batching
+            finally:
+                self.running = False
+                nursery.cancel_scope.cancel()
+
+    async def _ticker(self) -> None:
+        while True:
+            await trio.sleep(self.tick_interval)
+            self._ticks += 1
+            self._wake.set()
+
+    def _feed(self) -> None:
+        ticks, self._ticks = self._ticks, 0
+        if ticks:
+            for group in self.groups.values():
+                for _ in range(min(ticks, 3)):
+                    group.node.tick()
+                self._dirty.add(group.group_id)
+        for gid in list(self._dirty):
+            group = self.groups.get(gid)
+            if group is None:
+                continue
+            steps, group.pending_steps = group.pending_steps, []
+            for msg in steps:
+                try:
+                    group.node.step(msg)
+                except Exception as exc:  # remote input never crashes the loop
+                    self.counters["step_errors"] += 1
+                    log.warning("group %d: step %s from %d failed: %s", gid, msg.type.name,
+                                msg.frm, exc)
+        n = 0
+        while self._proposals and n < self.max_batch_proposals:
+            group, data, waiter, kind = self._proposals.popleft()
+            n += 1
+            if group.stopped:
+                if waiter is not None:
+                    waiter.fail(ProposalError("stopped", "group stopped"))
+                continue
+            self._dirty.add(group.group_id)
+            if kind == "campaign":
+                group.node.campaign()
+                continue
+            if kind == "transfer":
+                group.node.transfer_leader(data)  # type: ignore[arg-type]
+                continue
+            if kind == "unreachable":
+                group.node.report_unreachable(data)  # type: ignore[arg-type]
+                continue
+            if kind == "snap_failed" or kind == "snap_done":
+                group.node.report_snapshot(data, kind == "snap_failed")  # type: ignore[arg-type]
+                continue
+            if waiter is None:  # read index request
+                try:
+                    group.node.read_index(data)
+                except Exception as exc:
+                    w = group.reads.get(data)
+                    if w is not None:
+                        w.fail(ProposalError("not_leader", f"read index refused: {exc}",
+                                             group.leader_id))
+                continue
+            raft = group.node.raft
+            if raft.state != StateType.LEADER:
+                waiter.fail(ProposalError("not_leader", f"node {group.node_id} is no longer the "
+                                          f"leader of group {group.group_id}", raft.lead))
+                continue
+            before = raft.raft_log.last_index()
+            try:
+                if kind:
+                    group.node.propose_conf_change(ConfChange.decode(data))
+                else:
+                    group.node.propose(data)
+            except Exception as exc:
+                waiter.fail(ProposalError(getattr(exc, "reason", "dropped") or "dropped",
+                                          f"proposal refused: {exc}",
+                                          getattr(exc, "leader_hint", group.leader_id)))
+                continue
+            index = raft.raft_log.last_index()
+            if index == before:  # e.g. a conf change refused while another is pending
+                waiter.fail(ProposalError("dropped", "proposal was not appended", raft.lead))
+                continue
+            waiter.term = raft.term
+            group.waiters[index] = waiter
+        if self._proposals:
+            self._wake.set()
+
+    async def _turn(self) -> None:
+        self._feed()
+        readies: list[tuple[Group, Any]] = []
+        for gid in list(self._dirty):
+            group = self.groups.get(gid)
+            if group is None or group.stopped or not group.node.has_ready():
+                self._dirty.discard(gid)
+                continue
+            readies.append((group, group.node.ready()))
+        self._dirty.clear()
+        if not readies:
+            return
+        batch = WriteBatch()
+        applied: list[tuple[Group, Any, list[Entry], list[Any]]] = []
+        for group, rd in readies:
+            if rd.snapshot is not None and not rd.snapshot.is_empty():
+                group.sm.stage_restore(batch, rd.snapshot)
+                self.counters["snapshots_installed"] += 1
+            self.raftlog.stage_ready(batch, group.group_id, rd.hard_state, rd.entries, rd.snapshot)
+            ents = rd.committed_entries
+            results = group.sm.stage_apply(batch, ents) if ents else []
+            if ents:
+                self._stage_conf_state(batch, group, rd, ents)
+            applied.append((group, rd, ents, results))
+        if self.before_persist:
+            self.before_persist()
+        await self.env.commit(batch)
+        self.counters["persist_batches"] += 1
+        if self.after_persist:
+            self.after_persist()
+        out: list[tuple[int, int, Message, tuple[int, int]]] = []
+        for group, rd, _, _ in applied:
+            for m in rd.messages:
+                out.append((group.group_id, m.to, m, group.epoch))
+        if out:
+            self.send(out)
+        for group, rd, ents, results in applied:
+            self._after_persist(group, rd, ents, results)
+            group.node.advance(rd)
+            if group.node.has_ready():
+                self._dirty.add(group.group_id)
+        if self.on_applied_batch:
+            self.on_applied_batch()
+        if self._dirty:
+            self._wake.set()
+
+    def _stage_conf_state(self, batch: Any, group: Group, rd: Any, ents: list[Entry]) -> None:
+        """Persist the membership in force after `ents` in the batch that applies them: a
+        restart resumes after the applied index and must not need to re-apply conf changes."""
+        cs = None
+        for e in ents:
+            if e.type == EntryType.CONF_CHANGE:
+                if cs is None:
+                    snap = rd.snapshot
+                    cs = (snap.metadata.conf_state if snap is not None and not snap.is_empty()
+                          else group.conf_state)
+                cs = next_conf_state(cs, ConfChange.decode(e.data))
+                last = e.index
+        if cs is not None and hasattr(self.raftlog, "stage_conf_state"):
+            self.raftlog.stage_conf_state(batch, group.group_id, last, cs)
+
+    def _after_persist(self, group: Group, rd: Any, ents: list[Entry], results: list[Any]) -> None:
+        if rd.snapshot is not None and not rd.snapshot.is_empty():
+            group.conf_state = rd.snapshot.metadata.conf_state
+            group.applied = max(group.applied, rd.snapshot.metadata.index)
+        if rd.soft_state is not None:
+            ss = rd.soft_state
+            changed = ss.lead != group.leader_id or ss.raft_state != group.role
+            lost_lead = changed and ss.lead != group.leader_id
+            group.leader_id, group.role = ss.lead, ss.raft_state
+            if lost_lead and group.reads:
+                err = ProposalError("not_leader", f"leader of group {group.group_id} changed "
+                                    "while a read index was pending", ss.lead)
+                for w in group.reads.values():
+                    w.fail(err)
+            if changed and self.on_role_change:
+                self.on_role_change(group)
+        if rd.hard_state is not None:
+            group.term = rd.hard_state.term
+        if ents:
+            if self.before_apply:
+                self.before_apply()
+            for e in ents:
+                if e.type == EntryType.CONF_CHANGE:
+                    cc = ConfChange.decode(e.data)
+                    group.conf_state = group.node.apply_conf_change(cc)
+                    group.sm.on_conf_change(cc, group.conf_state)
+            group.sm.after_commit(ents, results)
+            group.applied = ents[-1].index
+            for e, res in zip(ents, results, strict=False):
+                w = group.waiters.pop(e.index, None)
+                if w is None:
+                    continue
+                if w.term == e.term:
+                    w.resolve(res)
+                else:
+                    w.fail(ProposalError("dropped", f"entry {e.index} was replaced by a new "
+                                         f"leader (term {e.term})", group.leader_id))
+            if self.after_apply:
+                self.after_apply()
+        for rs in rd.read_states:
+            w = group.reads.get(rs.request_ctx)
+            if w is not None:
+                w.resolve(rs.index)
+        group._notify_applied()
+
