@@ -17,7 +17,7 @@ from nokvpy.replication.transport import bind_transport
 from metaroot import rootlog
 from metaroot.service import GROUP_ID, MetarootService
 from nokvpy import failpoints
-from nokvpy.rpc import Identity, RpcClient, RpcServer
+from nokvpy.rpc import FaultRules, Identity, RpcClient, RpcServer
 from nokvpy.storage import Env, RaftLogStore
 from nokvpy.storage.schema import RAFT_DBS
 
@@ -52,6 +52,8 @@ async def serve(node_id: int, listen: str, cluster_id: str, peers: dict[int, str
         raise StartupError(f"--id {node_id} is not in the peer list {sorted(peers)}")
     if len(peers) not in (1, 3, 5):
         raise StartupError(f"metaroot needs 1, 3 or 5 peers, got {len(peers)}")
+    if retained_tail < 1:
+        raise StartupError(f"--retained-tail must be >= 1, got {retained_tail}")
     env = Env.open(data, dbs=RAFT_DBS + rootlog.ROOT_DBS)
     try:
         try:
@@ -60,8 +62,9 @@ async def serve(node_id: int, listen: str, cluster_id: str, peers: dict[int, str
             raise StartupError(str(exc)) from None
         secret = os.environ.get("NOKV_CLUSTER_SECRET", "").encode() or None
         identity = Identity(cluster_id, "metaroot", node_id, secret)
-        rpc = RpcClient(identity)
-        server = RpcServer(identity)
+        faults = FaultRules()  # shared: a partition set through the admin call cuts both ways
+        rpc = RpcClient(identity, faults=faults)
+        server = RpcServer(identity, faults=faults)
         raftlog = RaftLogStore(env)
         fresh = raftlog.group(GROUP_ID).last_index() == 0
         transport, driver = bind_transport(rpc, server, env, raftlog, node_id,

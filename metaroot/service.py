@@ -74,10 +74,18 @@ class Rejection:
     reason: str
     message: str
     retry_class: RetryClass = RetryClass.PERMANENT
+    violation: str = ""
 
     def error(self) -> RemoteError:
-        return RemoteError(self.kind, self.reason, self.message,
-                           {"retry_class": self.retry_class.name})
+        details: dict[str, Any] = {"retry_class": self.retry_class.name}
+        if self.violation:
+            details["violation"] = str(self.violation)
+        return RemoteError(self.kind, self.reason, self.message, details)
+
+
+def _rejection(exc: RootEventRejected) -> Rejection:
+    kind = ErrorKind.STALE_EPOCH if "epoch" in exc.reason else ErrorKind.REJECTED
+    return Rejection(kind, exc.reason, str(exc), exc.retry_class, exc.violation)
 
 
 class RootStateMachine:
@@ -107,7 +115,18 @@ class RootStateMachine:
                 except DecodeError as exc:  # cannot happen for entries we proposed
                     result = Rejection(ErrorKind.INVALID_ARGUMENT, "undecodable", str(exc))
                 else:
-                    state, result = self._apply_command(batch, state, e.term, cmd)
+                    try:
+                        state, result = self._apply_command(batch, state, e.term, cmd)
+                    except Exception as exc:  # noqa: BLE001
+                        # A committed entry must never crash the apply loop: it would crash
+                        # every peer, and again on every restart (a poison entry). Any error
+                        # here is deterministic (same state, same entry on every peer), so
+                        # refusing the command is the same decision everywhere. Nothing of
+                        # it was staged: events are staged only after the whole command
+                        # validated.
+                        log.exception("metaroot entry %d refused: apply failed", e.index)
+                        result = Rejection(ErrorKind.INVALID_ARGUMENT, "unappliable",
+                                           f"{type(exc).__name__}: {exc}")
             results.append(result)
         last = entries[-1].index
         rootlog.stage_applied(batch, last)
@@ -156,6 +175,9 @@ class RootStateMachine:
             return self._append(batch, state, term, cmd.events,
                                 AppendFences(cmd.expected_cluster_epoch, cmd.grant_era, cmd.duty))
         if isinstance(cmd, FenceAllocatorRequest):
+            bad = _check_fence_request(cmd)
+            if bad is not None:
+                return state, bad
             current = state.id_fence if cmd.kind == AllocatorKind.ID else state.tso_fence
             if cmd.minimum <= current:
                 return state, FenceAllocatorReply(cmd.kind, current, state.token)
@@ -181,28 +203,50 @@ class RootStateMachine:
     def _append(self, batch, state: RootState, term: int, events: list[RootEvent],
                 fences: AppendFences):
         # Idempotency first: a retried append of already-applied events is answered with
-        # the original tokens and writes nothing.
-        originals = [state.lookup_request(ev.request_id, ev) if ev.request_id else None
-                     for ev in events]
-        if events and all(t is not None for t in originals):
-            return state, AppendReply(originals[0], originals[-1], state.cluster_epoch,
-                                      duplicate=True)
+        # the original tokens and writes nothing. A request id reused for another event is
+        # refused (request_id_mismatch), never applied.
         new = state
         staged: list[CommittedEvent] = []
         try:
+            originals = [state.lookup_request(ev.request_id, ev) for ev in events]
+            if events and all(t is not None for t in originals):
+                return state, AppendReply(originals[0], originals[-1], state.cluster_epoch,
+                                          duplicate=True)
+            if any(t is not None for t in originals):
+                # part of the batch was applied under these request ids, part not: the
+                # caller mixed a retry with new events; applying it would log the applied
+                # ones a second time (as no-ops with their own tokens).
+                raise RootEventRejected("partial_duplicate",
+                                        detail="some events of this append were already "
+                                        "applied under their request ids; retry them alone")
             for ev in events:
                 new.validate(ev, fences)
                 token = RootToken(term, new.token.index + 1)
                 new = new.apply(token, ev)
                 staged.append(CommittedEvent(token, ev))
         except RootEventRejected as exc:
-            kind = ErrorKind.STALE_EPOCH if "epoch" in exc.reason else ErrorKind.REJECTED
-            return state, Rejection(kind, exc.reason, str(exc), exc.retry_class)
+            return state, _rejection(exc)
         for ce in staged:
             rootlog.stage_event(batch, ce)
         if not staged:
             return state, AppendReply(state.token, state.token, state.cluster_epoch)
         return new, AppendReply(staged[0].token, staged[-1].token, new.cluster_epoch)
+
+
+def _check_fence_request(cmd: FenceAllocatorRequest) -> Rejection | None:
+    try:
+        AllocatorKind(cmd.kind)
+    except (ValueError, TypeError):
+        return Rejection(ErrorKind.INVALID_ARGUMENT, "invalid_fence",
+                         f"unknown allocator kind {cmd.kind!r}")
+    if not isinstance(cmd.minimum, int) or isinstance(cmd.minimum, bool) or cmd.minimum < 0:
+        return Rejection(ErrorKind.INVALID_ARGUMENT, "invalid_fence",
+                         f"minimum must be an int >= 0, got {cmd.minimum!r}")
+    if cmd.grant_era is not None and (not isinstance(cmd.grant_era, int)
+                                      or isinstance(cmd.grant_era, bool)):
+        return Rejection(ErrorKind.INVALID_ARGUMENT, "invalid_fence",
+                         f"grant_era must be an int, got {cmd.grant_era!r}")
+    return None
 
 
 class MetarootService:
@@ -259,6 +303,9 @@ class MetarootService:
         return await self._propose(req)
 
     async def on_fence(self, req: FenceAllocatorRequest, ctx) -> FenceAllocatorReply:
+        bad = _check_fence_request(req)  # shape errors answered without a raft round
+        if bad is not None:
+            raise bad.error()
         return await self._propose(req)
 
     async def on_grant(self, req: GrantRequest, ctx) -> GrantReply:
@@ -274,7 +321,10 @@ class MetarootService:
         try:
             index = await self.driver.read_index(self.group)
         except ProposalError as exc:
-            raise RemoteError(ErrorKind.UNAVAILABLE, exc.reason, str(exc)) from None
+            if exc.reason == "not_leader":
+                raise self._not_leader() from None
+            raise RemoteError(ErrorKind.UNAVAILABLE, exc.reason, str(exc),
+                              {"retry_class": RetryClass.RETRY.name}) from None
         await self.driver.wait_applied(self.group, index)
         return ConfirmTokenReply(self.sm.state.token)
 

@@ -79,6 +79,41 @@ class Model:
         """The step function of ``op``; raises :class:`ModelError` if ``op`` does not fit."""
         raise NotImplementedError
 
+    def relevant_indeterminate(self, ops: list[Operation]) -> list[Operation]:
+        """``ops`` without indeterminate operations whose effect nothing could observe.
+
+        Such an operation can always be left out ("it never happened") without changing
+        the verdict, and leaving it out keeps it from multiplying the search. Models decide
+        observability from the values other operations saw; the default keeps everything.
+        """
+        return list(ops)
+
+    def observed(self, op: Operation) -> set:
+        """Values ``op`` observed (a read's result, a cas's expected value)."""
+        return set()
+
+    def produced(self, op: Operation) -> set:
+        """Values ``op`` may install or add (a write's value, an appended element)."""
+        return set()
+
+    def readers_of(self, ops: list[Operation]) -> dict[int, set[int]]:
+        """For each op id, the ids of ops that observed something it produced.
+
+        Used by shrinking so that a failing sub-history never loses the write a kept read
+        saw (which would make the read "impossible" for a misleading reason).
+        """
+        writers: dict[Any, set[int]] = {}
+        for op in ops:
+            for value in self.produced(op):
+                writers.setdefault(value, set()).add(op.id)
+        readers: dict[int, set[int]] = {}
+        for op in ops:
+            for value in self.observed(op):
+                for writer in writers.get(value, ()):
+                    if writer != op.id:
+                        readers.setdefault(writer, set()).add(op.id)
+        return readers
+
     def describe(self, state: State) -> Any:
         """A JSON-friendly rendering of ``state`` for reports."""
         return list(state) if isinstance(state, tuple) else state
@@ -135,6 +170,32 @@ class RegisterModel(Model):
             return cas
         raise self._unknown(op)
 
+    def observed(self, op: Operation) -> set:
+        if op.f == "read" and not op.indeterminate:
+            return {freeze(op.output)}
+        if op.f == "cas" and isinstance(op.input, list | tuple) and len(op.input) == 2:
+            return {freeze(op.input[0])}
+        return set()
+
+    def relevant_indeterminate(self, ops: list[Operation]) -> list[Operation]:
+        # An indeterminate write/cas installing a value no read returned and no cas expected
+        # must be overwritten before anyone looks, so dropping it changes nothing.
+        seen: set = set()
+        for op in ops:
+            seen |= self.observed(op)
+        return [
+            op
+            for op in ops
+            if not op.indeterminate or not self.produced(op) or self.produced(op) & seen
+        ]
+
+    def produced(self, op: Operation) -> set:
+        if op.f == "write":
+            return {freeze(op.input)}
+        if op.f == "cas" and isinstance(op.input, list | tuple) and len(op.input) == 2:
+            return {freeze(op.input[1])}
+        return set()
+
 
 class KVModel(Model):
     name = "kv"
@@ -156,6 +217,39 @@ class KVModel(Model):
 
             return append
         raise self._unknown(op)
+
+    def relevant_indeterminate(self, ops: list[Operation]) -> list[Operation]:
+        # Until the next put, every get after an indeterminate put of u starts with u, and
+        # every get after an indeterminate append of x contains x.
+        strings = [
+            op.output
+            for op in ops
+            if op.f == "get" and not op.indeterminate and isinstance(op.output, str)
+        ]
+
+        def relevant(op: Operation) -> bool:
+            if not op.indeterminate or op.f == "get":
+                return True
+            value = op.input
+            if not isinstance(value, str) or not value:
+                return True  # not worth reasoning about; keep
+            if op.f == "put":
+                return any(g.startswith(value) for g in strings)
+            return any(value in g for g in strings)
+
+        return [op for op in ops if relevant(op)]
+
+    def readers_of(self, ops: list[Operation]) -> dict[int, set[int]]:
+        # A get observes a concatenation, so match written pieces as substrings.
+        writers = [(op.id, op.input) for op in ops if op.f in ("put", "append")]
+        readers: dict[int, set[int]] = {}
+        for op in ops:
+            if op.f != "get" or op.indeterminate or not isinstance(op.output, str):
+                continue
+            for writer, piece in writers:
+                if isinstance(piece, str) and piece in op.output:
+                    readers.setdefault(writer, set()).add(op.id)
+        return readers
 
 
 class ListAppendModel(Model):
@@ -181,6 +275,21 @@ class ListAppendModel(Model):
 
             return append
         raise self._unknown(op)
+
+    def observed(self, op: Operation) -> set:
+        if op.f == "read" and not op.indeterminate and isinstance(op.output, list | tuple):
+            return {freeze(v) for v in op.output}
+        return set()
+
+    def produced(self, op: Operation) -> set:
+        return {freeze(op.input)} if op.f == "append" else set()
+
+    def relevant_indeterminate(self, ops: list[Operation]) -> list[Operation]:
+        # Every read after an indeterminate append of e would contain e.
+        seen: set = set()
+        for op in ops:
+            seen |= self.observed(op)
+        return [op for op in ops if not op.indeterminate or freeze(op.input) in seen]
 
 
 MODELS: dict[str, type[Model]] = {

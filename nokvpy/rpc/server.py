@@ -1,0 +1,465 @@
+"""The RPC server: accept, authenticate, dispatch requests to registered handlers.
+
+Owns: the listening side of connections, handler registration, per-request deadlines and
+cancellation, error replies, fault rules on inbound requests, and the built-in admin handlers
+(`Ping`, `Echo`, `SetFaultRules`, `GetFaultRules`). Never crashes on remote input: malformed
+frames and unknown records close that one connection (logged and counted in `counters`),
+handler exceptions become "internal" error replies. Never swallows `trio.Cancelled`.
+
+Concurrency: one reader task per connection decodes requests; each request runs in its own
+task in the connection's nursery (or inline in the reader for `inline=True` handlers, which
+must not block), and replies go through the connection's batching writer task.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from nokvpy.protocol.enums import ErrorKind
+from nokvpy.rpc.errors import RemoteError
+from nokvpy.rpc.faults import FaultRules
+from nokvpy.rpc.framed import ConnectionClosedError, FramedStream
+from nokvpy.rpc.handshake import HandshakeRejectedError, server_handshake
+from nokvpy.rpc.identity import Counters, Identity, PeerIdentity, format_addr
+from nokvpy.rpc.network import TCP, Network
+from nokvpy.wire import (
+    DEFAULT_LIMITS,
+    DEFAULT_MAX_FRAME_SIZE,
+    Cancel,
+    DecodeError,
+    DecodeLimits,
+    Echo,
+    EncodeError,
+    ErrorReply,
+    FrameTooLargeError,
+    GetFaultRules,
+    Ping,
+    Pong,
+    Request,
+    Response,
+    SetFaultRules,
+    StreamEnd,
+    StreamItem,
+    encode,
+    frame,
+)
+
+logger = logging.getLogger("nokvpy.rpc")
+
+Handler = Callable[[Any, "CallContext"], Awaitable[Any]]
+StreamHandler = Callable[[Any, "CallContext"], AsyncIterator[Any]]
+
+
+class CallContext:
+    """What a handler knows about the call it serves."""
+
+    __slots__ = ("peer", "request_id", "deadline", "server")
+
+    def __init__(self, peer: PeerIdentity, request_id: int, deadline: float, server: RpcServer):
+        self.peer = peer
+        self.request_id = request_id  # 0 for a one-way request
+        self.deadline = deadline  # trio time; math.inf when the caller set none
+        self.server = server
+
+    @property
+    def one_way(self) -> bool:
+        return self.request_id == 0
+
+    def remaining(self) -> float:
+        """Seconds left before the caller's deadline (math.inf if none)."""
+        return self.deadline - trio.current_time()
+
+
+@dataclass(slots=True)
+class _Route:
+    handler: Callable[..., Any]
+    stream: bool
+    inline: bool
+
+
+class _Active:
+    __slots__ = ("scope", "by_client")
+
+    def __init__(self, scope: trio.CancelScope) -> None:
+        self.scope = scope
+        self.by_client = False
+
+
+class _Conn:
+    __slots__ = ("framed", "peer", "nursery", "active", "in_flight")
+
+    def __init__(self, framed: FramedStream, peer: PeerIdentity, nursery: trio.Nursery) -> None:
+        self.framed = framed
+        self.peer = peer
+        self.nursery = nursery
+        self.active: dict[int, _Active] = {}
+        self.in_flight = 0
+
+
+class _ProtocolViolationError(Exception):
+    pass
+
+
+class RpcServer:
+    """Serve registered request types. See the module docstring."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        limits: DecodeLimits = DEFAULT_LIMITS,
+        network: Network | None = None,
+        faults: FaultRules | None = None,
+        handshake_timeout: float = 10.0,
+        max_in_flight_per_connection: int = 10_000,
+    ) -> None:
+        self.identity = identity
+        self.max_frame_size = max_frame_size
+        self.limits = limits
+        self.network: Network = network if network is not None else TCP
+        self.faults = faults if faults is not None else FaultRules()
+        self.handshake_timeout = handshake_timeout
+        self.max_in_flight = max_in_flight_per_connection
+        self.counters = Counters()
+        self.address: tuple[str, int] | None = None
+        self._routes: dict[type, _Route] = {}
+        self._connections: set[_Conn] = set()
+        self.register(Ping, self._on_ping, inline=True)
+        self.register(Echo, self._on_echo)
+        self.register(SetFaultRules, self._on_set_fault_rules, inline=True)
+        self.register(GetFaultRules, self._on_get_fault_rules, inline=True)
+
+    # ---- registration -------------------------------------------------------------------
+
+    def register(
+        self,
+        request_type: type,
+        handler: Callable[[Any, CallContext], Awaitable[Any]],
+        *,
+        inline: bool = False,
+    ) -> None:
+        """`await handler(request, ctx)` answers each `request_type` request with a record.
+
+        Raise `RemoteError` to answer with an error. `inline=True` runs the handler in the
+        connection's reader task (no task spawn, requests handled in arrival order); it must
+        not block (e.g. only push into a queue). Re-registering a built-in replaces it.
+        """
+        self._add_route(request_type, _Route(handler, stream=False, inline=inline))
+
+    def register_stream(
+        self, request_type: type, handler: Callable[[Any, CallContext], AsyncIterator[Any]]
+    ) -> None:
+        """`handler(request, ctx)` is an async generator; each yielded record is sent as a
+        StreamItem, then StreamEnd. Raising `RemoteError` ends the stream with that error.
+        Do not yield from inside a nursery or cancel scope (trio async generator rule)."""
+        self._add_route(request_type, _Route(handler, stream=True, inline=False))
+
+    def _add_route(self, request_type: type, route: _Route) -> None:
+        if not hasattr(request_type, "__wire_tag__"):
+            raise TypeError(f"{request_type!r} is not a registered wire record (@wire_type)")
+        existing = self._routes.get(request_type)
+        if existing is not None and not _is_builtin(existing.handler, self):
+            raise ValueError(f"a handler for {request_type.__name__} is already registered")
+        self._routes[request_type] = route
+
+    # ---- serving ------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen and serve until cancelled. `await nursery.start(server.serve, host, port)`
+        returns the bound (host, port) (port 0 picks a free one)."""
+        listener, bound_port = await self.network.open_listener(host, port)
+        self.address = (host, bound_port)
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started((host, bound_port))
+                logger.info("%s serving on %s", self.identity.name, format_addr(host, bound_port))
+                while True:
+                    try:
+                        stream = await listener.accept()
+                    except OSError as e:  # EMFILE and friends: back off, keep serving
+                        self.counters.inc("accept_errors")
+                        logger.warning("accept failed: %s", e)
+                        await trio.sleep(0.1)
+                        continue
+                    nursery.start_soon(self._handle_connection, stream)
+        finally:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+
+    async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+        remote = _remote_address(stream)
+        framed = FramedStream(stream, max_frame_size=self.max_frame_size, limits=self.limits)
+        self.counters.inc("connections_accepted")
+        conn: _Conn | None = None
+        try:
+            peer = None
+            with trio.move_on_after(self.handshake_timeout):
+                peer = await server_handshake(framed, self.identity, remote)
+            if peer is None:
+                raise HandshakeRejectedError("timeout", f"no handshake within {self.handshake_timeout}s")
+            async with trio.open_nursery() as nursery:
+                conn = _Conn(framed, peer, nursery)
+                self._connections.add(conn)
+                nursery.start_soon(framed.writer_loop)
+                try:
+                    await self._read_loop(conn)
+                finally:
+                    nursery.cancel_scope.cancel()
+        except HandshakeRejectedError as e:
+            self.counters.inc("rejected_handshake", reason=e.reason)
+            logger.warning("refused handshake from %s: reason=%s (%s)", remote, e.reason, e.detail)
+        except FrameTooLargeError as e:
+            self._protocol_error(remote, conn, "frame_too_large", e.reason)
+        except DecodeError as e:
+            self._protocol_error(remote, conn, "decode_error", e.reason)
+        except _ProtocolViolationError as e:
+            self._protocol_error(remote, conn, "unexpected_message", str(e))
+        except ConnectionClosedError as e:
+            self.counters.inc("connections_closed")
+            logger.debug("connection from %s closed: %s", remote, e)
+        except Exception:
+            self.counters.inc("connection_errors", reason="internal")
+            logger.exception("connection from %s failed", remote)
+        finally:
+            if conn is not None:
+                self._connections.discard(conn)
+            await trio.aclose_forcefully(stream)
+
+    def _protocol_error(self, remote: str, conn: _Conn | None, reason: str, detail: str) -> None:
+        phase = "handshake" if conn is None else "session"
+        self.counters.inc("protocol_errors", reason=reason)
+        if conn is None:
+            self.counters.inc("rejected_handshake", reason=reason)
+        who = remote if conn is None else f"{conn.peer.name}@{remote}"
+        logger.warning("closing connection from %s (%s): %s: %s", who, phase, reason, detail)
+
+    async def _read_loop(self, conn: _Conn) -> None:
+        framed = conn.framed
+        while True:
+            try:
+                batch = await framed.receive_batch()
+            except ConnectionClosedError:
+                return
+            for msg in batch:
+                t = type(msg)
+                if t is Request:
+                    await self._on_request(conn, msg)  # type: ignore[arg-type]
+                elif t is Cancel:
+                    active = conn.active.get(msg.request_id)  # type: ignore[attr-defined]
+                    if active is not None:
+                        active.by_client = True
+                        active.scope.cancel()
+                else:
+                    raise _ProtocolViolationError(f"unexpected {t.__name__} from a client")
+
+    async def _on_request(self, conn: _Conn, req: Request) -> None:
+        self.counters["requests"] += 1
+        rid = req.request_id
+        body = req.body
+        route = self._routes.get(type(body))
+        if route is None:
+            self.counters.inc("unhandled_requests", type=type(body).__name__)
+            self._reply(
+                conn, rid,
+                ErrorReply(rid, ErrorKind.INVALID_ARGUMENT, "unhandled_request_type",
+                           f"{self.identity.name} has no handler for {type(body).__name__}"),
+            )
+            return
+        if conn.in_flight >= self.max_in_flight:
+            self.counters.inc("rejected_requests", reason="too_many_in_flight")
+            self._reply(
+                conn, rid,
+                ErrorReply(rid, ErrorKind.UNAVAILABLE, "too_many_in_flight",
+                           f"more than {self.max_in_flight} requests in flight on one connection",
+                           {"retry": True}),
+            )
+            return
+        delay = 0.0
+        if self.faults.rules:
+            verdict = self.faults.decide(conn.peer.name, self.identity.name, type(body).__name__)
+            if verdict.drop:
+                self.counters.inc("fault_dropped")
+                return
+            delay = verdict.delay
+        if req.deadline_ms > 0:
+            deadline = trio.current_time() + req.deadline_ms / 1000.0
+        elif req.deadline_ms == 0:
+            deadline = math.inf
+        else:
+            deadline = -math.inf
+        ctx = CallContext(conn.peer, rid, deadline, self)
+        if route.stream:
+            if rid == 0:
+                self.counters.inc("rejected_requests", reason="one_way_stream")
+                return
+            conn.nursery.start_soon(self._run_stream, conn, route, body, ctx, delay)
+        elif route.inline and not delay:
+            await self._run_inline(conn, route, body, ctx)
+        else:
+            conn.nursery.start_soon(self._run_unary, conn, route, body, ctx, delay)
+
+    async def _run_unary(
+        self, conn: _Conn, route: _Route, body: object, ctx: CallContext, delay: float
+    ) -> None:
+        rid = ctx.request_id
+        active = _Active(trio.CancelScope(deadline=ctx.deadline))
+        if rid:
+            conn.active[rid] = active
+        conn.in_flight += 1
+        reply: object = None
+        try:
+            with active.scope:
+                if delay:
+                    await trio.sleep(delay)
+                try:
+                    reply = Response(rid, await route.handler(body, ctx))
+                except RemoteError as e:
+                    self.counters.inc("remote_errors", kind=e.kind)
+                    reply = ErrorReply(rid, e.kind, e.reason, e.message, e.details)
+                except Exception as e:
+                    reply = self._internal_error(rid, body, ctx, e)
+            if active.scope.cancelled_caught:
+                reply = self._cancelled_reply(rid, body, ctx, active)
+        finally:
+            conn.in_flight -= 1
+            if rid:
+                conn.active.pop(rid, None)
+        if rid and reply is not None:
+            self._reply(conn, rid, reply)
+
+    async def _run_inline(self, conn: _Conn, route: _Route, body: object, ctx: CallContext) -> None:
+        """Run a non-blocking handler in the reader task: no task, no cancel scope (it cannot
+        be cancelled by a Cancel that the reader has not read yet)."""
+        rid = ctx.request_id
+        if ctx.deadline < trio.current_time():
+            self._reply(conn, rid, self._cancelled_reply(rid, body, ctx, None))
+            return
+        try:
+            reply: object = Response(rid, await route.handler(body, ctx))
+        except RemoteError as e:
+            self.counters.inc("remote_errors", kind=e.kind)
+            reply = ErrorReply(rid, e.kind, e.reason, e.message, e.details)
+        except Exception as e:
+            reply = self._internal_error(rid, body, ctx, e)
+        self._reply(conn, rid, reply)
+
+    async def _run_stream(
+        self, conn: _Conn, route: _Route, body: object, ctx: CallContext, delay: float
+    ) -> None:
+        rid = ctx.request_id
+        active = _Active(trio.CancelScope(deadline=ctx.deadline))
+        conn.active[rid] = active
+        conn.in_flight += 1
+        reply: object = None
+        framed = conn.framed
+        try:
+            with active.scope:
+                if delay:
+                    await trio.sleep(delay)
+                agen = route.handler(body, ctx)
+                try:
+                    async for item in agen:
+                        framed.send(StreamItem(rid, item))
+                        await framed.wait_writable()
+                    reply = StreamEnd(rid)
+                except RemoteError as e:
+                    self.counters.inc("remote_errors", kind=e.kind)
+                    reply = ErrorReply(rid, e.kind, e.reason, e.message, e.details)
+                except EncodeError as e:
+                    reply = self._internal_error(rid, body, ctx, e)
+                except ConnectionClosedError:
+                    return
+                except Exception as e:
+                    reply = self._internal_error(rid, body, ctx, e)
+                finally:
+                    aclose = getattr(agen, "aclose", None)
+                    if aclose is not None:
+                        with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                            await aclose()
+            if active.scope.cancelled_caught:
+                reply = self._cancelled_reply(rid, body, ctx, active)
+        finally:
+            conn.in_flight -= 1
+            conn.active.pop(rid, None)
+        if reply is not None:
+            self._reply(conn, rid, reply)
+
+    def _cancelled_reply(
+        self, rid: int, body: object, ctx: CallContext, active: _Active | None
+    ) -> ErrorReply | None:
+        if active is not None and active.by_client:
+            self.counters.inc("cancelled_by_client")
+            return None
+        self.counters.inc("deadline_exceeded")
+        logger.info(
+            "cancelled %s from %s: deadline exceeded", type(body).__name__, ctx.peer.name
+        )
+        return ErrorReply(rid, ErrorKind.TIMEOUT, "deadline_exceeded",
+                          f"{type(body).__name__} exceeded its deadline on {self.identity.name}")
+
+    def _internal_error(self, rid: int, body: object, ctx: CallContext, e: Exception) -> ErrorReply:
+        self.counters.inc("handler_errors", type=type(body).__name__)
+        logger.exception("handler for %s from %s failed", type(body).__name__, ctx.peer.name)
+        return ErrorReply(rid, ErrorKind.INTERNAL, "handler_exception",
+                          f"{type(e).__name__}: {e}"[:1000], {"request_type": type(body).__name__})
+
+    def _reply(self, conn: _Conn, rid: int, reply: object) -> None:
+        if not rid:
+            if type(reply) is ErrorReply:
+                self.counters.inc("one_way_errors", kind=reply.kind)  # type: ignore[attr-defined]
+            return
+        try:
+            data = frame(encode(reply))
+        except EncodeError as e:
+            self.counters.inc("handler_errors", type="unencodable_response")
+            logger.error("cannot encode the reply to request %d: %s", rid, e)
+            data = frame(encode(ErrorReply(rid, ErrorKind.INTERNAL, "unencodable_response",
+                                           e.reason[:1000])))
+        try:
+            conn.framed.enqueue(data)
+        except ConnectionClosedError:
+            self.counters.inc("replies_lost")
+
+    # ---- built-in handlers ----------------------------------------------------------------
+
+    async def _on_ping(self, req: Ping, ctx: CallContext) -> Pong:
+        return Pong(req.payload, self.identity.name)
+
+    async def _on_echo(self, req: Echo, ctx: CallContext) -> Echo:
+        return req
+
+    async def _on_set_fault_rules(self, req: SetFaultRules, ctx: CallContext):
+        logger.warning("fault rules set by %s: %d rules, seed %d", ctx.peer.name, len(req.rules),
+                       req.seed)
+        return self.faults.apply(req)
+
+    async def _on_get_fault_rules(self, req: GetFaultRules, ctx: CallContext):
+        return self.faults.state()
+
+
+def _is_builtin(handler: Callable[..., Any], server: RpcServer) -> bool:
+    return getattr(handler, "__self__", None) is server
+
+
+def _remote_address(stream: trio.abc.Stream) -> str:
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return "memory"
+    try:
+        host, port = sock.getpeername()[:2]
+        return format_addr(host, port)
+    except OSError:
+        return "unknown"

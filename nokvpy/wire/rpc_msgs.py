@@ -1,0 +1,174 @@
+"""Records of the RPC layer: handshake, request/response envelopes, admin and fault rules.
+
+Owns: tags 100-149. The envelopes wrap service records (`body: object`), so any registered
+record can travel as a request or response. Never holds behaviour (that is `nokvpy.rpc`).
+
+Connection life: the client sends `Handshake`, the server answers `HandshakeReply` (its own
+nonce and its proof over the client's nonce), the client sends `HandshakeProof` (its proof
+over the server's nonce) and the server ends the handshake with `HandshakeResult`. After that
+the client sends `Request` / `Cancel`; the server sends `Response`, `ErrorReply`,
+`StreamItem`, `StreamEnd`. Request id 0 marks a one-way request (no reply of any kind).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nokvpy.protocol.base import wire_type
+
+# ---- handshake (100-104) ------------------------------------------------------------------
+
+
+@wire_type(100)
+@dataclass(slots=True, frozen=True)
+class Handshake:
+    cluster_id: str
+    node_kind: str
+    node_id: int
+    protocol_version: int
+    nonce: bytes
+    hmac: bytes = b""
+
+
+@wire_type(101)
+@dataclass(slots=True, frozen=True)
+class HandshakeReply:
+    ok: bool
+    reason: str = ""
+    cluster_id: str = ""
+    node_kind: str = ""
+    node_id: int = 0
+    protocol_version: int = 0
+    nonce: bytes = b""
+    hmac: bytes = b""  # HMAC-SHA256(secret, transcript of the client's nonce), or b""
+
+
+@wire_type(102)
+@dataclass(slots=True, frozen=True)
+class HandshakeProof:
+    hmac: bytes = b""  # HMAC-SHA256(secret, transcript of the server's nonce), or b""
+
+
+@wire_type(103)
+@dataclass(slots=True, frozen=True)
+class HandshakeResult:
+    ok: bool
+    reason: str = ""
+
+
+# ---- envelopes (110-119) ------------------------------------------------------------------
+
+
+@wire_type(110)
+@dataclass(slots=True, frozen=True)
+class Request:
+    request_id: int  # 0 = one-way
+    deadline_ms: int  # remaining budget when sent, relative; 0 = no deadline
+    body: object
+
+
+@wire_type(111)
+@dataclass(slots=True, frozen=True)
+class Response:
+    request_id: int
+    body: object
+
+
+@wire_type(112)
+@dataclass(slots=True, frozen=True)
+class ErrorReply:
+    request_id: int
+    kind: str  # an ErrorKind value for service errors; "timeout"/"internal"/... from rpc
+    reason: str = ""
+    message: str = ""
+    details: dict[str, object] = field(default_factory=dict)  # hints: leader, retry class...
+
+
+@wire_type(113)
+@dataclass(slots=True, frozen=True)
+class StreamItem:
+    request_id: int
+    body: object
+
+
+@wire_type(114)
+@dataclass(slots=True, frozen=True)
+class StreamEnd:
+    request_id: int
+
+
+@wire_type(115)
+@dataclass(slots=True, frozen=True)
+class Cancel:
+    request_id: int
+
+
+# ---- built-in admin (120-129) -------------------------------------------------------------
+
+
+@wire_type(120)
+@dataclass(slots=True, frozen=True)
+class Ping:
+    payload: bytes = b""
+
+
+@wire_type(121)
+@dataclass(slots=True, frozen=True)
+class Pong:
+    payload: bytes = b""
+    node_name: str = ""
+
+
+@wire_type(122)
+@dataclass(slots=True, frozen=True)
+class Echo:
+    """Answered by every server with the same record, from a spawned handler task (unlike
+    `Ping`, which is answered inline): a health check and benchmark of the full path."""
+
+    payload: bytes = b""
+
+
+# ---- fault rules (130-139) ----------------------------------------------------------------
+
+
+@wire_type(130)
+@dataclass(slots=True, frozen=True)
+class FaultRule:
+    """Drop and/or delay requests from `src` to `dst` (node names like "store-2").
+
+    Empty `src` / `dst` / `message_types` match anything. `message_types` holds request body
+    class names. `drop` is a probability in [0, 1]; the delay is `delay + uniform(0, jitter)`
+    seconds.
+    """
+
+    src: frozenset[str] = frozenset()
+    dst: frozenset[str] = frozenset()
+    message_types: frozenset[str] = frozenset()
+    drop: float = 0.0
+    delay: float = 0.0
+    jitter: float = 0.0
+    label: str = ""
+
+
+@wire_type(131)
+@dataclass(slots=True, frozen=True)
+class SetFaultRules:
+    """Replace the receiving node's fault rules (answered with `FaultRulesState`)."""
+
+    seed: int = 0
+    rules: tuple[FaultRule, ...] = ()
+
+
+@wire_type(132)
+@dataclass(slots=True, frozen=True)
+class GetFaultRules:
+    pass
+
+
+@wire_type(133)
+@dataclass(slots=True, frozen=True)
+class FaultRulesState:
+    seed: int = 0
+    rules: tuple[FaultRule, ...] = ()
+    dropped: int = 0
+    delayed: int = 0

@@ -1,0 +1,76 @@
+"""Raft transport: one RaftBatch per destination per loop turn; unreachable stores reported."""
+
+from __future__ import annotations
+
+import trio
+from rpc_helpers import ident, serving
+
+from nokvpy.raft.types import Entry, Message, MessageType
+from nokvpy.rpc import RaftTransport, RpcClient, RpcServer
+from nokvpy.wire import RaftBatch, RaftEnvelope
+
+
+def _env(i: int, to_store: int = 2) -> RaftEnvelope:
+    msg = Message(MessageType.APP, to=20, frm=10, term=1, index=i,
+                  entries=[Entry(1, i + 1, 0, b"x" * 10)])
+    return RaftEnvelope(group_id=7, from_store=1, to_store=to_store, epoch_version=1,
+                        epoch_conf_ver=1, message=msg)
+
+
+async def test_envelopes_sent_in_one_turn_arrive_as_one_batch():
+    server = RpcServer(ident("store", 2))
+    batches: list[RaftBatch] = []
+    arrived = trio.Event()
+
+    async def on_batch(batch: RaftBatch, ctx) -> None:
+        batches.append(batch)
+        if sum(len(b.envelopes) for b in batches) >= 50:
+            arrived.set()
+
+    server.register(RaftBatch, on_batch, inline=True)
+    async with serving(server) as addr, RpcClient(ident("store", 1)) as client:
+        transport = RaftTransport(client, {2: addr}.get, local_store_id=1)
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(transport.run)
+                transport.send([_env(i) for i in range(30)])  # same turn: no checkpoint between
+                transport.send([_env(i) for i in range(30, 50)])
+                await arrived.wait()
+                nursery.cancel_scope.cancel()
+    assert len(batches) == 1
+    assert batches[0].from_store == 1 and batches[0].to_store == 2
+    assert [e.message.index for e in batches[0].envelopes] == list(range(50))
+    assert batches[0].envelopes[3] == _env(3)
+    assert transport.counters["batches_sent"] == 1
+
+
+async def test_unreachable_and_unresolved_stores_are_reported():
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    dead = f"127.0.0.1:{listener.socket.getsockname()[1]}"
+    await listener.aclose()
+    reported: list[int] = []
+    both = trio.Event()
+
+    def on_unreachable(store_id: int) -> None:
+        reported.append(store_id)
+        if {3, 4} <= set(reported):
+            both.set()
+
+    async with RpcClient(ident("store", 1)) as client:
+        transport = RaftTransport(client, {3: dead}.get, 1, on_unreachable=on_unreachable)
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(transport.run)
+                transport.send([_env(1, to_store=3), _env(2, to_store=4)])
+                await both.wait()
+                nursery.cancel_scope.cancel()
+    assert transport.counters["unreachable{reason=unresolved}"] == 1
+    assert transport.counters["unreachable{reason=RpcUnavailableError}"] == 1
+
+
+def test_queue_overflow_drops_and_counts():
+    client = RpcClient(ident("store", 1))
+    transport = RaftTransport(client, lambda s: None, 1, max_queue=2)
+    transport.send([_env(i) for i in range(5)])  # not running: nothing drains the queue
+    assert transport.queued(2) == 2
+    assert transport.counters["dropped{reason=queue_full}"] == 3
