@@ -83,6 +83,9 @@ class AssessRootEventRequest:
 @dataclass(slots=True, frozen=True)
 class AssessRootEventReply:
     assessment: object
+    # divergences between store reports and rooted truth on the regions the event touches
+    # (plain dicts: kind, store_id, region_id, detail, root_epoch, store_epoch)
+    drift: list[object] | None = None
 
 
 @wire_type(308)
@@ -211,6 +214,8 @@ class StoreHeartbeatReply:
     operations: list[SchedulerOperation]
     store_addrs: dict[int, str]
     token: RootToken
+    # region ids whose report was refused: epoch older than the catalog's (stale heartbeat)
+    stale_region_ids: tuple[int, ...] = ()
 
 
 @wire_type(322)

@@ -188,3 +188,32 @@ class Storage(Protocol):
     def last_index(self) -> int: ...
 
     def snapshot(self) -> Snapshot: ...
+
+
+class SnapshotOutOfDateError(Exception):
+    """The snapshot offered is not newer than the one storage already holds."""
+
+
+class ProposalDroppedError(Exception):
+    """The proposal was not appended: no leader known, a leader transfer is under way, a conf
+    change is already pending, forwarding is disabled, or the uncommitted-size limit is hit.
+
+    `leader_hint` is the node this node believes leads (NONE when unknown): retry there.
+    """
+
+    def __init__(self, reason: str, leader_hint: int = NONE) -> None:
+        super().__init__(f"proposal dropped: {reason} (leader hint {leader_hint})")
+        self.reason = reason
+        self.leader_hint = leader_hint
+
+
+RESPONSE_MESSAGE_TYPES = frozenset(
+    {
+        MessageType.APP_RESP,
+        MessageType.VOTE_RESP,
+        MessageType.PRE_VOTE_RESP,
+        MessageType.HEARTBEAT_RESP,
+        MessageType.UNREACHABLE,
+        MessageType.SNAP_STATUS,
+    }
+)

@@ -28,7 +28,6 @@ from typing import Any, Protocol
 import trio
 
 from nokvpy.raft import ConfChange, Config, RawNode, ReadOnlyOption
-from nokvpy.storage import WriteBatch
 from nokvpy.raft.types import (
     ConfChangeType,
     ConfState,
@@ -332,6 +331,19 @@ class Driver:
             raise waiter.error
         return waiter.result
 
+    def lease_read_index(self, group: Group) -> int | None:
+        """The leader's read index answered from its lease, without a loop turn, or None
+        when only `read_index` can answer (not leader, lease not valid, no entry committed in
+        this term yet, a tick not yet fed to the node). Same rule as the core's LEASE_BASED
+        ReadIndex; only reads the raw node."""
+        r = group.node.raft
+        if (group.stopped or self._ticks or r.state != StateType.LEADER
+                or r.read_only.option != ReadOnlyOption.LEASE_BASED):
+            return None
+        if not r.committed_entry_in_current_term() or not r.lease_valid():
+            return None
+        return r.raft_log.committed
+
     async def wait_applied(self, group: Group, index: int) -> None:
         ev = group.wait_applied_event(index)
         if ev is not None:
@@ -477,12 +489,16 @@ class Driver:
             if ents:
                 self._stage_conf_state(batch, group, rd, ents)
             applied.append((group, rd, ents, results))
-        if self.before_persist:
-            self.before_persist()
-        await self.env.commit(batch)
-        self.counters["persist_batches"] += 1
-        if self.after_persist:
-            self.after_persist()
+        if batch:
+            if self.before_persist:
+                self.before_persist()
+            await self.env.commit(batch)
+            self.counters["persist_batches"] += 1
+            if self.after_persist:
+                self.after_persist()
+        else:
+            # Nothing to persist (heartbeats, read states): no write transaction, no fsync.
+            self.counters["persist_skipped"] += 1
         out: list[tuple[int, int, Message, tuple[int, int]]] = []
         for group, rd, _, _ in applied:
             for m in rd.messages:

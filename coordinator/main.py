@@ -1,0 +1,110 @@
+"""`nokv coordinator serve`: one coordinator process.
+
+Owns: wiring the coordinator together (RPC client and server, metaroot client, the service
+and its background tasks) under one trio root nursery, failpoint admin, and graceful shutdown
+on SIGTERM / SIGINT (drain and seal grants, then exit 0). Never holds protocol logic
+(coordinator.service does) and never stores anything durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+import trio
+
+from coordinator.service import CoordinatorService
+from nokvpy import failpoints
+from nokvpy.client.meta import MetaClient
+from nokvpy.rpc import Identity, RpcClient, RpcServer, parse_addr
+
+log = logging.getLogger("nokvpy.coordinator")
+
+
+class StartupError(Exception):
+    """A refusal to start, printed as one line."""
+
+
+def _register_failpoint_admin(server) -> None:
+    try:
+        from metaroot.service import register_failpoint_admin
+    except ImportError:  # pragma: no cover - moved to the shared admin module
+        from nokvpy.adminsvc import register_failpoint_admin
+    register_failpoint_admin(server)
+
+
+async def serve(coordinator_id: int, listen: str, cluster_id: str, metaroot: list[str], *,
+                replication: int = 3, grant_ttl: float = 6.0, staleness_window: float = 3.0,
+                handle_signals: bool = True, secret: bytes | None = None,
+                service_options: dict | None = None,
+                task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run one coordinator until SIGTERM / SIGINT or `service.stopped` (tests set it through
+    `service.shutdown()`); `task_status.started(service)` once it listens."""
+    if not metaroot:
+        raise StartupError("--metaroot needs at least one address")
+    if replication < 1:
+        raise StartupError("--replication must be >= 1")
+    try:
+        host, port = parse_addr(listen)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    identity = Identity(cluster_id, "coordinator", coordinator_id, secret)
+    rpc = RpcClient(identity)
+    meta = MetaClient(rpc, metaroot)
+    service = CoordinatorService(coordinator_id, cluster_id, meta, replication=replication,
+                                 grant_ttl=grant_ttl, staleness_window=staleness_window,
+                                 **(service_options or {}))
+    server = RpcServer(identity)
+    service.register(server)
+    _register_failpoint_admin(server)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.run)
+            await nursery.start(server.serve, host, port)
+            log.info("coordinator-%d serving on %s (cluster %s, metaroot %s)", coordinator_id,
+                     listen, cluster_id, ",".join(metaroot))
+            task_status.started(service)
+            if handle_signals:
+                async with trio.open_nursery() as waiters:
+                    async def on_signal() -> None:
+                        await wait_for_signal()
+                        waiters.cancel_scope.cancel()
+
+                    async def on_stop() -> None:
+                        await service.stopped.wait()
+                        waiters.cancel_scope.cancel()
+
+                    waiters.start_soon(on_signal)
+                    waiters.start_soon(on_stop)
+            else:
+                await service.stopped.wait()
+            if not service.stopped.is_set():
+                with trio.CancelScope(shield=True), trio.move_on_after(grant_ttl + 1.0):
+                    await service.shutdown(timeout=grant_ttl)
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+            await rpc.aclose()
+
+
+async def wait_for_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            return
+
+
+def main(args) -> int:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    failpoints.load_from_env()
+    metaroot = [a.strip() for a in args.metaroot.split(",") if a.strip()]
+    secret = os.environ.get("NOKV_CLUSTER_SECRET", "").encode() or None
+    try:
+        trio.run(lambda: serve(args.id, args.listen, args.cluster_id, metaroot,
+                               replication=args.replication, grant_ttl=args.grant_ttl,
+                               staleness_window=args.staleness_window, secret=secret))
+    except StartupError as exc:
+        print(f"nokv coordinator: {exc}", flush=True)
+        return 1
+    return 0

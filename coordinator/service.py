@@ -1,0 +1,573 @@
+"""The coordinator service: RPC handlers over the rooted view, grants and heartbeats.
+
+Owns: the handlers of every coordinator RPC (nokvpy.protocol.coordinator_rpc) and the wiring
+of the subsystems they use: the root subscription (catalog + RootState mirror), strong-read
+confirmation batching, the grant loop, the ID / TSO allocators, the store tracker, the
+first-region bootstrap and the periodic drift scan. Route reads are decided by the pure
+`coordinator.serving`; transitions are assessed by the pure `coordinator.assessment`.
+
+Never: holds durable state (everything is rebuilt from metaroot and heartbeats), writes
+rooted truth except through metaroot appends / grant commands, serves a STRONG or BOUNDED
+read at a weaker class, or serves a duty without a live grant. Time: trio.current_time()
+except grant expiry (coordinator.grantloop).
+
+Route refusals: RemoteError(kind "rejected", reason, detail, {"witness": RouteWitness,
+"retry_class", "try_another_coordinator"}). Duty refusals: kind "not_leader" with reason
+grant_not_held / grant_expiring / grant_draining / ... and the holder hint.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from dataclasses import replace
+from typing import Any
+
+import trio
+
+from coordinator import diagnostics
+from coordinator.allocators import Allocator
+from coordinator.assessment import assess, list_transitions
+from coordinator.confirm import ConfirmBatcher
+from coordinator.grantloop import ALL_DUTIES, DEFAULT_WINDOWS, GateRejected, GrantLoop, wall_ms
+from coordinator.serving import (
+    RouteRequest,
+    ScanRequest,
+    decide_route_read,
+    decide_scan_regions,
+)
+from coordinator.stores import DEFAULT_STORE_TTL, StoreTracker
+from coordinator.subscription import Subscription
+from nokvpy.protocol.coordinator_rpc import (
+    AllocIdReply,
+    AllocIdRequest,
+    AssessRootEventReply,
+    AssessRootEventRequest,
+    DiagnosticsReply,
+    DiagnosticsRequest,
+    GetRegionByKeyRequest,
+    ListStoresReply,
+    ListStoresRequest,
+    ListTransitionsReply,
+    ListTransitionsRequest,
+    PauseCatchUpRequest,
+    PublishRootEventReply,
+    PublishRootEventRequest,
+    RemoveRegionReply,
+    RemoveRegionRequest,
+    RouteReply,
+    ScanRegionsReply,
+    ScanRegionsRequest,
+    StoreHeartbeatReply,
+    StoreHeartbeatRequest,
+    StoreJoinReply,
+    StoreJoinRequest,
+    TsoReply,
+    TsoRequest,
+)
+from nokvpy.protocol.enums import (
+    AllocatorKind,
+    AssessmentDecision,
+    CatchUpState,
+    Duty,
+    ErrorKind,
+    EventKind,
+    Freshness,
+    RetryClass,
+    StoreState,
+)
+from nokvpy.protocol.grants import Assessment
+from nokvpy.protocol.metaroot_rpc import AppendRequest
+from nokvpy.protocol.records import (
+    PeerMeta,
+    RangeMerge,
+    RangeSplit,
+    RegionDescriptor,
+    RegionEpoch,
+    RegionRemoval,
+    RegionUpsert,
+    RootEvent,
+    RootToken,
+    StoreMembership,
+)
+from nokvpy.rpc.errors import RemoteError
+
+log = logging.getLogger("nokvpy.coordinator")
+
+BOOTSTRAP_REQUEST_ID = "bootstrap:first-region"
+WRITE_TIMEOUT = 5.0
+DRIFT_INTERVAL = 2.0
+BOOTSTRAP_INTERVAL = 0.5
+_UNTRUSTED = (CatchUpState.BOOTSTRAP_REQUIRED, CatchUpState.RECOVERING,
+              CatchUpState.UNAVAILABLE)
+
+
+def _code(reason: str) -> str:
+    """The stable code of a "code: detail" reason."""
+    return reason.split(":", 1)[0].strip()
+
+
+class CoordinatorService:
+    def __init__(self, coordinator_id: int, cluster_id: str, meta: Any, *,
+                 replication: int = 3, grant_ttl: float = 6.0, staleness_window: float = 3.0,
+                 store_ttl: float = DEFAULT_STORE_TTL, windows: dict[Duty, int] | None = None,
+                 duties: tuple[Duty, ...] = ALL_DUTIES, keepalive_ms: int = 300,
+                 clock=wall_ms, rng: random.Random | None = None) -> None:
+        self.coordinator_id = coordinator_id
+        self.cluster_id = cluster_id
+        self.meta = meta
+        self.replication = replication
+        self.holder = f"coordinator-{coordinator_id}"
+        rng = rng or random.Random()
+        windows = dict(DEFAULT_WINDOWS, **(windows or {}))
+        self.sub = Subscription(meta, staleness_window, keepalive_ms=keepalive_ms,
+                                rng=random.Random(rng.random()))
+        self.confirmer = ConfirmBatcher(meta)
+        self.grants = GrantLoop(meta, self.sub, self.holder, grant_ttl, duties, windows,
+                                usage_of=self._usage_of, rng=random.Random(rng.random()),
+                                clock=clock)
+        self.ids = Allocator(AllocatorKind.ID, self.grants, self.sub, windows[Duty.ALLOC_ID])
+        self.tso = Allocator(AllocatorKind.TSO, self.grants, self.sub, windows[Duty.TSO])
+        self.stores = StoreTracker(store_ttl)
+        self.counters: Counter[str] = Counter()
+        self.started_at = 0.0
+        self.bootstrap_state = "waiting"
+        self._bootstrap_lock = trio.Lock()
+        self._bootstrap_kick = trio.Event()
+        self.stopped = trio.Event()
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self.started_at = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.confirmer.run)
+            await nursery.start(self.sub.run, self.confirmer.confirm)
+            await nursery.start(self.grants.run)
+            nursery.start_soon(self._drift_loop)
+            nursery.start_soon(self._bootstrap_loop)
+            task_status.started(self)
+
+    async def shutdown(self, timeout: float = 5.0) -> dict[str, str]:
+        """Graceful stop: drain and seal every held grant (exact usages)."""
+        out = await self.grants.seal_all(timeout)
+        log.info("%s sealed grants: %s", self.holder, out)
+        self.stopped.set()
+        return out
+
+    def register(self, server) -> None:
+        server.register(GetRegionByKeyRequest, self.on_get_region_by_key)
+        server.register(ScanRegionsRequest, self.on_scan_regions)
+        server.register(PublishRootEventRequest, self.on_publish_root_event)
+        server.register(AssessRootEventRequest, self.on_assess_root_event)
+        server.register(ListTransitionsRequest, self.on_list_transitions)
+        server.register(RemoveRegionRequest, self.on_remove_region)
+        server.register(AllocIdRequest, self.on_alloc_id)
+        server.register(TsoRequest, self.on_tso)
+        server.register(StoreJoinRequest, self.on_store_join)
+        server.register(StoreHeartbeatRequest, self.on_store_heartbeat)
+        server.register(ListStoresRequest, self.on_list_stores)
+        server.register(DiagnosticsRequest, self.on_diagnostics)
+        server.register(PauseCatchUpRequest, self.on_pause_catch_up)
+
+    # ---- shared helpers ----------------------------------------------------------------
+
+    def degraded_flags(self) -> list[str]:
+        return [f"no_grant:{d}" for d in self.grants.duties if not self.grants.holds(d)]
+
+    def _snapshot(self):
+        return self.sub.snapshot(self.degraded_flags())
+
+    async def _sync_with_root(self, timeout: float) -> RootToken:
+        """Confirm root's current token with the metaroot leader and wait until the served
+        catalog (and mirror) incorporate it."""
+        try:
+            token = await self.confirmer.confirm()
+        except Exception as exc:  # noqa: BLE001 - mapped to a stable refusal
+            raise RemoteError(ErrorKind.UNAVAILABLE, "root_unavailable",
+                              f"cannot confirm the root token with the metaroot leader: {exc}",
+                              {"retry_class": RetryClass.RETRY.name}) from None
+        self.sub.note_confirmed(token)
+        if not await self.sub.wait_served(token.index, timeout):
+            raise RemoteError(ErrorKind.UNAVAILABLE, "catalog_behind",
+                              f"catalog at {self.sub.served_token} has not reached {token}",
+                              {"retry_class": RetryClass.RETRY.name})
+        return token
+
+    async def _append(self, events: list[RootEvent], expected_cluster_epoch: int | None = None,
+                      wait: float = WRITE_TIMEOUT):
+        reply = await self.meta.call(AppendRequest(events, expected_cluster_epoch),
+                                     timeout=WRITE_TIMEOUT, leader=True)
+        self.counters["root_appends"] += 1
+        if not await self.sub.wait_served(reply.last_token.index, wait):
+            raise RemoteError(ErrorKind.UNAVAILABLE, "catalog_behind",
+                              f"appended at {reply.last_token} but the served catalog is at "
+                              f"{self.sub.served_token}; retry (the write is idempotent)",
+                              {"retry_class": RetryClass.RETRY.name,
+                               "token": reply.last_token})
+        return reply
+
+    def _store_addr(self, catalog, store_id: int) -> str:
+        sv = catalog.store(store_id) if catalog is not None else None
+        return self.stores.address_of(store_id, sv.address if sv is not None else "")
+
+    # ---- route reads -------------------------------------------------------------------
+
+    async def _strong_confirmation(self, ctx) -> RootToken | None:
+        """One batched confirmation round, then wait for the catalog to reach it."""
+        try:
+            token = await self.confirmer.confirm()
+        except Exception:  # noqa: BLE001 - the read is refused (strong_not_confirmed)
+            self.counters["strong_confirm_failures"] += 1
+            return None
+        self.sub.note_confirmed(token)
+        budget = 1.0
+        if ctx is not None:
+            budget = max(0.05, min(budget, ctx.remaining() - 0.05))
+        deadline = trio.current_time() + budget
+        await self.sub.wait_served(token.index, budget)
+        # STRONG also needs lag 0: events that arrived after the round are waited for too
+        while (self.sub.served_token.index < self.sub.current_token.index
+               and trio.current_time() < deadline):
+            await self.sub.wait_served(self.sub.current_token.index,
+                                       deadline - trio.current_time())
+        return token
+
+    async def _route_gate(self, freshness: Freshness, ctx):
+        """(holds_lookup_grant, strong_confirmed) for a route read; STRONG takes a duty
+        admission and a confirmation round."""
+        if freshness != Freshness.STRONG:
+            return self.grants.holds(Duty.REGION_LOOKUP), None, None
+        cm = self.grants.serving(Duty.REGION_LOOKUP)
+        try:
+            await cm.__aenter__()
+        except GateRejected:
+            return False, None, None
+        try:
+            return True, await self._strong_confirmation(ctx), cm
+        except BaseException:
+            await cm.__aexit__(None, None, None)
+            raise
+
+    def _confirmed_for(self, rs, token: RootToken | None) -> RootToken | None:
+        if token is None:
+            return None
+        # the view now reflects at least everything committed before the round started
+        return rs.served_token if rs.served_token.index >= token.index else token
+
+    def _reject(self, decision, what: str) -> RemoteError:
+        self.counters[f"{what}_rejected.{decision.reason}"] += 1
+        return RemoteError(ErrorKind.REJECTED, decision.reason, decision.detail, {
+            "witness": decision.witness,
+            "retry_class": decision.retry.retry_class.name,
+            "try_another_coordinator": decision.retry.try_another_coordinator,
+        })
+
+    async def on_get_region_by_key(self, req: GetRegionByKeyRequest, ctx) -> RouteReply:
+        self.counters[f"route_reads.{Freshness(req.freshness).name.lower()}"
+                      if isinstance(req.freshness, Freshness) else "route_reads.invalid"] += 1
+        holds, token, cm = await self._route_gate(req.freshness, ctx)
+        try:
+            catalog, rs, _ = self._snapshot()
+            decision = decide_route_read(
+                RouteRequest(req.key, req.freshness, req.required_root_token, req.max_root_lag,
+                             req.required_descriptor_revision),
+                rs, holds, self._confirmed_for(rs, token), catalog, self.coordinator_id)
+        finally:
+            if cm is not None:
+                await cm.__aexit__(None, None, None)
+        if not decision.served:
+            raise self._reject(decision, "route")
+        d = decision.descriptor
+        if d is None:
+            return RouteReply(None, decision.witness, 0, {})
+        now = trio.current_time()
+        addrs = {p.store_id: self._store_addr(catalog, p.store_id) for p in d.peers}
+        return RouteReply(d, decision.witness, self.stores.leader_of(d.region_id, now),
+                          {k: v for k, v in addrs.items() if v})
+
+    async def on_scan_regions(self, req: ScanRegionsRequest, ctx) -> ScanRegionsReply:
+        self.counters["scan_reads"] += 1
+        holds, token, cm = await self._route_gate(req.freshness, ctx)
+        try:
+            catalog, rs, _ = self._snapshot()
+            decision = decide_scan_regions(
+                ScanRequest(req.start_key, req.end_key, req.limit, req.freshness,
+                            req.required_root_token, req.max_root_lag),
+                rs, holds, self._confirmed_for(rs, token), catalog, self.coordinator_id)
+        finally:
+            if cm is not None:
+                await cm.__aexit__(None, None, None)
+        if not decision.served:
+            raise self._reject(decision, "scan")
+        now = trio.current_time()
+        leaders = {d.region_id: lead for d in decision.regions
+                   if (lead := self.stores.leader_of(d.region_id, now))}
+        return ScanRegionsReply(list(decision.regions), decision.witness, leaders)
+
+    # ---- transitions -------------------------------------------------------------------
+
+    def _touched_regions(self, event: RootEvent) -> set[int]:
+        p = event.payload
+        if isinstance(p, RangeSplit):
+            return {p.parent_region_id, p.left.region_id, p.right.region_id}
+        if isinstance(p, RangeMerge):
+            return {p.left_region_id, p.right_region_id, p.merged.region_id}
+        for attr in ("region_id",):
+            if hasattr(p, attr):
+                return {getattr(p, attr)}
+        if isinstance(p, RegionUpsert):
+            return {p.descriptor.region_id}
+        return set()
+
+    def _assess(self, event: RootEvent,
+                expected_cluster_epoch: int | None) -> tuple[Assessment, list]:
+        """The assessment against the RootState mirror, and the drift (DESIGN 7) on the
+        regions the event touches."""
+        a = assess(self.sub.state, event, expected_cluster_epoch)
+        self.counters[f"assessments.{a.decision.name.lower()}"] += 1
+        catalog, rs, _ = self._snapshot()
+        drift: list = []
+        if catalog is not None and isinstance(event, RootEvent):
+            touched = self._touched_regions(event)
+            if touched:
+                drift = self.stores.drift_for_regions(
+                    touched, catalog, rs.root_lag == 0 and rs.catch_up_state == CatchUpState.FRESH)
+                self.counters["assessment_drift"] += len(drift)
+        return a, drift
+
+    async def on_assess_root_event(self, req: AssessRootEventRequest, ctx) -> AssessRootEventReply:
+        a, drift = self._assess(req.event, None)
+        return AssessRootEventReply(a, [d.plain() for d in drift])
+
+    async def on_publish_root_event(self, req: PublishRootEventRequest,
+                                    ctx) -> PublishRootEventReply:
+        event = req.event
+        await self._sync_with_root(WRITE_TIMEOUT)
+        a, _ = self._assess(event, req.expected_cluster_epoch)
+        if a.decision == AssessmentDecision.SKIP:
+            self.counters["publish_skipped"] += 1
+            return PublishRootEventReply(True, a, self.sub.served_token)
+        if a.decision == AssessmentDecision.REJECT:
+            self.counters["publish_rejected"] += 1
+            kind = ErrorKind.CONFLICT if a.retry_class == RetryClass.CONFLICT else ErrorKind.REJECTED
+            raise RemoteError(kind, _code(a.reason), a.reason,
+                              {"assessment": a, "retry_class": a.retry_class.name,
+                               "transition_id": a.transition_id,
+                               "root_token": self.sub.served_token,
+                               "cluster_epoch": self.sub.state.cluster_epoch})
+        if a.transition_id:
+            # Deterministic: the same transition event assessed at the same cluster epoch
+            # always carries the same id, so racing or retried publishes apply once; a
+            # re-plan after a cancel (which bumps the epoch) is a new request.
+            rid = (f"{a.transition_id}:{EventKind(event.kind).name.lower()}"
+                   f"@{self.sub.state.cluster_epoch}")
+            event = replace(event, request_id=rid)
+        try:
+            reply = await self._append([event], req.expected_cluster_epoch)
+        except RemoteError as exc:
+            self.counters["publish_refused_by_root"] += 1
+            raise RemoteError(exc.kind, exc.reason, exc.message,
+                              {**exc.details, "assessment": a}) from None
+        self.counters["publish_applied"] += 1
+        return PublishRootEventReply(True, a, reply.last_token)
+
+    async def on_list_transitions(self, req: ListTransitionsRequest,
+                                  ctx) -> ListTransitionsReply:
+        state = self.sub.state
+        entries: list[object] = list(list_transitions(state))
+        if req.include_history:
+            entries.extend(reversed(self.sub.history))
+        return ListTransitionsReply(entries, state.token)
+
+    async def on_remove_region(self, req: RemoveRegionRequest, ctx) -> RemoveRegionReply:
+        await self._sync_with_root(WRITE_TIMEOUT)
+        d = self.sub.state.descriptor(req.region_id)
+        if d is None:
+            return RemoveRegionReply(False, self.sub.served_token)
+        reply = await self.on_publish_root_event(PublishRootEventRequest(
+            RootEvent(EventKind.REGION_TOMBSTONED, RegionRemoval(req.region_id, d)),
+            req.expected_cluster_epoch), ctx)
+        return RemoveRegionReply(reply.assessment.decision == AssessmentDecision.APPLY,
+                                 reply.token)
+
+    # ---- duties ------------------------------------------------------------------------
+
+    async def on_alloc_id(self, req: AllocIdRequest, ctx) -> AllocIdReply:
+        count = req.count or 1
+        try:
+            first, era = await self.ids.allocate(count)
+        except GateRejected as exc:
+            raise exc.remote() from None
+        self.counters["alloc_id"] += 1
+        return AllocIdReply(first, count, era)
+
+    async def on_tso(self, req: TsoRequest, ctx) -> TsoReply:
+        count = req.count or 1
+        try:
+            first, era = await self.tso.allocate(count)
+        except GateRejected as exc:
+            raise exc.remote() from None
+        self.counters["tso"] += 1
+        return TsoReply(first, count, era)
+
+    def _usage_of(self, duty: Duty, grant) -> int | None:
+        """Exact usage of `grant` for its seal (None = unknown: seal the full bound)."""
+        if duty == Duty.REGION_LOOKUP:
+            catalog = self.sub.catalog
+            return catalog.max_revision if catalog is not None else None
+        alloc = self.ids if duty == Duty.ALLOC_ID else self.tso
+        if alloc.era == grant.era:
+            return alloc.consumed_frontier()
+        st = self.grants.states[duty]
+        before = self.sub.fence_before_grant.get(grant.grant_id)
+        if st.acquired_issued and st.acquired_era == grant.era and before is not None:
+            return before[0] if duty == Duty.ALLOC_ID else before[1]  # nothing served
+        return None
+
+    # ---- stores ------------------------------------------------------------------------
+
+    async def on_store_join(self, req: StoreJoinRequest, ctx) -> StoreJoinReply:
+        if not isinstance(req.address, str) or ":" not in req.address:
+            raise RemoteError(ErrorKind.INVALID_ARGUMENT, "invalid_address",
+                              f"store address {req.address!r} is not host:port")
+        if not isinstance(req.store_id, int) or req.store_id < 0:
+            raise RemoteError(ErrorKind.INVALID_ARGUMENT, "invalid_store_id",
+                              f"store id {req.store_id!r}")
+        sid = req.store_id
+        if sid == 0:
+            try:
+                sid, _ = await self.ids.allocate(1)
+            except GateRejected as exc:
+                raise exc.remote() from None
+            self.counters["store_ids_allocated"] += 1
+        else:
+            rec = self.sub.state.store(sid)
+            if rec is not None and rec.retired:
+                raise RemoteError(ErrorKind.REJECTED, "store_retired",
+                                  f"store {sid} was retired at root index {rec.retired_index}",
+                                  {"retry_class": RetryClass.PERMANENT.name})
+            if rec is not None and rec.address == req.address:
+                self.counters["store_rejoins"] += 1
+                self._bootstrap_kick.set()
+                return StoreJoinReply(sid, self.cluster_id, self.sub.served_token)
+        reply = await self._append([RootEvent(EventKind.STORE_JOINED,
+                                              StoreMembership(sid, req.address))])
+        self.counters["store_joins"] += 1
+        log.info("store %d joined at %s (root %s)", sid, req.address, reply.last_token)
+        self._bootstrap_kick.set()
+        return StoreJoinReply(sid, self.cluster_id, reply.last_token)
+
+    async def on_store_heartbeat(self, req: StoreHeartbeatRequest, ctx) -> StoreHeartbeatReply:
+        catalog, rs, _ = self._snapshot()
+        if catalog is None:
+            raise RemoteError(ErrorKind.UNAVAILABLE, "no_catalog",
+                              "the coordinator has no rooted view yet",
+                              {"retry_class": RetryClass.RETRY.name})
+        sv = catalog.store(req.store_id)
+        if sv is None:
+            self.counters["heartbeats_refused.unknown_store"] += 1
+            raise RemoteError(ErrorKind.REJECTED, "unknown_store",
+                              f"store {req.store_id} has not joined (root {rs.served_token})",
+                              {"retry_class": RetryClass.REFRESH.name})
+        if sv.state == StoreState.RETIRED:
+            self.counters["heartbeats_refused.store_retired"] += 1
+            raise RemoteError(ErrorKind.REJECTED, "store_retired",
+                              f"store {req.store_id} is retired",
+                              {"retry_class": RetryClass.PERMANENT.name})
+        trust = rs.catch_up_state not in _UNTRUSTED
+        fresh = rs.root_lag == 0 and rs.catch_up_state == CatchUpState.FRESH
+        out = self.stores.on_heartbeat(req, catalog, trust, fresh, trio.current_time())
+        addrs = {s.store_id: self.stores.address_of(s.store_id, s.address)
+                 for s in catalog.stores().values() if s.state != StoreState.RETIRED}
+        return StoreHeartbeatReply(True, out.should_host, out.tombstoned, [], addrs,
+                                   rs.served_token, tuple(out.stale_region_ids))
+
+    async def on_list_stores(self, req: ListStoresRequest, ctx) -> ListStoresReply:
+        catalog = self.sub.catalog
+        now = trio.current_time()
+        stores = []
+        if catalog is not None:
+            for sid, sv in sorted(catalog.stores().items()):
+                stores.append(self.stores.store_info(sid, sv.address,
+                                                     sv.state == StoreState.RETIRED, now))
+        return ListStoresReply(stores)
+
+    # ---- bootstrap ---------------------------------------------------------------------
+
+    async def _bootstrap_loop(self) -> None:
+        while True:
+            with trio.move_on_after(BOOTSTRAP_INTERVAL):
+                await self._bootstrap_kick.wait()
+            self._bootstrap_kick = trio.Event()
+            try:
+                await self.maybe_bootstrap()
+            except trio.Cancelled:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried on the next kick / interval
+                self.bootstrap_state = f"error: {type(exc).__name__}: {exc}"[:200]
+                self.counters["bootstrap_errors"] += 1
+
+    def _needs_bootstrap(self) -> bool:
+        state = self.sub.state
+        return (self.sub.catalog is not None and state.cluster_epoch == 0
+                and len(state.descriptors) == 0)
+
+    async def maybe_bootstrap(self) -> bool:
+        """Create the first region [b"", b"") on the first `replication` live stores, once:
+        only the alloc_id holder does it, only while root has never seen a region, with the
+        request id "bootstrap:first-region"."""
+        if not self._needs_bootstrap():
+            if self.sub.catalog is not None and self.sub.state.cluster_epoch > 0:
+                self.bootstrap_state = "done"
+            return False
+        live = self.sub.state.live_store_ids()
+        if len(live) < self.replication:
+            self.bootstrap_state = f"waiting: {len(live)}/{self.replication} stores joined"
+            return False
+        if not self.grants.holds(Duty.ALLOC_ID):
+            self.bootstrap_state = "waiting: alloc_id grant"
+            return False
+        async with self._bootstrap_lock:
+            await self._sync_with_root(WRITE_TIMEOUT)
+            if not self._needs_bootstrap():
+                return False
+            live = self.sub.state.live_store_ids()[: self.replication]
+            first, _ = await self.ids.allocate(1 + len(live))
+            peers = tuple(PeerMeta(sid, first + 1 + i) for i, sid in enumerate(live))
+            d = RegionDescriptor(first, b"", b"", RegionEpoch(1, 1), peers)
+            event = RootEvent(EventKind.REGION_BOOTSTRAP, RegionUpsert(d), BOOTSTRAP_REQUEST_ID)
+            try:
+                reply = await self._append([event])
+            except RemoteError as exc:
+                if exc.reason in ("request_id_mismatch", "range_overlap", "region_exists"):
+                    self.bootstrap_state = f"done elsewhere ({exc.reason})"
+                    return False
+                raise
+            self.bootstrap_state = "done" if not reply.duplicate else "done (duplicate)"
+            self.counters["bootstraps"] += 0 if reply.duplicate else 1
+            log.info("bootstrapped region %d on stores %s at %s", first, live, reply.last_token)
+            return not reply.duplicate
+
+    # ---- background --------------------------------------------------------------------
+
+    async def _drift_loop(self) -> None:
+        while True:
+            await trio.sleep(DRIFT_INTERVAL)
+            catalog, rs, _ = self._snapshot()
+            if catalog is None:
+                continue
+            self.stores.recompute(catalog, rs.catch_up_state not in _UNTRUSTED,
+                                  rs.root_lag == 0 and rs.catch_up_state == CatchUpState.FRESH,
+                                  trio.current_time())
+
+    # ---- diagnostics -------------------------------------------------------------------
+
+    async def on_diagnostics(self, req: DiagnosticsRequest, ctx) -> DiagnosticsReply:
+        return DiagnosticsReply(diagnostics.build(self))
+
+    async def on_pause_catch_up(self, req: PauseCatchUpRequest, ctx) -> DiagnosticsReply:
+        self.sub.set_paused(bool(req.paused))
+        self.counters["pause_requests"] += 1
+        return DiagnosticsReply(diagnostics.build(self))

@@ -1,0 +1,369 @@
+"""The root subscription: keeps this coordinator's rooted view current (DESIGN 4.2, 4.3).
+
+Owns: the Watch stream from metaroot (from the served token), feeding each item into the
+pure `RootView` (which swaps immutable Catalogs) and into a `RootState` mirror at the same
+token; checkpoint installs (bootstrap_required) and snapshot reloads (a gap, or a served token
+behind the retained tail); reconnects with jittered backoff across the metaroot peers; the
+~100 ms tick that lets an unreachable root turn into ROOT_UNAVAILABLE; the last catch-up
+steps; the transition history seen in the event stream; and the pause switch of the
+PauseCatchUp test control. Waiters block in `wait_served` until a token is incorporated.
+
+Never: moves the served token backward (RootView refuses it), writes to metaroot, or decides
+anything about serving (coordinator.serving does). Time is trio.current_time() only.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter, deque
+from typing import Any
+
+import trio
+
+from coordinator.catalog import Catalog, StoreView
+from coordinator.rootview import ReadState, RootView
+from metaroot.state import RootState
+from nokvpy.protocol.enums import (
+    CANCEL_KINDS,
+    PLANNED_KINDS,
+    TERMINAL_KINDS,
+    CatchUpAction,
+    EventKind,
+    StoreState,
+    TransitionKind,
+    TransitionPhase,
+)
+from nokvpy.protocol.grants import GrantIssued, PendingTransition, TransitionEntry
+from nokvpy.protocol.metaroot_rpc import SnapshotRequest, WatchItem, WatchRequest
+from nokvpy.protocol.records import CatchUpStep, CommittedEvent, RootToken
+
+log = logging.getLogger("nokvpy.coordinator.subscription")
+
+TICK_INTERVAL = 0.1
+KEEPALIVE_MS = 300
+RECONNECT_MIN = 0.05
+RECONNECT_MAX = 2.0
+
+
+def catalog_from_state(state: RootState) -> Catalog:
+    """A Catalog equal in truth to a rooted state (used after a checkpoint or a reload)."""
+    pending: dict[int, str] = {}
+    for p in state.pending_transitions():
+        if p.kind in (TransitionKind.SPLIT, TransitionKind.MERGE):
+            for t in p.targets:
+                pending[t.region_id] = p.transition_id
+    stores = [StoreView(s.store_id, s.address,
+                        StoreState.RETIRED if s.retired else StoreState.UP,
+                        s.retired_index if s.retired else s.joined_index)
+              for s in sorted(state.stores.values(), key=lambda s: s.store_id)]
+    return Catalog.from_descriptors(state.token, state.iter_descriptors(), pending, stores)
+
+
+def _history_entry(before: RootState, ce: CommittedEvent) -> TransitionEntry | None:
+    """A completed / cancelled transition seen in the stream (None for other events)."""
+    from metaroot.state import shape, transition_id, transition_kind
+
+    kind = ce.event.kind
+    if kind in TERMINAL_KINDS:
+        phase = TransitionPhase.COMPLETED
+    elif kind in CANCEL_KINDS:
+        phase = TransitionPhase.CANCELLED
+    elif kind == EventKind.REGION_TOMBSTONED:
+        phase = TransitionPhase.COMPLETED
+    else:
+        return None
+    tid = transition_id(ce.event)
+    tkind = transition_kind(ce.event)
+    if not tid or tkind is None:
+        return None
+    pending: PendingTransition | None = before.pending.get(tid)
+    source = pending.source_token if pending is not None else ce.token
+    if kind == EventKind.REGION_TOMBSTONED:
+        base = before.descriptor(ce.event.payload.region_id)
+        bases, targets = ((base,) if base is not None else ()), ()
+        region_ids: tuple[int, ...] = (ce.event.payload.region_id,)
+    else:
+        bases, targets = shape(ce.event)
+        region_ids = tuple(sorted({d.region_id for d in (*bases, *targets)}))
+    return TransitionEntry(tid, tkind, phase, region_ids, tuple(targets), tuple(bases), source)
+
+
+class Subscription:
+    """Owns the RootView and the RootState mirror; one task feeds them (`run`)."""
+
+    def __init__(self, meta: Any, staleness_window: float, *, keepalive_ms: int = KEEPALIVE_MS,
+                 max_steps: int = 64, max_history: int = 256,
+                 rng: random.Random | None = None) -> None:
+        self.meta = meta
+        self.view = RootView(staleness_window)
+        # Invariant: state.token == view.served_token whenever view.catalog is not None.
+        self.state = RootState()
+        self.keepalive_ms = keepalive_ms
+        self.steps: deque[tuple[float, CatchUpStep]] = deque(maxlen=max_steps)
+        self.history: deque[TransitionEntry] = deque(maxlen=max_history)
+        self.paused = False
+        self.counters: Counter[str] = Counter()
+        self.last_error = ""
+        self.connected_to = ""
+        # grant id -> (id_fence, tso_fence) in the rooted state just before that grant was
+        # first issued: the exact start of a freshly issued allocator window.
+        self.fence_before_grant: dict[str, tuple[int, int]] = {}
+        self._rng = rng or random.Random()
+        self._changed = trio.Event()
+        self._stream_scope: trio.CancelScope | None = None
+        self._last_state = None
+
+    # ---- reads -------------------------------------------------------------------------
+
+    @property
+    def catalog(self) -> Catalog | None:
+        return self.view.catalog
+
+    @property
+    def served_token(self) -> RootToken:
+        return self.view.served_token
+
+    @property
+    def current_token(self) -> RootToken:
+        return self.view.current_token
+
+    def snapshot(self, degraded_flags=()) -> tuple[Catalog | None, ReadState, RootState]:
+        catalog, rs = self.view.snapshot(trio.current_time(), degraded_flags)
+        return catalog, rs, self.state
+
+    def read_state(self, degraded_flags=()) -> ReadState:
+        return self.view.read_state(trio.current_time(), degraded_flags)
+
+    async def wait_served(self, index: int, timeout: float) -> bool:
+        """Wait until the served catalog incorporates root index `index` (False on timeout)."""
+        with trio.move_on_after(timeout):
+            while self.view.served_token.index < index:
+                await self._changed.wait()
+            return True
+        return self.view.served_token.index >= index
+
+    async def wait_change(self) -> None:
+        await self._changed.wait()
+
+    # ---- controls ----------------------------------------------------------------------
+
+    def set_paused(self, paused: bool) -> None:
+        """PauseCatchUp: while paused, deltas are not applied (only root's current token is
+        noted, so lag grows); resuming re-subscribes from the served token."""
+        was = self.paused
+        self.paused = paused
+        if was and not paused:
+            self.restart_stream()
+
+    def restart_stream(self) -> None:
+        if self._stream_scope is not None:
+            self._stream_scope.cancel()
+
+    def note_confirmed(self, token: RootToken) -> None:
+        """The metaroot leader confirmed `token` as its current committed token."""
+        self._record(self.view.on_keepalive(token, trio.current_time()))
+
+    # ---- the task ----------------------------------------------------------------------
+
+    async def run(self, confirm=None, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Watch and tick forever. `confirm` (an async () -> RootToken, the batched
+        ConfirmToken round) enables the root probe."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._tick_loop)
+            if confirm is not None:
+                nursery.start_soon(self._probe_loop, confirm)
+            task_status.started()
+            await self._watch_loop()
+
+    async def _probe_loop(self, confirm) -> None:
+        """Ask the metaroot leader for its current token every third of the staleness
+        window. The watched peer may be a follower cut off from the leader that keeps sending
+        keepalives with a stale token; the leader's answer exposes the lag (and a failed
+        probe makes the view unconfirmed, never FRESH). A stream that stays behind a
+        confirmed token while connected to a non-leader is restarted on another peer."""
+        period = max(0.2, self.view.staleness_window / 3)
+        behind_since: float | None = None
+        while True:
+            await trio.sleep(period * (0.8 + 0.4 * self._rng.random()))
+            if self.paused:
+                continue
+            try:
+                token = await confirm()
+            except Exception:  # noqa: BLE001 - recorded as unreachability
+                self.counters["root_probe_failures"] += 1
+                self._record(self.view.on_root_unreachable(trio.current_time()))
+                continue
+            self.counters["root_probes"] += 1
+            self.note_confirmed(token)
+            now = trio.current_time()
+            leader = getattr(self.meta, "leader", None)
+            if self.view.served_token.index < token.index and leader \
+                    and self.connected_to != leader:
+                if behind_since is None:
+                    behind_since = now
+                elif now - behind_since > 2 * period:
+                    self.counters["watch_rotations"] += 1
+                    behind_since = None
+                    self.restart_stream()
+            else:
+                behind_since = None
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await trio.sleep(TICK_INTERVAL)
+            self._record(self.view.tick(trio.current_time()))
+
+    def _addrs(self) -> list[str]:
+        leader = getattr(self.meta, "leader", None)
+        addrs = list(self.meta.addrs)
+        return ([leader] if leader else []) + [a for a in addrs if a != leader]
+
+    async def _watch_loop(self) -> None:
+        backoff = RECONNECT_MIN
+        attempt = 0
+        while True:
+            addrs = self._addrs()
+            addr = addrs[attempt % len(addrs)]
+            try:
+                with trio.CancelScope() as scope:
+                    self._stream_scope = scope
+                    reload = await self._watch_once(addr)
+                    if reload:
+                        await self._reload()
+                self._stream_scope = None
+                backoff = RECONNECT_MIN
+                continue
+            except trio.Cancelled:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any stream failure: reconnect
+                self._stream_scope = None
+                self.counters["watch_errors"] += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                log.debug("watch from %s failed: %s", addr, self.last_error)
+                self._record(self.view.on_root_unreachable(trio.current_time()))
+                attempt += 1
+            await trio.sleep(backoff * (0.5 + self._rng.random()))
+            backoff = min(backoff * 2, RECONNECT_MAX)
+
+    async def _watch_once(self, addr: str) -> bool:
+        """Consume one watch stream; True when the view needs a snapshot reload."""
+        request = WatchRequest(self.view.served_token, self.keepalive_ms)
+        self.counters["watch_connects"] += 1
+        idle = max(1.0, 4 * self.keepalive_ms / 1000)
+        async with self.meta.rpc.stream(addr, request) as items:
+            self.connected_to = addr
+            it = items.__aiter__()
+            while True:
+                # a peer that stops answering (SIGSTOP, half-open TCP) must not pin the
+                # stream: no item (not even a keepalive) within `idle` -> reconnect
+                with trio.move_on_after(idle) as quiet:
+                    try:
+                        item = await it.__anext__()
+                    except StopAsyncIteration:
+                        break
+                if quiet.cancelled_caught:
+                    self.counters["watch_idle_timeouts"] += 1
+                    raise TimeoutError(f"watch stream from {addr} silent for {idle:.1f}s")
+                if self._on_item(item):
+                    return True
+        raise ConnectionError(f"watch stream from {addr} ended")
+
+    def _on_item(self, item: WatchItem) -> bool:
+        now = trio.current_time()
+        self.counters["watch_items"] += 1
+        if self.paused:
+            self._record(self.view.on_keepalive(item.current_token, now))
+            return False
+        if item.bootstrap_required and item.checkpoint is not None:
+            return self._install_checkpoint(item, now)
+        retained = RootToken(0, max(0, item.retained_from - 1)) if item.retained_from else None
+        if item.events:
+            step = self.view.on_delta(list(item.events), item.current_token, now)
+            self._record(step)
+            if step.catch_up_action == CatchUpAction.ADVANCE:
+                if not self._advance_mirror(item.events):
+                    return True
+                self._installed()
+            elif step.catch_up_action == CatchUpAction.RELOAD:
+                return True
+            return False
+        step = self.view.on_keepalive(item.current_token, now, retained)
+        self._record(step)
+        return step.catch_up_action == CatchUpAction.RELOAD
+
+    def _install_checkpoint(self, item: WatchItem, now: float) -> bool:
+        state = RootState.from_checkpoint(item.checkpoint)
+        token = item.checkpoint_token or state.token
+        catalog = catalog_from_state(state)
+        step = self.view.on_bootstrap_required(catalog, token, now)
+        self._record(step)
+        self.counters["checkpoint_installs"] += 1
+        if step.catch_up_action == CatchUpAction.BOOTSTRAP:
+            self.state = state
+            self._installed()
+        self._record(self.view.on_keepalive(item.current_token, now))
+        return False
+
+    def _advance_mirror(self, events: list[CommittedEvent]) -> bool:
+        """Apply the delta to the RootState mirror; False when it diverged (reload)."""
+        state = self.state
+        try:
+            for ce in events:
+                if ce.token.index <= state.token.index:
+                    continue
+                if ce.event.kind == EventKind.GRANT_ISSUED and isinstance(ce.event.payload,
+                                                                          GrantIssued):
+                    gid = ce.event.payload.grant.grant_id
+                    if gid not in state.grants and gid not in state.retirements:
+                        self.fence_before_grant[gid] = (state.id_fence, state.tso_fence)
+                entry = _history_entry(state, ce) if (
+                    ce.event.kind in TERMINAL_KINDS or ce.event.kind in CANCEL_KINDS
+                    or ce.event.kind == EventKind.REGION_TOMBSTONED) else None
+                new, err = state.apply_committed(ce.token, ce.event)
+                if err is None and entry is not None:
+                    self.history.append(entry)
+                if err is None and ce.event.kind in PLANNED_KINDS:
+                    self.counters["transitions_planned_seen"] += 1
+                state = new
+        except Exception as exc:  # noqa: BLE001 - a mirror that cannot follow is rebuilt
+            self.counters["mirror_divergence"] += 1
+            self.last_error = f"mirror: {type(exc).__name__}: {exc}"[:300]
+            return False
+        self.state = state
+        if state.token != self.view.served_token:
+            self.counters["mirror_divergence"] += 1
+            return False
+        return True
+
+    async def _reload(self) -> None:
+        """Rebuild the catalog and mirror from a rooted snapshot of the metaroot leader."""
+        self._record(self.view.begin_reload())
+        self.counters["reloads"] += 1
+        try:
+            reply = await self.meta.call(SnapshotRequest(), timeout=5.0, leader=True)
+        except BaseException:
+            self._record(self.view.abort_reload())
+            raise
+        state = RootState.from_checkpoint(reply.checkpoint)
+        step = self.view.finish_reload(catalog_from_state(state), state.token,
+                                       trio.current_time())
+        self._record(step)
+        if step.catch_up_action == CatchUpAction.RELOAD:
+            self.state = state
+            self._installed()
+        else:
+            self._record(self.view.abort_reload())
+
+    # ---- bookkeeping -------------------------------------------------------------------
+
+    def _installed(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _record(self, step: CatchUpStep) -> None:
+        self.counters[f"steps_{step.catch_up_action.name.lower()}"] += 1
+        changed_state = step.catch_up_state != self._last_state
+        self._last_state = step.catch_up_state
+        if step.catch_up_action != CatchUpAction.NONE or changed_state:
+            self.steps.append((trio.current_time(), step))

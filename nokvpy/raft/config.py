@@ -1,0 +1,48 @@
+"""Configuration of one raft peer.
+
+Owns: the knobs of the core and their validation. Never holds state that changes while the
+node runs. Randomness comes from `rng` (a `random.Random`): pass a seeded one in tests and
+simulations; by default it is seeded from the node id so runs are reproducible.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .read_only import ReadOnlyOption
+from .types import NONE, Storage
+
+
+@dataclass(slots=True)
+class Config:
+    id: int
+    storage: Storage
+    election_tick: int = 10
+    heartbeat_tick: int = 1
+    # Last applied index, when restarting with a state machine that already applied entries.
+    applied: int = 0
+    # Bytes of entry data per MsgApp (at least one entry is always sent); None = unlimited.
+    max_size_per_msg: int | None = 1 << 20
+    max_inflight_msgs: int = 256
+    # Bytes of entry data the leader accepts uncommitted before dropping proposals; 0 = no limit.
+    max_uncommitted_entries_size: int = 0
+    check_quorum: bool = True
+    pre_vote: bool = True
+    read_only_option: ReadOnlyOption = ReadOnlyOption.SAFE
+    disable_proposal_forwarding: bool = False
+    rng: random.Random | None = None
+
+    def validate(self) -> None:
+        if self.id == NONE:
+            raise ValueError("cannot use none as id")
+        if self.heartbeat_tick <= 0:
+            raise ValueError("heartbeat tick must be greater than 0")
+        if self.election_tick <= self.heartbeat_tick:
+            raise ValueError("election tick must be greater than heartbeat tick")
+        if self.max_inflight_msgs <= 0:
+            raise ValueError("max inflight messages must be greater than 0")
+        if self.read_only_option == ReadOnlyOption.LEASE_BASED and not self.check_quorum:
+            raise ValueError("check_quorum must be enabled when read_only_option is LEASE_BASED")
+        if self.rng is None:
+            self.rng = random.Random(self.id)

@@ -1,0 +1,601 @@
+"""Raft log storage for many raft groups in one LMDB environment.
+
+Owns: the `raft_log` and `raft_state` databases (layout in `schema.py`), the compact struct
+encoding of entries, hard state, truncation boundary, snapshot metadata and conf state, and
+the per-group in-memory view (`GroupStorage`) the raft core reads through. Never stores
+snapshot data (the raftstore builds it from the KV table), never imports msgpack, and never
+changes the in-memory view before the transaction that persists the change has committed.
+
+Semantics follow etcd's MemoryStorage: a group's log is [first_index, last_index] with a
+boundary (truncated index, truncated term) just below it; first_index = truncated index + 1;
+term(truncated index) answers the boundary term; term(i) below it raises CompactedError and
+above last_index raises UnavailableError; entries(lo, hi) below first_index raise
+CompactedError. Applying a snapshot resets the boundary to the snapshot's (index, term).
+
+Write path: `stage_*` methods add operations to a `WriteBatch` and an `on_commit` callback
+that updates the view; the caller commits the batch (possibly together with applied KV data
+and localmeta updates of the same loop turn). Stage-time validation reads the committed view:
+a group's next Ready must be staged after the previous one committed (persist, then advance).
+"""
+
+from __future__ import annotations
+
+import struct
+from bisect import bisect_left, bisect_right
+from collections import deque
+from collections.abc import Callable, Iterable
+from functools import partial
+
+from nokvpy.raft.types import (
+    CompactedError,
+    ConfState,
+    Entry,
+    HardState,
+    Snapshot,
+    SnapshotMetadata,
+    UnavailableError,
+)
+from nokvpy.storage.env import Env, WriteBatch
+from nokvpy.storage.errors import CorruptLogError, SnapshotOutOfDateError
+from nokvpy.storage.schema import RAFT_LOG, RAFT_STATE
+
+_KEY = struct.Struct(">QQ")  # group id, index
+_GID = struct.Struct(">Q")
+_ENT = struct.Struct(">QB")  # term, type; data follows
+_ENT_SIZE = _ENT.size
+_HS = struct.Struct(">QQQ")  # term, vote, commit
+_TRUNC = struct.Struct(">QQ")  # index, term
+_SNAP = struct.Struct(">QQII")  # index, term, #voters, #learners; ids follow
+_CONF = struct.Struct(">QII")  # index the conf state is valid at, #voters, #learners
+
+_TAG_HS = b"h"
+_TAG_TRUNC = b"t"
+_TAG_SNAP = b"s"
+_TAG_CONF = b"c"
+_MAX_GID = (1 << 64) - 1
+
+DEFAULT_CACHE_ENTRIES = 1024
+
+ReadyItem = tuple[int, HardState | None, list[Entry], Snapshot | None]
+
+
+def log_key(group_id: int, index: int) -> bytes:
+    return _KEY.pack(group_id, index)
+
+
+def _group_lo(group_id: int) -> bytes:
+    return _KEY.pack(group_id, 0)
+
+
+def _group_hi(group_id: int) -> bytes | None:
+    return _GID.pack(group_id + 1) if group_id < _MAX_GID else None
+
+
+def _encode_ids(voters: tuple[int, ...], learners: tuple[int, ...]) -> bytes:
+    n = len(voters) + len(learners)
+    return struct.pack(f">{n}Q", *voters, *learners) if n else b""
+
+
+def encode_snapshot_meta(meta: SnapshotMetadata) -> bytes:
+    cs = meta.conf_state
+    head = _SNAP.pack(meta.index, meta.term, len(cs.voters), len(cs.learners))
+    return head + _encode_ids(cs.voters, cs.learners)
+
+
+def decode_snapshot_meta(raw: bytes) -> SnapshotMetadata:
+    index, term, nv, nl = _SNAP.unpack_from(raw)
+    ids = struct.unpack_from(f">{nv + nl}Q", raw, _SNAP.size)
+    if len(raw) != _SNAP.size + 8 * (nv + nl):
+        raise CorruptLogError(f"snapshot metadata record has {len(raw)} bytes")
+    return SnapshotMetadata(index, term, ConfState(tuple(ids[:nv]), tuple(ids[nv:])))
+
+
+def _encode_conf(index: int, cs: ConfState) -> bytes:
+    return _CONF.pack(index, len(cs.voters), len(cs.learners)) + _encode_ids(
+        cs.voters, cs.learners
+    )
+
+
+def _decode_conf(raw: bytes) -> tuple[int, ConfState]:
+    index, nv, nl = _CONF.unpack_from(raw)
+    if len(raw) != _CONF.size + 8 * (nv + nl):
+        raise CorruptLogError(f"conf state record has {len(raw)} bytes")
+    ids = struct.unpack_from(f">{nv + nl}Q", raw, _CONF.size)
+    return index, ConfState(tuple(ids[:nv]), tuple(ids[nv:]))
+
+
+def _decode_entry(index: int, raw: bytes) -> Entry:
+    term, typ = _ENT.unpack_from(raw)
+    return Entry(term, index, typ, raw[_ENT_SIZE:])
+
+
+class GroupStorage:
+    """One raft group's log as the raft core sees it (the `Storage` protocol), read from an
+    in-memory view that mirrors what is durable.
+
+    The view: hard state, boundary (truncated index/term), snapshot metadata, conf state, the
+    terms of [first_index, last_index] as runs (start index -> term), and the most recent
+    entries. Older entries are read from LMDB on demand.
+    """
+
+    __slots__ = (
+        "group_id",
+        "_env",
+        "_log_db",
+        "_hs",
+        "_trunc_index",
+        "_trunc_term",
+        "_snap",
+        "_conf",
+        "_last",
+        "_run_idx",
+        "_run_term",
+        "_cache",
+        "_cache_max",
+        "snapshot_provider",
+    )
+
+    def __init__(self, env: Env, group_id: int, cache_entries: int = DEFAULT_CACHE_ENTRIES):
+        self.group_id = group_id
+        self._env = env
+        self._log_db = env.db(RAFT_LOG)
+        self._cache_max = max(1, cache_entries)
+        # Called by snapshot() with the stored metadata; the raftstore installs one that
+        # attaches KV data (and may raise SnapshotTemporarilyUnavailableError).
+        self.snapshot_provider: Callable[[SnapshotMetadata], Snapshot] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._hs = HardState()
+        self._trunc_index = 0
+        self._trunc_term = 0
+        self._snap = SnapshotMetadata()
+        self._conf: tuple[int, ConfState] | None = None  # (valid-at index, conf state)
+        # Invariant: _trunc_index <= _last; the log holds exactly (_trunc_index, _last].
+        self._last = 0
+        # Invariant: _run_idx ascending, _run_idx[0] <= _trunc_index + 1 when non-empty; the
+        # term of index i in the log is _run_term[bisect_right(_run_idx, i) - 1].
+        self._run_idx: list[int] = []
+        self._run_term: list[int] = []
+        # Invariant: _cache holds entries (_last - len(_cache), _last], in order.
+        self._cache: list[Entry] = []
+
+    # ------------------------------------------------------------ loading
+
+    def _load(self) -> None:
+        gid = self.group_id
+        state_db = self._env.db(RAFT_STATE)
+        log_db = self._log_db
+        cache_max = self._cache_max
+
+        def read(txn):
+            get = txn.get
+            hs = get(_GID.pack(gid) + _TAG_HS, db=state_db)
+            trunc = get(_GID.pack(gid) + _TAG_TRUNC, db=state_db)
+            snap = get(_GID.pack(gid) + _TAG_SNAP, db=state_db)
+            conf = get(_GID.pack(gid) + _TAG_CONF, db=state_db)
+            runs_idx: list[int] = []
+            runs_term: list[int] = []
+            tail: deque[tuple[int, bytes]] = deque(maxlen=cache_max)
+            first = last = None
+            hi = _group_hi(gid)
+            with txn.cursor(db=log_db) as cur:
+                if cur.set_range(_group_lo(gid)):
+                    for key, value in cur:
+                        if hi is not None and key >= hi:
+                            break
+                        if len(key) != 16 or len(value) < _ENT_SIZE:
+                            raise CorruptLogError(f"group {gid}: malformed log record {key!r}")
+                        index = _KEY.unpack(key)[1]
+                        if last is not None and index != last + 1:
+                            raise CorruptLogError(f"group {gid}: gap after index {last}")
+                        if first is None:
+                            first = index
+                        last = index
+                        term = _ENT.unpack_from(value)[0]
+                        if not runs_term or runs_term[-1] != term:
+                            if runs_term and term < runs_term[-1]:
+                                raise CorruptLogError(f"group {gid}: term decreases at {index}")
+                            runs_idx.append(index)
+                            runs_term.append(term)
+                        tail.append((index, value))
+            return hs, trunc, snap, conf, first, last, runs_idx, runs_term, tail
+
+        try:
+            hs, trunc, snap, conf, first, last, runs_idx, runs_term, tail = self._env.read(read)
+            self._reset()
+            if hs is not None:
+                self._hs = HardState(*_HS.unpack(hs))
+            if trunc is not None:
+                self._trunc_index, self._trunc_term = _TRUNC.unpack(trunc)
+            if snap is not None:
+                self._snap = decode_snapshot_meta(snap)
+            if conf is not None:
+                self._conf = _decode_conf(conf)
+        except struct.error as exc:
+            raise CorruptLogError(f"group {gid}: undecodable state record: {exc}") from None
+        self._last = self._trunc_index
+        if first is not None:
+            if first != self._trunc_index + 1:
+                raise CorruptLogError(
+                    f"group {gid}: first entry {first} does not follow boundary "
+                    f"{self._trunc_index}"
+                )
+            self._last = last
+            self._run_idx, self._run_term = runs_idx, runs_term
+            self._cache = [_decode_entry(i, v) for i, v in tail]
+
+    # ------------------------------------------------------------ Storage protocol
+
+    def initial_state(self) -> tuple[HardState, ConfState]:
+        hs = self._hs
+        conf = self._conf
+        cs = conf[1] if conf is not None and conf[0] >= self._snap.index else self._snap.conf_state
+        return HardState(hs.term, hs.vote, hs.commit), cs
+
+    def first_index(self) -> int:
+        return self._trunc_index + 1
+
+    def last_index(self) -> int:
+        return self._last
+
+    def term(self, index: int) -> int:
+        if index == self._last:
+            return self._run_term[-1] if self._last > self._trunc_index else self._trunc_term
+        if index <= self._trunc_index:
+            if index == self._trunc_index:
+                return self._trunc_term
+            raise CompactedError(
+                f"group {self.group_id}: term({index}) compacted (first index "
+                f"{self._trunc_index + 1})"
+            )
+        if index > self._last:
+            raise UnavailableError(
+                f"group {self.group_id}: term({index}) beyond last index {self._last}"
+            )
+        return self._run_term[bisect_right(self._run_idx, index) - 1]
+
+    def entries(self, lo: int, hi: int, max_size: int | None = None) -> list[Entry]:
+        """Entries [lo, hi), limited to max_size bytes of data (always at least one)."""
+        if lo <= self._trunc_index:
+            raise CompactedError(
+                f"group {self.group_id}: entries from {lo} compacted (first index "
+                f"{self._trunc_index + 1})"
+            )
+        if hi > self._last + 1:
+            raise UnavailableError(
+                f"group {self.group_id}: entries up to {hi - 1} beyond last index {self._last}"
+            )
+        if lo >= hi:
+            if lo > hi:
+                raise ValueError(f"invalid entries range [{lo}, {hi})")
+            return []
+        cache = self._cache
+        cache_lo = self._last + 1 - len(cache)
+        if lo >= cache_lo:
+            ents = cache[lo - cache_lo : hi - cache_lo]
+            return ents if max_size is None else _limit_size(ents, max_size)
+        ents = self._read_entries(lo, min(hi, cache_lo), max_size)
+        if hi > cache_lo and ents and ents[-1].index == cache_lo - 1:
+            if max_size is None:
+                ents.extend(cache[: hi - cache_lo])
+            else:
+                size = sum(len(e.data) for e in ents)
+                for e in cache[: hi - cache_lo]:
+                    size += len(e.data)
+                    if size > max_size:
+                        break
+                    ents.append(e)
+        return ents
+
+    def snapshot(self) -> Snapshot:
+        provider = self.snapshot_provider
+        if provider is not None:
+            return provider(self._snap)
+        return Snapshot(self._snap)
+
+    # ------------------------------------------------------------ extra reads
+
+    @property
+    def hard_state(self) -> HardState:
+        hs = self._hs
+        return HardState(hs.term, hs.vote, hs.commit)
+
+    @property
+    def snapshot_metadata(self) -> SnapshotMetadata:
+        return self._snap
+
+    def is_empty(self) -> bool:
+        """True if nothing was ever persisted for this group (or it was destroyed)."""
+        return (
+            self._last == 0
+            and self._snap.index == 0
+            and self._hs == HardState()
+            and self._conf is None
+        )
+
+    def _read_entries(self, lo: int, hi: int, max_size: int | None) -> list[Entry]:
+        gid = self.group_id
+        db = self._log_db
+        end_key = _KEY.pack(gid, hi)
+
+        def read(txn):
+            out: list[Entry] = []
+            size = 0
+            with txn.cursor(db=db) as cur:
+                if not cur.set_key(_KEY.pack(gid, lo)):
+                    raise CorruptLogError(f"group {gid}: entry {lo} missing from disk")
+                for key, value in cur:
+                    if key >= end_key:
+                        break
+                    if max_size is not None:
+                        size += len(value) - _ENT_SIZE
+                        if out and size > max_size:
+                            break
+                    out.append(_decode_entry(_KEY.unpack(key)[1], value))
+            return out
+
+        return self._env.read(read)
+
+    # ------------------------------------------------------------ view updates (on commit)
+
+    def _on_append(self, entries: list[Entry]) -> None:
+        first = entries[0].index
+        if first <= self._last:  # overwrite a conflicting suffix
+            k = bisect_left(self._run_idx, first)
+            del self._run_idx[k:]
+            del self._run_term[k:]
+            cache_lo = self._last + 1 - len(self._cache)
+            if first <= cache_lo:
+                self._cache = []
+            else:
+                del self._cache[first - cache_lo :]
+        run_idx, run_term = self._run_idx, self._run_term
+        last_term = run_term[-1] if run_term else -1
+        for e in entries:
+            if e.term != last_term:
+                last_term = e.term
+                run_idx.append(e.index)
+                run_term.append(last_term)
+        self._last = entries[-1].index
+        cache = self._cache
+        cache.extend(entries)
+        if len(cache) > self._cache_max + (self._cache_max >> 2):
+            del cache[: len(cache) - self._cache_max]
+
+    def _on_hard_state(self, hs: HardState) -> None:
+        self._hs = HardState(hs.term, hs.vote, hs.commit)
+
+    def _on_compact(self, index: int, term: int) -> None:
+        if index <= self._trunc_index:
+            return
+        self._trunc_index, self._trunc_term = index, term
+        if index >= self._last:
+            self._last = index
+            self._run_idx, self._run_term, self._cache = [], [], []
+            return
+        k = bisect_right(self._run_idx, index + 1) - 1
+        if k > 0:
+            del self._run_idx[:k]
+            del self._run_term[:k]
+        cache_lo = self._last + 1 - len(self._cache)
+        if index >= cache_lo:
+            del self._cache[: index - cache_lo + 1]
+
+    def _on_snapshot(self, meta: SnapshotMetadata) -> None:
+        self._trunc_index, self._trunc_term = meta.index, meta.term
+        self._snap = meta
+        self._conf = None
+        self._last = meta.index
+        self._run_idx, self._run_term, self._cache = [], [], []
+
+    def _on_snapshot_meta(self, meta: SnapshotMetadata) -> None:
+        if meta.index > self._snap.index:
+            self._snap = meta
+
+    def _on_conf_state(self, index: int, cs: ConfState) -> None:
+        self._conf = (index, cs)
+
+
+def _limit_size(ents: list[Entry], max_size: int) -> list[Entry]:
+    size = 0
+    for i, e in enumerate(ents):
+        size += len(e.data)
+        if size > max_size and i > 0:
+            return ents[:i]
+    return ents
+
+
+class RaftLogStore:
+    """The raft logs of every group hosted in one environment."""
+
+    def __init__(self, env: Env, *, cache_entries: int = DEFAULT_CACHE_ENTRIES):
+        self._env = env
+        self._state_db = env.db(RAFT_STATE)
+        self._log_db = env.db(RAFT_LOG)
+        self._cache_entries = cache_entries
+        self._groups: dict[int, GroupStorage] = {}
+
+    @property
+    def env(self) -> Env:
+        return self._env
+
+    def group(self, group_id: int) -> GroupStorage:
+        """The group's Storage view, loaded from disk on first use (empty if new)."""
+        g = self._groups.get(group_id)
+        if g is None:
+            if not 0 < group_id <= _MAX_GID:
+                raise ValueError(f"group id must be a positive u64, got {group_id}")
+            g = GroupStorage(self._env, group_id, self._cache_entries)
+            g._load()
+            self._groups[group_id] = g
+        return g
+
+    def list_groups(self) -> list[int]:
+        """Ids of every group with anything persisted, ascending."""
+
+        def read(txn):
+            found: set[int] = set()
+            for db in (self._state_db, self._log_db):
+                with txn.cursor(db=db) as cur:
+                    ok = cur.first()
+                    while ok:
+                        gid = _GID.unpack_from(cur.key())[0]
+                        found.add(gid)
+                        hi = _group_hi(gid)
+                        ok = hi is not None and cur.set_range(hi)
+            return sorted(found)
+
+        return self._env.read(read)
+
+    # ------------------------------------------------------------ staging
+
+    def stage_ready(
+        self,
+        batch: WriteBatch,
+        group_id: int,
+        hard_state: HardState | None,
+        entries: list[Entry],
+        snapshot: Snapshot | None = None,
+    ) -> None:
+        """Add one Ready's persistence to `batch`: snapshot (if any, first), then entries
+        (overwriting any conflicting suffix), then hard state. The view changes on commit."""
+        g = self.group(group_id)
+        trunc, last = g._trunc_index, g._last
+        if snapshot is not None and snapshot.metadata.index:
+            self.stage_apply_snapshot(batch, group_id, snapshot.metadata)
+            trunc = last = snapshot.metadata.index
+        if entries:
+            self._stage_append(batch, g, entries, trunc, last)
+        if hard_state is not None:
+            self.stage_hard_state(batch, group_id, hard_state)
+
+    def _stage_append(
+        self, batch: WriteBatch, g: GroupStorage, entries: list[Entry], trunc: int, last: int
+    ) -> None:
+        gid = g.group_id
+        first = entries[0].index
+        new_last = entries[-1].index
+        if new_last - first != len(entries) - 1:
+            raise ValueError(f"group {gid}: entries {first}..{new_last} are not contiguous")
+        if first > last + 1:
+            raise ValueError(f"group {gid}: missing log entries {last + 1}..{first - 1}")
+        if new_last <= trunc:
+            return  # all already compacted (etcd ignores them too)
+        if first <= trunc:
+            entries = entries[trunc + 1 - first :]
+            first = trunc + 1
+        pack_key, pack_ent = _KEY.pack, _ENT.pack
+        batch.put_many(
+            RAFT_LOG, [(pack_key(gid, e.index), pack_ent(e.term, e.type) + e.data) for e in entries]
+        )
+        if new_last < last:
+            batch.delete_range(RAFT_LOG, _KEY.pack(gid, new_last + 1), _group_hi(gid))
+        batch.on_commit(partial(g._on_append, entries))
+
+    def stage_hard_state(self, batch: WriteBatch, group_id: int, hs: HardState) -> None:
+        g = self.group(group_id)
+        batch.put(RAFT_STATE, _GID.pack(group_id) + _TAG_HS, _HS.pack(hs.term, hs.vote, hs.commit))
+        batch.on_commit(partial(g._on_hard_state, HardState(hs.term, hs.vote, hs.commit)))
+
+    def stage_compact(self, batch: WriteBatch, group_id: int, index: int) -> None:
+        """Drop entries <= index, keeping (index, term(index)) as the boundary."""
+        g = self.group(group_id)
+        if index <= g._trunc_index:
+            raise CompactedError(
+                f"group {group_id}: compact({index}) at or below first index - 1 "
+                f"({g._trunc_index})"
+            )
+        if index > g._last:
+            raise UnavailableError(
+                f"group {group_id}: compact({index}) beyond last index {g._last}"
+            )
+        term = g.term(index)
+        batch.delete_range(RAFT_LOG, _group_lo(group_id), _KEY.pack(group_id, index + 1))
+        batch.put(RAFT_STATE, _GID.pack(group_id) + _TAG_TRUNC, _TRUNC.pack(index, term))
+        batch.on_commit(partial(g._on_compact, index, term))
+
+    def stage_apply_snapshot(
+        self, batch: WriteBatch, group_id: int, meta: SnapshotMetadata
+    ) -> None:
+        """Restore the group from a snapshot: drop its whole log; first_index = index + 1."""
+        g = self.group(group_id)
+        if meta.index <= g._snap.index:
+            raise SnapshotOutOfDateError(
+                f"group {group_id}: snapshot at {meta.index} is not newer than {g._snap.index}"
+            )
+        prefix = _GID.pack(group_id)
+        batch.delete_range(RAFT_LOG, _group_lo(group_id), _group_hi(group_id))
+        batch.put(RAFT_STATE, prefix + _TAG_TRUNC, _TRUNC.pack(meta.index, meta.term))
+        batch.put(RAFT_STATE, prefix + _TAG_SNAP, encode_snapshot_meta(meta))
+        batch.delete(RAFT_STATE, prefix + _TAG_CONF)
+        batch.on_commit(partial(g._on_snapshot, meta))
+
+    def stage_create_snapshot(
+        self, batch: WriteBatch, group_id: int, index: int, conf_state: ConfState
+    ) -> SnapshotMetadata:
+        """Record snapshot metadata at an applied `index` without touching the log (etcd's
+        CreateSnapshot); snapshot() answers it from then on."""
+        g = self.group(group_id)
+        if index <= g._snap.index:
+            raise SnapshotOutOfDateError(
+                f"group {group_id}: snapshot at {index} is not newer than {g._snap.index}"
+            )
+        meta = SnapshotMetadata(index, g.term(index), conf_state)
+        batch.put(RAFT_STATE, _GID.pack(group_id) + _TAG_SNAP, encode_snapshot_meta(meta))
+        batch.on_commit(partial(g._on_snapshot_meta, meta))
+        return meta
+
+    def stage_conf_state(
+        self, batch: WriteBatch, group_id: int, index: int, conf_state: ConfState
+    ) -> None:
+        """Persist the conf state in force at applied `index`; initial_state() prefers it over
+        the snapshot's conf state when index >= snapshot index."""
+        g = self.group(group_id)
+        batch.put(RAFT_STATE, _GID.pack(group_id) + _TAG_CONF, _encode_conf(index, conf_state))
+        batch.on_commit(partial(g._on_conf_state, index, conf_state))
+
+    def stage_destroy_group(self, batch: WriteBatch, group_id: int) -> None:
+        """Delete everything persisted for the group; its view becomes empty on commit."""
+        g = self.group(group_id)
+        batch.delete_range(RAFT_LOG, _group_lo(group_id), _group_hi(group_id))
+        batch.delete_range(RAFT_STATE, _GID.pack(group_id), _group_hi(group_id))
+        batch.on_commit(g._reset)
+
+    # ------------------------------------------------------------ committing helpers
+
+    async def write_ready(
+        self, items: Iterable[ReadyItem], batch: WriteBatch | None = None
+    ) -> None:
+        """Persist the Readys of many groups, items of (group_id, hard_state | None, entries,
+        snapshot | None), in one fsynced transaction. If `batch` is given (holding e.g. applied
+        KV data and localmeta updates of the same loop turn) the Readys are added to it and
+        the whole batch commits atomically."""
+        if batch is None:
+            batch = WriteBatch()
+        for group_id, hs, entries, snapshot in items:
+            self.stage_ready(batch, group_id, hs, entries, snapshot)
+        await self._env.commit(batch)
+
+    async def compact(self, group_id: int, index: int) -> None:
+        batch = WriteBatch()
+        self.stage_compact(batch, group_id, index)
+        await self._env.commit(batch)
+
+    async def apply_snapshot(self, group_id: int, meta: SnapshotMetadata) -> None:
+        batch = WriteBatch()
+        self.stage_apply_snapshot(batch, group_id, meta)
+        await self._env.commit(batch)
+
+    async def create_snapshot(
+        self, group_id: int, index: int, conf_state: ConfState
+    ) -> SnapshotMetadata:
+        batch = WriteBatch()
+        meta = self.stage_create_snapshot(batch, group_id, index, conf_state)
+        await self._env.commit(batch)
+        return meta
+
+    async def destroy_group(self, group_id: int) -> None:
+        batch = WriteBatch()
+        self.stage_destroy_group(batch, group_id)
+        await self._env.commit(batch)

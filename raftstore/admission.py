@@ -1,0 +1,212 @@
+"""Admission: may this store execute this request, and if not, exactly why (DESIGN 5).
+
+Owns: the pure decision `admit(request, store_id, regions, now, limits)` -> `Admission`,
+with the order in which the reasons are checked and the hints each refusal carries (leader
+peer and store for NOT_LEADER, current epoch and descriptor for EPOCH_MISMATCH and
+KEY_NOT_IN_REGION). Every externally visible refusal of a store maps to one of these reasons
+(the admission invariant). Never does I/O, never reads a clock (`now` is an input), never
+looks at raft directly: the store summarizes each region as a `RegionView`.
+
+Order: CANCELED / TIMED_OUT (the caller's context is already done) -> INVALID (shape, sizes)
+-> STORE_NOT_MATCH -> NOT_HOSTED -> EPOCH_MISMATCH -> KEY_NOT_IN_REGION -> NOT_LEADER (writes,
+linearizable reads, topology) -> QUEUE_SATURATED (writes, topology) -> SCHEDULER_DEGRADED
+(topology) -> STALE (bounded-stale reads outside their budget) -> ACCEPTED.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from nokvpy.protocol import (
+    Admission,
+    AdmissionClass,
+    AdmissionReason,
+    RegionDescriptor,
+)
+from nokvpy.protocol.store_rpc import MAX_KEY_SIZE, MAX_VALUE_SIZE, KvContext, ReadMode
+
+R = AdmissionReason
+
+DEFAULT_QUEUE_LIMIT = 4096
+MAX_SCAN_LIMIT = 10_000
+MAX_BATCH_KEYS = 10_000
+
+
+@dataclass(slots=True, frozen=True)
+class RegionView:
+    """What admission needs to know about one hosted region peer."""
+
+    descriptor: RegionDescriptor | None  # None: peer exists but is not initialized yet
+    peer_id: int
+    is_leader: bool
+    leader_peer_id: int = 0
+    leader_store_id: int = 0
+    applied_index: int = 0
+    commit_index: int = 0
+    # Seconds since this peer last heard from its leader (0 on the leader; None: never).
+    leader_contact_age: float | None = None
+    queue_depth: int = 0  # proposals queued or in flight on this region
+
+
+@dataclass(slots=True, frozen=True)
+class AdmissionRequest:
+    cls: AdmissionClass
+    ctx: KvContext | None
+    keys: tuple[bytes, ...] = ()
+    values: tuple[bytes | None, ...] = ()
+    scan_start: bytes | None = None  # scans: the start key must lie in the region
+    scan_limit: int | None = None
+    deadline: float = float("inf")  # the caller's deadline (same clock as `now`)
+    cancelled: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class Limits:
+    queue_limit: int = DEFAULT_QUEUE_LIMIT
+    scheduler_degraded: bool = False  # the publish outbox is failing (topology only)
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def refuse(cls: AdmissionClass, reason: AdmissionReason, detail: str, **hints) -> Admission:
+    return Admission(cls, reason, detail, **hints)
+
+
+def admit(
+    req: AdmissionRequest,
+    store_id: int,
+    regions: Mapping[int, RegionView],
+    now: float,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Admission:
+    cls = req.cls
+    # 1. The caller's context.
+    if req.cancelled:
+        return refuse(cls, R.CANCELED, "the caller cancelled the request")
+    if now >= req.deadline:
+        return refuse(cls, R.TIMED_OUT, "the request's deadline passed before admission")
+    # 2. Shape.
+    ctx = req.ctx
+    bad = _invalid(req)
+    if bad:
+        return refuse(cls, R.INVALID, bad)
+    assert ctx is not None
+    # 3. Which store, which region.
+    if ctx.store_id != store_id:
+        return refuse(cls, R.STORE_NOT_MATCH,
+                      f"request for store {ctx.store_id} reached store {store_id}")
+    view = regions.get(ctx.region_id)
+    if view is None:
+        return refuse(cls, R.NOT_HOSTED, f"region {ctx.region_id} is not hosted on store "
+                      f"{store_id}")
+    desc = view.descriptor
+    if desc is None:
+        return refuse(cls, R.NOT_HOSTED, f"region {ctx.region_id} is being initialized on store "
+                      f"{store_id} (waiting for a snapshot)",
+                      leader_peer_id=view.leader_peer_id, leader_store_id=view.leader_store_id)
+    # 4. Epoch and keys.
+    if ctx.epoch != desc.epoch:
+        return refuse(cls, R.EPOCH_MISMATCH,
+                      f"region {desc.region_id} is at epoch {desc.epoch}, request carries "
+                      f"{ctx.epoch}", current_epoch=desc.epoch, descriptor=desc,
+                      leader_peer_id=view.leader_peer_id, leader_store_id=view.leader_store_id)
+    keys = req.keys if req.scan_start is None else (*req.keys, req.scan_start)
+    for key in keys:
+        if not desc.contains(key):
+            return refuse(cls, R.KEY_NOT_IN_REGION,
+                          f"key {key[:64]!r} is outside region {desc.region_id} "
+                          f"[{desc.start_key[:64]!r}, {desc.end_key[:64]!r})",
+                          current_epoch=desc.epoch, descriptor=desc,
+                          leader_peer_id=view.leader_peer_id,
+                          leader_store_id=view.leader_store_id)
+    # 5. Leadership.
+    mode = ctx.read_mode
+    needs_leader = cls != AdmissionClass.READ or mode == ReadMode.LINEARIZABLE
+    if needs_leader and not view.is_leader:
+        hint = ""
+        if view.leader_peer_id:
+            hint = f"; leader is peer {view.leader_peer_id} on store {view.leader_store_id}"
+        return refuse(cls, R.NOT_LEADER,
+                      f"peer {view.peer_id} of region {desc.region_id} is not the leader" + hint,
+                      leader_peer_id=view.leader_peer_id, leader_store_id=view.leader_store_id)
+    # 6. Capacity.
+    if cls != AdmissionClass.READ and view.queue_depth >= limits.queue_limit:
+        return refuse(cls, R.QUEUE_SATURATED,
+                      f"region {desc.region_id} has {view.queue_depth} proposals in flight "
+                      f"(limit {limits.queue_limit})",
+                      leader_peer_id=view.leader_peer_id, leader_store_id=view.leader_store_id)
+    if cls == AdmissionClass.TOPOLOGY and limits.scheduler_degraded:
+        return refuse(cls, R.SCHEDULER_DEGRADED,
+                      "the publish outbox is failing: topology changes are paused")
+    # 7. Staleness budget.
+    if cls == AdmissionClass.READ and mode == ReadMode.BOUNDED_STALE:
+        stale = stale_violation(ctx, view)
+        if stale:
+            return refuse(cls, R.STALE, stale, leader_peer_id=view.leader_peer_id,
+                          leader_store_id=view.leader_store_id)
+    return Admission(cls, R.ACCEPTED, leader_peer_id=view.leader_peer_id,
+                     leader_store_id=view.leader_store_id)
+
+
+def stale_by(view: RegionView) -> tuple[int, int]:
+    """(index lag, age in ms) of a local read on this peer."""
+    lag = max(0, view.commit_index - view.applied_index)
+    if view.is_leader:
+        return lag, 0
+    age = view.leader_contact_age
+    return lag, (1 << 31) if age is None else int(age * 1000)
+
+
+def stale_violation(ctx: KvContext, view: RegionView) -> str:
+    """Why a bounded-stale read on this peer would exceed the caller's budget ('' if not)."""
+    lag, age_ms = stale_by(view)
+    if ctx.max_stale_index > 0 and lag > ctx.max_stale_index:
+        return (f"peer {view.peer_id} is {lag} entries behind commit (budget "
+                f"{ctx.max_stale_index})")
+    if ctx.max_stale_ms > 0 and age_ms > ctx.max_stale_ms:
+        return (f"peer {view.peer_id} last heard from its leader {age_ms} ms ago (budget "
+                f"{ctx.max_stale_ms} ms)")
+    return ""
+
+
+def _invalid(req: AdmissionRequest) -> str:
+    ctx = req.ctx
+    if ctx is None:
+        return "the request carries no context"
+    if not isinstance(ctx, KvContext):
+        return f"the request context is a {type(ctx).__name__}, not a KvContext"
+    if ctx.region_id <= 0:
+        return "the request names no region"
+    if ctx.epoch is None:
+        return "the request carries no region epoch"
+    try:
+        mode = ReadMode(ctx.read_mode)
+    except ValueError:
+        return f"unknown read mode {ctx.read_mode!r}"
+    if req.cls != AdmissionClass.READ and mode != ReadMode.LINEARIZABLE:
+        return "only reads take a read mode"
+    if ctx.max_stale_index < 0 or ctx.max_stale_ms < 0:
+        return "staleness budgets must not be negative"
+    if req.cls == AdmissionClass.WRITE and not req.keys:
+        return "a write needs at least one key"
+    if len(req.keys) > MAX_BATCH_KEYS:
+        return f"{len(req.keys)} keys exceed the limit of {MAX_BATCH_KEYS} per request"
+    for key in req.keys:
+        if not isinstance(key, bytes):
+            return f"keys are bytes, not {type(key).__name__}"
+        if not key:
+            return "the empty key is not a valid key"
+        if len(key) > MAX_KEY_SIZE:
+            return f"key of {len(key)} bytes exceeds the limit of {MAX_KEY_SIZE}"
+    for value in req.values:
+        if value is not None and not isinstance(value, bytes):
+            return f"values are bytes, not {type(value).__name__}"
+        if value is not None and len(value) > MAX_VALUE_SIZE:
+            return f"value of {len(value)} bytes exceeds the limit of {MAX_VALUE_SIZE}"
+    if req.scan_start is not None and not isinstance(req.scan_start, bytes):
+        return "the scan start key must be bytes"
+    if req.scan_limit is not None and not 0 < req.scan_limit <= MAX_SCAN_LIMIT:
+        return f"scan limit must be 1..{MAX_SCAN_LIMIT}, got {req.scan_limit}"
+    return ""

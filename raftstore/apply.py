@@ -1,0 +1,331 @@
+"""The KV state machine of one region: committed raft entries -> LMDB writes.
+
+Owns: interpreting a region's entry payloads (`KvCommand`, `AdminCommand`), the in-batch
+overlay (a later entry of the same batch sees the writes of an earlier one), staging the
+replay pointer (applied index, term) into the SAME write batch as the data it covers (so
+replay after a crash is idempotent: raft restarts after the pointer and re-applies nothing
+that is durable), snapshots of the region (descriptor + KV range + applied index) and their
+installation, and raft log compaction behind the applied index. Never awaits and never
+commits: the driver commits the batch; in-memory views change only in `after_commit`.
+
+Apply-time rules: a command proposed under an older region version (a split or merge
+happened since) or touching a key outside the region is refused as a whole (nothing written);
+a CAS command writes only if every CAS predicate holds. Invalid payloads are refused, never
+raised: an apply must never fail the batch that persists other groups' work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from nokvpy.protocol import RegionDescriptor
+from nokvpy.protocol.raftstore_cmds import (
+    AdminCommand,
+    KvCommand,
+    KvOpKind,
+    KvResult,
+    RegionSnapshot,
+)
+from nokvpy.protocol.store_rpc import MAX_KEY_SIZE, MAX_VALUE_SIZE
+from nokvpy.raft.types import (
+    ConfChange,
+    ConfState,
+    Entry,
+    EntryType,
+    Snapshot,
+    SnapshotTemporarilyUnavailableError,
+)
+from nokvpy.storage import KV, Env, LocalMeta, RaftLogStore, WriteBatch
+from nokvpy.wire import DecodeError, decode, encode
+from raftstore import commands as _commands  # noqa: F401  (installs the fast entry codec)
+
+log = logging.getLogger("nokvpy.raftstore.apply")
+
+_MISSING = object()
+
+# Raft log compaction: keep this many applied entries, compact in steps of at least SLACK.
+COMPACT_KEEP = 2048
+COMPACT_SLACK = 1024
+
+OK = KvResult(True)
+EPOCH_MISMATCH = "epoch_mismatch"
+KEY_NOT_IN_REGION = "key_not_in_region"
+INVALID = "invalid"
+
+AdminHandler = Callable[["RegionStateMachine", WriteBatch, Entry, AdminCommand], Any]
+
+
+def in_range(desc: RegionDescriptor, key: bytes) -> bool:
+    return desc.start_key <= key and (not desc.end_key or key < desc.end_key)
+
+
+def encode_descriptor(desc: RegionDescriptor) -> bytes:
+    return encode(desc)
+
+
+def decode_descriptor(raw: bytes) -> RegionDescriptor:
+    desc = decode(raw)
+    if not isinstance(desc, RegionDescriptor):
+        raise DecodeError(f"expected a RegionDescriptor, got {type(desc).__name__}")
+    return desc
+
+
+class RegionStateMachine:
+    """Applies one region's committed entries (the driver's `StateMachine` protocol)."""
+
+    def __init__(
+        self,
+        region_id: int,
+        env: Env,
+        kv: KV,
+        meta: LocalMeta,
+        raftlog: RaftLogStore,
+        descriptor: RegionDescriptor | None,
+        applied_index: int = 0,
+        applied_term: int = 0,
+    ):
+        self.region_id = region_id
+        self.env = env
+        self.kv = kv
+        self.meta = meta
+        self.raftlog = raftlog
+        # None while the peer is uninitialized (created by a message, waiting for a snapshot).
+        self.descriptor = descriptor
+        # Invariant: (applied, applied_term) is what meta_replay holds durably for the region.
+        self.applied = applied_index
+        self.applied_term = applied_term
+        self.writes_since_heartbeat = 0
+        self.total_writes = 0
+        self.snapshots_built = 0
+        self.snapshots_installed = 0
+        self.compactions = 0
+        self.compact_keep = COMPACT_KEEP
+        self.compact_slack = COMPACT_SLACK
+        # Extension points for topology (split / merge / peer change): op -> handler, and a
+        # callback on committed membership changes.
+        self.admin_handlers: dict[str, AdminHandler] = {}
+        self.conf_change_listener: Callable[[ConfChange, ConfState], None] | None = None
+        self.descriptor_listener: Callable[[RegionDescriptor], None] | None = None
+        self._staged: tuple[int, int, RegionDescriptor | None, int] | None = None
+        # A descriptor change staged by an admin handler (applied on commit).
+        self.staged_descriptor: RegionDescriptor | None = None
+
+    # ---- driver protocol -------------------------------------------------------------
+
+    def applied_index(self) -> int:
+        return self.applied
+
+    def stage_apply(self, batch: WriteBatch, entries: list[Entry]) -> list[Any]:
+        self.staged_descriptor = None
+        decoded: list[Any] = []
+        cas_keys: list[bytes] = []
+        for e in entries:
+            cmd: Any = None
+            if e.type == EntryType.NORMAL and e.data:
+                try:
+                    cmd = decode(e.data)
+                except DecodeError as exc:
+                    log.warning("region %d: undecodable entry %d: %s", self.region_id, e.index, exc)
+                    cmd = exc
+                else:
+                    if isinstance(cmd, KvCommand):
+                        for op in cmd.ops:
+                            if op.kind == KvOpKind.CAS and _valid_key(op.key):
+                                cas_keys.append(op.key)
+            elif (e.type == EntryType.CONF_CHANGE and self.descriptor is None
+                  and self.staged_descriptor is None):
+                self.staged_descriptor = self._descriptor_from_conf_change(e)
+            decoded.append(cmd)
+        base = self._prefetch(cas_keys) if cas_keys else {}
+        overlay: dict[bytes, Any] = {}
+        results: list[Any] = []
+        writes = 0
+        for e, cmd in zip(entries, decoded, strict=True):
+            if cmd is None:
+                results.append(None)  # conf change or the leader's empty entry
+            elif isinstance(cmd, KvCommand):
+                res = self._apply_kv(batch, cmd, overlay, base)
+                if res.ok and res.succeeded:
+                    writes += len(cmd.ops)
+                results.append(res)
+            elif isinstance(cmd, AdminCommand):
+                handler = self.admin_handlers.get(cmd.op)
+                if handler is None:
+                    results.append(KvResult(False, error=f"unsupported admin op {cmd.op!r}"))
+                else:
+                    results.append(handler(self, batch, e, cmd))
+            else:
+                results.append(KvResult(False, error=INVALID))
+        last = entries[-1]
+        self.meta.stage_replay_pointer(batch, self.region_id, last.index, last.term)
+        if self.staged_descriptor is not None:
+            self.meta.stage_region(batch, self.region_id, encode_descriptor(self.staged_descriptor))
+        self._maybe_compact(batch)
+        self._staged = (last.index, last.term, self.staged_descriptor, writes)
+        return results
+
+    def after_commit(self, entries: list[Entry], results: list[Any]) -> None:
+        staged, self._staged = self._staged, None
+        if staged is None:
+            return
+        self.applied, self.applied_term, desc, writes = staged
+        self.writes_since_heartbeat += writes
+        self.total_writes += writes
+        if desc is not None:
+            self.descriptor = desc
+            self.staged_descriptor = None
+            if self.descriptor_listener is not None:
+                self.descriptor_listener(desc)
+
+    def snapshot(self) -> tuple[int, bytes]:
+        desc = self.descriptor
+        if desc is None:
+            raise SnapshotTemporarilyUnavailableError(
+                f"region {self.region_id} is not initialized here")
+        kv, meta, rid = self.kv, self.meta, self.region_id
+
+        def read(txn):
+            ptr = meta.replay_pointer(rid, txn=txn)
+            pairs = kv.export_range(desc.start_key, desc.end_key or None, txn=txn)
+            return ptr, pairs
+
+        ptr, pairs = self.env.read(read)
+        if ptr is None or ptr.applied_index == 0:
+            raise SnapshotTemporarilyUnavailableError(f"region {rid} has applied nothing yet")
+        self.snapshots_built += 1
+        data = encode(RegionSnapshot(desc, ptr.applied_index, ptr.applied_term, pairs))
+        return ptr.applied_index, data
+
+    def stage_restore(self, batch: WriteBatch, snapshot: Snapshot) -> None:
+        snap = decode(snapshot.data)
+        if not isinstance(snap, RegionSnapshot) or snap.descriptor.region_id != self.region_id:
+            # A snapshot is only sent by our own group's leader: this is a bug, not input.
+            raise ValueError(f"region {self.region_id}: snapshot payload is not ours")
+        desc = snap.descriptor
+        old = self.descriptor
+        if old is not None and (old.start_key, old.end_key) != (desc.start_key, desc.end_key):
+            self.kv.stage_delete_range(batch, old.start_key, old.end_key or None)
+        self.kv.stage_import_range(batch, desc.start_key, desc.end_key or None, snap.pairs)
+        index, term = snapshot.metadata.index, snapshot.metadata.term
+        self.meta.stage_region(batch, self.region_id, encode_descriptor(desc))
+        self.meta.stage_replay_pointer(batch, self.region_id, index, term)
+
+        def installed() -> None:
+            self.descriptor = desc
+            self.applied, self.applied_term = index, term
+            self.snapshots_installed += 1
+            if self.descriptor_listener is not None:
+                self.descriptor_listener(desc)
+
+        batch.on_commit(installed)
+
+    def on_conf_change(self, cc: ConfChange, conf_state: ConfState) -> None:
+        if self.conf_change_listener is not None:
+            self.conf_change_listener(cc, conf_state)
+
+    # ---- helpers ---------------------------------------------------------------------
+
+    def _descriptor_from_conf_change(self, e: Entry) -> RegionDescriptor | None:
+        """A founding entry carries the region descriptor (see `peer.bootstrap`): a peer
+        replaying the log from index 1 learns its descriptor there."""
+        try:
+            ctx = ConfChange.decode(e.data).context
+            desc = decode_descriptor(ctx) if ctx else None
+        except (ValueError, DecodeError):
+            return None
+        if desc is None or desc.region_id != self.region_id:
+            return None
+        return desc
+
+    def _prefetch(self, keys: list[bytes]) -> dict[bytes, bytes | None]:
+        db = self.kv
+
+        def read(txn):
+            return {k: db.get(k, txn=txn) for k in keys}
+
+        return self.env.read(read)
+
+    def _apply_kv(self, batch: WriteBatch, cmd: KvCommand, overlay: dict[bytes, Any],
+                  base: dict[bytes, bytes | None]) -> KvResult:
+        desc = self.staged_descriptor or self.descriptor
+        if desc is None or cmd.region_id != self.region_id:
+            return KvResult(False, error=EPOCH_MISMATCH)
+        if cmd.epoch.version != desc.epoch.version:
+            return KvResult(False, error=EPOCH_MISMATCH)
+        ops = cmd.ops
+        for op in ops:
+            if not _valid_key(op.key):
+                return KvResult(False, error=INVALID)
+            if op.value is not None and len(op.value) > MAX_VALUE_SIZE:
+                return KvResult(False, error=INVALID)
+            if not in_range(desc, op.key):
+                return KvResult(False, error=KEY_NOT_IN_REGION)
+        for op in ops:
+            if op.kind == KvOpKind.CAS:
+                current = overlay.get(op.key, _MISSING)
+                if current is _MISSING:
+                    current = base.get(op.key, _MISSING)
+                    if current is _MISSING:
+                        current = self.kv.get(op.key)
+                if current != op.expected:
+                    return KvResult(True, succeeded=False, current=current)
+        kv_db = "kv"
+        for op in ops:
+            kind = op.kind
+            if kind == KvOpKind.PUT or (kind == KvOpKind.CAS and op.value is not None):
+                overlay[op.key] = op.value
+                batch.put(kv_db, op.key, op.value)
+            elif kind == KvOpKind.DELETE or kind == KvOpKind.CAS:
+                overlay[op.key] = None
+                batch.delete(kv_db, op.key)
+            else:
+                return KvResult(False, error=INVALID)
+        return OK
+
+    def _maybe_compact(self, batch: WriteBatch) -> None:
+        """Compact the raft log to `compact_keep` entries behind the durable applied index
+        (only entries already applied and durable, so the batch's own appends are untouched)."""
+        storage = self.raftlog.group(self.region_id)
+        target = self.applied - self.compact_keep
+        if target <= 0 or target - storage.first_index() + 1 < self.compact_slack:
+            return
+        if target > storage.last_index():
+            return
+        self.raftlog.stage_compact(batch, self.region_id, target)
+        self.compactions += 1
+
+    # ---- reads -------------------------------------------------------------------------
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.kv.get(key)
+
+    def batch_get(self, keys: list[bytes]) -> list[bytes | None]:
+        kv = self.kv
+        return self.env.read(lambda txn: [kv.get(k, txn=txn) for k in keys])
+
+    def scan(self, start: bytes, end: bytes, limit: int) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """Pairs in [max(start, region start), min(end, region end)), at most `limit`;
+        `more` says whether the clipped range holds further keys."""
+        desc = self.descriptor
+        assert desc is not None
+        lo = max(start, desc.start_key)
+        hi = desc.end_key
+        if end and (not hi or end < hi):
+            hi = end
+        if hi and lo >= hi:
+            return [], False
+        pairs = self.kv.scan(lo, hi or None, limit + 1)
+        more = len(pairs) > limit
+        return (pairs[:limit] if more else pairs), more
+
+    def approx_keys(self) -> int:
+        desc = self.descriptor
+        if desc is None:
+            return 0
+        return self.kv.range_stats(desc.start_key, desc.end_key or None)[0]
+
+
+def _valid_key(key: bytes) -> bool:
+    return isinstance(key, bytes) and 0 < len(key) <= MAX_KEY_SIZE

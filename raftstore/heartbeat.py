@@ -1,0 +1,107 @@
+"""Joining the cluster and heartbeating the coordinators.
+
+Owns: the coordinator address list and failover across it, `StoreJoin` retried with
+jittered exponential backoff until some coordinator answers, and the heartbeat loop (about
+once a second: one `RegionHeartbeat` per hosted region) whose replies tell the store which
+regions to host and which are tombstoned, and carry every store's address. Never decides
+what to host itself: it hands each reply to `Store.on_heartbeat_reply` (level-triggered: a
+missed reply is repaired by the next one).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import trio
+
+from nokvpy.protocol.coordinator_rpc import StoreJoinReply, StoreJoinRequest
+from nokvpy.rpc import RemoteError, RpcClient, RpcError
+from raftstore.store import Store
+
+log = logging.getLogger("nokvpy.raftstore")
+
+
+class JoinRefusedError(Exception):
+    """The coordinator answered the join with an identity that is not ours."""
+
+
+class CoordinatorLink:
+    """Calls whichever coordinator answers, remembering the last one that did."""
+
+    def __init__(self, rpc: RpcClient, addrs: list[str], timeout: float = 2.0):
+        if not addrs:
+            raise ValueError("at least one coordinator address is needed")
+        self.rpc = rpc
+        self.addrs = list(addrs)
+        self.timeout = timeout
+        self._index = 0
+
+    async def call(self, request: Any) -> Any:
+        last: Exception | None = None
+        n = len(self.addrs)
+        for i in range(n):
+            addr = self.addrs[(self._index + i) % n]
+            try:
+                reply = await self.rpc.call(addr, request, timeout=self.timeout)
+            except RemoteError as exc:
+                if exc.kind in ("not_leader", "unavailable", "timeout"):
+                    last = exc
+                    continue
+                raise
+            except RpcError as exc:
+                last = exc
+                continue
+            self._index = (self._index + i) % n
+            return reply
+        raise RpcError(f"no coordinator answered ({', '.join(self.addrs)}): {last}")
+
+
+async def join(store: Store, link: CoordinatorLink, rng: random.Random | None = None) -> None:
+    """Register with a coordinator, retrying with backoff until one accepts."""
+    rng = rng or random.Random(store.store_id)
+    backoff = 0.05
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            reply = await link.call(StoreJoinRequest(store.store_id, store.cfg.address))
+        except (RpcError, RemoteError) as exc:
+            if attempt == 1 or attempt % 20 == 0:
+                log.warning("store %d: join attempt %d failed: %s", store.store_id, attempt, exc)
+            await trio.sleep(backoff * (0.8 + 0.4 * rng.random()))
+            backoff = min(backoff * 2, 2.0)
+            continue
+        if not isinstance(reply, StoreJoinReply) or reply.store_id != store.store_id:
+            raise JoinRefusedError(f"coordinator answered the join of store {store.store_id} "
+                                   f"with {reply!r}")
+        if reply.cluster_id and reply.cluster_id != store.cfg.cluster_id:
+            raise JoinRefusedError(f"coordinator belongs to cluster {reply.cluster_id!r}, this "
+                                   f"store to {store.cfg.cluster_id!r}")
+        store.joined = True
+        log.info("store %d joined the cluster (attempt %d)", store.store_id, attempt)
+        return
+
+
+async def heartbeat_loop(store: Store, link: CoordinatorLink, interval: float = 1.0,
+                         task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Join, then heartbeat every `interval` seconds until cancelled."""
+    task_status.started()
+    await join(store, link)
+    failures = 0
+    while True:
+        try:
+            reply = await link.call(store.heartbeat_request())
+        except (RpcError, RemoteError) as exc:
+            failures += 1
+            store.last_heartbeat_error = str(exc)
+            if failures == 1 or failures % 30 == 0:
+                log.warning("store %d: heartbeat failed (%d in a row): %s", store.store_id,
+                            failures, exc)
+        else:
+            failures = 0
+            store.heartbeats_sent += 1
+            store.last_heartbeat_error = ""
+            await store.on_heartbeat_reply(reply)
+        await trio.sleep(interval)

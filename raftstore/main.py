@@ -1,0 +1,147 @@
+"""`nokv store serve`: one store process.
+
+Owns: wiring a store together under one trio root nursery (LMDB environment, localmeta
+restart derivation, identity stamp, RPC server and client, the `Store` with its driver and
+raft transport, the join/heartbeat loop, failpoint admin), the start-up refusals (corrupt
+localmeta, identity mismatch: one line, exit non-zero, nothing written) and graceful
+shutdown on SIGTERM / SIGINT. Never holds execution logic (raftstore.store does).
+
+Static flags give addresses (`--listen`, `--coordinator`) and seed a fresh data directory
+with its identity (`--id`, `--cluster-id`); what the store hosts after a restart comes from
+localmeta only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import trio
+
+from nokvpy import failpoints
+from nokvpy.adminsvc import register_failpoint_admin
+from nokvpy.protocol import RestartStateKind
+from nokvpy.rpc import Identity, RpcClient, RpcServer, format_addr, parse_addr
+from nokvpy.storage import Env, LocalMeta, RaftLogStore, StoreIdentity
+from raftstore.heartbeat import CoordinatorLink, JoinRefusedError, heartbeat_loop
+from raftstore.restart import derive, load_image
+from raftstore.store import Store, StoreConfig
+
+log = logging.getLogger("nokvpy.raftstore")
+
+
+class StartupError(Exception):
+    """A refusal to start, printed as one line."""
+
+
+def cluster_number(cluster_id: str) -> int:
+    """The u64 stamped in localmeta for a cluster id string (never 0)."""
+    n = int.from_bytes(hashlib.blake2b(cluster_id.encode(), digest_size=8).digest(), "big")
+    return n or 1
+
+
+async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
+                cluster_id: str = "nokv", tick_interval: float = 0.1,
+                heartbeat_interval: float = 1.0, secret: bytes | None = None,
+                options: dict[str, Any] | None = None,
+                task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run one store until cancelled. `task_status.started(store)` once it serves.
+    `options` override `StoreConfig` fields (tests)."""
+    if store_id <= 0:
+        raise StartupError(f"--id must be a positive store id, got {store_id}")
+    if not coordinators:
+        raise StartupError("--coordinator needs at least one address")
+    try:
+        host, port = parse_addr(listen)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    env = Env.open(data)
+    rpc: RpcClient | None = None
+    try:
+        meta = LocalMeta(env)
+        image = load_image(meta, RaftLogStore(env))
+        wanted = StoreIdentity(cluster_number(cluster_id), store_id)
+        restart = derive(image, wanted)
+        if restart.kind == RestartStateKind.FATAL:
+            raise StartupError(f"store {store_id} refuses to start: {restart.message} "
+                               f"(data dir {data}; nothing was written)")
+        if image.identity is None:
+            await meta.stamp_identity(wanted.cluster_id, wanted.store_id)
+        if restart.kind == RestartStateKind.DEGRADED:
+            log.warning("store %d restarts DEGRADED (needs %s): %s", store_id, restart.needs,
+                        restart.message)
+        identity = Identity(cluster_id, "store", store_id, secret)
+        rpc = RpcClient(identity)
+        server = RpcServer(identity)
+        cfg = StoreConfig(store_id, cluster_id, listen, tick_interval=tick_interval,
+                          **(options or {}))
+        store = Store(cfg, env, rpc)
+        store.load(image, restart)
+        store.register(server)
+        register_failpoint_admin(server)
+        link = CoordinatorLink(rpc, coordinators)
+        async with trio.open_nursery() as nursery:
+            bound_host, bound_port = await nursery.start(server.serve, host, port)
+            if port == 0:
+                store.set_address(format_addr(bound_host, bound_port))
+            await nursery.start(store.run)
+            await nursery.start(heartbeat_loop, store, link, heartbeat_interval)
+            log.info("store %d serving on %s (cluster %s, coordinators %s, %d region(s))",
+                     store_id, store.cfg.address, cluster_id, ",".join(coordinators),
+                     len(store.peers))
+            task_status.started(store)
+    finally:
+        if rpc is not None:
+            with trio.CancelScope(shield=True):
+                await rpc.aclose()
+        env.close()
+
+
+async def _run(args) -> None:
+    coordinators = [a.strip() for a in args.coordinator.split(",") if a.strip()]
+    secret = os.environ.get("NOKV_CLUSTER_SECRET", "").encode() or None
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_until_signal, nursery, args, coordinators, secret)
+
+
+async def serve_until_signal(nursery, args, coordinators, secret,
+                             task_status=trio.TASK_STATUS_IGNORED) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as inner:
+            await inner.start(serve, args.id, args.listen, coordinators, args.data,
+                              args.cluster_id, args.tick_ms / 1000.0, 1.0, secret)
+            task_status.started()
+            async for signum in signals:
+                log.info("store %d: signal %d, stopping", args.id, signum)
+                inner.cancel_scope.cancel()
+                break
+
+
+def main(args) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    failpoints.load_from_env()
+    try:
+        trio.run(_run, args)
+    except BaseException as exc:  # noqa: BLE001 - turn known refusals into one line
+        refusal = _find(exc, (StartupError, JoinRefusedError))
+        if refusal is None:
+            raise
+        print(f"nokv store: {refusal}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def _find(exc: BaseException, kinds: tuple[type, ...]) -> BaseException | None:
+    if isinstance(exc, kinds):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            found = _find(sub, kinds)
+            if found is not None:
+                return found
+    return None

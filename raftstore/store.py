@@ -1,0 +1,646 @@
+"""The store: many region peers on one ready-loop driver, and the KV / admin RPC handlers.
+
+Owns: the hosted peer table (created from the coordinator's `should_host` for initial
+regions, from raft messages for unknown regions, from localmeta on restart), the gate on
+incoming raft traffic (every drop counted by reason), routing outgoing raft messages to
+stores (batched per destination by the `RaftTransport`), admission of every request, the read
+and write paths, region removal (tombstones), execution tracking and the `ExecutionStatus`
+body. Never lets static configuration decide what it hosts, never writes to LMDB outside
+`env.commit` batches, and never answers a refusal without an `Admission` reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from nokvpy import failpoints
+from nokvpy.protocol import (
+    Admission,
+    AdmissionClass,
+    AdmissionReason,
+    ExecutionOutcome,
+    RegionDescriptor,
+    RegionEpoch,
+)
+from nokvpy.protocol.coordinator_rpc import StoreHeartbeatReply, StoreHeartbeatRequest
+from nokvpy.protocol.raftstore_cmds import (
+    KvOp,
+    KvOpKind,
+    KvResult,
+    RegionTombstone,
+)
+from nokvpy.protocol.store_rpc import (
+    BatchGetReply,
+    BatchGetRequest,
+    CasRequest,
+    DeleteRequest,
+    ExecutionStatusReply,
+    ExecutionStatusRequest,
+    GetReply,
+    GetRequest,
+    KvContext,
+    PutRequest,
+    ScanReply,
+    ScanRequest,
+    WriteReply,
+)
+from nokvpy.raft.types import Message, MessageType
+from nokvpy.replication.driver import Driver, ProposalError
+from nokvpy.rpc import RaftTransport, RemoteError, RpcClient
+from nokvpy.storage import KV, Env, LocalMeta, RaftLogStore, WriteBatch
+from nokvpy.wire import RaftBatch, RaftEnvelope, encode
+from raftstore import admission as adm_mod
+from raftstore.admission import AdmissionRequest, Limits, RegionView
+from raftstore.apply import COMPACT_KEEP, COMPACT_SLACK, RegionStateMachine, encode_descriptor
+from raftstore.commands import kv_command
+from raftstore.execution import ExecutionTracker
+from raftstore.peer import Peer
+from raftstore.peer import bootstrap as bootstrap_group
+from raftstore.reads import ReadRefusedError, read_barrier
+from raftstore.restart import LocalImage, RestartState
+
+log = logging.getLogger("nokvpy.raftstore")
+
+INITIAL_EPOCH = RegionEpoch(1, 1)
+LEADER_MESSAGES = frozenset({MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP})
+OUT = ExecutionOutcome
+R = AdmissionReason
+
+
+@dataclass(slots=True)
+class StoreConfig:
+    store_id: int
+    cluster_id: str
+    address: str  # advertised host:port
+    tick_interval: float = 0.1
+    election_tick: int = 10
+    heartbeat_tick: int = 2
+    queue_limit: int = adm_mod.DEFAULT_QUEUE_LIMIT
+    max_uninitialized: int = 1024
+    snapshot_timeout: float = 10.0  # a sent snapshot with no answer by then is retried
+    default_write_timeout: float = 30.0  # when the caller gave no deadline
+    approx_keys_refresh: float = 30.0
+    compact_keep: int = COMPACT_KEEP  # applied raft entries kept behind the applied index
+    compact_slack: int = COMPACT_SLACK
+
+
+class Store:
+    """One store process's execution plane. `await nursery.start(store.run)`."""
+
+    def __init__(self, cfg: StoreConfig, env: Env, rpc: RpcClient):
+        self.cfg = cfg
+        self.store_id = cfg.store_id
+        self.env = env
+        self.rpc = rpc
+        self.raftlog = RaftLogStore(env)
+        self.kv = KV(env)
+        self.meta = LocalMeta(env)
+        self.driver = Driver(env, self.raftlog, self._send, tick_interval=cfg.tick_interval)
+        self.driver.before_persist = _fp("store.before_persist")
+        self.driver.after_persist = _fp("store.after_persist_before_send")
+        self.driver.before_apply = _fp("store.before_apply")
+        self.driver.after_apply = _fp("store.after_apply")
+        self.driver.on_role_change = self._on_role_change
+        self.store_addrs: dict[int, str] = {cfg.store_id: cfg.address}
+        self.transport = RaftTransport(rpc, self.store_addrs.get, cfg.store_id,
+                                       on_unreachable=self._on_unreachable)
+        self.peers: dict[int, Peer] = {}
+        self.tombstones: set[int] = set()
+        self.tracker = ExecutionTracker()
+        self.drops: Counter[str] = Counter()  # incoming raft messages dropped, by reason
+        self.counters: Counter[str] = Counter()
+        self.restart: RestartState | None = None
+        self.limits = Limits(queue_limit=cfg.queue_limit)
+        self.joined = False
+        self.heartbeats_sent = 0
+        self.last_heartbeat_error = ""
+        self.outbox_backlog = 0
+        self.blocked_events = 0
+        self._approx_keys: dict[int, tuple[float, int]] = {}
+        self._creating: set[int] = set()
+
+    # ================================================================= lifecycle
+
+    def load(self, image: LocalImage, restart: RestartState) -> None:
+        """Start a peer for every region localmeta says this store hosts (restart)."""
+        self.restart = restart
+        self.tombstones = set(image.tombstones)
+        self.outbox_backlog = len(image.outbox)
+        self.blocked_events = len(image.blocked)
+        for rid in restart.hosted:
+            desc = image.regions[rid]
+            me = desc.peer_on(self.store_id)
+            ptr = image.replay[rid]
+            assert me is not None
+            storage = self.raftlog.group(rid)
+            bootstrap = None
+            if storage.is_empty() and ptr.applied_index == 0 and desc.epoch == INITIAL_EPOCH:
+                bootstrap = [p.peer_id for p in desc.voters()]
+            self._start_peer(rid, me.peer_id, desc, ptr.applied_index, ptr.applied_term,
+                             bootstrap)
+        if restart.hosted:
+            log.info("store %d: rehosted %d region(s) from localmeta: %s", self.store_id,
+                     len(restart.hosted), list(restart.hosted))
+
+    def set_address(self, address: str) -> None:
+        """The advertised address (known only once the listener is bound, for port 0)."""
+        self.cfg.address = address
+        self.store_addrs[self.store_id] = address
+
+    def register(self, server: Any) -> None:
+        server.register(RaftBatch, self.on_raft_batch, inline=True)
+        server.register(GetRequest, self.on_get)
+        server.register(BatchGetRequest, self.on_batch_get)
+        server.register(ScanRequest, self.on_scan)
+        server.register(PutRequest, self.on_put)
+        server.register(DeleteRequest, self.on_delete)
+        server.register(CasRequest, self.on_cas)
+        server.register(ExecutionStatusRequest, self.on_execution_status)
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.transport.run)
+            await nursery.start(self.driver.run)
+            nursery.start_soon(self._housekeeping)
+            task_status.started()
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await trio.sleep(0.5)
+            now = trio.current_time()
+            for peer in list(self.peers.values()):
+                for node in peer.snapshots_stuck(now, self.cfg.snapshot_timeout):
+                    self.counters["snapshots_retried"] += 1
+                    if peer.group is not None:
+                        self.driver.report_snapshot(peer.group, node, failed=True)
+
+    # ================================================================= peers
+
+    def _start_peer(self, rid: int, peer_id: int, desc: RegionDescriptor | None,
+                    applied: int, applied_term: int, bootstrap: list[int] | None) -> Peer:
+        sm = RegionStateMachine(rid, self.env, self.kv, self.meta, self.raftlog, desc,
+                                applied, applied_term)
+        sm.compact_keep, sm.compact_slack = self.cfg.compact_keep, self.cfg.compact_slack
+        peer = Peer(rid, peer_id, self.store_id, sm, trio.current_time())
+        sm.descriptor_listener = lambda d, p=peer: self._on_descriptor(p, d)
+        group = self.driver.add_group(rid, peer_id, self.raftlog.group(rid), sm, peer.route,
+                                      election_tick=self.cfg.election_tick,
+                                      heartbeat_tick=self.cfg.heartbeat_tick)
+        if desc is not None:
+            group.epoch = (desc.epoch.version, desc.epoch.conf_ver)
+        peer.group = group
+        if bootstrap:
+            assert desc is not None
+            bootstrap_group(group.node, bootstrap, encode_descriptor(desc))
+        self.peers[rid] = peer
+        self.counters["peers_started"] += 1
+        return peer
+
+    def _on_descriptor(self, peer: Peer, desc: RegionDescriptor) -> None:
+        if peer.group is not None:
+            peer.group.epoch = (desc.epoch.version, desc.epoch.conf_ver)
+
+    async def create_region(self, desc: RegionDescriptor) -> Peer | None:
+        """Host `desc` (from should_host): persist it, then start (and bootstrap, when the
+        region is brand new here and at its initial epoch) its peer."""
+        rid = desc.region_id
+        me = desc.peer_on(self.store_id)
+        if me is None or rid in self.peers or rid in self.tombstones or rid in self._creating:
+            return self.peers.get(rid)
+        self._creating.add(rid)
+        try:
+            storage = self.raftlog.group(rid)
+            batch = WriteBatch()
+            self.meta.stage_region(batch, rid, encode_descriptor(desc))
+            applied = self.meta.replay_pointer(rid)
+            if applied is None:
+                self.meta.stage_replay_pointer(batch, rid, 0, 0)
+            await self.env.commit(batch)
+        finally:
+            self._creating.discard(rid)
+        if rid in self.peers or rid in self.tombstones:
+            return self.peers.get(rid)
+        bootstrap = None
+        if storage.is_empty() and desc.epoch == INITIAL_EPOCH and (
+                applied is None or applied.applied_index == 0):
+            bootstrap = [p.peer_id for p in desc.voters()]
+        log.info("store %d: hosting region %d as peer %d (%s)", self.store_id, rid, me.peer_id,
+                 "bootstrap" if bootstrap else "existing raft state")
+        return self._start_peer(rid, me.peer_id, desc, applied.applied_index if applied else 0,
+                                applied.applied_term if applied else 0, bootstrap)
+
+    async def adopt_descriptor(self, peer: Peer, desc: RegionDescriptor) -> None:
+        """An uninitialized peer learns its descriptor from the coordinator (it received raft
+        entries from the start of the log instead of a snapshot)."""
+        if peer.initialized or desc.peer_on(self.store_id) is None:
+            return
+        if desc.peer_on(self.store_id).peer_id != peer.peer_id:
+            return
+        sm = peer.sm
+        batch = WriteBatch()
+        self.meta.stage_region(batch, peer.region_id, encode_descriptor(desc))
+        if sm.applied == 0 and sm._staged is None and self.meta.replay_pointer(
+                peer.region_id) is None:
+            # Submitted before any later apply batch of this region: never overwrites one.
+            self.meta.stage_replay_pointer(batch, peer.region_id, 0, 0)
+        await self.env.commit(batch)
+        if self.peers.get(peer.region_id) is peer and not peer.initialized:
+            sm.descriptor = desc
+            self._on_descriptor(peer, desc)
+            log.info("store %d: region %d initialized from the coordinator's descriptor",
+                     self.store_id, peer.region_id)
+
+    def _create_uninitialized(self, env: RaftEnvelope) -> Peer | None:
+        rid = env.group_id
+        msg = env.message
+        uninit = sum(1 for p in self.peers.values() if not p.initialized)
+        if uninit >= self.cfg.max_uninitialized:
+            self.drops["uninitialized_limit"] += 1
+            return None
+        if msg.to <= 0:
+            self.drops["bad_peer_id"] += 1
+            return None
+        log.info("store %d: creating uninitialized peer %d of region %d (message from store %d)",
+                 self.store_id, msg.to, rid, env.from_store)
+        self.counters["peers_created_by_message"] += 1
+        return self._start_peer(rid, msg.to, None, 0, 0, None)
+
+    async def destroy_region(self, rid: int, reason: str) -> bool:
+        """Remove region `rid` from this store for good: tombstone it (raft traffic for it is
+        dropped from now on), drop its raft state, descriptor and replay pointer, and its KV
+        data unless another hosted region covers the range."""
+        if rid in self.tombstones:
+            return False
+        peer = self.peers.pop(rid, None)
+        self.driver.remove_group(rid)
+        self.tombstones.add(rid)
+        desc = peer.descriptor if peer is not None else None
+        batch = WriteBatch()
+        if desc is not None and not any(
+                _overlaps(desc, p.descriptor) for p in self.peers.values()
+                if p.descriptor is not None):
+            self.kv.stage_delete_range(batch, desc.start_key, desc.end_key or None)
+        epoch = desc.epoch if desc is not None else RegionEpoch(0, 0)
+        self.meta.stage_tombstone(batch, rid, encode(RegionTombstone(
+            rid, epoch, peer.peer_id if peer else 0, reason)))
+        self.meta.stage_delete_region(batch, rid)
+        self.meta.stage_delete_replay_pointer(batch, rid)
+        self.raftlog.stage_destroy_group(batch, rid)
+        await self.env.commit(batch)
+        log.info("store %d: region %d removed (%s)", self.store_id, rid, reason)
+        self.counters["regions_destroyed"] += 1
+        return True
+
+    # ================================================================= raft traffic
+
+    async def on_raft_batch(self, batch: RaftBatch, ctx: Any) -> None:
+        """Inline handler: gate each envelope and hand it to the driver. Never blocks."""
+        if batch.to_store != self.store_id:
+            self.drops["wrong_store"] += len(batch.envelopes)
+            return None
+        for env in batch.envelopes:
+            self.on_envelope(env)
+        return None
+
+    def on_envelope(self, env: RaftEnvelope) -> None:
+        drops = self.drops
+        if env.to_store != self.store_id:
+            drops["wrong_store"] += 1
+            return
+        rid = env.group_id
+        msg: Message = env.message
+        if rid <= 0:
+            drops["bad_region_id"] += 1
+            return
+        peer = self.peers.get(rid)
+        if peer is None:
+            if rid in self.tombstones:
+                drops["tombstoned"] += 1
+                return
+            if msg.type not in LEADER_MESSAGES:
+                drops["unknown_region"] += 1
+                return
+            peer = self._create_uninitialized(env)
+            if peer is None:
+                return
+        if msg.to != peer.peer_id:
+            drops["wrong_peer"] += 1
+            return
+        desc = peer.sm.descriptor
+        if desc is not None:
+            ev, ec = env.epoch_version, env.epoch_conf_ver
+            cur = desc.epoch
+            if (ev < cur.version or ec < cur.conf_ver) and not peer.has_member(msg.frm):
+                drops["stale_epoch"] += 1
+                return
+        else:
+            peer.node_store[msg.frm] = env.from_store
+        if msg.type in LEADER_MESSAGES:
+            peer.last_leader_contact = trio.current_time()
+            peer.leader_store_hint = env.from_store
+        if not self.driver.step(rid, msg):
+            drops["group_stopped"] += 1
+
+    def _send(self, out: list[tuple[int, int, Message, tuple[int, int]]]) -> None:
+        envs: list[RaftEnvelope] = []
+        me = self.store_id
+        peers = self.peers
+        for gid, to, msg, epoch in out:
+            peer = peers.get(gid)
+            store = peer.route(to) if peer is not None else None
+            if store is None:
+                self.counters["send_unroutable"] += 1
+                continue
+            if msg.type == MessageType.SNAP:
+                peer.snapshots_sent[to] = trio.current_time()
+                self.counters["snapshots_sent"] += 1
+            envs.append(RaftEnvelope(gid, me, store, epoch[0], epoch[1], msg))
+        if envs:
+            self.transport.send(envs)
+
+    def _on_unreachable(self, store_id: int) -> None:
+        for peer in self.peers.values():
+            group = peer.group
+            if group is None or not group.is_leader:
+                continue
+            desc = peer.descriptor
+            if desc is None:
+                continue
+            for p in desc.peers:
+                if p.store_id == store_id:
+                    self.driver.report_unreachable(group, p.peer_id)
+                    if peer.snapshots_sent.pop(p.peer_id, None) is not None:
+                        self.driver.report_snapshot(group, p.peer_id, failed=True)
+
+    def _on_role_change(self, group: Any) -> None:
+        self.counters["role_changes"] += 1
+
+    # ================================================================= admission
+
+    def _views(self, rid: int, now: float) -> dict[int, RegionView]:
+        peer = self.peers.get(rid)
+        return {} if peer is None else {rid: peer.view(now)}
+
+    def admit(self, cls: AdmissionClass, kvctx: KvContext | None, deadline: float, *,
+              keys: tuple[bytes, ...] = (), values: tuple[bytes | None, ...] = (),
+              scan_start: bytes | None = None, scan_limit: int | None = None) -> Admission:
+        now = trio.current_time()
+        rid = kvctx.region_id if isinstance(kvctx, KvContext) else 0
+        req = AdmissionRequest(cls, kvctx, keys, values, scan_start, scan_limit, deadline)
+        adm = adm_mod.admit(req, self.store_id, self._views(rid, now), now, self.limits)
+        return self.tracker.admitted(adm)
+
+    @staticmethod
+    def rejection(adm: Admission) -> RemoteError:
+        return RemoteError("rejected", adm.reason.name, adm.detail, {"admission": adm})
+
+    def _refuse(self, cls: AdmissionClass, reason: AdmissionReason, detail: str,
+                peer: Peer | None = None) -> RemoteError:
+        hints: dict[str, Any] = {}
+        if peer is not None:
+            hints = {"leader_peer_id": peer.leader_peer_id,
+                     "leader_store_id": peer.leader_store_id()}
+            if reason in (R.EPOCH_MISMATCH, R.KEY_NOT_IN_REGION) and peer.descriptor:
+                hints["current_epoch"] = peer.descriptor.epoch
+                hints["descriptor"] = peer.descriptor
+        adm = self.tracker.admitted(Admission(cls, reason, detail, **hints))
+        return self.rejection(adm)
+
+    # ================================================================= reads
+
+    async def _read(self, kvctx: KvContext, ctx: Any, keys: tuple[bytes, ...], *,
+                    scan_start: bytes | None = None, scan_limit: int | None = None):
+        deadline = _deadline(ctx)
+        adm = self.admit(AdmissionClass.READ, kvctx, deadline, keys=keys, scan_start=scan_start,
+                         scan_limit=scan_limit)
+        if not adm.accepted:
+            self.tracker.outcomes["REJECTED"] += 1
+            raise self.rejection(adm)
+        peer = self.peers[kvctx.region_id]
+        try:
+            point = await read_barrier(self.driver, peer, kvctx.read_mode, deadline)
+        except ReadRefusedError as exc:
+            self.tracker.outcomes["FAILED"] += 1
+            raise self._refuse(AdmissionClass.READ, exc.reason, exc.detail, peer) from None
+        desc = peer.descriptor
+        if self.peers.get(kvctx.region_id) is not peer or desc is None:
+            raise self._refuse(AdmissionClass.READ, R.NOT_HOSTED,
+                               f"region {kvctx.region_id} was removed during the read")
+        if desc.epoch != kvctx.epoch:
+            raise self._refuse(AdmissionClass.READ, R.EPOCH_MISMATCH,
+                               f"region {desc.region_id} moved to epoch {desc.epoch} during "
+                               "the read", peer)
+        self.tracker.outcomes["APPLIED"] += 1
+        return peer, point
+
+    async def on_get(self, req: GetRequest, ctx: Any) -> GetReply:
+        peer, point = await self._read(req.ctx, ctx, (req.key,))
+        return GetReply(peer.sm.get(req.key), point.read_index, point.stale_by_index,
+                        point.stale_by_ms)
+
+    async def on_batch_get(self, req: BatchGetRequest, ctx: Any) -> BatchGetReply:
+        keys = tuple(req.keys) if isinstance(req.keys, list | tuple) else ()
+        if not keys:
+            raise self._refuse(AdmissionClass.READ, R.INVALID, "batch get needs keys")
+        peer, point = await self._read(req.ctx, ctx, keys)
+        return BatchGetReply(peer.sm.batch_get(list(keys)), point.read_index)
+
+    async def on_scan(self, req: ScanRequest, ctx: Any) -> ScanReply:
+        peer, point = await self._read(req.ctx, ctx, (), scan_start=req.start_key,
+                                       scan_limit=req.limit)
+        pairs, more = peer.sm.scan(req.start_key, req.end_key, req.limit)
+        return ScanReply(pairs, more, point.read_index)
+
+    # ================================================================= writes
+
+    async def on_put(self, req: PutRequest, ctx: Any) -> WriteReply:
+        return await self._write(req.ctx, ctx, (req.key,), (req.value,),
+                                 [KvOp(KvOpKind.PUT, req.key, req.value)])
+
+    async def on_delete(self, req: DeleteRequest, ctx: Any) -> WriteReply:
+        return await self._write(req.ctx, ctx, (req.key,), (),
+                                 [KvOp(KvOpKind.DELETE, req.key)])
+
+    async def on_cas(self, req: CasRequest, ctx: Any) -> WriteReply:
+        return await self._write(req.ctx, ctx, (req.key,), (req.new_value, req.expected),
+                                 [KvOp(KvOpKind.CAS, req.key, req.new_value, req.expected)])
+
+    async def _write(self, kvctx: KvContext, ctx: Any, keys: tuple[bytes, ...],
+                     values: tuple[bytes | None, ...], ops: list[KvOp]) -> WriteReply:
+        deadline = _deadline(ctx)
+        adm = self.admit(AdmissionClass.WRITE, kvctx, deadline, keys=keys, values=values)
+        if not adm.accepted:
+            self.tracker.outcomes["REJECTED"] += 1
+            raise self.rejection(adm)
+        rid = kvctx.region_id
+        peer = self.peers[rid]
+        desc = peer.descriptor
+        assert desc is not None and peer.group is not None
+        tracker = self.tracker
+        target = tracker.new_target("write", rid)
+        tracker.advance(target, OUT.QUEUED)
+        data = kv_command(rid, desc.epoch, ops)
+        if deadline == float("inf"):
+            deadline = trio.current_time() + self.cfg.default_write_timeout
+        result: Any = None
+        peer.in_flight += 1
+        try:
+            with trio.move_on_at(deadline):
+                tracker.advance(target, OUT.PROPOSED)
+                result = await self.driver.propose(peer.group, data)
+        except ProposalError as exc:
+            tracker.advance(target, OUT.FAILED, f"{exc.reason}: {exc}")
+            if exc.reason == "stopped":
+                raise self._refuse(AdmissionClass.WRITE, R.NOT_HOSTED, str(exc)) from None
+            # not_leader / dropped / refused: known not applied, so safe to retry elsewhere.
+            raise self._refuse(AdmissionClass.WRITE, R.NOT_LEADER, str(exc), peer) from None
+        finally:
+            peer.in_flight -= 1
+        if result is None:
+            tracker.advance(target, OUT.FAILED, "deadline passed after proposing")
+            self.counters["writes_outcome_unknown"] += 1
+            raise RemoteError("timeout", "outcome_unknown",
+                              f"the deadline passed after the write was proposed to region "
+                              f"{rid}; it may or may not apply",
+                              {"region_id": rid, "target": target.id})
+        if not isinstance(result, KvResult) or not result.ok:
+            err = getattr(result, "error", "invalid")
+            tracker.advance(target, OUT.FAILED, err)
+            reason = {"epoch_mismatch": R.EPOCH_MISMATCH,
+                      "key_not_in_region": R.KEY_NOT_IN_REGION}.get(err, R.INVALID)
+            raise self._refuse(AdmissionClass.WRITE, reason,
+                               f"write refused at apply: {err}", peer)
+        tracker.advance(target, OUT.APPLIED)
+        return WriteReply(peer.sm.applied, result.succeeded, result.current)
+
+    # ================================================================= heartbeat
+
+    def heartbeat_request(self) -> StoreHeartbeatRequest:
+        now = trio.current_time()
+        regions = []
+        for rid in sorted(self.peers):
+            peer = self.peers[rid]
+            hb = peer.heartbeat(self._approx(peer, now))
+            if hb is not None:
+                regions.append(hb)
+        state = self.restart.kind.name if self.restart is not None else "READY"
+        return StoreHeartbeatRequest(self.store_id, self.cfg.address, regions, state,
+                                     self.outbox_backlog, self.blocked_events)
+
+    def _approx(self, peer: Peer, now: float) -> int:
+        cached = self._approx_keys.get(peer.region_id)
+        if cached is not None and now - cached[0] < self.cfg.approx_keys_refresh:
+            return cached[1]
+        n = peer.sm.approx_keys()
+        self._approx_keys[peer.region_id] = (now, n)
+        return n
+
+    async def on_heartbeat_reply(self, reply: StoreHeartbeatReply) -> None:
+        if reply.store_addrs:
+            for sid, addr in reply.store_addrs.items():
+                if sid != self.store_id and addr:
+                    self.store_addrs[sid] = addr
+        for desc in reply.should_host or ():
+            rid = desc.region_id
+            if rid in self.tombstones or desc.peer_on(self.store_id) is None:
+                continue
+            peer = self.peers.get(rid)
+            if peer is None:
+                if desc.epoch == INITIAL_EPOCH:
+                    await self.create_region(desc)
+                else:
+                    self.counters["should_host_waiting_for_leader"] += 1
+            elif not peer.initialized:
+                await self.adopt_descriptor(peer, desc)
+        for rid in reply.tombstoned or ():
+            if rid in self.peers or rid not in self.tombstones:
+                await self.destroy_region(rid, "tombstoned by the coordinator")
+        if reply.operations:
+            # Scheduler operations belong to the topology runtime (not wired yet).
+            self.counters["operations_ignored"] += len(reply.operations)
+
+    # ================================================================= status
+
+    def status(self) -> dict[str, Any]:
+        leaders = sum(1 for p in self.peers.values() if p.is_leader)
+        restart = self.restart.as_dict() if self.restart is not None else {}
+        if restart:
+            restart["outbox_backlog"] = self.outbox_backlog
+            restart["blocked_events"] = self.blocked_events
+        regions = {}
+        for rid in sorted(self.peers):
+            p = self.peers[rid]
+            d = p.descriptor
+            regions[str(rid)] = {
+                "peer_id": p.peer_id,
+                "initialized": d is not None,
+                "epoch": [d.epoch.version, d.epoch.conf_ver] if d else [],
+                "leader": p.is_leader,
+                "leader_peer_id": p.leader_peer_id,
+                "applied_index": p.sm.applied,
+                "commit_index": p.commit_index(),
+                "in_flight": p.in_flight,
+            }
+        tracker = self.tracker.status()
+        outbox = []
+        try:
+            outbox = [{"seq": seq, "bytes": len(ev)} for seq, ev in self.meta.outbox()[:100]]
+        except Exception as exc:  # status must answer even on a sick store
+            outbox = [{"error": str(exc)}]
+        return {
+            "store_id": self.store_id,
+            "address": self.cfg.address,
+            "joined": self.joined,
+            "region_count": len(self.peers),
+            "leader_count": leaders,
+            "restart_state": restart,
+            "last_admission": tracker["last_admission"],
+            "admissions": tracker["admissions"],
+            "outcomes": tracker["outcomes"],
+            "recent_targets": tracker["recent_targets"],
+            "queue_depths": {str(rid): p.in_flight for rid, p in sorted(self.peers.items())
+                             if p.in_flight},
+            "queue_limit": self.limits.queue_limit,
+            "proposal_queue": len(self.driver._proposals),
+            "drops": dict(sorted(self.drops.items())),
+            "counters": dict(sorted(self.counters.items())),
+            "driver": dict(sorted(self.driver.counters.items())),
+            "transport": dict(sorted(self.transport.counters.items())),
+            "transitions": tracker["transitions"],
+            "outbox": outbox,
+            "tombstones": sorted(self.tombstones),
+            "heartbeats_sent": self.heartbeats_sent,
+            "last_heartbeat_error": self.last_heartbeat_error,
+            "regions": regions,
+        }
+
+    async def on_execution_status(self, req: ExecutionStatusRequest, ctx: Any
+                                  ) -> ExecutionStatusReply:
+        body = self.status()
+        if req.region_id:
+            body["regions"] = {k: v for k, v in body["regions"].items()
+                               if k == str(req.region_id)}
+        return ExecutionStatusReply(body)
+
+
+def _fp(name: str) -> Callable[[], None]:
+    def hook() -> None:
+        failpoints.check(name)
+
+    return hook
+
+
+def _deadline(ctx: Any) -> float:
+    d = getattr(ctx, "deadline", None)
+    return float("inf") if d is None else d
+
+
+def _overlaps(a: RegionDescriptor, b: RegionDescriptor) -> bool:
+    return ((not a.end_key or a.end_key > b.start_key)
+            and (not b.end_key or b.end_key > a.start_key))
