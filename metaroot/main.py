@@ -12,11 +12,11 @@ import os
 import signal
 
 import trio
-from nokvpy.replication.transport import bind_transport
 
 from metaroot import rootlog
 from metaroot.service import GROUP_ID, MetarootService
 from nokvpy import failpoints
+from nokvpy.replication.transport import bind_transport
 from nokvpy.rpc import FaultRules, Identity, RpcClient, RpcServer
 from nokvpy.storage import Env, RaftLogStore
 from nokvpy.storage.schema import RAFT_DBS

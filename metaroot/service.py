@@ -97,6 +97,9 @@ class RootStateMachine:
         self.state, self._applied, self.first_retained = rootlog.load(env)
         self.changed = trio.Event()
         self.checkpoints = 0
+        # A snapshot staged but not yet committed: (state, applied, first_retained). Entries
+        # applied in the same Ready as the snapshot must build on it, not on self.state.
+        self._restored: tuple[RootState, int, int] | None = None
 
     # -- driver protocol ------------------------------------------------------------------
 
@@ -104,8 +107,10 @@ class RootStateMachine:
         return self._applied
 
     def stage_apply(self, batch: WriteBatch, entries: list[Entry]) -> list[Any]:
-        state = self.state
-        first_retained = self.first_retained
+        if self._restored is not None:
+            state, _, first_retained = self._restored
+        else:
+            state, first_retained = self.state, self.first_retained
         results: list[Any] = []
         for e in entries:
             result: Any = None
@@ -142,6 +147,7 @@ class RootStateMachine:
 
     def after_commit(self, entries: list[Entry], results: list[Any]) -> None:
         self.state, self._applied, self.first_retained = self._staged
+        self._restored = None
         self._notify()
 
     def snapshot(self) -> tuple[int, bytes]:
@@ -153,10 +159,12 @@ class RootStateMachine:
         rootlog.stage_checkpoint(batch, state)
         rootlog.stage_applied(batch, snapshot.metadata.index)
 
+        self._restored = (state, snapshot.metadata.index, state.token.index + 1)
+
         def installed() -> None:
-            self.state = state
-            self._applied = snapshot.metadata.index
-            self.first_retained = state.token.index + 1
+            self.state, self._applied, self.first_retained = self._restored or (
+                state, snapshot.metadata.index, state.token.index + 1)
+            self._restored = None
             self._notify()
 
         batch.on_commit(installed)
@@ -220,9 +228,10 @@ class RootStateMachine:
                                         detail="some events of this append were already "
                                         "applied under their request ids; retry them alone")
             for ev in events:
-                new.validate(ev, fences)
+                # check_fences + apply(fences) == validate + apply, deriving the event once
+                new.check_fences(fences, ev)
                 token = RootToken(term, new.token.index + 1)
-                new = new.apply(token, ev)
+                new = new.apply(token, ev, fences)
                 staged.append(CommittedEvent(token, ev))
         except RootEventRejected as exc:
             return state, _rejection(exc)

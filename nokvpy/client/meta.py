@@ -12,8 +12,8 @@ from typing import Any
 
 import trio
 
-from nokvpy.client.errors import UnavailableError
-from nokvpy.protocol.metaroot_rpc import MetarootStatus, MetarootStatusRequest
+from nokvpy.client.errors import OutcomeUnknownError, UnavailableError
+from nokvpy.protocol.metaroot_rpc import AppendRequest, MetarootStatus, MetarootStatusRequest
 from nokvpy.rpc import RemoteError, RpcClient, RpcTimeoutError, RpcUnavailableError
 
 
@@ -50,6 +50,10 @@ class MetaClient:
                     last = exc
                     if self.leader == addr:
                         self.leader = None
+                    if not idempotent(request) and outcome_unknown(exc):
+                        raise OutcomeUnknownError(
+                            f"metaroot append to {addr} may or may not have applied ({exc}); "
+                            "not retried because its events carry no request id") from None
                     continue
                 except RemoteError as exc:
                     if exc.kind != "not_leader":
@@ -88,3 +92,18 @@ class MetaClient:
         addr = self.leader or self.addrs[0]
         async with self.rpc.stream(addr, request) as it:
             yield addr, it
+
+
+def idempotent(request: Any) -> bool:
+    """Every metaroot request is safe to resend except an append of events without request
+    ids (a resend could append them twice); appends with ids are answered with their
+    original tokens."""
+    if isinstance(request, AppendRequest):
+        return all(ev.request_id for ev in request.events)
+    return True
+
+
+def outcome_unknown(exc: Exception) -> bool:
+    if isinstance(exc, RpcTimeoutError):
+        return exc.sent
+    return bool(getattr(exc, "outcome_unknown", False))
