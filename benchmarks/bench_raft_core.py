@@ -70,7 +70,9 @@ def run(total: int, batch: int, payload: int) -> dict:
     round_()  # persist and apply the bootstrap entries (a node won't campaign before that)
     leader = nodes[1][0]
     leader.campaign()
-    while leader.raft.state != StateType.LEADER or not leader.raft.committed_entry_in_current_term():
+    while (
+        leader.raft.state != StateType.LEADER or not leader.raft.committed_entry_in_current_term()
+    ):
         round_()
     data = b"x" * payload
     committed = 0

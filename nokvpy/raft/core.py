@@ -253,7 +253,11 @@ class Raft:
         if not ents and not send_if_empty:
             return False
         m = Message(
-            MT.APP, to=to, index=pr.next - 1, log_term=prev_term, entries=ents,
+            MT.APP,
+            to=to,
+            index=pr.next - 1,
+            log_term=prev_term,
+            entries=ents,
             commit=raft_log.committed,
         )
         if ents:
@@ -805,7 +809,11 @@ class Raft:
         hint_index, hint_term = raft_log.find_conflict_by_term(hint_index, m.log_term)
         self.send(
             Message(
-                MT.APP_RESP, to=m.frm, index=m.index, reject=True, reject_hint=hint_index,
+                MT.APP_RESP,
+                to=m.frm,
+                index=m.index,
+                reject=True,
+                reject_hint=hint_index,
                 log_term=hint_term,
             )
         )
@@ -925,6 +933,9 @@ class Raft:
     def switch_to_config(self) -> None:
         me = self.prs.progress.get(self.id)
         self.is_learner = me is not None and me.is_learner
+        if self.state in (StateType.CANDIDATE, StateType.PRE_CANDIDATE) and not self.promotable():
+            self.become_follower(self.term, NONE)  # removed or demoted mid-campaign
+            return
         if self.state != StateType.LEADER:
             return
         if me is None or me.is_learner:

@@ -47,8 +47,6 @@ class Unstable:
         ents = self.entries
         if i - offset < len(ents):
             return ents[i - offset].term
-        if not ents and self.snapshot is not None and self.snapshot.metadata.index == i:
-            return self.snapshot.metadata.term
         return None
 
     def stable_to(self, i: int, t: int) -> None:

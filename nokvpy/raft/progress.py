@@ -275,4 +275,3 @@ class ProgressTracker:
             reverse=True,
         )
         return ticks[n // 2]
-

@@ -165,7 +165,8 @@ class RawNode:
 
     def read_index(self, ctx: bytes) -> None:
         """Ask for a linearizable read point; the answer comes back as a ReadState with this
-        ctx (which must be non-empty and unique among outstanding reads)."""
+        ctx (which must be non-empty and unique among outstanding reads). Without a known
+        leader the request is dropped: the caller times out and retries."""
         if not ctx:
             raise ValueError("read_index needs a non-empty context")
         self.raft.step(Message(MessageType.READ_INDEX, context=ctx))
@@ -254,7 +255,11 @@ class RawNode:
             for pid in r.prs.ids():
                 pr = r.prs.progress[pid]
                 progress[pid] = ProgressStatus(
-                    pr.match, pr.next, pr.state, pr.is_learner, pr.is_paused(),
+                    pr.match,
+                    pr.next,
+                    pr.state,
+                    pr.is_learner,
+                    pr.is_paused(),
                     pr.inflights.count(),
                 )
         return Status(

@@ -85,8 +85,9 @@ class Node:
         self.storage.compact(idx)
 
 
-def storage_with(terms: list[int], peers: Iterable[int], *, term: int, vote: int = 0,
-                 commit: int | None = None) -> MemoryStorage:
+def storage_with(
+    terms: list[int], peers: Iterable[int], *, term: int, vote: int = 0, commit: int | None = None
+) -> MemoryStorage:
     """A disk holding the bootstrap entries (term 1, one ADD_NODE per peer) followed by entries
     with the given terms, and a hard state (commit defaults to the bootstrap entries)."""
     from nokvpy.raft import ConfChangeType, HardState
@@ -98,8 +99,10 @@ def storage_with(terms: list[int], peers: Iterable[int], *, term: int, vote: int
         for i, p in enumerate(peers)
     ]
     base = len(ents)
-    ents += [Entry(t, base + i + 1, EntryType.NORMAL, f"t{t}i{base + i + 1}".encode())
-             for i, t in enumerate(terms)]
+    ents += [
+        Entry(t, base + i + 1, EntryType.NORMAL, f"t{t}i{base + i + 1}".encode())
+        for i, t in enumerate(terms)
+    ]
     st.append(ents)
     st.set_hard_state(HardState(term, vote, base if commit is None else commit))
     return st

@@ -249,8 +249,10 @@ class Simulator:
                     src.rn.report_unreachable(m.to)
             return
         self.stats.messages += 1
-        self.trace.append(f"{self.step_no}: deliver {m.type.name} {m.frm}->{m.to} t{m.term} "
-                          f"i{m.index} n{len(m.entries)} c{m.commit} rej={m.reject}")
+        self.trace.append(
+            f"{self.step_no}: deliver {m.type.name} {m.frm}->{m.to} t{m.term} "
+            f"i{m.index} n{len(m.entries)} c{m.commit} rej={m.reject}"
+        )
         dst.rn.step(m)
         self.report_snap(m, failed=False)
 

@@ -155,8 +155,15 @@ def test_progress_state_machine():
 
 @pytest.mark.parametrize(
     "matches, want",
-    [([5], 5), ([5, 3], 3), ([5, 3, 1], 3), ([1, 5, 3], 3), ([5, 5, 1, 1], 1),
-     ([9, 8, 7, 6, 5], 7), ([2, 2, 2], 2)],
+    [
+        ([5], 5),
+        ([5, 3], 3),
+        ([5, 3, 1], 3),
+        ([1, 5, 3], 3),
+        ([5, 5, 1, 1], 1),
+        ([9, 8, 7, 6, 5], 7),
+        ([2, 2, 2], 2),
+    ],
 )
 def test_quorum_committed_index(matches, want):
     t = ProgressTracker(8)
