@@ -99,7 +99,8 @@ class Allocator:
         if g.era != self.era:
             raise GateRejected(self.duty, "grant_superseded", "era changed while fencing",
                                Violation.SILENCE)
-        self.high = g.bound_for(self.duty) or 0
+        # only what this request fenced is ours: a larger bound was raised by someone else
+        self.high = min(g.bound_for(self.duty) or 0, want)
         self.extensions += 1
         if self.next + count - 1 > self.high:
             raise RemoteError(ErrorKind.UNAVAILABLE, "fence_short",

@@ -27,6 +27,7 @@ from typing import Any
 
 import trio
 
+from nokvpy import failpoints
 from nokvpy.protocol.enums import Duty, ErrorKind, RetryClass
 from nokvpy.protocol.grants import (
     AuthorityGrant,
@@ -250,6 +251,7 @@ class GrantLoop:
         expires = expires_at_ms or now + self.ttl_ms
         cmd = GrantCommand(GrantCommandKind.ISSUE, self.holder, grant_id, now, expires,
                            (DutyGrant(duty, bound),))
+        await failpoints.acheck("coordinator.before_grant_issue")
         reply = await self.meta.call(GrantRequest(cmd), timeout=5.0, leader=True)
         result = reply.result
         st.last_result = f"{result.status.name}: {result.reason}"[:200]

@@ -4,7 +4,8 @@ Owns: the handlers of every coordinator RPC (nokvpy.protocol.coordinator_rpc) an
 of the subsystems they use: the root subscription (catalog + RootState mirror), strong-read
 confirmation batching, the grant loop, the ID / TSO allocators, the store tracker, the
 first-region bootstrap and the periodic drift scan. Route reads are decided by the pure
-`coordinator.serving`; transitions are assessed by the pure `coordinator.assessment`.
+`coordinator.serving`; transition RPCs live in `coordinator.transitions` (assessed by the
+pure `coordinator.assessment`).
 
 Never: holds durable state (everything is rebuilt from metaroot and heartbeats), writes
 rooted truth except through metaroot appends / grant commands, serves a STRONG or BOUNDED
@@ -21,14 +22,12 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from dataclasses import replace
 from typing import Any
 
 import trio
 
 from coordinator import diagnostics
 from coordinator.allocators import Allocator
-from coordinator.assessment import assess, list_transitions
 from coordinator.confirm import ConfirmBatcher
 from coordinator.grantloop import ALL_DUTIES, DEFAULT_WINDOWS, GateRejected, GrantLoop, wall_ms
 from coordinator.serving import (
@@ -39,6 +38,8 @@ from coordinator.serving import (
 )
 from coordinator.stores import DEFAULT_STORE_TTL, StoreTracker
 from coordinator.subscription import Subscription
+from coordinator.transitions import Transitions
+from nokvpy import failpoints
 from nokvpy.protocol.coordinator_rpc import (
     AllocIdReply,
     AllocIdRequest,
@@ -68,7 +69,6 @@ from nokvpy.protocol.coordinator_rpc import (
 )
 from nokvpy.protocol.enums import (
     AllocatorKind,
-    AssessmentDecision,
     CatchUpState,
     Duty,
     ErrorKind,
@@ -77,15 +77,11 @@ from nokvpy.protocol.enums import (
     RetryClass,
     StoreState,
 )
-from nokvpy.protocol.grants import Assessment
 from nokvpy.protocol.metaroot_rpc import AppendRequest
 from nokvpy.protocol.records import (
     PeerMeta,
-    RangeMerge,
-    RangeSplit,
     RegionDescriptor,
     RegionEpoch,
-    RegionRemoval,
     RegionUpsert,
     RootEvent,
     RootToken,
@@ -103,11 +99,6 @@ _UNTRUSTED = (CatchUpState.BOOTSTRAP_REQUIRED, CatchUpState.RECOVERING,
               CatchUpState.UNAVAILABLE)
 
 
-def _code(reason: str) -> str:
-    """The stable code of a "code: detail" reason."""
-    return reason.split(":", 1)[0].strip()
-
-
 class CoordinatorService:
     def __init__(self, coordinator_id: int, cluster_id: str, meta: Any, *,
                  replication: int = 3, grant_ttl: float = 6.0, staleness_window: float = 3.0,
@@ -118,8 +109,11 @@ class CoordinatorService:
         self.cluster_id = cluster_id
         self.meta = meta
         self.replication = replication
-        self.holder = f"coordinator-{coordinator_id}"
         rng = rng or random.Random()
+        # The grant holder is one process incarnation, not a coordinator id: a restarted (or
+        # paused-and-resumed, or misconfigured duplicate) process never renews, raises or
+        # serves another incarnation's grant; a restart waits for the old grant to expire.
+        self.holder = f"coordinator-{coordinator_id}#{rng.getrandbits(32):08x}"
         windows = dict(DEFAULT_WINDOWS, **(windows or {}))
         self.sub = Subscription(meta, staleness_window, keepalive_ms=keepalive_ms,
                                 rng=random.Random(rng.random()))
@@ -130,6 +124,7 @@ class CoordinatorService:
         self.ids = Allocator(AllocatorKind.ID, self.grants, self.sub, windows[Duty.ALLOC_ID])
         self.tso = Allocator(AllocatorKind.TSO, self.grants, self.sub, windows[Duty.TSO])
         self.stores = StoreTracker(store_ttl)
+        self.transitions = Transitions(self)
         self.counters: Counter[str] = Counter()
         self.started_at = 0.0
         self.bootstrap_state = "waiting"
@@ -153,6 +148,7 @@ class CoordinatorService:
         """Graceful stop: drain and seal every held grant (exact usages)."""
         out = await self.grants.seal_all(timeout)
         log.info("%s sealed grants: %s", self.holder, out)
+        await failpoints.acheck("coordinator.after_seal")
         self.stopped.set()
         return out
 
@@ -176,10 +172,10 @@ class CoordinatorService:
     def degraded_flags(self) -> list[str]:
         return [f"no_grant:{d}" for d in self.grants.duties if not self.grants.holds(d)]
 
-    def _snapshot(self):
+    def snapshot_view(self):
         return self.sub.snapshot(self.degraded_flags())
 
-    async def _sync_with_root(self, timeout: float) -> RootToken:
+    async def sync_with_root(self, timeout: float) -> RootToken:
         """Confirm root's current token with the metaroot leader and wait until the served
         catalog (and mirror) incorporate it."""
         try:
@@ -195,8 +191,9 @@ class CoordinatorService:
                               {"retry_class": RetryClass.RETRY.name})
         return token
 
-    async def _append(self, events: list[RootEvent], expected_cluster_epoch: int | None = None,
+    async def append(self, events: list[RootEvent], expected_cluster_epoch: int | None = None,
                       wait: float = WRITE_TIMEOUT):
+        await failpoints.acheck("coordinator.before_root_append")
         reply = await self.meta.call(AppendRequest(events, expected_cluster_epoch),
                                      timeout=WRITE_TIMEOUT, leader=True)
         self.counters["root_appends"] += 1
@@ -235,8 +232,8 @@ class CoordinatorService:
         return token
 
     async def _route_gate(self, freshness: Freshness, ctx):
-        """(holds_lookup_grant, strong_confirmed) for a route read; STRONG takes a duty
-        admission and a confirmation round."""
+        """(holds_lookup_grant, confirmed token, admission to release) for a route read;
+        STRONG takes a region_lookup duty admission and a confirmation round."""
         if freshness != Freshness.STRONG:
             return self.grants.holds(Duty.REGION_LOOKUP), None, None
         cm = self.grants.serving(Duty.REGION_LOOKUP)
@@ -269,7 +266,7 @@ class CoordinatorService:
                       if isinstance(req.freshness, Freshness) else "route_reads.invalid"] += 1
         holds, token, cm = await self._route_gate(req.freshness, ctx)
         try:
-            catalog, rs, _ = self._snapshot()
+            catalog, rs, _ = self.snapshot_view()
             decision = decide_route_read(
                 RouteRequest(req.key, req.freshness, req.required_root_token, req.max_root_lag,
                              req.required_descriptor_revision),
@@ -291,7 +288,7 @@ class CoordinatorService:
         self.counters["scan_reads"] += 1
         holds, token, cm = await self._route_gate(req.freshness, ctx)
         try:
-            catalog, rs, _ = self._snapshot()
+            catalog, rs, _ = self.snapshot_view()
             decision = decide_scan_regions(
                 ScanRequest(req.start_key, req.end_key, req.limit, req.freshness,
                             req.required_root_token, req.max_root_lag),
@@ -306,91 +303,21 @@ class CoordinatorService:
                    if (lead := self.stores.leader_of(d.region_id, now))}
         return ScanRegionsReply(list(decision.regions), decision.witness, leaders)
 
-    # ---- transitions -------------------------------------------------------------------
-
-    def _touched_regions(self, event: RootEvent) -> set[int]:
-        p = event.payload
-        if isinstance(p, RangeSplit):
-            return {p.parent_region_id, p.left.region_id, p.right.region_id}
-        if isinstance(p, RangeMerge):
-            return {p.left_region_id, p.right_region_id, p.merged.region_id}
-        for attr in ("region_id",):
-            if hasattr(p, attr):
-                return {getattr(p, attr)}
-        if isinstance(p, RegionUpsert):
-            return {p.descriptor.region_id}
-        return set()
-
-    def _assess(self, event: RootEvent,
-                expected_cluster_epoch: int | None) -> tuple[Assessment, list]:
-        """The assessment against the RootState mirror, and the drift (DESIGN 7) on the
-        regions the event touches."""
-        a = assess(self.sub.state, event, expected_cluster_epoch)
-        self.counters[f"assessments.{a.decision.name.lower()}"] += 1
-        catalog, rs, _ = self._snapshot()
-        drift: list = []
-        if catalog is not None and isinstance(event, RootEvent):
-            touched = self._touched_regions(event)
-            if touched:
-                drift = self.stores.drift_for_regions(
-                    touched, catalog, rs.root_lag == 0 and rs.catch_up_state == CatchUpState.FRESH)
-                self.counters["assessment_drift"] += len(drift)
-        return a, drift
+    # ---- transitions (coordinator.transitions) ----------------------------------------
 
     async def on_assess_root_event(self, req: AssessRootEventRequest, ctx) -> AssessRootEventReply:
-        a, drift = self._assess(req.event, None)
-        return AssessRootEventReply(a, [d.plain() for d in drift])
+        return self.transitions.on_assess(req)
 
     async def on_publish_root_event(self, req: PublishRootEventRequest,
                                     ctx) -> PublishRootEventReply:
-        event = req.event
-        await self._sync_with_root(WRITE_TIMEOUT)
-        a, _ = self._assess(event, req.expected_cluster_epoch)
-        if a.decision == AssessmentDecision.SKIP:
-            self.counters["publish_skipped"] += 1
-            return PublishRootEventReply(True, a, self.sub.served_token)
-        if a.decision == AssessmentDecision.REJECT:
-            self.counters["publish_rejected"] += 1
-            kind = ErrorKind.CONFLICT if a.retry_class == RetryClass.CONFLICT else ErrorKind.REJECTED
-            raise RemoteError(kind, _code(a.reason), a.reason,
-                              {"assessment": a, "retry_class": a.retry_class.name,
-                               "transition_id": a.transition_id,
-                               "root_token": self.sub.served_token,
-                               "cluster_epoch": self.sub.state.cluster_epoch})
-        if a.transition_id:
-            # Deterministic: the same transition event assessed at the same cluster epoch
-            # always carries the same id, so racing or retried publishes apply once; a
-            # re-plan after a cancel (which bumps the epoch) is a new request.
-            rid = (f"{a.transition_id}:{EventKind(event.kind).name.lower()}"
-                   f"@{self.sub.state.cluster_epoch}")
-            event = replace(event, request_id=rid)
-        try:
-            reply = await self._append([event], req.expected_cluster_epoch)
-        except RemoteError as exc:
-            self.counters["publish_refused_by_root"] += 1
-            raise RemoteError(exc.kind, exc.reason, exc.message,
-                              {**exc.details, "assessment": a}) from None
-        self.counters["publish_applied"] += 1
-        return PublishRootEventReply(True, a, reply.last_token)
+        return await self.transitions.on_publish(req)
 
     async def on_list_transitions(self, req: ListTransitionsRequest,
                                   ctx) -> ListTransitionsReply:
-        state = self.sub.state
-        entries: list[object] = list(list_transitions(state))
-        if req.include_history:
-            entries.extend(reversed(self.sub.history))
-        return ListTransitionsReply(entries, state.token)
+        return self.transitions.on_list(req)
 
     async def on_remove_region(self, req: RemoveRegionRequest, ctx) -> RemoveRegionReply:
-        await self._sync_with_root(WRITE_TIMEOUT)
-        d = self.sub.state.descriptor(req.region_id)
-        if d is None:
-            return RemoveRegionReply(False, self.sub.served_token)
-        reply = await self.on_publish_root_event(PublishRootEventRequest(
-            RootEvent(EventKind.REGION_TOMBSTONED, RegionRemoval(req.region_id, d)),
-            req.expected_cluster_epoch), ctx)
-        return RemoveRegionReply(reply.assessment.decision == AssessmentDecision.APPLY,
-                                 reply.token)
+        return await self.transitions.on_remove(req)
 
     # ---- duties ------------------------------------------------------------------------
 
@@ -452,7 +379,7 @@ class CoordinatorService:
                 self.counters["store_rejoins"] += 1
                 self._bootstrap_kick.set()
                 return StoreJoinReply(sid, self.cluster_id, self.sub.served_token)
-        reply = await self._append([RootEvent(EventKind.STORE_JOINED,
+        reply = await self.append([RootEvent(EventKind.STORE_JOINED,
                                               StoreMembership(sid, req.address))])
         self.counters["store_joins"] += 1
         log.info("store %d joined at %s (root %s)", sid, req.address, reply.last_token)
@@ -460,7 +387,7 @@ class CoordinatorService:
         return StoreJoinReply(sid, self.cluster_id, reply.last_token)
 
     async def on_store_heartbeat(self, req: StoreHeartbeatRequest, ctx) -> StoreHeartbeatReply:
-        catalog, rs, _ = self._snapshot()
+        catalog, rs, _ = self.snapshot_view()
         if catalog is None:
             raise RemoteError(ErrorKind.UNAVAILABLE, "no_catalog",
                               "the coordinator has no rooted view yet",
@@ -530,7 +457,7 @@ class CoordinatorService:
             self.bootstrap_state = "waiting: alloc_id grant"
             return False
         async with self._bootstrap_lock:
-            await self._sync_with_root(WRITE_TIMEOUT)
+            await self.sync_with_root(WRITE_TIMEOUT)
             if not self._needs_bootstrap():
                 return False
             live = self.sub.state.live_store_ids()[: self.replication]
@@ -539,7 +466,7 @@ class CoordinatorService:
             d = RegionDescriptor(first, b"", b"", RegionEpoch(1, 1), peers)
             event = RootEvent(EventKind.REGION_BOOTSTRAP, RegionUpsert(d), BOOTSTRAP_REQUEST_ID)
             try:
-                reply = await self._append([event])
+                reply = await self.append([event])
             except RemoteError as exc:
                 if exc.reason in ("request_id_mismatch", "range_overlap", "region_exists"):
                     self.bootstrap_state = f"done elsewhere ({exc.reason})"
@@ -555,7 +482,7 @@ class CoordinatorService:
     async def _drift_loop(self) -> None:
         while True:
             await trio.sleep(DRIFT_INTERVAL)
-            catalog, rs, _ = self._snapshot()
+            catalog, rs, _ = self.snapshot_view()
             if catalog is None:
                 continue
             self.stores.recompute(catalog, rs.catch_up_state not in _UNTRUSTED,

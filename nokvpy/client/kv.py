@@ -118,7 +118,9 @@ class Client:
             except (RpcUnavailableError, RpcTimeoutError) as exc:
                 last = exc
             except RemoteError as exc:
-                if exc.kind in ("not_leader", "unavailable") and i < n - 1:
+                failover = (exc.kind in ("not_leader", "unavailable")
+                            or bool(exc.details.get("try_another_coordinator")))
+                if failover and i < n - 1:
                     last = exc
                     continue
                 raise

@@ -108,18 +108,20 @@ class Env:
 
     async def _run_coordinator(self, cid: int, addr: str, kwargs: dict,
                                task_status=trio.TASK_STATUS_IGNORED) -> None:
+        node_id = kwargs.pop("node_id", None) or cid
         with trio.CancelScope() as scope:
             self._scopes[cid] = scope
-            await coordinator_serve(cid, addr, CLUSTER, self.meta_addr.split(","),
+            await coordinator_serve(node_id, addr, CLUSTER, self.meta_addr.split(","),
                                     handle_signals=False,
                                     task_status=task_status, **kwargs)
 
     async def start_coordinator(self, cid: int, *, replication: int = 3, grant_ttl: float = 2.0,
                                 staleness_window: float = 3.0, wait_grants: bool = False,
-                                **service_options) -> Any:
+                                node_id: int | None = None, **service_options) -> Any:
+        """Start coordinator `cid` (its --id is `node_id`, default `cid`)."""
         addr = self.addrs.get(cid) or f"127.0.0.1:{free_ports(1)[0]}"
         self.addrs[cid] = addr
-        kwargs = dict(replication=replication, grant_ttl=grant_ttl,
+        kwargs = dict(replication=replication, grant_ttl=grant_ttl, node_id=node_id,
                       staleness_window=staleness_window, service_options=service_options)
         svc = await self.nursery.start(self._run_coordinator, cid, addr, kwargs)
         self.coordinators[cid] = svc

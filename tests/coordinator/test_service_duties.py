@@ -30,7 +30,7 @@ async def test_alloc_ids_are_monotone_and_never_reissued_across_restarts(tmp_pat
         assert diag["allocators"]["alloc_id"]["extensions"] >= 1
         assert diag["allocators"]["alloc_id"]["rooted_fence"] >= seen[-1]
 
-        # crash (no seal): a restart with the same id renews its own live grant in place
+        # crash (no seal): the restart is a new incarnation; it takes over on expiry
         env.crash(1)
         await env.start_coordinator(1, wait_grants=True, windows={"alloc_id": 50})
         ids, era2 = await _alloc(env, 1, 5)
@@ -58,7 +58,7 @@ async def test_tso_is_monotone_and_only_the_holder_serves(tmp_path):
         with pytest.raises(RemoteError) as err:
             await env.call(2, TsoRequest())
         assert err.value.kind == "not_leader" and err.value.reason == "grant_not_held"
-        assert err.value.details["holder"] == "coordinator-1"
+        assert err.value.details["holder"].startswith("coordinator-1#")
         diag = await env.diag(2)
         assert diag["counters"]["grant.gate_rejections"] >= 1
         assert diag["counters"]["grant.violations.primacy"] >= 1
@@ -82,7 +82,7 @@ async def test_standby_takes_over_after_the_holder_crashes(tmp_path):
         strong = await env.call(2, GetRegionByKeyRequest(b"k", Freshness.STRONG))
         assert strong.descriptor == d and strong.witness.served_by_leader
         diag = await env.diag(2)
-        assert diag["grants"]["duties"]["alloc_id"]["holder"] == "coordinator-2"
+        assert diag["grants"]["duties"]["alloc_id"]["holder"].startswith("coordinator-2#")
         assert diag["counters"]["grant.era_transitions"] >= 3
 
         async def inherited():  # finality: every expired predecessor ends inherited
@@ -109,3 +109,23 @@ async def test_graceful_stop_seals_grants_and_standby_takes_over_at_once(tmp_pat
             return (await env.diag(2))["audit"]["sealed_exact_completed"] >= 3
 
         await wait_until(inherited, 5, what="sealed retirements inherited")
+
+
+async def test_two_processes_with_one_coordinator_id_never_share_a_grant(tmp_path):
+    """A misconfigured duplicate (or a paused-and-resumed old incarnation) is another
+    holder: primacy keeps it a standby, so no value is served twice."""
+    async with open_env(tmp_path) as env:
+        await env.start_coordinator(1, wait_grants=True, windows={"alloc_id": 20})
+        twin = await env.start_coordinator(11, node_id=1, windows={"alloc_id": 20})
+        seen: list[int] = []
+        for _ in range(15):
+            ids, _ = await _alloc(env, 1, 3)
+            seen.extend(ids)
+            with pytest.raises(RemoteError) as err:
+                await env.call(11, AllocIdRequest(3))
+            assert err.value.reason == "grant_not_held"
+        assert twin.grants.held_duties() == [] and len(set(seen)) == len(seen)
+        env.crash(1)
+        await wait_until(lambda: len(twin.grants.held_duties()) == 3, 10, what="twin takeover")
+        ids, _ = await _alloc(env, 11, 3)
+        assert ids[0] > max(seen)

@@ -5,6 +5,7 @@ serving (alloc stays monotone) after the metaroot leader is stopped."""
 from __future__ import annotations
 
 from _coord_harness import bootstrapped, open_env, wait_until
+
 from nokvpy.protocol import Freshness
 from nokvpy.protocol.coordinator_rpc import AllocIdRequest, GetRegionByKeyRequest
 from nokvpy.protocol.metaroot_rpc import MetarootStatusRequest

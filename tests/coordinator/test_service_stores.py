@@ -118,7 +118,7 @@ async def test_diagnostics_body_is_plain_data_with_the_documented_keys(tmp_path)
         assert body["degraded_mode"] == "HEALTHY" and body["catch_up_state"] == "FRESH"
         for duty in ("alloc_id", "tso", "region_lookup"):
             g = body["grants"]["duties"][duty]
-            assert g["holder"] == "coordinator-1" and g["serving_state"] == "serving"
+            assert g["holder"] == body["holder_id"] and g["serving_state"] == "serving"
             assert g["era"] > 0 and g["expires_in_ms"] > 0
         for v in ("primacy", "inheritance", "silence", "finality"):
             assert f"grant.violations.{v}" in body["counters"]
@@ -132,3 +132,18 @@ async def test_diagnostics_body_is_plain_data_with_the_documented_keys(tmp_path)
 
         assert plain(body)
         assert body["region_count"] == 1 and body["store_count"] == 3
+
+
+async def test_failpoint_admin_reaches_the_coordinator(tmp_path):
+    from nokvpy.protocol.admin import FailpointClearRequest, FailpointSetRequest
+
+    async with open_env(tmp_path) as env:
+        await env.start_coordinator(1, wait_grants=True)
+        try:
+            await env.call(1, FailpointSetRequest("coordinator.before_root_append", "1*raise"))
+            with pytest.raises(RemoteError):
+                await env.call(1, StoreJoinRequest(0, "127.0.0.1:30500"))
+            again = await env.call(1, StoreJoinRequest(0, "127.0.0.1:30500"))
+            assert again.store_id > 0
+        finally:
+            await env.call(1, FailpointClearRequest(""))
