@@ -5,8 +5,9 @@ overlay (a later entry of the same batch sees the writes of an earlier one), sta
 replay pointer (applied index, term) into the SAME write batch as the data it covers (so
 replay after a crash is idempotent: raft restarts after the pointer and re-applies nothing
 that is durable), snapshots of the region (descriptor + KV range + applied index) and their
-installation, and raft log compaction behind the applied index. Never awaits and never
-commits: the driver commits the batch; in-memory views change only in `after_commit`.
+installation (snapshots are built in a worker thread and cached), and raft log compaction
+behind the applied index. Never awaits on the apply path and never commits: the driver
+commits the batch; in-memory views change only in `after_commit`.
 
 Apply-time rules: a command proposed under an older region version (a split or merge
 happened since) or touching a key outside the region is refused as a whole (nothing written);
@@ -19,6 +20,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from typing import Any
+
+import trio
 
 from nokvpy.protocol import RegionDescriptor
 from nokvpy.protocol.raftstore_cmds import (
@@ -48,6 +51,8 @@ _MISSING = object()
 # Raft log compaction: keep this many applied entries, compact in steps of at least SLACK.
 COMPACT_KEEP = 2048
 COMPACT_SLACK = 1024
+
+SNAPSHOT_CACHE_TTL = 60.0  # seconds a built snapshot is offered again
 
 OK = KvResult(True)
 EPOCH_MISMATCH = "epoch_mismatch"
@@ -109,6 +114,11 @@ class RegionStateMachine:
         self.conf_change_listener: Callable[[ConfChange, ConfState], None] | None = None
         self.descriptor_listener: Callable[[RegionDescriptor], None] | None = None
         self._staged: tuple[int, int, RegionDescriptor | None, int] | None = None
+        # Background snapshot building: `spawn(async_fn)` starts a task and says whether it
+        # could (None, or False: build inline).
+        self.spawn: Callable[[Callable[[], Any]], bool] | None = None
+        self._snap_cache: tuple[int, bytes, float] | None = None
+        self._snap_building = False
         # A descriptor change staged by an admin handler (applied on commit).
         self.staged_descriptor: RegionDescriptor | None = None
 
@@ -180,10 +190,44 @@ class RegionStateMachine:
                 self.descriptor_listener(desc)
 
     def snapshot(self) -> tuple[int, bytes]:
-        desc = self.descriptor
-        if desc is None:
+        """A snapshot for a lagging follower. With a `spawn` runner installed, snapshots are
+        built in a worker thread (a whole region must not be read and encoded on the event
+        loop): the first request starts a build and answers "temporarily unavailable"; raft
+        asks again on the follower's next response and gets the cached image, which stays
+        usable while the log still holds every entry after it."""
+        if self.descriptor is None:
             raise SnapshotTemporarilyUnavailableError(
                 f"region {self.region_id} is not initialized here")
+        cache = self._snap_cache
+        if cache is not None:
+            index, data, built_at = cache
+            floor = self.raftlog.group(self.region_id).first_index() - 1
+            if index >= floor and trio.current_time() - built_at < SNAPSHOT_CACHE_TTL:
+                return index, data
+            self._snap_cache = None
+        if not self._snap_building:
+            if self.spawn is None or not self.spawn(self._build_snapshot_async):
+                return self._build_snapshot()
+            self._snap_building = True
+        raise SnapshotTemporarilyUnavailableError(
+            f"region {self.region_id}: snapshot is being built")
+
+    async def _build_snapshot_async(self) -> None:
+        try:
+            index, data = await trio.to_thread.run_sync(self._build_snapshot)
+            self._snap_cache = (index, data, trio.current_time())
+        except SnapshotTemporarilyUnavailableError:
+            pass
+        except Exception:
+            log.exception("region %d: building a snapshot failed", self.region_id)
+        finally:
+            self._snap_building = False
+
+    def _build_snapshot(self) -> tuple[int, bytes]:
+        """Read the replay pointer and the region's KV range in one read transaction."""
+        desc = self.descriptor
+        if desc is None:
+            raise SnapshotTemporarilyUnavailableError(f"region {self.region_id} has no range")
         kv, meta, rid = self.kv, self.meta, self.region_id
 
         def read(txn):
@@ -222,6 +266,7 @@ class RegionStateMachine:
         batch.on_commit(installed)
 
     def on_conf_change(self, cc: ConfChange, conf_state: ConfState) -> None:
+        self._snap_cache = None  # it was taken under the old membership
         if self.conf_change_listener is not None:
             self.conf_change_listener(cc, conf_state)
 
@@ -319,12 +364,6 @@ class RegionStateMachine:
         pairs = self.kv.scan(lo, hi or None, limit + 1)
         more = len(pairs) > limit
         return (pairs[:limit] if more else pairs), more
-
-    def approx_keys(self) -> int:
-        desc = self.descriptor
-        if desc is None:
-            return 0
-        return self.kv.range_stats(desc.start_key, desc.end_key or None)[0]
 
 
 def _valid_key(key: bytes) -> bool:

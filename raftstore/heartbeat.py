@@ -2,7 +2,7 @@
 
 Owns: the coordinator address list and failover across it, `StoreJoin` retried with
 jittered exponential backoff until some coordinator answers, and the heartbeat loop (about
-once a second: one `RegionHeartbeat` per hosted region) whose replies tell the store which
+once a second, to every coordinator: one `RegionHeartbeat` per hosted region) whose replies tell the store which
 regions to host and which are tombstoned, and carry every store's address. Never decides
 what to host itself: it hands each reply to `Store.on_heartbeat_reply` (level-triggered: a
 missed reply is repaired by the next one).
@@ -57,6 +57,31 @@ class CoordinatorLink:
             return reply
         raise RpcError(f"no coordinator answered ({', '.join(self.addrs)}): {last}")
 
+    async def broadcast(self, request: Any) -> Any:
+        """Send `request` to every coordinator at once (each keeps its own live view of the
+        stores); return the reply of the preferred one that answered. Raises the preferred
+        coordinator's error when none answered."""
+        if len(self.addrs) == 1:
+            return await self.call(request)
+        results: dict[int, Any] = {}
+
+        async def one(i: int) -> None:
+            try:
+                results[i] = await self.rpc.call(self.addrs[i], request, timeout=self.timeout)
+            except (RpcError, RemoteError) as exc:
+                results[i] = exc
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(self.addrs)):
+                nursery.start_soon(one, i)
+        n = len(self.addrs)
+        order = [(self._index + k) % n for k in range(n)]
+        for i in order:
+            if not isinstance(results[i], Exception):
+                self._index = i
+                return results[i]
+        raise results[order[0]]
+
 
 async def join(store: Store, link: CoordinatorLink, rng: random.Random | None = None) -> None:
     """Register with a coordinator, retrying with backoff until one accepts."""
@@ -91,9 +116,24 @@ async def heartbeat_loop(store: Store, link: CoordinatorLink, interval: float = 
     await join(store, link)
     failures = 0
     while True:
+        await store.refresh_region_stats()
         try:
-            reply = await link.call(store.heartbeat_request())
-        except (RpcError, RemoteError) as exc:
+            reply = await link.broadcast(store.heartbeat_request())
+        except RemoteError as exc:
+            failures += 1
+            store.last_heartbeat_error = str(exc)
+            if exc.reason == "unknown_store":
+                # The coordinators do not know us (their root was rebuilt, or our join was
+                # lost): register again, then carry on heartbeating.
+                log.warning("store %d: coordinator does not know this store; joining again",
+                            store.store_id)
+                store.joined = False
+                await join(store, link)
+                continue
+            if failures == 1 or failures % 30 == 0:
+                log.warning("store %d: heartbeat refused (%d in a row): %s", store.store_id,
+                            failures, exc)
+        except RpcError as exc:
             failures += 1
             store.last_heartbeat_error = str(exc)
             if failures == 1 or failures % 30 == 0:

@@ -77,8 +77,14 @@ async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
         identity = Identity(cluster_id, "store", store_id, secret)
         rpc = RpcClient(identity)
         server = RpcServer(identity)
-        cfg = StoreConfig(store_id, cluster_id, listen, tick_interval=tick_interval,
-                          **(options or {}))
+        options = dict(options or {})
+        for var, field_name in (("NOKV_UNSAFE_READS", "unsafe_reads"),
+                                ("NOKV_UNSAFE_ACK", "unsafe_ack")):
+            if os.environ.get(var) == "1":
+                options.setdefault(field_name, True)
+                log.warning("store %d: %s=1: TEST-ONLY UNSAFE MODE, this store is deliberately "
+                            "not linearizable", store_id, var)
+        cfg = StoreConfig(store_id, cluster_id, listen, tick_interval=tick_interval, **options)
         store = Store(cfg, env, rpc)
         store.load(image, restart)
         store.register(server)

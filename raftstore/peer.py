@@ -136,7 +136,7 @@ class Peer:
 
     # ---- heartbeat -------------------------------------------------------------------
 
-    def heartbeat(self, approx_keys: int) -> RegionHeartbeat | None:
+    def heartbeat(self, approx_keys: int = 0, approx_bytes: int = 0) -> RegionHeartbeat | None:
         desc = self.sm.descriptor
         g = self.group
         if desc is None or g is None:
@@ -154,6 +154,7 @@ class Peer:
             leader_peer_id=g.leader_id,
             applied_index=self.sm.applied,
             approx_keys=approx_keys,
+            approx_bytes=approx_bytes,
             writes=writes,
             voters=tuple(voters),
             learners=tuple(learners),

@@ -46,6 +46,7 @@ from nokvpy.protocol.store_rpc import (
     GetRequest,
     KvContext,
     PutRequest,
+    ReadMode,
     ScanReply,
     ScanRequest,
     WriteReply,
@@ -54,7 +55,7 @@ from nokvpy.raft.types import Message, MessageType
 from nokvpy.replication.driver import Driver, ProposalError
 from nokvpy.rpc import RaftTransport, RemoteError, RpcClient
 from nokvpy.storage import KV, Env, LocalMeta, RaftLogStore, WriteBatch
-from nokvpy.wire import RaftBatch, RaftEnvelope, encode
+from nokvpy.wire import DecodeError, RaftBatch, RaftEnvelope, decode, encode
 from raftstore import admission as adm_mod
 from raftstore.admission import AdmissionRequest, Limits, RegionView
 from raftstore.apply import COMPACT_KEEP, COMPACT_SLACK, RegionStateMachine, encode_descriptor
@@ -62,7 +63,7 @@ from raftstore.commands import kv_command
 from raftstore.execution import ExecutionTracker
 from raftstore.peer import Peer
 from raftstore.peer import bootstrap as bootstrap_group
-from raftstore.reads import ReadRefusedError, read_barrier
+from raftstore.reads import ReadPoint, ReadRefusedError, read_barrier
 from raftstore.restart import LocalImage, RestartState
 
 log = logging.getLogger("nokvpy.raftstore")
@@ -86,8 +87,13 @@ class StoreConfig:
     snapshot_timeout: float = 10.0  # a sent snapshot with no answer by then is retried
     default_write_timeout: float = 30.0  # when the caller gave no deadline
     approx_keys_refresh: float = 30.0
+    uninitialized_gc_after: float = 60.0  # drop a peer never initialized and unheard-of
     compact_keep: int = COMPACT_KEEP  # applied raft entries kept behind the applied index
     compact_slack: int = COMPACT_SLACK
+    # TEST-ONLY deliberately broken modes for jepsen-lite's detection experiment
+    # (NOKV_UNSAFE_READS=1 / NOKV_UNSAFE_ACK=1): never enable them anywhere else.
+    unsafe_reads: bool = False  # linearizable reads served from local state, no ReadIndex
+    unsafe_ack: bool = False  # writes acknowledged once queued, before commit
 
 
 class Store:
@@ -122,8 +128,9 @@ class Store:
         self.last_heartbeat_error = ""
         self.outbox_backlog = 0
         self.blocked_events = 0
-        self._approx_keys: dict[int, tuple[float, int]] = {}
+        self._approx: dict[int, tuple[float, int, int]] = {}  # rid -> (when, keys, bytes)
         self._creating: set[int] = set()
+        self._nursery: trio.Nursery | None = None
 
     # ================================================================= lifecycle
 
@@ -165,6 +172,7 @@ class Store:
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             await nursery.start(self.transport.run)
             await nursery.start(self.driver.run)
             nursery.start_soon(self._housekeeping)
@@ -179,6 +187,29 @@ class Store:
                     self.counters["snapshots_retried"] += 1
                     if peer.group is not None:
                         self.driver.report_snapshot(peer.group, node, failed=True)
+                if not peer.initialized and self._abandoned(peer, now):
+                    await self._drop_uninitialized(peer)
+
+    def _abandoned(self, peer: Peer, now: float) -> bool:
+        after = self.cfg.uninitialized_gc_after
+        last = peer.last_leader_contact or peer.created_at
+        return now - peer.created_at > after and now - last > after / 2
+
+    async def _drop_uninitialized(self, peer: Peer) -> None:
+        """A peer created by a stray message that never learned its region: forget it (no
+        tombstone: if the region really wants a replica here, its leader recreates it)."""
+        rid = peer.region_id
+        if self.peers.get(rid) is not peer or peer.initialized:
+            return
+        del self.peers[rid]
+        self.driver.remove_group(rid)
+        batch = WriteBatch()
+        self.raftlog.stage_destroy_group(batch, rid)
+        self.meta.stage_delete_replay_pointer(batch, rid)
+        await self.env.commit(batch)
+        self.counters["uninitialized_dropped"] += 1
+        log.info("store %d: dropped uninitialized peer %d of region %d", self.store_id,
+                 peer.peer_id, rid)
 
     # ================================================================= peers
 
@@ -187,6 +218,7 @@ class Store:
         sm = RegionStateMachine(rid, self.env, self.kv, self.meta, self.raftlog, desc,
                                 applied, applied_term)
         sm.compact_keep, sm.compact_slack = self.cfg.compact_keep, self.cfg.compact_slack
+        sm.spawn = self._spawn
         peer = Peer(rid, peer_id, self.store_id, sm, trio.current_time())
         sm.descriptor_listener = lambda d, p=peer: self._on_descriptor(p, d)
         group = self.driver.add_group(rid, peer_id, self.raftlog.group(rid), sm, peer.route,
@@ -201,6 +233,12 @@ class Store:
         self.peers[rid] = peer
         self.counters["peers_started"] += 1
         return peer
+
+    def _spawn(self, fn: Callable[[], Any]) -> bool:
+        if self._nursery is None:
+            return False
+        self._nursery.start_soon(fn)
+        return True
 
     def _on_descriptor(self, peer: Peer, desc: RegionDescriptor) -> None:
         if peer.group is not None:
@@ -396,6 +434,10 @@ class Store:
         adm = adm_mod.admit(req, self.store_id, self._views(rid, now), now, self.limits)
         return self.tracker.admitted(adm)
 
+    def set_scheduler_degraded(self, degraded: bool) -> None:
+        """The publish outbox is failing (or recovered): topology admissions follow."""
+        self.limits = Limits(self.limits.queue_limit, degraded)
+
     @staticmethod
     def rejection(adm: Admission) -> RemoteError:
         return RemoteError("rejected", adm.reason.name, adm.detail, {"admission": adm})
@@ -424,7 +466,10 @@ class Store:
             raise self.rejection(adm)
         peer = self.peers[kvctx.region_id]
         try:
-            point = await read_barrier(self.driver, peer, kvctx.read_mode, deadline)
+            if self.cfg.unsafe_reads and kvctx.read_mode == ReadMode.LINEARIZABLE:
+                point = ReadPoint(peer.sm.applied)  # TEST-ONLY broken mode: no barrier
+            else:
+                point = await read_barrier(self.driver, peer, kvctx.read_mode, deadline)
         except ReadRefusedError as exc:
             self.tracker.outcomes["FAILED"] += 1
             raise self._refuse(AdmissionClass.READ, exc.reason, exc.detail, peer) from None
@@ -488,6 +533,11 @@ class Store:
         data = kv_command(rid, desc.epoch, ops)
         if deadline == float("inf"):
             deadline = trio.current_time() + self.cfg.default_write_timeout
+        if self.cfg.unsafe_ack and self._nursery is not None:
+            # TEST-ONLY broken mode: acknowledge before the write is even committed.
+            self._nursery.start_soon(_propose_quietly, self.driver, peer.group, data)
+            tracker.advance(target, OUT.PROPOSED, "unsafe ack")
+            return WriteReply(peer.sm.applied, True, None)
         result: Any = None
         peer.in_flight += 1
         try:
@@ -521,25 +571,31 @@ class Store:
 
     # ================================================================= heartbeat
 
-    def heartbeat_request(self) -> StoreHeartbeatRequest:
+    async def refresh_region_stats(self) -> None:
+        """Recount keys and bytes of regions whose count is older than the refresh interval,
+        in a worker thread (a full range scan must not stall the event loop)."""
         now = trio.current_time()
+        for rid in sorted(self.peers):
+            peer = self.peers.get(rid)
+            desc = peer.descriptor if peer is not None else None
+            cached = self._approx.get(rid)
+            if desc is None or (cached and now - cached[0] < self.cfg.approx_keys_refresh):
+                continue
+            keys, size = await trio.to_thread.run_sync(
+                self.kv.range_stats, desc.start_key, desc.end_key or None)
+            self._approx[rid] = (trio.current_time(), keys, size)
+
+    def heartbeat_request(self) -> StoreHeartbeatRequest:
         regions = []
         for rid in sorted(self.peers):
             peer = self.peers[rid]
-            hb = peer.heartbeat(self._approx(peer, now))
+            _, keys, size = self._approx.get(rid, (0.0, 0, 0))
+            hb = peer.heartbeat(keys, size)
             if hb is not None:
                 regions.append(hb)
         state = self.restart.kind.name if self.restart is not None else "READY"
         return StoreHeartbeatRequest(self.store_id, self.cfg.address, regions, state,
                                      self.outbox_backlog, self.blocked_events)
-
-    def _approx(self, peer: Peer, now: float) -> int:
-        cached = self._approx_keys.get(peer.region_id)
-        if cached is not None and now - cached[0] < self.cfg.approx_keys_refresh:
-            return cached[1]
-        n = peer.sm.approx_keys()
-        self._approx_keys[peer.region_id] = (now, n)
-        return n
 
     async def on_heartbeat_reply(self, reply: StoreHeartbeatReply) -> None:
         if reply.store_addrs:
@@ -559,8 +615,10 @@ class Store:
             elif not peer.initialized:
                 await self.adopt_descriptor(peer, desc)
         for rid in reply.tombstoned or ():
-            if rid in self.peers or rid not in self.tombstones:
+            if rid in self.peers:
                 await self.destroy_region(rid, "tombstoned by the coordinator")
+            else:
+                self.tombstones.add(rid)  # never hosted here: just gate stray traffic
         if reply.operations:
             # Scheduler operations belong to the topology runtime (not wired yet).
             self.counters["operations_ignored"] += len(reply.operations)
@@ -590,7 +648,7 @@ class Store:
         tracker = self.tracker.status()
         outbox = []
         try:
-            outbox = [{"seq": seq, "bytes": len(ev)} for seq, ev in self.meta.outbox()[:100]]
+            outbox = [_outbox_entry(seq, ev) for seq, ev in self.meta.outbox()[:100]]
         except Exception as exc:  # status must answer even on a sick store
             outbox = [{"error": str(exc)}]
         return {
@@ -626,7 +684,25 @@ class Store:
         if req.region_id:
             body["regions"] = {k: v for k, v in body["regions"].items()
                                if k == str(req.region_id)}
+        if req.transition_id:
+            body["transitions"] = {k: v for k, v in body["transitions"].items()
+                                   if k == req.transition_id}
         return ExecutionStatusReply(body)
+
+
+async def _propose_quietly(driver: Driver, group: Any, data: bytes) -> None:
+    try:
+        await driver.propose(group, data)
+    except ProposalError:
+        pass
+
+
+def _outbox_entry(seq: int, event: bytes) -> dict[str, Any]:
+    try:
+        kind = type(decode(event)).__name__
+    except DecodeError:
+        kind = "undecodable"
+    return {"seq": seq, "bytes": len(event), "record": kind}
 
 
 def _fp(name: str) -> Callable[[], None]:

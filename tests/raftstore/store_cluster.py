@@ -23,9 +23,10 @@ class StoreHandle:
 
 
 class InProcCluster:
-    def __init__(self, nursery: trio.Nursery, root: Path, n: int = 3, tick: float = 0.02,
+    def __init__(self, nursery: trio.Nursery, root: Path, n: int = 3, tick: float = 0.05,
                  heartbeat: float = 0.2, options: dict | None = None):
         self.options = options or {}
+        self.extra_coordinators: list[str] = []  # e.g. dead addresses listed first
         self.nursery = nursery
         self.root = root
         self.n = n
@@ -47,7 +48,8 @@ class InProcCluster:
         async def runner(task_status=trio.TASK_STATUS_IGNORED):
             try:
                 with handle.scope:
-                    await serve(sid, "127.0.0.1:0", [self.coord.address], str(data),
+                    await serve(sid, "127.0.0.1:0",
+                                [*self.extra_coordinators, self.coord.address], str(data),
                                 tick_interval=self.tick, heartbeat_interval=self.heartbeat,
                                 options=self.options, task_status=task_status)
             finally:

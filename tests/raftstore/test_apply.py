@@ -146,3 +146,36 @@ def test_results_are_kv_results(env):
     sm = make_sm(env)
     (res,) = apply(env, sm, [entry(1, (PUT, b"c", b"1"))])
     assert isinstance(res, KvResult) and res.ok and res.succeeded
+
+
+async def test_snapshots_are_built_off_the_event_loop_and_cached(env):
+    import trio
+
+    from nokvpy.raft import SnapshotTemporarilyUnavailableError
+
+    sm = make_sm(env)
+    apply(env, sm, [entry(1, (PUT, b"c", b"1"))])
+    async with trio.open_nursery() as nursery:
+        def spawn(fn):
+            nursery.start_soon(fn)
+            return True
+
+        sm.spawn = spawn
+        with pytest.raises(SnapshotTemporarilyUnavailableError):
+            sm.snapshot()
+        with pytest.raises(SnapshotTemporarilyUnavailableError):
+            sm.snapshot()  # still building: no second build
+        with trio.fail_after(5):
+            while sm._snap_cache is None:
+                await trio.sleep(0.01)
+        assert sm.snapshots_built == 1
+        apply(env, sm, [entry(2, (PUT, b"d", b"2"))])
+        index, data = sm.snapshot()  # the cached image: still usable (log not compacted)
+        assert index == 1 and sm.snapshots_built == 1
+        sm.on_conf_change(None, None)  # a membership change invalidates it
+        with pytest.raises(SnapshotTemporarilyUnavailableError):
+            sm.snapshot()
+        with trio.fail_after(5):
+            while sm._snap_cache is None:
+                await trio.sleep(0.01)
+        assert sm.snapshot()[0] == 2

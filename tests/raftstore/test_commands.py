@@ -8,7 +8,6 @@ import pytest
 from nokvpy.protocol import RegionEpoch
 from nokvpy.protocol.raftstore_cmds import AdminCommand, KvCommand, KvOp, KvOpKind
 from nokvpy.wire import DecodeError, decode, encode
-
 from raftstore.commands import admin_command, decode_payload, kv_command
 
 

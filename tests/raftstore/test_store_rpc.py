@@ -219,6 +219,9 @@ async def test_raft_gate_counts_every_drop(tmp_path):
         await cluster.start()
         leader = await cluster.wait_leader()
         s = next(x for x in cluster.live() if x is not leader)
+        with trio.fail_after(5):
+            while 1 not in s.peers or not s.peers[1].initialized:
+                await trio.sleep(0.01)
         me = s.store_id
         hb = Message(MessageType.HEARTBEAT, to=100 + me, frm=999, term=1)
         s.on_envelope(RaftEnvelope(1, 9, me + 1, 1, 1, hb))
@@ -241,8 +244,9 @@ async def test_tombstoned_region_is_removed_and_stays_removed(tmp_path):
             await client.put(b"t", b"1")
         cluster.coord.tombstoned.append(1)
         with trio.fail_after(10):
-            while any(1 in s.peers for s in cluster.live()):
+            while any(s.counters["regions_destroyed"] < 1 for s in cluster.live()):
                 await trio.sleep(0.02)
+        assert all(1 not in s.peers for s in cluster.live())
         s1 = cluster.store(1)
         assert s1.kv.get(b"t") is None and 1 in s1.tombstones
         assert s1.meta.region(1) is None and s1.meta.tombstone(1) is not None
@@ -278,4 +282,72 @@ async def test_full_cluster_restart_reelects_and_keeps_data(tmp_path):
             assert got == {b"r%02d" % i: b"%d" % i for i in range(20)}
             await client.put(b"after", b"restart")
             assert await client.get(b"after") == b"restart"
+        nursery.cancel_scope.cancel()
+
+
+async def test_stray_message_peer_is_dropped_when_abandoned(tmp_path):
+    async with trio.open_nursery() as nursery:
+        cluster = InProcCluster(nursery, tmp_path, options={"uninitialized_gc_after": 0.6})
+        await cluster.start()
+        await cluster.wait_leader()
+        s1 = cluster.store(1)
+        created = s1.counters["peers_created_by_message"]
+        hb = Message(MessageType.HEARTBEAT, to=4201, frm=4202, term=3)
+        s1.on_envelope(RaftEnvelope(42, 2, 1, 1, 1, hb))
+        assert 42 in s1.peers and not s1.peers[42].initialized
+        assert s1.counters["peers_created_by_message"] == created + 1
+        # it cannot serve
+        try:
+            await s1.on_get(GetRequest(KvContext(42, EPOCH, 1), b"k"), Ctx())
+        except RemoteError as exc:
+            assert exc.reason == "NOT_HOSTED"
+        with trio.fail_after(10):
+            while 42 in s1.peers:
+                await trio.sleep(0.05)
+        assert s1.counters["uninitialized_dropped"] == 1 and 42 not in s1.tombstones
+        nursery.cancel_scope.cancel()
+
+
+async def test_queue_saturation_is_refused_and_the_client_backs_off(tmp_path):
+    async with trio.open_nursery() as nursery:
+        cluster = InProcCluster(nursery, tmp_path, options={"queue_limit": 2})
+        await cluster.start()
+        leader = await cluster.wait_leader()
+        results: list[str] = []
+
+        async def put(i: int) -> None:
+            try:
+                await leader.on_put(PutRequest(kctx(leader), b"q%d" % i, b"v"), Ctx())
+                results.append("ok")
+            except RemoteError as exc:
+                results.append(exc.reason)
+
+        async with trio.open_nursery() as n:
+            for i in range(20):
+                n.start_soon(put, i)
+        assert results.count("QUEUE_SATURATED") >= 1 and results.count("ok") >= 2
+        assert set(results) <= {"ok", "QUEUE_SATURATED"}
+        assert leader.status()["admissions"]["WRITE/QUEUE_SATURATED"] >= 1
+        async with cluster.client() as client:
+            async with trio.open_nursery() as n:
+                for i in range(20):
+                    n.start_soon(client.put, b"c%d" % i, b"v")
+            got = await client.batch_get([b"c%d" % i for i in range(20)])
+            assert all(v == b"v" for v in got.values())
+        nursery.cancel_scope.cancel()
+
+
+async def test_test_only_unsafe_ack_acknowledges_without_quorum(tmp_path):
+    """The deliberately broken mode jepsen-lite must catch really is broken."""
+    async with trio.open_nursery() as nursery:
+        cluster = InProcCluster(nursery, tmp_path, options={"unsafe_ack": True,
+                                                           "unsafe_reads": True})
+        await cluster.start()
+        leader = await cluster.wait_leader()
+        for s in list(cluster.live()):
+            if s is not leader:
+                await cluster.kill(s.store_id)
+        with trio.fail_after(1):
+            reply = await leader.on_put(PutRequest(kctx(leader), b"k", b"lost"), Ctx())
+        assert reply.succeeded  # acknowledged, yet it can never commit
         nursery.cancel_scope.cancel()
