@@ -224,6 +224,7 @@ class Store:
         group = self.driver.add_group(rid, peer_id, self.raftlog.group(rid), sm, peer.route,
                                       election_tick=self.cfg.election_tick,
                                       heartbeat_tick=self.cfg.heartbeat_tick)
+        group.early_ack = True  # reads go through ReadIndex + the durable applied index
         if desc is not None:
             group.epoch = (desc.epoch.version, desc.epoch.conf_ver)
         peer.group = group
@@ -539,11 +540,12 @@ class Store:
             tracker.advance(target, OUT.PROPOSED, "unsafe ack")
             return WriteReply(peer.sm.applied, True, None)
         result: Any = None
+        index = 0
         peer.in_flight += 1
         try:
             with trio.move_on_at(deadline):
                 tracker.advance(target, OUT.PROPOSED)
-                result = await self.driver.propose(peer.group, data)
+                index, result = await self.driver.propose_at(peer.group, data)
         except ProposalError as exc:
             tracker.advance(target, OUT.FAILED, f"{exc.reason}: {exc}")
             if exc.reason == "stopped":
@@ -567,7 +569,7 @@ class Store:
             raise self._refuse(AdmissionClass.WRITE, reason,
                                f"write refused at apply: {err}", peer)
         tracker.advance(target, OUT.APPLIED)
-        return WriteReply(peer.sm.applied, result.succeeded, result.current)
+        return WriteReply(index, result.succeeded, result.current)
 
     # ================================================================= heartbeat
 

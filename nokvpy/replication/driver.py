@@ -82,6 +82,7 @@ class StateMachine(Protocol):
 @dataclass(slots=True)
 class _Waiter:
     term: int
+    index: int = 0
     done: trio.Event = field(default_factory=trio.Event)
     result: Any = None
     error: Exception | None = None
@@ -153,6 +154,7 @@ class Group:
         self.role = StateType.FOLLOWER
         self.term = 0
         self.stopped = False
+        self.early_ack = False  # resolve proposals before the fsync when safe (_ack_durable)
         self.pending_steps: list[Message] = []
         self.epoch: tuple[int, int] = (0, 0)  # (version, conf_ver) stamped on outgoing envelopes
 
@@ -304,6 +306,11 @@ class Driver:
 
         Raises ProposalError(not_leader | dropped | stopped). Cancellation (a deadline) leaves
         the outcome unknown to the caller."""
+        _, result = await self.propose_at(group, data, conf_change)
+        return result
+
+    async def propose_at(self, group: Group, data: bytes, conf_change: bool = False) -> tuple[int, Any]:
+        """`propose`, also returning the log index the proposal applied at."""
         if not group.is_leader:
             raise ProposalError("not_leader", f"node {group.node_id} is not the leader of "
                                 f"group {group.group_id}", group.leader_id)
@@ -313,7 +320,7 @@ class Driver:
         await waiter.done.wait()
         if waiter.error is not None:
             raise waiter.error
-        return waiter.result
+        return waiter.index, waiter.result
 
     async def read_index(self, group: Group) -> int:
         """Linearizable read barrier: the index a read must wait for (ReadIndex; lease-based
@@ -461,6 +468,7 @@ class Driver:
                 waiter.fail(ProposalError("dropped", "proposal was not appended", raft.lead))
                 continue
             waiter.term = raft.term
+            waiter.index = index
             group.waiters[index] = waiter
         if self._proposals:
             self._wake.set()
@@ -480,6 +488,10 @@ class Driver:
         batch = WriteBatch()
         applied: list[tuple[Group, Any, list[Entry], list[Any]]] = []
         for group, rd in readies:
+            if group.stopped:
+                # Removed while this turn was staged (a topology apply replaced or tore down
+                # its replica): its Ready is dropped, never persisted, sent or advanced.
+                continue
             if rd.snapshot is not None and not rd.snapshot.is_empty():
                 group.sm.stage_restore(batch, rd.snapshot)
                 self.counters["snapshots_installed"] += 1
@@ -489,6 +501,8 @@ class Driver:
             if ents:
                 self._stage_conf_state(batch, group, rd, ents)
             applied.append((group, rd, ents, results))
+        for group, rd, ents, results in applied:
+            self._ack_durable(group, rd, ents, results)
         if batch:
             if self.before_persist:
                 self.before_persist()
@@ -500,6 +514,7 @@ class Driver:
             # Nothing to persist (heartbeats, read states): no write transaction, no fsync.
             self.counters["persist_skipped"] += 1
         out: list[tuple[int, int, Message, tuple[int, int]]] = []
+        applied = [a for a in applied if not a[0].stopped]
         for group, rd, _, _ in applied:
             for m in rd.messages:
                 out.append((group.group_id, m.to, m, group.epoch))
@@ -514,6 +529,35 @@ class Driver:
             self.on_applied_batch()
         if self._dirty:
             self._wake.set()
+
+    def _ack_durable(self, group: Group, rd: Any, ents: list[Entry], results: list[Any]) -> None:
+        """Resolve proposal waiters before this turn's fsync when that is already safe.
+
+        A committed entry that this node persisted in an earlier turn is durable on a quorum
+        (the leader persists before it sends, so every follower ack counts a persisted copy)
+        and its result was computed deterministically while staging; a crash before this
+        batch commits replays it to the same result. Entries persisted in this very batch
+        (a single-voter group commits on append) wait for the fsync as before. Readers still
+        wait for the apply to be durable: `applied` only moves after the commit. Opt-in per
+        group (`early_ack`): callers must not expect the state machine's in-memory view to
+        include the entry when the proposal returns (a store's reads go through ReadIndex and
+        wait for the durable applied index; metaroot's Snapshot reads do not, so it keeps
+        acking after the commit)."""
+        if (not group.early_ack or not ents or not group.waiters
+                or (rd.snapshot is not None and not rd.snapshot.is_empty())):
+            return
+        first_new = rd.entries[0].index if rd.entries else ents[-1].index + 1
+        for e, res in zip(ents, results, strict=False):
+            if e.index >= first_new:
+                break
+            if e.type != EntryType.NORMAL:
+                continue
+            w = group.waiters.get(e.index)
+            if w is None or w.term != e.term:
+                continue  # resolved (or failed as replaced) after the commit, as before
+            del group.waiters[e.index]
+            w.resolve(res)
+            self.counters["early_acks"] += 1
 
     def _stage_conf_state(self, batch: Any, group: Group, rd: Any, ents: list[Entry]) -> None:
         """Persist the membership in force after `ents` in the batch that applies them: a

@@ -95,10 +95,10 @@ async def test_late_store_learns_descriptor_from_the_log(tmp_path):
         await cluster.start()
         leader = await cluster.wait_leader()
         async with cluster.client() as client:
-            await client.put(b"k", b"v")
+            index = await client.put(b"k", b"v")
             s3 = cluster.store(3)
             with trio.fail_after(15):
-                while 1 not in s3.peers or s3.peers[1].sm.applied < leader.peers[1].sm.applied:
+                while 1 not in s3.peers or s3.peers[1].sm.applied < index:
                     await trio.sleep(0.02)
             assert s3.peers[1].initialized
             assert s3.peers[1].descriptor == cluster.coord.region

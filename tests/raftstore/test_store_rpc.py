@@ -193,8 +193,9 @@ async def test_execution_status_and_failpoints(tmp_path):
                 await rpc.call(leader.cfg.address, FailpointSetRequest(name, "sleep(0)"), 5)
             async with cluster.client() as client:
                 await client.put(b"fp", b"1")
-            hits = failpoints.hits()
-            assert all(hits.get(n, 0) > 0 for n in names), hits
+            with trio.fail_after(10):  # the ack may precede the apply batch's fsync
+                while not all(failpoints.hits().get(n, 0) > 0 for n in names):
+                    await trio.sleep(0.01)
         finally:
             await rpc.call(leader.cfg.address, FailpointClearRequest(""), 5)
         reply = await rpc.call(leader.cfg.address, ExecutionStatusRequest(), 5)
