@@ -23,7 +23,7 @@ from typing import Any
 
 import trio
 
-from nokvpy.protocol import RegionDescriptor
+from nokvpy.protocol import RegionDescriptor, RegionState
 from nokvpy.protocol.raftstore_cmds import (
     AdminCommand,
     KvCommand,
@@ -112,6 +112,9 @@ class RegionStateMachine:
         # callback on committed membership changes.
         self.admin_handlers: dict[str, AdminHandler] = {}
         self.conf_change_listener: Callable[[ConfChange, ConfState], None] | None = None
+        # Topology: stages the descriptor change a membership conf change entry carries
+        # (raftstore.topology_apply); its result goes to the proposer.
+        self.conf_change_handler: Callable[[RegionStateMachine, WriteBatch, Entry], Any] | None = None
         self.descriptor_listener: Callable[[RegionDescriptor], None] | None = None
         self._staged: tuple[int, int, RegionDescriptor | None, int] | None = None
         # Background snapshot building: `spawn(async_fn)` starts a task and says whether it
@@ -154,7 +157,11 @@ class RegionStateMachine:
         writes = 0
         for e, cmd in zip(entries, decoded, strict=True):
             if cmd is None:
-                results.append(None)  # conf change or the leader's empty entry
+                if (e.type == EntryType.CONF_CHANGE and self.conf_change_handler is not None
+                        and (self.staged_descriptor or self.descriptor) is not None):
+                    results.append(self.conf_change_handler(self, batch, e))
+                else:
+                    results.append(None)  # conf change or the leader's empty entry
             elif isinstance(cmd, KvCommand):
                 res = self._apply_kv(batch, cmd, overlay, base)
                 if res.ok and res.succeeded:
@@ -297,8 +304,8 @@ class RegionStateMachine:
         desc = self.staged_descriptor or self.descriptor
         if desc is None or cmd.region_id != self.region_id:
             return KvResult(False, error=EPOCH_MISMATCH)
-        if cmd.epoch.version != desc.epoch.version:
-            return KvResult(False, error=EPOCH_MISMATCH)
+        if cmd.epoch.version != desc.epoch.version or desc.state != RegionState.RUNNING:
+            return KvResult(False, error=EPOCH_MISMATCH)  # (a frozen merge source: MERGING)
         ops = cmd.ops
         for op in ops:
             if not _valid_key(op.key):

@@ -201,7 +201,17 @@ register_subcommand(
 )
 
 
+def _load_extensions() -> None:
+    """Register subcommands that live in other modules (``run``: :mod:`.run_cli`) unless a
+    subcommand of that name is registered already."""
+    if "run" not in SUBCOMMANDS:
+        from . import run_cli
+
+        run_cli.register()
+
+
 def build_parser() -> argparse.ArgumentParser:
+    _load_extensions()
     parser = argparse.ArgumentParser(
         prog="python -m jepsen_lite", description="jepsen-lite history checkers"
     )

@@ -9,6 +9,7 @@ pre-splitting into `--regions` regions, and the report (ops/s, p50, p99; JSON ke
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -35,13 +36,18 @@ def run(args) -> int:
     cluster = None
     try:
         if args.coordinator:
-            coordinators = args.coordinator.split(",")
-            cluster_id, secret = "nokv", None
+            coordinators = [a.strip() for a in args.coordinator.split(",") if a.strip()]
+            cluster_id = os.environ.get("NOKV_CLUSTER_ID", "nokv")
+            secret = os.environ.get("NOKV_CLUSTER_SECRET", "").encode() or None
         else:
             root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="nokv-bench-"))
             tmp = root if not args.dir else None
             cluster = LocalCluster(root)
             if not cluster.exists():
+                if args.dir:
+                    cluster = None
+                    raise CliError(f"no cluster in {root} (run `nokv cluster up --dir {args.dir}`, "
+                                   "or leave out --dir to bench a temporary cluster)")
                 cluster.create(stores=3, replication=3)
             spec = cluster.load()
             from nokvpy.client.admin import wait_cluster_ready
@@ -100,6 +106,7 @@ async def bench(args, coordinators: list[str], cluster_id: str, secret: bytes | 
     keyspace = 10_000
     value = b"v" * args.value_size
     async with Client(coordinators, cluster_id=cluster_id, secret=secret, timeout=args.timeout) as client:
+        await client.route(b"", Freshness.BEST_EFFORT)  # fail at once when nothing answers
         regions = await presplit(client, args.regions, keyspace)
         if args.workload == "gets":  # load the keys first
             async with trio.open_nursery() as n:

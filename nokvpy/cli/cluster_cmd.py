@@ -26,7 +26,7 @@ def run(args) -> int:
     proc = spec.get(args.name)
     if action == "kill":
         pid = cluster.kill(proc.name)
-        result = {"name": proc.name, "pid": pid, "action": "killed (SIGKILL)" if pid else "not running"}
+        result = {"name": proc.name, "pid": pid, "action": "killed with SIGKILL" if pid else "not running"}
     elif action == "stop":
         pid = cluster.stop(proc.name)
         result = {"name": proc.name, "pid": pid, "action": "stopped" if pid else "not running"}
@@ -34,13 +34,14 @@ def run(args) -> int:
         if cluster.pid(proc.name) is not None:
             cluster.stop(proc.name)
         pid = cluster.start(spec, proc)
+        wait_serving(cluster, spec, proc, timeout=30.0)
         result = {"name": proc.name, "pid": pid, "action": "started"}
     elif action == "pause":
         pid = cluster.signal(proc.name, signal.SIGSTOP)
-        result = {"name": proc.name, "pid": pid, "action": "paused (SIGSTOP)" if pid else "not running"}
+        result = {"name": proc.name, "pid": pid, "action": "paused with SIGSTOP" if pid else "not running"}
     else:
         pid = cluster.signal(proc.name, signal.SIGCONT)
-        result = {"name": proc.name, "pid": pid, "action": "resumed (SIGCONT)" if pid else "not running"}
+        result = {"name": proc.name, "pid": pid, "action": "resumed with SIGCONT" if pid else "not running"}
     if args.json:
         print_json(result)
     else:
@@ -54,16 +55,29 @@ def up(cluster: LocalCluster, args) -> int:
         metaroots=args.metaroot, coordinators=args.coordinators, stores=args.stores,
         replication=args.replication)
     progress = Progress("cluster up", enabled=not args.json)
+    progress.update(f"{'creating' if created else 'starting'} cluster {spec.cluster_id} in {cluster.root}")
     for proc in spec.processes:
-        cluster.start(spec, proc)
-        progress.update(f"started {proc.name}")
+        running = cluster.pid(proc.name)
+        pid = cluster.start(spec, proc)
+        progress.update(f"{proc.name} {'already running' if running else 'started'} "
+                        f"(pid {pid}, {proc.address})")
     from nokvpy.client.admin import wait_cluster_ready
 
+    def check() -> None:
+        for proc in spec.processes:
+            if cluster.pid(proc.name) is None:
+                raise CliError(exited_message(cluster, proc.name))
+
     try:
-        wait_cluster_ready(spec, timeout=args.wait, on_progress=progress.update)
+        wait_cluster_ready(spec, timeout=args.wait, on_progress=progress.update, check=check)
+    except CliError:
+        progress.done("failed")
+        raise
     except Exception as exc:
-        raise CliError(f"cluster did not become ready within {args.wait:.0f}s: {exc} "
-                       f"(logs in {cluster.root / 'logs'})") from None
+        progress.done("failed")
+        raise CliError(f"cluster did not become ready within {args.wait:g}s: {exc} "
+                       f"(logs in {cluster.root / 'logs'}; stop it with "
+                       f"`nokv cluster down --dir {args.dir}`)") from None
     progress.done("serving")
     rows = process_rows(cluster, spec)
     if args.json:
@@ -71,20 +85,23 @@ def up(cluster: LocalCluster, args) -> int:
                     "processes": rows})
     else:
         print(table(rows, ["name", "kind", "role", "pid", "address", "health"]))
-        print(f"\ncluster {spec.cluster_id} in {cluster.root}; stop it with "
-              f"`nokv cluster down --dir {args.dir}`")
+        print(f"\ncluster {spec.cluster_id} in {cluster.root} (data in {cluster.root / 'data'}, "
+              f"logs in {cluster.root / 'logs'})")
+        print(f"stop it with `nokv cluster down --dir {args.dir}`")
     return 0
 
 
 def down(cluster: LocalCluster, args) -> int:
     spec = cluster.load()
     stopped = cluster.stop_all(spec)
-    result = {"stopped": stopped, "data": str(cluster.root / "data"), "logs": str(cluster.root / "logs")}
+    result = {"stopped": stopped, "dir": str(cluster.root), "data": str(cluster.root / "data"),
+              "logs": str(cluster.root / "logs")}
     if args.json:
         print_json(result)
     else:
         print(f"stopped {len(stopped)} process(es): {', '.join(stopped) or '-'}")
         print(f"data kept in {result['data']}, logs in {result['logs']}")
+        print(f"start it again with `nokv cluster up --dir {args.dir}`")
     return 0
 
 
@@ -122,10 +139,36 @@ def logs(cluster: LocalCluster, args) -> int:
         if not path.exists():
             print(f"== {name}: no log yet ({path})")
             continue
-        lines = path.read_text(errors="replace").splitlines()[-args.lines:]
+        lines = path.read_text(errors="replace").splitlines()
+        lines = lines[-args.lines:] if args.lines else []
         print(f"== {name} ({path})")
-        print("\n".join(lines))
+        if lines:
+            print("\n".join(lines))
     return 0
+
+
+def exited_message(cluster: LocalCluster, name: str) -> str:
+    last = cluster.last_log_line(name)
+    return (f"{name} exited during start-up" + (f": {last}" if last else "")
+            + f" (log: {cluster.log_path(name)})")
+
+
+def wait_serving(cluster: LocalCluster, spec, proc, timeout: float) -> None:
+    """Wait until a (re)started process answers its status request; fail if it exits."""
+    from nokvpy.client.admin import probe_processes
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if cluster.pid(proc.name) is None:
+            raise CliError(exited_message(cluster, proc.name))
+        one = type(spec)(spec.cluster_id, spec.secret, spec.replication, [proc])
+        health = probe_processes(one, timeout=1.0).get(proc.name, {}).get("health", "")
+        if health.startswith("up"):
+            return
+        if time.monotonic() >= deadline:
+            raise CliError(f"{proc.name} started but did not answer within {timeout:g}s "
+                           f"(log: {cluster.log_path(proc.name)})")
+        time.sleep(0.1)
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:

@@ -11,7 +11,7 @@ import trio
 from nokvpy.cli.main import CliError
 from nokvpy.cli.output import kv_lines, parse_key, plain, print_json, show_key, table
 from nokvpy.client import Client
-from nokvpy.client.errors import NokvError, RouteRejectedError
+from nokvpy.client.errors import NokvError, RouteRejectedError, UnavailableError
 from nokvpy.cluster.local import ClusterError, LocalCluster
 from nokvpy.protocol import Freshness, RootToken
 from nokvpy.protocol.admin import FailpointClearRequest, FailpointListRequest, FailpointSetRequest
@@ -22,7 +22,7 @@ from nokvpy.protocol.coordinator_rpc import (
     ScanRegionsRequest,
 )
 from nokvpy.protocol.store_rpc import AdminRequest, ExecutionStatusRequest, ReadMode
-from nokvpy.rpc import Identity
+from nokvpy.rpc import Identity, RemoteError, RpcTimeoutError, RpcUnavailableError
 
 FRESHNESS = {"strong": Freshness.STRONG, "bounded": Freshness.BOUNDED,
              "best-effort": Freshness.BEST_EFFORT}
@@ -35,15 +35,19 @@ class Target:
 
     def __init__(self, args):
         self.spec = None
+        self.cluster: LocalCluster | None = None
+        self.dir = args.dir
         if args.coordinator:
             self.coordinators = [a.strip() for a in args.coordinator.split(",") if a.strip()]
             self.cluster_id = os.environ.get("NOKV_CLUSTER_ID", "nokv")
             secret = os.environ.get("NOKV_CLUSTER_SECRET", "")
         else:
             try:
-                self.spec = LocalCluster(Path(args.dir)).load()
+                self.cluster = LocalCluster(Path(args.dir))
+                self.spec = self.cluster.load()
             except ClusterError as exc:
-                raise CliError(f"{exc} (or pass --coordinator HOST:PORT)") from None
+                hint = "" if self.cluster.exists() else " (or pass --coordinator HOST:PORT)"
+                raise CliError(f"{exc}{hint}") from None
             self.coordinators = self.spec.coordinator_addrs()
             self.cluster_id = self.spec.cluster_id
             secret = self.spec.secret
@@ -58,16 +62,59 @@ class Target:
                       timeout=self.timeout)
 
     def process_addr(self, name: str) -> str:
+        return self.resolve(name)[1]
+
+    def resolve(self, name: str) -> tuple[str, str]:
+        """(process name, address) of a process named `store-2`, `2` (a store) or HOST:PORT."""
         if ":" in name:
-            return name
+            if self.spec is not None:
+                for proc in self.spec.processes:
+                    if proc.address == name:
+                        return proc.name, name
+            return name, name
         if self.spec is None:
             raise CliError(f"cannot resolve process {name!r} without --dir; pass HOST:PORT")
         if name.isdigit():
             name = f"store-{name}"
         try:
-            return self.spec.get(name).address
+            return name, self.spec.get(name).address
         except ClusterError as exc:
             raise CliError(str(exc)) from None
+
+    def not_running(self, name: str) -> bool:
+        """True when `name` is a process of the local cluster that has no live pid."""
+        if self.cluster is None or self.spec is None:
+            return False
+        if name not in {p.name for p in self.spec.processes}:
+            return False
+        return self.cluster.pid(name) is None
+
+    async def call_process(self, client: Client, name: str, request: Any) -> Any:
+        """One request to one named process, with a one-line error that says why it failed."""
+        name, addr = self.resolve(name)
+        if self.not_running(name):
+            raise CliError(f"{name} is not running (killed or stopped); start it with "
+                           f"`nokv cluster restart {name} --dir {self.dir}`")
+        try:
+            return await client.rpc.call(addr, request, timeout=self.timeout)
+        except RpcTimeoutError:
+            raise CliError(f"{name} ({addr}) did not answer within {self.timeout:g}s "
+                           "(paused or overloaded?)") from None
+        except RpcUnavailableError as exc:
+            raise CliError(f"{name} ({addr}) is unreachable: {exc.reason}") from None
+        except RemoteError as exc:
+            raise CliError(f"{name} refused the request: {exc}") from None
+
+    def explain_unavailable(self, exc: UnavailableError) -> str:
+        if self.spec is not None and self.cluster is not None:
+            down = [p.name for p in self.spec.of_kind("coordinator") if self.cluster.pid(p.name) is None]
+            if len(down) == len(self.spec.of_kind("coordinator")):
+                return (f"the cluster in {self.cluster.root} is not running ({', '.join(down)} "
+                        f"down); start it with `nokv cluster up --dir {self.dir}`")
+        text = str(exc)
+        if "cluster_mismatch" in text or "secret_mismatch" in text:
+            text += "; set NOKV_CLUSTER_ID and NOKV_CLUSTER_SECRET to the cluster's (see cluster.json)"
+        return text
 
 
 def run(args) -> int:
@@ -80,7 +127,11 @@ async def _run(args, target: Target) -> int:
     try:
         handler = HANDLERS[args.command]
         return await handler(args, target, client)
+    except UnavailableError as exc:
+        raise CliError(target.explain_unavailable(exc)) from None
     except NokvError as exc:
+        raise CliError(f"{type(exc).__name__}: {exc}") from None
+    except (RpcUnavailableError, RpcTimeoutError, RemoteError) as exc:
         raise CliError(f"{type(exc).__name__}: {exc}") from None
     finally:
         await client.aclose()
@@ -106,7 +157,7 @@ async def cmd_kv(args, target: Target, client: Client) -> int:
             print(show_key(value))
         return 0 if value is not None or args.json else 1
     if action == "put":
-        index = await client.put(key_arg(args.key), args.value.encode())
+        index = await client.put(key_arg(args.key), key_arg(args.value))
         _done(args, {"key": args.key, "applied_index": index}, "OK")
         return 0
     if action == "delete":
@@ -121,8 +172,8 @@ async def cmd_kv(args, target: Target, client: Client) -> int:
         else:
             print(table(rows, ["key", "value"]))
         return 0
-    expected = None if args.expected == "-" else args.expected.encode()
-    new = None if args.new == "-" else args.new.encode()
+    expected = None if args.expected == "-" else key_arg(args.expected)
+    new = None if args.new == "-" else key_arg(args.new)
     ok, current = await client.compare_and_swap(key_arg(args.key), expected, new)
     result = {"key": args.key, "succeeded": ok,
               "current": None if current is None else show_key(current)}
@@ -151,7 +202,7 @@ async def cmd_route(args, target: Target, client: Client) -> int:
                         "message": str(exc)})
             return 1
         raise CliError(f"route rejected ({exc.reason}): {exc}; witness: "
-                       f"{kv_lines(plain(exc.witness)) if exc.witness else '-'}") from None
+                       f"{witness_summary(exc.witness)}") from None
     d = reply.descriptor
     if args.json:
         print_json({"rejected": False, "descriptor": d, "leader_store_id": reply.leader_store_id,
@@ -169,6 +220,20 @@ async def cmd_route(args, target: Target, client: Client) -> int:
     print("-- witness")
     print(kv_lines(plain(reply.witness)))
     return 0
+
+
+def witness_summary(witness: Any) -> str:
+    """A freshness witness on one line: tokens, lag, class, catch-up and degraded mode."""
+    if not witness:
+        return "-"
+    w = plain(witness)
+
+    def token(t: Any) -> str:
+        return f"{t.get('term', '?')}/{t.get('index', '?')}" if isinstance(t, dict) else str(t)
+
+    return (f"served {token(w.get('served_root_token'))}, current {token(w.get('current_root_token'))}, "
+            f"lag {w.get('root_lag')}, {w.get('serving_class')}, catch-up {w.get('catch_up_state')}, "
+            f"{w.get('degraded_mode')}")
 
 
 async def cmd_regions(args, target: Target, client: Client) -> int:
@@ -202,7 +267,7 @@ async def cmd_transitions(args, target: Target, client: Client) -> int:
         if args.json:
             print_json({"token": reply.token, "transitions": entries})
         else:
-            cols = ["transition_id", "kind", "phase", "source_token"]
+            cols = ["transition_id", "kind", "phase", "region_ids", "source_token"]
             print(table([{c: e.get(c) for c in cols} for e in entries], cols))
         return 0
     match = [e for e in entries if e.get("transition_id") == args.id]
@@ -213,6 +278,9 @@ async def cmd_transitions(args, target: Target, client: Client) -> int:
     if target.spec is not None:
         story["stores"] = {}
         for proc in target.spec.of_kind("store"):
+            if target.not_running(proc.name):
+                story["stores"][proc.name] = {"unreachable": "not running"}
+                continue
             try:
                 st = await client.rpc.call(proc.address, ExecutionStatusRequest(0, args.id), timeout=2.0)
                 tracked = st.body.get("transitions", {}).get(args.id)
@@ -228,17 +296,11 @@ async def cmd_transitions(args, target: Target, client: Client) -> int:
 
 
 async def cmd_execution(args, target: Target, client: Client) -> int:
-    addr = target.process_addr(args.store)
-    reply = await client.rpc.call(addr, ExecutionStatusRequest(), timeout=target.timeout)
+    reply = await target.call_process(client, args.store, ExecutionStatusRequest())
     if args.json:
         print_json(reply.body)
     else:
-        body = dict(reply.body)
-        transitions = body.pop("transitions", {})
-        print(kv_lines(body))
-        if transitions:
-            print("-- transitions")
-            print(table([{"transition_id": k, **v} for k, v in transitions.items()]))
+        print(kv_lines(reply.body))
     return 0
 
 
@@ -289,17 +351,21 @@ async def _leader_of(client: Client, region_id: int) -> int:
 
 
 async def cmd_failpoint(args, target: Target, client: Client) -> int:
-    addr = target.process_addr(args.process)
     if args.action == "set":
         req: Any = FailpointSetRequest(args.name, args.spec)
     elif args.action == "clear":
         req = FailpointClearRequest(args.name)
     else:
         req = FailpointListRequest()
-    reply = await client.rpc.call(addr, req, timeout=target.timeout)
+    reply = await target.call_process(client, args.process, req)
     if args.json:
         print_json(reply)
     else:
+        name = target.resolve(args.process)[0]
+        if args.action == "set":
+            print(f"{name}: set {args.name} = {args.spec}")
+        elif args.action == "clear":
+            print(f"{name}: cleared {args.name or 'every failpoint'}")
         rows = [{"failpoint": k, "spec": v, "hits": reply.hits.get(k, 0)} for k, v in reply.active.items()]
         print(table(rows, ["failpoint", "spec", "hits"]))
     return 0

@@ -25,11 +25,48 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def key_text(text: str) -> str:
+    """A key or value argument: `0x...` is hex, anything else UTF-8. Checked while parsing, so a
+    malformed one is a usage error; the string itself is kept (data_cmd converts it)."""
+    if text.startswith("0x"):
+        try:
+            bytes.fromhex(text[2:])
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"bad hex {text!r}: expected 0x followed by an even number of hex digits") from None
+    return text
+
+
+def positive(kind):
+    def check(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+        return value
+
+    check.__name__ = f"positive {kind.__name__}"
+    return check
+
+
+def non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value
+
+
 def add_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", default=DEFAULT_DIR, help="local cluster directory (default %(default)s)")
     p.add_argument("--coordinator", default=None,
-                   help="coordinator address(es) host:port[,host:port] instead of --dir")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+                   help="coordinator address(es) host:port[,host:port] instead of --dir "
+                        "(with NOKV_CLUSTER_ID and NOKV_CLUSTER_SECRET from the environment)")
+    p.add_argument("--timeout", type=positive(float), default=10.0, help="seconds per request")
 
 
 def add_json(p: argparse.ArgumentParser) -> None:
@@ -45,11 +82,12 @@ def build_parser() -> ArgumentParser:
     clsub = cl.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
     up = clsub.add_parser("up", help="create (if needed) and start a local cluster")
     up.add_argument("--dir", default=DEFAULT_DIR)
-    up.add_argument("--metaroot", type=int, default=1, help="metaroot peers: 1, 3 or 5")
-    up.add_argument("--coordinators", type=int, default=1)
-    up.add_argument("--stores", type=int, default=3)
-    up.add_argument("--replication", type=int, default=3)
-    up.add_argument("--wait", type=float, default=60.0, help="seconds to wait until serving")
+    up.add_argument("--metaroot", type=int, default=1, choices=[1, 3, 5], help="metaroot peers: 1, 3 or 5")
+    up.add_argument("--coordinators", type=positive(int), default=1)
+    up.add_argument("--stores", type=positive(int), default=3)
+    up.add_argument("--replication", type=positive(int), default=3,
+                    help="replicas per region (at most --stores)")
+    up.add_argument("--wait", type=positive(float), default=60.0, help="seconds to wait until serving")
     add_json(up)
     for name, text in (("down", "stop every process"), ("status", "list processes and health")):
         p = clsub.add_parser(name, help=text)
@@ -58,7 +96,7 @@ def build_parser() -> ArgumentParser:
     logs = clsub.add_parser("logs", help="print a process's log (default: all, last lines)")
     logs.add_argument("name", nargs="?")
     logs.add_argument("--dir", default=DEFAULT_DIR)
-    logs.add_argument("--lines", type=int, default=20)
+    logs.add_argument("--lines", type=non_negative, default=20)
     for name, text in (("kill", "kill -9 a process"), ("restart", "start a stopped process (or restart)"),
                        ("pause", "SIGSTOP a process"), ("resume", "SIGCONT a process"),
                        ("stop", "stop a process gracefully")):
@@ -92,31 +130,32 @@ def build_parser() -> ArgumentParser:
     # ---- data -----------------------------------------------------------------------------
     kv = sub.add_parser("kv", help="key-value operations")
     kvsub = kv.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
-    g = kvsub.add_parser("get")
-    g.add_argument("key")
+    keyhelp = "a key: UTF-8 text, or 0x followed by hex"
+    g = kvsub.add_parser("get", help="read a key (exit status 1 when it is absent)")
+    g.add_argument("key", type=key_text, help=keyhelp)
     g.add_argument("--read", choices=["linearizable", "follower", "stale"], default="linearizable")
-    p = kvsub.add_parser("put")
-    p.add_argument("key")
-    p.add_argument("value")
-    d = kvsub.add_parser("delete")
-    d.add_argument("key")
-    sc = kvsub.add_parser("scan")
-    sc.add_argument("start", nargs="?", default="")
-    sc.add_argument("end", nargs="?", default="")
-    sc.add_argument("--limit", type=int, default=100)
+    p = kvsub.add_parser("put", help="write a key")
+    p.add_argument("key", type=key_text, help=keyhelp)
+    p.add_argument("value", type=key_text, help="UTF-8 text, or 0x followed by hex")
+    d = kvsub.add_parser("delete", help="delete a key")
+    d.add_argument("key", type=key_text, help=keyhelp)
+    sc = kvsub.add_parser("scan", help="keys in [START, END) in order")
+    sc.add_argument("start", nargs="?", default="", type=key_text, help="first key (default: the start)")
+    sc.add_argument("end", nargs="?", default="", type=key_text, help="end key, exclusive (default: the end)")
+    sc.add_argument("--limit", type=positive(int), default=100)
     cas = kvsub.add_parser("cas", help="compare and swap")
-    cas.add_argument("key")
-    cas.add_argument("expected", help="expected value, or - for absent")
-    cas.add_argument("new", help="new value, or - to delete")
+    cas.add_argument("key", type=key_text, help=keyhelp)
+    cas.add_argument("expected", type=key_text, help="expected value, or - for absent")
+    cas.add_argument("new", type=key_text, help="new value, or - to delete")
     for q in (g, p, d, sc, cas):
         add_target(q)
         add_json(q)
 
     r = sub.add_parser("route", help="which region holds KEY, with the freshness witness")
-    r.add_argument("key")
+    r.add_argument("key", type=key_text, help="a key: UTF-8 text, or 0x followed by hex")
     r.add_argument("--freshness", choices=["strong", "bounded", "best-effort"], default="bounded")
-    r.add_argument("--max-root-lag", type=int, default=None)
-    r.add_argument("--required-root-token", type=int, default=None, help="root index")
+    r.add_argument("--max-root-lag", type=non_negative, default=None)
+    r.add_argument("--required-root-token", type=non_negative, default=None, help="root index")
     add_target(r)
     add_json(r)
 
@@ -148,7 +187,7 @@ def build_parser() -> ArgumentParser:
     ad = sub.add_parser("admin", help="topology commands")
     adsub = ad.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
     a = adsub.add_parser("split")
-    a.add_argument("key", help="split key (the new right region starts here)")
+    a.add_argument("key", type=key_text, help="split key (the new right region starts here)")
     a = adsub.add_parser("merge")
     a.add_argument("left", type=int, help="left region id")
     a.add_argument("right", type=int, help="right region id")
@@ -179,20 +218,21 @@ def build_parser() -> ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmark a cluster (starts one when none is given)")
     b.add_argument("workload", choices=["puts", "gets", "routes"])
-    b.add_argument("--clients", type=int, default=16)
-    b.add_argument("--duration", type=float, default=10.0)
-    b.add_argument("--regions", type=int, default=1)
-    b.add_argument("--value-size", type=int, default=100)
+    b.add_argument("--clients", type=positive(int), default=16)
+    b.add_argument("--duration", type=positive(float), default=10.0)
+    b.add_argument("--regions", type=positive(int), default=1)
+    b.add_argument("--value-size", type=non_negative, default=100)
     b.add_argument("--dir", default=None)
     b.add_argument("--coordinator", default=None)
-    b.add_argument("--timeout", type=float, default=10.0)
+    b.add_argument("--timeout", type=positive(float), default=10.0)
     add_json(b)
 
     dm = sub.add_parser("demo", help="a narrated tour of a local cluster")
     dm.add_argument("--keep", action="store_true", help="leave the cluster running")
     dm.add_argument("--dir", default=None)
 
-    jp = sub.add_parser("jepsen", help="fault injection with a history checker")
+    jp = sub.add_parser("jepsen", help="fault injection with a history checker "
+                        "(`nokv jepsen --help` is jepsen-lite's own help)", add_help=False)
     jp.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
@@ -216,21 +256,35 @@ def dispatch(args: argparse.Namespace) -> int:
 
         return demo_cmd.run(args)
     if cmd == "jepsen":
-        from jepsen_lite.cli import main as jepsen_main
-
-        return jepsen_main(args.args)
+        return run_jepsen(args.args)
     from nokvpy.cli import data_cmd
 
     return data_cmd.run(args)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_jepsen(argv: list[str]) -> int:
     try:
-        return dispatch(args)
+        from jepsen_lite.cli import main as jepsen_main
+    except ImportError:  # not installed (`pip install -e .`): use the source tree
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jepsen-lite"))
+        from jepsen_lite.cli import main as jepsen_main
+
+    return jepsen_main(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["jepsen"]:  # everything after `jepsen`, --help included, is jepsen-lite's
+            return run_jepsen(argv[1:])
+        return dispatch(build_parser().parse_args(argv))
     except KeyboardInterrupt:
         print("nokv: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `nokv diag | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - the one place that turns errors into lines

@@ -16,7 +16,7 @@ import trio
 from nokvpy.protocol.coordinator_rpc import DiagnosticsRequest, ListStoresRequest
 from nokvpy.protocol.metaroot_rpc import MetarootStatusRequest
 from nokvpy.protocol.store_rpc import ExecutionStatusRequest
-from nokvpy.rpc import Identity, RpcClient
+from nokvpy.rpc import Identity, RemoteError, RpcClient, RpcTimeoutError, RpcUnavailableError
 
 
 def identity_for(spec) -> Identity:
@@ -37,9 +37,10 @@ async def probe_one(rpc: RpcClient, proc, timeout: float) -> dict[str, Any]:
             return {"role": role, "health": "up" if mode == "HEALTHY" else f"up ({mode.lower()})",
                     "diag": diag}
         st = (await rpc.call(proc.address, ExecutionStatusRequest(), timeout=timeout)).body
-        leaders = st.get("leader_count", 0)
+        regions, leaders = st.get("region_count", 0), st.get("leader_count", 0)
         restart = st.get("restart_state", {}).get("state", "?")
-        return {"role": f"{st.get('region_count', 0)} regions, {leaders} leaders",
+        return {"role": f"{regions} region{'' if regions == 1 else 's'}, "
+                        f"{leaders} leader{'' if leaders == 1 else 's'}",
                 "health": "up" if restart == "READY" else f"up ({restart.lower()})", "status": st}
     except Exception as exc:  # noqa: BLE001 - a probe reports, never raises
         return {"health": f"unreachable ({type(exc).__name__})"}
@@ -67,9 +68,13 @@ def probe_processes(spec, timeout: float = 1.5, pids: dict[str, int | None] | No
     return trio.run(main)
 
 
-def wait_cluster_ready(spec, timeout: float, on_progress: Callable[[str], None] | None = None) -> None:
+def wait_cluster_ready(spec, timeout: float, on_progress: Callable[[str], None] | None = None,
+                       check: Callable[[], None] | None = None) -> None:
     """Wait until metaroot has a leader, a coordinator holds its grants and serves a BOUNDED
-    route for the empty key, and every store reports in."""
+    route for the empty key, and every store reports in.
+
+    `on_progress` receives a short description of what is awaited whenever it is polled;
+    `check` is called on every poll and may raise to give up early (a process died)."""
     deadline = time.monotonic() + timeout
 
     async def main() -> None:
@@ -77,24 +82,35 @@ def wait_cluster_ready(spec, timeout: float, on_progress: Callable[[str], None] 
         from nokvpy.protocol.coordinator_rpc import GetRegionByKeyRequest
 
         rpc = RpcClient(identity_for(spec))
+        names = {p.address: p.name for p in spec.processes}
         last = "starting"
         try:
             while time.monotonic() < deadline:
-                try:
-                    stores = await rpc.call(spec.coordinator_addrs()[0], ListStoresRequest(), timeout=1.0)
-                    up = [s for s in stores.stores if s.state.name == "UP"]
-                    want = len(spec.of_kind("store"))
-                    if len(up) < want:
-                        last = f"{len(up)}/{want} stores up"
-                    else:
-                        reply = await rpc.call(spec.coordinator_addrs()[0],
-                                               GetRegionByKeyRequest(b"", Freshness.BOUNDED, None, 0),
+                if check is not None:
+                    check()
+                for addr in spec.coordinator_addrs():
+                    try:
+                        stores = await rpc.call(addr, ListStoresRequest(), timeout=1.0)
+                        up = [s for s in stores.stores if s.state.name == "UP"]
+                        want = len(spec.of_kind("store"))
+                        if len(up) < want:
+                            last = f"{len(up)}/{want} stores up"
+                            break
+                        reply = await rpc.call(addr, GetRegionByKeyRequest(b"", Freshness.BOUNDED, None, 0),
                                                timeout=1.0)
                         if reply.descriptor is not None and reply.leader_store_id:
                             return
-                        last = "waiting for the first region and its leader"
-                except Exception as exc:  # noqa: BLE001 - still starting
-                    last = f"{type(exc).__name__}: {exc}"[:120]
+                        last = ("waiting for the first region" if reply.descriptor is None
+                                else f"waiting for region {reply.descriptor.region_id} to elect a leader")
+                        break
+                    except RpcUnavailableError:
+                        last = f"waiting for {names.get(addr, addr)} ({addr}) to accept connections"
+                    except RpcTimeoutError:
+                        last = f"waiting for {names.get(addr, addr)} ({addr}) to answer"
+                    except RemoteError as exc:
+                        last = f"{names.get(addr, addr)} not serving yet ({exc.reason or exc.kind})"
+                    except Exception as exc:  # noqa: BLE001 - still starting
+                        last = f"{type(exc).__name__}: {exc}"[:120]
                 if on_progress:
                     on_progress(last)
                 await trio.sleep(0.25)

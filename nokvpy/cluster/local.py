@@ -114,6 +114,8 @@ class LocalCluster:
             raise ClusterError("--metaroot must be 1, 3 or 5")
         if coordinators < 1 or stores < 1:
             raise ClusterError("need at least one coordinator and one store")
+        if replication < 1:
+            raise ClusterError("--replication must be at least 1")
         replication = min(replication, stores)
         ports = iter(free_ports(metaroots + coordinators + stores))
         procs: list[ProcessSpec] = []
@@ -148,11 +150,37 @@ class LocalCluster:
         return base + proc.extra_args
 
     def pid(self, name: str) -> int | None:
+        """The pid of a running process of this cluster, None when it is not running (a pid
+        file left behind by a crash, or whose pid now belongs to another program, is stale)."""
         try:
             pid = int(self.pid_path(name).read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if pid_alive(pid) else None
+        return pid if pid_alive(pid) and self._is_ours(pid, name) else None
+
+    def _is_ours(self, pid: int, name: str) -> bool:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            return True  # no /proc (or no permission): trust the pid file
+        try:
+            spec = self.load()
+            address = spec.get(name).address.encode()
+        except ClusterError:
+            return b"nokvpy.cli.main" in argv
+        return any(argv[i] == b"--listen" and argv[i + 1] == address for i in range(len(argv) - 1))
+
+    def last_log_line(self, name: str) -> str:
+        """The last non-empty line of a process's log ("" when there is none)."""
+        try:
+            with open(self.log_path(name), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 4096))
+                lines = [line for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            return ""
+        return lines[-1].strip() if lines else ""
 
     def start(self, spec: ClusterSpec, proc: ProcessSpec, env: dict[str, str] | None = None) -> int:
         if (pid := self.pid(proc.name)) is not None:

@@ -72,6 +72,7 @@ class StoreState(IntEnum):
 class RegionState(IntEnum):
     RUNNING = 1
     TOMBSTONE = 2
+    MERGING = 3  # store-local only: a merge source frozen by prepare_merge (never rooted)
 
 
 class Freshness(IntEnum):

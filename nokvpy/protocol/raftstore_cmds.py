@@ -85,3 +85,66 @@ class KvResult:
     succeeded: bool = True  # CAS predicate held (all ops)
     current: bytes | None = None  # CAS: value seen when the predicate failed
     error: str = ""  # "epoch_mismatch" | "key_not_in_region" | "invalid" when not ok
+
+
+# ---- topology (raftstore.topology): admin command payloads, outbox entries --------------
+
+
+@wire_type(456)
+@dataclass(slots=True, frozen=True)
+class SplitPayload:
+    """AdminCommand("split") payload: the parent keeps `left` (its id, version + 1), the new
+    region `right` starts at `split_key` on the same stores. `base` is the parent as planned
+    (apply refuses the command unless the parent is still exactly that)."""
+
+    split_key: bytes
+    left: RegionDescriptor
+    right: RegionDescriptor
+    base: RegionDescriptor
+    executor_store: int = 0  # the store that planned it (publishes first; others back up)
+
+
+@wire_type(457)
+@dataclass(slots=True, frozen=True)
+class MergePayload:
+    """AdminCommand("prepare_merge" | "rollback_merge") in the source's log, or
+    AdminCommand("commit_merge") in the target's log. `merged` is the target after the merge
+    (its id, the union range, version above both)."""
+
+    target: RegionDescriptor
+    source: RegionDescriptor
+    merged: RegionDescriptor
+    left_region_id: int
+    right_region_id: int
+    executor_store: int = 0
+
+
+@wire_type(458)
+@dataclass(slots=True, frozen=True)
+class PeerChangePayload:
+    """Carried (encoded) in the context of a membership conf change. `step`: "add_learner"
+    (no epoch bump), "promote" / "remove" (conf_ver + 1, the terminal step), or
+    "remove_learner" (compensation of an unfinished addition, no epoch bump). `base` and
+    `target` are the planned PeerChange descriptors."""
+
+    step: str
+    store_id: int
+    peer_id: int
+    base: RegionDescriptor
+    target: RegionDescriptor
+    executor_store: int = 0
+
+
+@wire_type(459)
+@dataclass(slots=True, frozen=True)
+class OutboxEntry:
+    """One durable outbox record: a rooted event this store still must publish. `role`:
+    "primary" (this store executed the transition) or "backup" (it only applied it; it
+    publishes after a grace period in case the executor cannot)."""
+
+    transition_id: str
+    event: object  # a nokvpy.protocol.records.RootEvent
+    role: str = "primary"
+    purpose: str = "terminal"  # terminal | recovery | descriptor
+    region_id: int = 0
+    created_at_ms: int = 0

@@ -34,7 +34,6 @@ from nokvpy.raft.types import (
     Entry,
     EntryType,
     Message,
-    MessageType,
     Snapshot,
     SnapshotMetadata,
     StateType,
