@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 
 import trio
 
+from coordinator.scheduler import SchedulerConfig
 from coordinator.service import CoordinatorService
 from nokvpy import failpoints
 from nokvpy.client.meta import MetaClient
@@ -101,10 +103,17 @@ def main(args) -> int:
     metaroot = [a.strip() for a in args.metaroot.split(",") if a.strip()]
     secret = os.environ.get("NOKV_CLUSTER_SECRET", "").encode() or None
     try:
+        scheduler = SchedulerConfig.parse(getattr(args, "scheduler", None)
+                                          or os.environ.get("NOKV_SCHEDULER"))
+    except ValueError as exc:
+        print(f"nokv coordinator: --scheduler: {exc}", file=sys.stderr, flush=True)
+        return 1
+    try:
         trio.run(lambda: serve(args.id, args.listen, args.cluster_id, metaroot,
                                replication=args.replication, grant_ttl=args.grant_ttl,
-                               staleness_window=args.staleness_window, secret=secret))
+                               staleness_window=args.staleness_window, secret=secret,
+                               service_options={"scheduler": scheduler}))
     except StartupError as exc:
-        print(f"nokv coordinator: {exc}", flush=True)
+        print(f"nokv coordinator: {exc}", file=sys.stderr, flush=True)
         return 1
     return 0

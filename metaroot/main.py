@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 
 import trio
 
@@ -103,6 +104,6 @@ def main(args) -> int:
         peers = parse_peers(args.peer)
         trio.run(serve, args.id, args.listen, args.cluster_id, peers, args.data, args.retained_tail)
     except StartupError as exc:
-        print(f"nokv metaroot: {exc}", flush=True)
+        print(f"nokv metaroot: {exc}", file=sys.stderr, flush=True)
         return 1
     return 0

@@ -271,9 +271,16 @@ async def cmd_transitions(args, target: Target, client: Client) -> int:
             print(table([{c: e.get(c) for c in cols} for e in entries], cols))
         return 0
     match = [e for e in entries if e.get("transition_id") == args.id]
-    if not match:
+    records = [plain(r) for r in (getattr(reply, "recovery_records", None) or [])
+               if getattr(r, "transition_id", "") == args.id]
+    if not match and not records:
         raise CliError(f"no transition {args.id!r} known to the coordinator")
-    story = match[0]
+    # the pending (or latest) entry first; earlier history entries of the same id after it
+    story = dict(match[0]) if match else {"transition_id": args.id}
+    if len(match) > 1:
+        story["earlier"] = match[1:]
+    # DESIGN 7: every compensation / reconciliation with its original failure evidence
+    story["recovery_records"] = records
     # what stores know about it: lifecycle, outbox, last error
     if target.spec is not None:
         story["stores"] = {}
@@ -321,7 +328,8 @@ async def cmd_admin(args, target: Target, client: Client) -> int:
         if route.descriptor is None:
             raise CliError("no region holds that key")
         req = AdminRequest("split", route.descriptor.region_id, split_key=key)
-        leader = route.leader_store_id
+        # no leader known yet: any replica forwards the request to its leader
+        leader = route.leader_store_id or route.descriptor.voters()[0].store_id
     elif action == "merge":
         req = AdminRequest("merge", args.left, other_region_id=args.right)
         leader = await _leader_of(client, args.left)
@@ -333,12 +341,20 @@ async def cmd_admin(args, target: Target, client: Client) -> int:
         req = AdminRequest(op, args.region, store_id=args.store)
         leader = await _leader_of(client, args.region)
     addr = await client._store_addr(leader)
-    reply = await client.rpc.call(addr, req, timeout=max(target.timeout, 30.0))
+    try:
+        reply = await client.rpc.call(addr, req, timeout=target.timeout)
+    except RpcTimeoutError:
+        raise CliError(f"{action} sent to store {leader} got no answer within {target.timeout:g}s; "
+                       "it may still complete (see `nokv transitions list`)") from None
+    failed = plain(reply.outcome) in ("FAILED", "REJECTED")
     if args.json:
         print_json(reply)
+    elif failed:
+        raise CliError(f"{action} {reply.outcome} at stage {reply.stage}: {reply.detail or '-'} "
+                       f"(transition {reply.transition_id or '-'})")
     else:
         print(kv_lines(plain(reply)))
-    return 0
+    return 1 if failed else 0
 
 
 async def _leader_of(client: Client, region_id: int) -> int:

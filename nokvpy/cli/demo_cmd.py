@@ -104,7 +104,8 @@ async def tour(cluster: LocalCluster, spec) -> None:
         say(f"   BEST_EFFORT -> served, labelled {reply.witness.serving_class.name} "
             f"(lag {reply.witness.root_lag}): region {reply.descriptor.region_id}, the old view")
         await client.rpc.call(coord, PauseCatchUpRequest(False), timeout=5.0)
-        reply = await wait_route(client, b"user/05", lambda r: r.witness.root_lag == 0)
+        reply = await wait_route(client, b"user/05",
+                                 lambda r: r.witness.root_lag == 0 and r.leader_store_id)
         d = reply.descriptor
         say(f"   resumed: STRONG -> region {d.region_id} [{show_key(d.start_key)}, "
             f"{show_key(d.end_key) or '+inf'}) {witness_line(reply.witness)}")

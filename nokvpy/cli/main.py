@@ -122,6 +122,9 @@ def build_parser() -> ArgumentParser:
             s.add_argument("--replication", type=int, default=3)
             s.add_argument("--grant-ttl", type=float, default=6.0)
             s.add_argument("--staleness-window", type=float, default=3.0)
+            s.add_argument("--scheduler", default=None,
+                           help="scheduler options, e.g. split_keys=1000,repair_after=30,"
+                                "merge_keys=0,stuck_after=15 (also NOKV_SCHEDULER)")
         else:
             s.add_argument("--coordinator", required=True, help="coordinator addresses, comma separated")
             s.add_argument("--data", required=True)
@@ -200,6 +203,7 @@ def build_parser() -> ArgumentParser:
     for a in adsub.choices.values():
         add_target(a)
         add_json(a)
+        a.set_defaults(timeout=30.0)  # a topology change waits for its transition to apply
 
     fp = sub.add_parser("failpoint", help="failpoints of a running process")
     fpsub = fp.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)

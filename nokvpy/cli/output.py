@@ -10,6 +10,7 @@ import dataclasses
 import enum
 import json
 import sys
+import textwrap
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -91,6 +92,7 @@ def kv_lines(data: dict[str, Any]) -> str:
 
 INLINE_WIDTH = 60  # a small record ({term, index}) is printed on its key's line up to this
 TABLE_WIDTH = 110  # a wider table is transposed or printed as blocks instead
+LINE_WIDTH = 120  # longer values are wrapped
 MAX_ROWS = 12  # long lists of records show their last MAX_ROWS rows (--json has them all)
 
 
@@ -103,11 +105,19 @@ def render_lines(data: dict[str, Any], indent: int = 0) -> list[str]:
     for key, value in data.items():
         key = str(key)
         if _inline(value):
-            out.append(f"{pad}{key.ljust(width)}  {_cell(value)}".rstrip())
+            out.extend(_wrapped(f"{pad}{key.ljust(width)}  ", _cell(value)))
             continue
         out.append(f"{pad}{key}:")
         out.extend(_block(key, value, indent + 2))
     return out
+
+
+def _wrapped(head: str, text: str) -> list[str]:
+    """`head` + `text`, a long text (an error message) continued under itself."""
+    if len(head) + len(text) <= LINE_WIDTH:
+        return [(head + text).rstrip()]
+    lines = textwrap.wrap(text, max(LINE_WIDTH - len(head), 40), break_on_hyphens=False) or [""]
+    return [head + lines[0]] + [" " * len(head) + line for line in lines[1:]]
 
 
 def _scalar(value: Any) -> bool:

@@ -268,6 +268,9 @@ class Client:
                     backoff = min(backoff * 2, 0.5)
                     continue
                 if exc.reason in REROUTE_REASONS:
+                    if attempt > 2:  # the route did not settle at once: the range is moving
+                        await trio.sleep(min(backoff, max(remaining, 0)))
+                        backoff = min(backoff * 2, 0.5)
                     self._invalidate(route)
                     if adm is not None and getattr(adm, "descriptor", None) is not None:
                         fresh = adm.descriptor
