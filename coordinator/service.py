@@ -36,6 +36,7 @@ from coordinator.serving import (
     decide_route_read,
     decide_scan_regions,
 )
+from coordinator.scheduler import Scheduler, SchedulerConfig
 from coordinator.stores import DEFAULT_STORE_TTL, StoreTracker
 from coordinator.subscription import Subscription
 from coordinator.transitions import Transitions
@@ -104,7 +105,8 @@ class CoordinatorService:
                  replication: int = 3, grant_ttl: float = 6.0, staleness_window: float = 3.0,
                  store_ttl: float = DEFAULT_STORE_TTL, windows: dict[Duty, int] | None = None,
                  duties: tuple[Duty, ...] = ALL_DUTIES, keepalive_ms: int = 300,
-                 clock=wall_ms, rng: random.Random | None = None) -> None:
+                 clock=wall_ms, rng: random.Random | None = None,
+                 scheduler: SchedulerConfig | None = None) -> None:
         self.coordinator_id = coordinator_id
         self.cluster_id = cluster_id
         self.meta = meta
@@ -124,7 +126,11 @@ class CoordinatorService:
         self.ids = Allocator(AllocatorKind.ID, self.grants, self.sub, windows[Duty.ALLOC_ID])
         self.tso = Allocator(AllocatorKind.TSO, self.grants, self.sub, windows[Duty.TSO])
         self.stores = StoreTracker(store_ttl)
+        # a stale replica root no longer lists is tombstoned only when nothing is pending on
+        # its region (a planned removal that has not applied yet keeps it)
+        self.stores.is_pending = lambda rid: self.sub.state.pending_for_region(rid) is not None
         self.transitions = Transitions(self)
+        self.scheduler = Scheduler(self, scheduler)
         self.counters: Counter[str] = Counter()
         self.started_at = 0.0
         self.bootstrap_state = "waiting"
@@ -405,11 +411,14 @@ class CoordinatorService:
                               {"retry_class": RetryClass.PERMANENT.name})
         trust = rs.catch_up_state not in _UNTRUSTED
         fresh = rs.root_lag == 0 and rs.catch_up_state == CatchUpState.FRESH
-        out = self.stores.on_heartbeat(req, catalog, trust, fresh, trio.current_time())
+        now = trio.current_time()
+        out = self.stores.on_heartbeat(req, catalog, trust, fresh, now)
         addrs = {s.store_id: self.stores.address_of(s.store_id, s.address)
                  for s in catalog.stores().values() if s.state != StoreState.RETIRED}
-        return StoreHeartbeatReply(True, out.should_host, out.tombstoned, [], addrs,
-                                   rs.served_token, tuple(out.stale_region_ids))
+        ops = self.scheduler.operations_for(req.store_id, catalog, now) if fresh else []
+        return StoreHeartbeatReply(True, out.should_host, out.tombstoned, ops, addrs,
+                                   rs.served_token, tuple(out.stale_region_ids),
+                                   self.sub.state.cluster_epoch)
 
     async def on_list_stores(self, req: ListStoresRequest, ctx) -> ListStoresReply:
         catalog = self.sub.catalog
@@ -492,7 +501,9 @@ class CoordinatorService:
     # ---- diagnostics -------------------------------------------------------------------
 
     async def on_diagnostics(self, req: DiagnosticsRequest, ctx) -> DiagnosticsReply:
-        return DiagnosticsReply(diagnostics.build(self))
+        body = diagnostics.build(self)
+        body["scheduler"] = self.scheduler.status(trio.current_time())
+        return DiagnosticsReply(body)
 
     async def on_pause_catch_up(self, req: PauseCatchUpRequest, ctx) -> DiagnosticsReply:
         self.sub.set_paused(bool(req.paused))

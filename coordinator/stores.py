@@ -65,6 +65,10 @@ class StoreLive:
     outbox_backlog: int = 0
     blocked_events: int = 0
     regions: dict[int, RegionHeartbeat] = field(default_factory=dict)
+    # every region report of the last heartbeat, stale ones included (the scheduler judges
+    # a pending transition by the epoch its leader reports, which is older than root's
+    # planned target until it applies)
+    observed: dict[int, RegionHeartbeat] = field(default_factory=dict)
     leader_regions: set[int] = field(default_factory=set)
     heartbeats: int = 0
 
@@ -91,6 +95,7 @@ class StoreTracker:
         self.scheduler_ready = False
         self.counters: Counter[str] = Counter()
         self._hosting: tuple[Catalog | None, dict[int, list[RegionDescriptor]]] = (None, {})
+        self.is_pending: Any = None  # region id -> bool: a transition is pending on it
 
     # ---- liveness ----------------------------------------------------------------------
 
@@ -132,6 +137,7 @@ class StoreTracker:
         live.outbox_backlog = req.outbox_backlog
         live.blocked_events = req.blocked_events
         live.heartbeats += 1
+        live.observed = {rh.region_id: rh for rh in req.regions}
         self.counters["heartbeats"] += 1
         stale: list[int] = []
         tombstoned: list[int] = []
@@ -178,10 +184,11 @@ class StoreTracker:
         """Classify one region report; appends its drift. Returns "" (recorded),
         STALE_HEARTBEAT (refused) or "tombstone" (the store should drop it)."""
         if d is None:
-            if catalog_fresh:
+            if catalog_fresh and (self.is_pending is None or not self.is_pending(rh.region_id)):
                 drift.append(Drift(ORPHAN_PEER, sid, rh.region_id,
                                    "region is not in rooted truth", "", _ep(rh.epoch)))
                 return "tombstone"
+            # (a merge source while its merge is pending is in no catalog entry: kept)
             return ""
         if rh.epoch.is_stale_against(d.epoch):
             drift.append(Drift(STALE_HEARTBEAT, sid, rh.region_id,
@@ -189,6 +196,14 @@ class StoreTracker:
                                _ep(d.epoch), _ep(rh.epoch)))
             drift.append(Drift(STORE_BEHIND, sid, rh.region_id, "store has not applied "
                                "the rooted epoch yet", _ep(d.epoch), _ep(rh.epoch)))
+            if d.peer_on(sid) is None and catalog_fresh and self.is_pending is not None \
+                    and not self.is_pending(rh.region_id):
+                # a replica removed in root that missed its own removal: nothing pending can
+                # bring it back, so it is tombstoned
+                drift.append(Drift(ORPHAN_PEER, sid, rh.region_id, "stale replica of a region "
+                                   "that no longer lists this store", _ep(d.epoch),
+                                   _ep(rh.epoch)))
+                return "tombstone"
             return STALE_HEARTBEAT
         ahead = d.epoch.is_stale_against(rh.epoch)
         if ahead:
@@ -198,7 +213,8 @@ class StoreTracker:
         if peer is None:
             drift.append(Drift(ORPHAN_PEER, sid, rh.region_id, "catalog lists no peer of "
                                "this region on the store", _ep(d.epoch), _ep(rh.epoch)))
-            if not ahead and catalog_fresh:
+            if not ahead and catalog_fresh and (self.is_pending is None
+                                                or not self.is_pending(rh.region_id)):
                 return "tombstone"
         elif rh.peer_id and peer.peer_id != rh.peer_id:
             drift.append(Drift(ORPHAN_PEER, sid, rh.region_id,

@@ -81,8 +81,18 @@ class Transitions:
 
     async def on_publish(self, req: PublishRootEventRequest) -> PublishRootEventReply:
         event = req.event
+        if self.svc.sub.paused:
+            return await self._publish_paused(req)
         await self.svc.sync_with_root(WRITE_TIMEOUT)
         a, _ = self._assess(event, req.expected_cluster_epoch)
+        guard = getattr(self.svc, "scheduler", None)
+        refusal = guard.cancel_refusal(event, a) if guard is not None else None
+        if refusal is not None:
+            # DESIGN 7: a failure signal cannot cancel what a region leader reports applied.
+            self.svc.counters["publish_rejected.applied_on_store"] += 1
+            raise RemoteError(ErrorKind.REJECTED, "applied_on_store", refusal,
+                              {"retry_class": RetryClass.PERMANENT.name,
+                               "transition_id": a.transition_id})
         if a.decision == AssessmentDecision.SKIP:
             self.svc.counters["publish_skipped"] += 1
             return PublishRootEventReply(True, a, self.svc.sub.served_token)
@@ -110,12 +120,43 @@ class Transitions:
         self.svc.counters["publish_applied"] += 1
         return PublishRootEventReply(True, a, reply.last_token)
 
+    async def _publish_paused(self, req: PublishRootEventRequest) -> PublishRootEventReply:
+        """Catch-up is paused (PauseCatchUp): the mirror is stale on purpose, so assess
+        against a rooted snapshot from the metaroot leader and append without waiting for the
+        catalog. Publishing is a write: it is admitted or refused, never degraded."""
+        from metaroot.state import RootState
+        from nokvpy.protocol.metaroot_rpc import AppendRequest, SnapshotRequest
+
+        snap = await self.svc.meta.call(SnapshotRequest(), timeout=WRITE_TIMEOUT, leader=True)
+        state = RootState.from_checkpoint(snap.checkpoint)
+        event = req.event
+        a = assess(state, event, req.expected_cluster_epoch)
+        self.svc.counters["publish_while_paused"] += 1
+        if a.decision == AssessmentDecision.SKIP:
+            return PublishRootEventReply(True, a, state.token)
+        if a.decision == AssessmentDecision.REJECT:
+            kind = ErrorKind.CONFLICT if a.retry_class == RetryClass.CONFLICT else ErrorKind.REJECTED
+            raise RemoteError(kind, _code(a.reason), a.reason,
+                              {"assessment": a, "retry_class": a.retry_class.name,
+                               "transition_id": a.transition_id,
+                               "cluster_epoch": state.cluster_epoch})
+        if a.transition_id:
+            rid = (f"{a.transition_id}:{EventKind(event.kind).name.lower()}"
+                   f"@{state.cluster_epoch}")
+            event = replace(event, request_id=rid)
+        reply = await self.svc.meta.call(AppendRequest([event], req.expected_cluster_epoch),
+                                         timeout=WRITE_TIMEOUT, leader=True)
+        self.svc.counters["publish_applied"] += 1
+        return PublishRootEventReply(True, a, reply.last_token)
+
     def on_list(self, req: ListTransitionsRequest) -> ListTransitionsReply:
         state = self.svc.sub.state
         entries: list[object] = list(list_transitions(state))
+        records = None
         if req.include_history:
             entries.extend(reversed(self.svc.sub.history))
-        return ListTransitionsReply(entries, state.token)
+            records = list(state.recovery_list())
+        return ListTransitionsReply(entries, state.token, records)
 
     async def on_remove(self, req: RemoveRegionRequest) -> RemoveRegionReply:
         await self.svc.sync_with_root(WRITE_TIMEOUT)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import replace
 from typing import Any
 
 import trio
@@ -79,8 +80,26 @@ class CoordinatorLink:
         for i in order:
             if not isinstance(results[i], Exception):
                 self._index = i
-                return results[i]
+                return _merge_operations(results[i], [r for r in results.values()
+                                                      if not isinstance(r, Exception)])
         raise results[order[0]]
+
+
+def _merge_operations(reply: Any, replies: list[Any]) -> Any:
+    """Scheduler operations come from whichever coordinator schedules (the region_lookup
+    grant holder), not necessarily the preferred one: keep every reply's operations."""
+    ops = list(getattr(reply, "operations", None) or ())
+    for other in replies:
+        if other is reply:
+            continue
+        for op in getattr(other, "operations", None) or ():
+            if op not in ops:
+                ops.append(op)
+    epoch = max((getattr(r, "cluster_epoch", 0) or 0) for r in replies)
+    try:
+        return replace(reply, operations=ops, cluster_epoch=epoch)
+    except TypeError:  # a reply type without these fields
+        return reply
 
 
 async def join(store: Store, link: CoordinatorLink, rng: random.Random | None = None) -> None:
@@ -144,4 +163,9 @@ async def heartbeat_loop(store: Store, link: CoordinatorLink, interval: float = 
             store.heartbeats_sent += 1
             store.last_heartbeat_error = ""
             await store.on_heartbeat_reply(reply)
-        await trio.sleep(interval)
+        # A new leader (or a topology change) wakes the loop early; never more often than
+        # every fifth of the interval.
+        await trio.sleep(interval / 5)
+        with trio.move_on_after(interval * 4 / 5):
+            await store.heartbeat_wake.wait()
+        store.heartbeat_wake = trio.Event()

@@ -30,6 +30,7 @@ from nokvpy.storage import Env, LocalMeta, RaftLogStore, StoreIdentity
 from raftstore.heartbeat import CoordinatorLink, JoinRefusedError, heartbeat_loop
 from raftstore.restart import derive, load_image
 from raftstore.store import Store, StoreConfig
+from raftstore.topology import Topology
 
 log = logging.getLogger("nokvpy.raftstore")
 
@@ -86,15 +87,19 @@ async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
                             "not linearizable", store_id, var)
         cfg = StoreConfig(store_id, cluster_id, listen, tick_interval=tick_interval, **options)
         store = Store(cfg, env, rpc)
+        link = CoordinatorLink(rpc, coordinators)
+        # Before load: every rehosted replica gets the topology apply handlers.
+        topology = Topology(store, link)
         store.load(image, restart)
         store.register(server)
+        topology.register(server)
         register_failpoint_admin(server)
-        link = CoordinatorLink(rpc, coordinators)
         async with trio.open_nursery() as nursery:
             bound_host, bound_port = await nursery.start(server.serve, host, port)
             if port == 0:
                 store.set_address(format_addr(bound_host, bound_port))
             await nursery.start(store.run)
+            await nursery.start(topology.run)
             await nursery.start(heartbeat_loop, store, link, heartbeat_interval)
             log.info("store %d serving on %s (cluster %s, coordinators %s, %d region(s))",
                      store_id, store.cfg.address, cluster_id, ",".join(coordinators),

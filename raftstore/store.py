@@ -27,6 +27,7 @@ from nokvpy.protocol import (
     ExecutionOutcome,
     RegionDescriptor,
     RegionEpoch,
+    RegionState,
 )
 from nokvpy.protocol.coordinator_rpc import StoreHeartbeatReply, StoreHeartbeatRequest
 from nokvpy.protocol.raftstore_cmds import (
@@ -131,6 +132,8 @@ class Store:
         self._approx: dict[int, tuple[float, int, int]] = {}  # rid -> (when, keys, bytes)
         self._creating: set[int] = set()
         self._nursery: trio.Nursery | None = None
+        self.topology: Any = None  # raftstore.topology.Topology (wired by main)
+        self.heartbeat_wake = trio.Event()  # set: heartbeat now rather than at the interval
 
     # ================================================================= lifecycle
 
@@ -219,6 +222,8 @@ class Store:
                                 applied, applied_term)
         sm.compact_keep, sm.compact_slack = self.cfg.compact_keep, self.cfg.compact_slack
         sm.spawn = self._spawn
+        if self.topology is not None:
+            self.topology.attach(sm)  # split / merge / membership apply handlers
         peer = Peer(rid, peer_id, self.store_id, sm, trio.current_time())
         sm.descriptor_listener = lambda d, p=peer: self._on_descriptor(p, d)
         group = self.driver.add_group(rid, peer_id, self.raftlog.group(rid), sm, peer.route,
@@ -359,7 +364,8 @@ class Store:
             return
         peer = self.peers.get(rid)
         if peer is None:
-            if rid in self.tombstones:
+            if rid in self.tombstones and not (
+                    self.topology is not None and self.topology.may_rehost(env)):
                 drops["tombstoned"] += 1
                 return
             if msg.type not in LEADER_MESSAGES:
@@ -383,8 +389,27 @@ class Store:
         if msg.type in LEADER_MESSAGES:
             peer.last_leader_contact = trio.current_time()
             peer.leader_store_hint = env.from_store
+        if msg.type == MessageType.SNAP and self._snapshot_overlaps(rid, msg):
+            # A region snapshot may only land where no other live replica of this store still
+            # owns part of its range (a child whose parent has not applied the split here:
+            # the parent's pending writes would land after the snapshot). The leader retries.
+            drops["snapshot_overlaps_hosted"] += 1
+            return
         if not self.driver.step(rid, msg):
             drops["group_stopped"] += 1
+
+    def _snapshot_overlaps(self, rid: int, msg: Message) -> bool:
+        snap = msg.snapshot
+        try:
+            image = decode(snap.data) if snap is not None and snap.data else None
+        except DecodeError:
+            return False
+        d = getattr(image, "descriptor", None)
+        if not isinstance(d, RegionDescriptor):
+            return False
+        return any(p.region_id != rid and p.descriptor is not None
+                   and p.descriptor.state != RegionState.MERGING and _overlaps(d, p.descriptor)
+                   for p in self.peers.values())
 
     def _send(self, out: list[tuple[int, int, Message, tuple[int, int]]]) -> None:
         envs: list[RaftEnvelope] = []
@@ -419,6 +444,8 @@ class Store:
 
     def _on_role_change(self, group: Any) -> None:
         self.counters["role_changes"] += 1
+        if group.is_leader:
+            self.heartbeat_wake.set()  # tell the coordinators about a new leader early
 
     # ================================================================= admission
 
@@ -596,6 +623,8 @@ class Store:
             if hb is not None:
                 regions.append(hb)
         state = self.restart.kind.name if self.restart is not None else "READY"
+        if self.topology is not None:
+            regions = self.topology.annotate(regions)
         return StoreHeartbeatRequest(self.store_id, self.cfg.address, regions, state,
                                      self.outbox_backlog, self.blocked_events)
 
@@ -621,8 +650,9 @@ class Store:
                 await self.destroy_region(rid, "tombstoned by the coordinator")
             else:
                 self.tombstones.add(rid)  # never hosted here: just gate stray traffic
-        if reply.operations:
-            # Scheduler operations belong to the topology runtime (not wired yet).
+        if self.topology is not None:
+            await self.topology.on_heartbeat_reply(reply)  # scheduler operations, epoch
+        elif reply.operations:
             self.counters["operations_ignored"] += len(reply.operations)
 
     # ================================================================= status
@@ -646,6 +676,7 @@ class Store:
                 "applied_index": p.sm.applied,
                 "commit_index": p.commit_index(),
                 "in_flight": p.in_flight,
+                "state": d.state.name if d else "",
             }
         tracker = self.tracker.status()
         outbox = []
@@ -678,6 +709,7 @@ class Store:
             "heartbeats_sent": self.heartbeats_sent,
             "last_heartbeat_error": self.last_heartbeat_error,
             "regions": regions,
+            "topology": self.topology.status() if self.topology is not None else {},
         }
 
     async def on_execution_status(self, req: ExecutionStatusRequest, ctx: Any

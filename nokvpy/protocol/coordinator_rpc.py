@@ -99,6 +99,8 @@ class ListTransitionsRequest:
 class ListTransitionsReply:
     entries: list[object]
     token: RootToken
+    # RecoveryRecords (DESIGN 7) with include_history, oldest first
+    recovery_records: list[object] | None = None
 
 
 @wire_type(310)
@@ -203,6 +205,7 @@ class SchedulerOperation:
     transition_id: str = ""
     new_region_id: int = 0
     new_peer_ids: tuple[int, ...] = ()
+    reason: str = ""  # why the scheduler asks (the failure evidence of compensate / forward)
 
 
 @wire_type(321)
@@ -216,6 +219,7 @@ class StoreHeartbeatReply:
     token: RootToken
     # region ids whose report was refused: epoch older than the catalog's (stale heartbeat)
     stale_region_ids: tuple[int, ...] = ()
+    cluster_epoch: int = 0  # root's cluster epoch as served (the fence for planned publishes)
 
 
 @wire_type(322)

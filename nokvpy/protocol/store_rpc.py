@@ -147,6 +147,8 @@ class AdminRequest:
     peer_id: int = 0
     transition_id: str = ""
     wait: bool = True
+    forwarded: bool = False  # already forwarded once to the leader's store (never again)
+    reason: str = ""  # compensate / drive_forward: the failure evidence being reported
 
 
 @wire_type(503)

@@ -34,6 +34,7 @@ from nokvpy.raft.types import (
     Entry,
     EntryType,
     Message,
+    MessageType,
     Snapshot,
     SnapshotMetadata,
     StateType,
@@ -144,7 +145,8 @@ class Group:
         self.route = route  # raft node id -> transport destination (store / peer process id)
         self.storage = SnapshotStorage(storage, self)
         self.node = RawNode(config_with_storage(config, self.storage))
-        _, self.conf_state = storage.initial_state()
+        hs, self.conf_state = storage.initial_state()
+        self.persisted_tv = (hs.term, hs.vote) if hs is not None else (0, 0)
         self.waiters: dict[int, _Waiter] = {}
         self.reads: dict[bytes, _Waiter] = {}
         self.applied = sm.applied_index()
@@ -152,6 +154,7 @@ class Group:
         self.leader_id = 0
         self.role = StateType.FOLLOWER
         self.term = 0
+        self.vote = 0
         self.stopped = False
         self.early_ack = False  # resolve proposals before the fsync when safe (_ack_durable)
         self.pending_steps: list[Message] = []
@@ -178,6 +181,36 @@ class Group:
             else:
                 keep.append((index, ev))
         self.apply_waiters = keep
+
+
+_LEADER_MSGS = frozenset((MessageType.APP, MessageType.HEARTBEAT))
+
+
+def _sendable_before_persist(group: Group, rd: Any) -> bool:
+    """May this Ready's messages go out before its batch is durable (overlapping this
+    node's fsync with the network and the followers' fsyncs)?
+
+    Only when nothing they vouch for is in the batch: term and vote unchanged (a vote or a
+    new term must be durable before anyone hears of it), no snapshot, and either no new
+    entries at all (commit-only / heartbeat / read-index traffic: responses then only speak
+    of entries persisted in earlier turns), or the node is leader and only sends appends and
+    heartbeats (Raft thesis 10.2.1: the leader may write its log in parallel with
+    replicating it). The latter is safe here because the loop is serial: a follower's ack
+    is stepped in a later turn, after this turn's commit returned, so the leader's own
+    match index (counted at append) is durable whenever it contributes to a commit."""
+    if rd.snapshot is not None and not rd.snapshot.is_empty():
+        return False
+    hs = rd.hard_state
+    if hs is not None and (hs.term, hs.vote) != group.persisted_tv:
+        return False
+    if not rd.entries:
+        return True
+    if group.node.raft.state != StateType.LEADER:
+        return False
+    for m in rd.messages:
+        if m.type not in _LEADER_MSGS:
+            return False
+    return True
 
 
 def next_conf_state(cs: ConfState, cc: ConfChange) -> ConfState:
@@ -500,8 +533,17 @@ class Driver:
             if ents:
                 self._stage_conf_state(batch, group, rd, ents)
             applied.append((group, rd, ents, results))
+        early: list[tuple[int, int, Message, tuple[int, int]]] = []
         for group, rd, ents, results in applied:
             self._ack_durable(group, rd, ents, results)
+            if rd.messages and _sendable_before_persist(group, rd):
+                gid, epoch = group.group_id, group.epoch
+                for m in rd.messages:
+                    early.append((gid, m.to, m, epoch))
+                rd.messages = []
+        if early:
+            self.send(early)
+            self.counters["sent_before_persist"] += len(early)
         if batch:
             if self.before_persist:
                 self.before_persist()
@@ -591,6 +633,7 @@ class Driver:
                 self.on_role_change(group)
         if rd.hard_state is not None:
             group.term = rd.hard_state.term
+            group.persisted_tv = (rd.hard_state.term, rd.hard_state.vote)
         if ents:
             if self.before_apply:
                 self.before_apply()

@@ -1,0 +1,495 @@
+"""Cluster control for jepsen-lite runs: processes, network fault rules, failpoints, topology.
+
+Owns: a local nokvpy cluster inside a run directory (``RUN/cluster``, through
+``nokvpy.cluster.local.LocalCluster``): starting it and waiting until it serves, kill -9 and
+restart, SIGSTOP / SIGCONT, the cluster-wide network fault rules (``SetFaultRules``: the same
+rule set goes to every process, and is pushed again to a process that was paused or
+restarted), failpoints (``FailpointSet`` / ``FailpointClear``; a restarted process gets its
+wanted failpoints through ``NOKV_FAILPOINTS``), topology commands for churn (split, merge,
+leader transfer through ``AdminRequest`` to the region leader's store), and healing
+everything at the end.
+
+Implements :class:`jepsen_lite.nemesis.ControlProtocol`. Never decides which fault to inject
+or when (that is :mod:`jepsen_lite.nemesis`), and never records history events.
+
+Every method that talks to processes is async (trio); blocking process work (waiting for a
+killed process to exit, the readiness probe) runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from nokvpy.cluster.local import ClusterSpec, LocalCluster
+from nokvpy.protocol import Freshness
+from nokvpy.protocol.admin import FailpointClearRequest, FailpointListRequest, FailpointSetRequest
+from nokvpy.protocol.coordinator_rpc import (
+    GetRegionByKeyRequest,
+    ListStoresRequest,
+    ListTransitionsRequest,
+    ScanRegionsRequest,
+)
+from nokvpy.protocol.store_rpc import AdminRequest
+from nokvpy.rpc import Identity, RemoteError, RpcClient
+from nokvpy.wire import FaultRule, SetFaultRules
+
+UNSUPPORTED_REASONS = {"unhandled_request_type", "unsupported", "not_implemented"}
+
+
+class ControlError(RuntimeError):
+    """The cluster could not be started or healed."""
+
+
+class ClusterControl:
+    """A local cluster in ``root`` (created on :meth:`create`), driven by a jepsen-lite run.
+
+    ``env`` is added to every process's environment (for example ``NOKV_UNSAFE_READS=1``);
+    ``seed`` seeds failpoint probability draws and fault-rule randomness.
+    """
+
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        metaroots: int = 1,
+        coordinators: int = 1,
+        stores: int = 3,
+        replication: int = 3,
+        env: dict[str, str] | None = None,
+        seed: int = 0,
+        rpc_timeout: float = 2.0,
+        log: Callable[[str], None] | None = None,
+    ):
+        self.root = Path(root)
+        self.cluster = LocalCluster(self.root)
+        self.shape = {
+            "metaroots": metaroots,
+            "coordinators": coordinators,
+            "stores": stores,
+            "replication": replication,
+        }
+        self.env = dict(env or {})
+        self.seed = seed
+        self.rpc_timeout = rpc_timeout
+        self.log = log or (lambda msg: None)
+        self.spec: ClusterSpec | None = None
+        self._rpc: RpcClient | None = None
+        self._rules: dict[str, list[FaultRule]] = {}
+        self._rules_version = 0
+        self._rules_applied: dict[str, int] = {}
+        self._failpoints: dict[str, dict[str, str]] = {}
+        self._paused: set[str] = set()
+        self._fresh: set[str] = set()  # started by us, no rules pushed since
+        self._store_names: dict[int, str] = {}
+
+    # -- set-up --------------------------------------------------------------------------
+
+    def create(self) -> ClusterSpec:
+        self.spec = self.cluster.create(**self.shape)
+        return self.spec
+
+    @property
+    def rpc(self) -> RpcClient:
+        if self._rpc is None:
+            assert self.spec is not None
+            secret = self.spec.secret.encode() if self.spec.secret else None
+            self._rpc = RpcClient(Identity(self.spec.cluster_id, "jepsen", 0, secret), seed=self.seed)
+        return self._rpc
+
+    async def aclose(self) -> None:
+        if self._rpc is not None:
+            await self._rpc.aclose()
+            self._rpc = None
+
+    def client_identity(self, index: int) -> Identity:
+        assert self.spec is not None
+        secret = self.spec.secret.encode() if self.spec.secret else None
+        return Identity(self.spec.cluster_id, "client", index, secret)
+
+    def coordinator_addrs(self) -> list[str]:
+        assert self.spec is not None
+        return self.spec.coordinator_addrs()
+
+    def _env_for(self, name: str) -> dict[str, str]:
+        env = dict(self.env)
+        env.setdefault("NOKV_FAILPOINTS_SEED", str(self.seed))
+        wanted = self._failpoints.get(name)
+        if wanted:
+            base = env.get("NOKV_FAILPOINTS", "")
+            extra = ";".join(f"{fp}={spec}" for fp, spec in sorted(wanted.items()))
+            env["NOKV_FAILPOINTS"] = f"{base};{extra}" if base else extra
+        return env
+
+    async def start_all(self, ready_timeout: float = 60.0) -> float:
+        """Start every process and wait until the cluster serves; returns the seconds taken."""
+        assert self.spec is not None
+        t0 = time.monotonic()
+        for proc in self.spec.processes:
+            await trio.to_thread.run_sync(self.cluster.start, self.spec, proc, self._env_for(proc.name))
+            self._fresh.add(proc.name)
+        await self.wait_ready(ready_timeout)
+        return time.monotonic() - t0
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait until some coordinator sees every store UP and routes the empty key to a
+        region with a leader. (Each store heartbeats one coordinator, so only the one it
+        talks to has its liveness; ``wait_cluster_ready`` asks the first coordinator only.)"""
+        assert self.spec is not None
+        deadline = time.monotonic() + timeout
+        want = len(self.spec.of_kind("store"))
+        last = "starting"
+        while True:
+            for addr in self.coordinator_addrs():
+                try:
+                    stores = await self.rpc.call(addr, ListStoresRequest(), timeout=1.0)
+                    up = [s for s in stores.stores if s.state.name == "UP"]
+                    if len(up) < want:
+                        last = f"{addr}: {len(up)}/{want} stores up"
+                        continue
+                    reply = await self.rpc.call(
+                        addr, GetRegionByKeyRequest(b"", Freshness.BOUNDED, None, 0), timeout=1.0
+                    )
+                    if reply.descriptor is not None and reply.leader_store_id:
+                        return
+                    last = f"{addr}: no leader for the first region yet"
+                except Exception as exc:  # noqa: BLE001 - still starting
+                    last = f"{addr}: {type(exc).__name__}: {exc}"[:160]
+            if time.monotonic() > deadline:
+                raise ControlError(
+                    f"cluster not ready within {timeout:.0f}s: {last} (logs in {self.root / 'logs'})"
+                )
+            await trio.sleep(0.25)
+
+    def stop_all(self, grace: float = 3.0) -> list[str]:
+        """SIGCONT + SIGTERM every process (SIGKILL after ``grace``). Synchronous."""
+        if self.spec is None:
+            return []
+        return self.cluster.stop_all(self.spec, grace)
+
+    # -- process faults ------------------------------------------------------------------
+
+    def names(self, kind: str | None = None) -> list[str]:
+        assert self.spec is not None
+        return [p.name for p in self.spec.processes if kind is None or p.kind == kind]
+
+    def alive(self, name: str) -> bool:
+        return self.cluster.pid(name) is not None
+
+    def paused(self) -> set[str]:
+        return set(self._paused)
+
+    async def kill(self, name: str) -> dict:
+        pid = await trio.to_thread.run_sync(self.cluster.kill, name)
+        self._paused.discard(name)
+        self._rules_applied.pop(name, None)
+        return {"pid": pid, "action": "SIGKILL" if pid else "not running"}
+
+    async def start(self, name: str) -> dict:
+        assert self.spec is not None
+        proc = self.spec.get(name)
+        was = self.cluster.pid(name)
+        pid = await trio.to_thread.run_sync(self.cluster.start, self.spec, proc, self._env_for(name))
+        if was is None:
+            self._rules_applied.pop(name, None)
+            self._fresh.add(name)
+        await self._push_rules_to(name, attempts=20)
+        return {"pid": pid, "action": "already running" if was else "restarted"}
+
+    async def pause(self, name: str) -> dict:
+        pid = self.cluster.signal(name, signal.SIGSTOP)
+        if pid is not None:
+            self._paused.add(name)
+        return {"pid": pid, "action": "SIGSTOP" if pid else "not running"}
+
+    async def resume(self, name: str) -> dict:
+        pid = self.cluster.signal(name, signal.SIGCONT)
+        self._paused.discard(name)
+        if pid is not None:
+            await self._push_rules_to(name, attempts=5)
+        return {"pid": pid, "action": "SIGCONT" if pid else "not running"}
+
+    # -- network fault rules --------------------------------------------------------------
+
+    def current_rules(self) -> list[FaultRule]:
+        return [r for rules in self._rules.values() for r in rules]
+
+    async def add_fault_rules(self, label: str, rules: list[dict]) -> dict:
+        self._rules[label] = [to_fault_rule(r, label) for r in rules]
+        return await self._push_rules()
+
+    async def remove_fault_rules(self, label: str) -> dict:
+        self._rules.pop(label, None)
+        return await self._push_rules()
+
+    async def clear_fault_rules(self) -> dict:
+        self._rules.clear()
+        return await self._push_rules(force=True)
+
+    async def _push_rules(self, force: bool = False) -> dict:
+        self._rules_version += 1
+        if force:
+            self._rules_applied.clear()
+        result: dict[str, str] = {}
+
+        async def one(name: str) -> None:
+            result[name] = await self._push_rules_to(name)
+
+        async with trio.open_nursery() as nursery:
+            for name in self.names():
+                nursery.start_soon(one, name)
+        return {"rules": len(self.current_rules()), "pushed": result}
+
+    async def _push_rules_to(self, name: str, attempts: int = 1) -> str:
+        """Send the current rule set to ``name`` unless it already has it. A paused or dead
+        process is skipped: it gets the rules when it is resumed or restarted."""
+        version = self._rules_version
+        if self._rules_applied.get(name) == version:
+            return "current"
+        if name in self._paused:
+            return "paused"
+        if not self.alive(name):
+            return "down"
+        if name in self._fresh and not self.current_rules():
+            self._rules_applied[name] = version  # a fresh process starts with no rules
+            return "current"
+        assert self.spec is not None
+        addr = self.spec.get(name).address
+        request = SetFaultRules(self.seed + version, tuple(self.current_rules()))
+        last = ""
+        for attempt in range(attempts):
+            try:
+                self._fresh.discard(name)
+                await self.rpc.call(addr, request, timeout=self.rpc_timeout)
+                self._rules_applied[name] = version
+                return "ok"
+            except Exception as exc:  # noqa: BLE001 - reported, retried by heal
+                last = f"{type(exc).__name__}"
+                if attempt + 1 < attempts:
+                    await trio.sleep(0.25)
+        return f"failed ({last})"
+
+    # -- failpoints ------------------------------------------------------------------------
+
+    async def set_failpoint(self, name: str, failpoint: str, spec: str) -> dict:
+        self._failpoints.setdefault(name, {})[failpoint] = spec
+        addr = self._addr(name)
+        reply = await self.rpc.call(addr, FailpointSetRequest(failpoint, spec), timeout=self.rpc_timeout)
+        return {"active": dict(reply.active)}
+
+    async def clear_failpoint(self, name: str, failpoint: str) -> dict:
+        self._failpoints.get(name, {}).pop(failpoint, None)
+        if not self.alive(name):
+            return {"process": "down"}
+        reply = await self.rpc.call(
+            self._addr(name), FailpointClearRequest(failpoint), timeout=self.rpc_timeout
+        )
+        return {"hits": int(reply.hits.get(failpoint, 0))}
+
+    async def failpoint_hits(self, name: str) -> dict[str, int]:
+        reply = await self.rpc.call(self._addr(name), FailpointListRequest(), timeout=self.rpc_timeout)
+        return {k: int(v) for k, v in reply.hits.items()}
+
+    def _addr(self, name: str) -> str:
+        assert self.spec is not None
+        return self.spec.get(name).address
+
+    # -- topology ------------------------------------------------------------------------
+
+    async def _call_coordinator(self, request: Any, timeout: float | None = None) -> Any:
+        last: Exception | None = None
+        for addr in self.coordinator_addrs():
+            try:
+                return await self.rpc.call(addr, request, timeout=timeout or self.rpc_timeout)
+            except Exception as exc:  # noqa: BLE001 - try the next coordinator
+                last = exc
+        raise ControlError(f"no coordinator answered: {last}")
+
+    async def store_name(self, store_id: int) -> str | None:
+        if store_id in self._store_names:
+            return self._store_names[store_id]
+        assert self.spec is not None
+        by_addr = {p.address: p.name for p in self.spec.of_kind("store")}
+        try:
+            reply = await self._call_coordinator(ListStoresRequest())
+            for s in reply.stores:
+                if s.address in by_addr:
+                    self._store_names[s.store_id] = by_addr[s.address]
+        except ControlError:
+            pass
+        if store_id not in self._store_names:
+            guess = f"store-{store_id}"
+            if guess in self.names("store"):
+                return guess
+        return self._store_names.get(store_id)
+
+    async def leader_store(self, key: bytes) -> str | None:
+        reply = await self._call_coordinator(GetRegionByKeyRequest(key, Freshness.BEST_EFFORT))
+        if not reply.leader_store_id:
+            return None
+        return await self.store_name(reply.leader_store_id)
+
+    async def regions(self) -> list[dict]:
+        reply = await self._call_coordinator(
+            ScanRegionsRequest(b"", b"", 100000, Freshness.BEST_EFFORT)
+        )
+        leaders = reply.leaders or {}
+        return [
+            {
+                "region_id": d.region_id,
+                "start": d.start_key,
+                "end": d.end_key,
+                "leader": leaders.get(d.region_id, 0),
+                "voters": [p.store_id for p in d.voters()],
+            }
+            for d in sorted(reply.descriptors, key=lambda d: d.start_key)
+        ]
+
+    async def admin(self, store_id: int, request: AdminRequest, timeout: float = 15.0) -> dict:
+        name = await self.store_name(store_id)
+        if name is None:
+            return {"error": f"no process for store {store_id}"}
+        try:
+            reply = await self.rpc.call(self._addr(name), request, timeout=timeout)
+        except RemoteError as exc:
+            out = {"error": f"{exc.kind}/{exc.reason}: {exc.message}"[:300]}
+            if exc.reason in UNSUPPORTED_REASONS:
+                out["unsupported"] = True
+            return out
+        except Exception as exc:  # noqa: BLE001
+            return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        return {
+            "transition_id": getattr(reply, "transition_id", ""),
+            "outcome": str(getattr(reply, "outcome", "")),
+            "stage": str(getattr(reply, "stage", "")),
+            "detail": str(getattr(reply, "detail", ""))[:200],
+        }
+
+    async def churn_step(
+        self, rng: random.Random, keys: Sequence[bytes], ops: Sequence[str] | None = None
+    ) -> dict:
+        """One random topology command: split at a workload key (weight 3), merge two
+        adjacent regions (2), or transfer a region's leadership (2); ``ops`` restricts the
+        choice."""
+        regions = await self.regions()
+        boundaries = {r["start"] for r in regions}
+        candidates = [k for k in keys if k and k not in boundaries]
+        adjacent = [(a, b) for a, b in zip(regions, regions[1:], strict=False) if a["end"] == b["start"]]
+        choices = []
+        if candidates:
+            choices += ["split"] * 3
+        if adjacent:
+            choices += ["merge"] * 2
+        if any(len(r["voters"]) > 1 and r["leader"] for r in regions):
+            choices += ["transfer_leader"] * 2
+        if ops is not None:
+            choices = [c for c in choices if c in ops]
+        if not choices:
+            return {"op": "none", "regions": len(regions)}
+        op = rng.choice(choices)
+        if op == "split":
+            key = rng.choice(sorted(candidates))
+            region = next(r for r in regions if r["start"] <= key and (not r["end"] or key < r["end"]))
+            leader = region["leader"] or region["voters"][0]
+            out = await self.admin(leader, AdminRequest("split", region["region_id"], split_key=key))
+            return {"op": "split", "region": region["region_id"], "key": key, **out}
+        if op == "merge":
+            left, right = rng.choice(adjacent)
+            leader = left["leader"] or left["voters"][0]
+            request = AdminRequest("merge", left["region_id"], other_region_id=right["region_id"])
+            out = await self.admin(leader, request)
+            return {"op": "merge", "region": left["region_id"], "other": right["region_id"], **out}
+        region = rng.choice([r for r in regions if len(r["voters"]) > 1 and r["leader"]])
+        to = rng.choice([s for s in region["voters"] if s != region["leader"]])
+        request = AdminRequest("transfer_leader", region["region_id"], store_id=to)
+        out = await self.admin(region["leader"], request)
+        return {"op": "transfer_leader", "region": region["region_id"], "to_store": to, **out}
+
+    async def list_transitions(self) -> list[dict]:
+        """Every coordinator's transitions (pending and the history it saw), deduplicated:
+        ``[{"transition_id", "kind", "phase", "coordinator"}]``."""
+        seen: dict[tuple, dict] = {}
+        for addr in self.coordinator_addrs():
+            try:
+                reply = await self.rpc.call(
+                    addr, ListTransitionsRequest(include_history=True), timeout=self.rpc_timeout
+                )
+            except Exception:  # noqa: BLE001, S112 - another coordinator may answer
+                continue
+            for entry in reply.entries:
+                tid = getattr(entry, "transition_id", None)
+                if not tid:
+                    continue
+                phase = getattr(getattr(entry, "phase", None), "name", str(getattr(entry, "phase", "")))
+                kind = getattr(getattr(entry, "kind", None), "name", str(getattr(entry, "kind", "")))
+                seen.setdefault((tid, phase), {"transition_id": tid, "kind": kind,
+                                               "phase": phase, "coordinator": addr})
+        return list(seen.values())
+
+    # -- healing ---------------------------------------------------------------------------
+
+    async def heal(self, ready_timeout: float = 60.0) -> dict:
+        """Resume every process, restart every dead one, clear every fault rule and failpoint,
+        and wait until the cluster serves."""
+        t0 = time.monotonic()
+        resumed, restarted = [], []
+        for name in self.names():
+            pid = self.cluster.pid(name)
+            if pid is not None:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pid = None
+                if name in self._paused:
+                    resumed.append(name)
+        self._paused.clear()
+        self._failpoints.clear()
+        self._rules.clear()
+        self._rules_version += 1
+        for name in self.names():
+            if self.cluster.pid(name) is None:
+                await self.start(name)
+                restarted.append(name)
+        deadline = time.monotonic() + ready_timeout
+        pushed = await self._push_rules(force=True)
+        while any(v != "ok" and v != "current" for v in pushed["pushed"].values()):
+            if time.monotonic() > deadline:
+                raise ControlError(f"could not clear the fault rules: {pushed}")
+            await trio.sleep(0.5)
+            pushed = await self._push_rules()
+        cleared: dict[str, str] = {}
+        for name in self.names():
+            try:
+                await self.rpc.call(self._addr(name), FailpointClearRequest(""), timeout=self.rpc_timeout)
+                cleared[name] = "ok"
+            except Exception as exc:  # noqa: BLE001
+                cleared[name] = f"failed ({type(exc).__name__})"
+        await self.wait_ready(max(5.0, deadline - time.monotonic()))
+        return {
+            "resumed": resumed,
+            "restarted": restarted,
+            "failpoints_cleared": cleared,
+            "seconds": round(time.monotonic() - t0, 3),
+        }
+
+
+def to_fault_rule(rule: dict, label: str = "") -> FaultRule:
+    return FaultRule(
+        src=frozenset(rule.get("src") or ()),
+        dst=frozenset(rule.get("dst") or ()),
+        message_types=frozenset(rule.get("message_types") or ()),
+        drop=float(rule.get("drop", 0.0)),
+        delay=float(rule.get("delay", 0.0)),
+        jitter=float(rule.get("jitter", 0.0)),
+        label=rule.get("label") or label,
+    )
+
+
+__all__ = ["ClusterControl", "ControlError", "to_fault_rule"]

@@ -1,0 +1,144 @@
+"""``python -m jepsen_lite run``: argument parsing for a cluster run; registers itself with
+:func:`jepsen_lite.cli.register_subcommand` on import.
+
+Owns only the command line of the run (options, ``--json`` output, exit status 0 valid /
+1 invalid / 2 unknown or error). The run itself is :func:`jepsen_lite.runner.run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+
+from .cli import EXIT_UNKNOWN, SUBCOMMANDS, register_subcommand
+from .nemesis import ALIASES, FAULTS, NemesisError, parse_faults
+
+
+def _pair(text: str) -> tuple[float, float]:
+    low, _, high = text.partition(",")
+    try:
+        lo = float(low)
+        hi = float(high) if high else lo
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX seconds, got {text!r}") from None
+    if lo <= 0 or hi < lo:
+        raise argparse.ArgumentTypeError(f"expected 0 < MIN <= MAX, got {text!r}")
+    return lo, hi
+
+
+def _env(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from .workloads import WORKLOADS
+
+    faults = "; ".join(f"{k}: {v}" for k, v in FAULTS.items())
+    aliases = "; ".join(f"{k} = {','.join(v) or '-'}" for k, v in ALIASES.items())
+    parser.epilog = f"faults: {faults}. aliases: {aliases}."
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="register")
+    parser.add_argument("--nemesis", default="kill,partition",
+                        help="comma-separated faults (or 'none', 'all'); default kill,partition")
+    parser.add_argument("--time-limit", type=float, default=60.0, metavar="S",
+                        help="seconds of workload (default 60)")
+    parser.add_argument("--rate", type=float, default=30.0,
+                        help="target operations per second over all clients (0 = as fast as possible)")
+    parser.add_argument("--concurrency", type=int, default=6, help="client workers (default 6)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the schedule and the clients (default: random, printed)")
+    parser.add_argument("--dir", default=None,
+                        help="run directory, must not hold a run (default runs/DATE-WORKLOAD-sSEED)")
+    parser.add_argument("--keys", type=int, default=5, help="keys the clients use")
+    parser.add_argument("--op-timeout", type=float, default=2.0, metavar="S",
+                        help="client deadline per operation")
+    parser.add_argument("--metaroots", type=int, default=1, choices=(1, 3, 5))
+    parser.add_argument("--coordinators", type=int, default=1)
+    parser.add_argument("--stores", type=int, default=3)
+    parser.add_argument("--replication", type=int, default=3)
+    parser.add_argument("--fault-duration", type=_pair, default=(3.0, 8.0), metavar="MIN,MAX",
+                        help="length of a fault window in seconds (default 3,8)")
+    parser.add_argument("--fault-quiet", type=_pair, default=(2.0, 5.0), metavar="MIN,MAX",
+                        help="quiet time between fault windows (default 2,5)")
+    parser.add_argument("--leader-share", type=float, default=0.35, metavar="P",
+                        help="share of kill/pause/partition windows aimed at a region leader")
+    parser.add_argument("--check-time-limit", type=float, default=120.0, metavar="S",
+                        help="search budget of the linearizability checker")
+    parser.add_argument("--ready-timeout", type=float, default=60.0, metavar="S")
+    parser.add_argument("--env", type=_env, action="append", default=[], metavar="NAME=VALUE",
+                        help="environment for every cluster process (e.g. NOKV_UNSAFE_READS=1)")
+    parser.add_argument("--keep-cluster", action="store_true",
+                        help="leave the cluster processes running at the end")
+    parser.add_argument("--json", action="store_true", help="print results.json to stdout")
+
+
+def config_from_args(args: argparse.Namespace):
+    from .runner import RunConfig
+
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 1_000_000)
+    run_dir = args.dir or time.strftime(f"runs/%Y%m%d-%H%M%S-{args.workload}-s{seed}")
+    return RunConfig(
+        workload=args.workload,
+        nemesis=parse_faults(args.nemesis),
+        time_limit=args.time_limit,
+        rate=args.rate,
+        concurrency=args.concurrency,
+        seed=seed,
+        dir=run_dir,
+        keys=args.keys,
+        op_timeout=args.op_timeout,
+        metaroots=args.metaroots,
+        coordinators=args.coordinators,
+        stores=args.stores,
+        replication=args.replication,
+        env=dict(args.env),
+        check_time_limit=args.check_time_limit,
+        ready_timeout=args.ready_timeout,
+        fault_duration=args.fault_duration,
+        fault_quiet=args.fault_quiet,
+        leader_share=args.leader_share,
+        keep_cluster=args.keep_cluster,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from .report import summary_text
+    from .runner import run as run_config
+
+    try:
+        config = config_from_args(args)
+    except NemesisError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN
+    if config.concurrency < 1 or config.time_limit <= 0:
+        print("error: --concurrency must be >= 1 and --time-limit > 0", file=sys.stderr)
+        return EXIT_UNKNOWN
+    try:
+        results = run_config(config)
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
+    else:
+        print(summary_text(results))
+        sub = results.get("failing_subhistory_events")
+        if sub:
+            print(f"\nminimal failing sub-history ({len(sub)} events, "
+                  f"{results['dir']}/failing-subhistory.jsonl):")
+            for event in sub:
+                print("  " + json.dumps(event, default=str))
+    return int(results["exit_code"])
+
+
+def register() -> None:
+    register_subcommand("run", "run a workload against a local cluster under a nemesis", configure, run)
+
+
+if "run" not in SUBCOMMANDS:
+    register()

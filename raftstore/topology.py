@@ -1,0 +1,786 @@
+"""The topology runtime of a store: transitions executed by the region leader (DESIGN 4.6, 5).
+
+Owns: the `AdminRequest` RPC (split | merge | add_peer | remove_peer | transfer_leader |
+tombstone | compensate | drive_forward), the execution pipeline every tracked transition
+follows, the scheduler operations carried by heartbeat replies, the cluster-epoch fence, and
+wiring the apply handlers (raftstore.topology_apply), the outbox publisher
+(raftstore.outbox) and the compensator (raftstore.compensation) into the store.
+
+Pipeline of one transition (TransitionID from `metaroot.state.transition_id`):
+  1. admission (class TOPOLOGY: leader, epoch, queue, SCHEDULER_DEGRADED while the outbox
+     fails) on the leader; a request that reached a follower is forwarded once to the leader;
+  2. PLANNED: build the planned event from the local descriptor (base) and ids from the
+     coordinator's AllocID; publish it with `expected_cluster_epoch` BEFORE proposing
+     (failpoint `store.publish_planned`) -> PLANNED_PUBLISHED;
+  3. EXECUTING: propose the admin command or conf change (failpoint `store.before_propose`);
+  4. APPLIED -> TERMINAL_PENDING on every replica at apply, with the terminal event in the
+     outbox in the same batch; the publisher takes it to TERMINAL_PUBLISHED.
+A failure after the planned publish and before apply (proposal dropped, leadership lost,
+refused at apply, deadline) is handed to the compensator, which fences the log and cancels
+the plan only if the region leader has not applied it.
+
+Merge design (documented choice): the target's leader executes and first makes sure it also
+leads the source (leader transfer). It freezes the source with `prepare_merge` in the
+source's log (every later write to the source is refused at apply), waits until EVERY source
+replica reports the freeze applied (so each store's copy of the source range is complete:
+the data stays in the store's shared keyspace), then proposes `commit_merge` in the target's
+log; at apply each replica extends the target and tears down its source replica. Before the
+commit a merge can be compensated (rollback_merge unfreezes the source, then the cancel).
+
+Never: publishes terminal events itself (the outbox does), decides scheduling (the
+coordinator does), or trusts a failure report without checking the leader's own log.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from dataclasses import replace
+from typing import Any
+
+import trio
+
+from metaroot.state import transition_id
+from nokvpy import failpoints
+from nokvpy.protocol import (
+    AdmissionClass,
+    AdmissionReason,
+    EventKind,
+    ExecutionOutcome,
+    PeerChange,
+    PeerMeta,
+    RangeMerge,
+    RangeSplit,
+    RegionDescriptor,
+    RegionEpoch,
+    RegionState,
+    RootEvent,
+    TopologyStage,
+)
+from nokvpy.protocol.coordinator_rpc import (
+    AllocIdRequest,
+    PublishRootEventRequest,
+    RemoveRegionRequest,
+    SchedulerOperation,
+    StoreHeartbeatReply,
+)
+from nokvpy.protocol.raftstore_cmds import (
+    AdminCommand,
+    KvResult,
+    MergePayload,
+    PeerChangePayload,
+    RegionTombstone,
+    SplitPayload,
+)
+from nokvpy.protocol.store_rpc import AdminReply, AdminRequest, ExecutionStatusRequest, KvContext
+from nokvpy.raft import ConfChange, ConfChangeType, ProgressState
+from nokvpy.raft.types import MessageType
+from nokvpy.replication.driver import ProposalError
+from nokvpy.rpc import RemoteError, RpcError
+from nokvpy.storage import WriteBatch
+from nokvpy.wire import decode, encode
+from raftstore.commands import admin_command
+from raftstore.compensation import Compensator
+from raftstore.lifecycle import Lifecycle
+from raftstore.outbox import Publisher, describe
+from raftstore.topology_apply import INIT_INDEX, INIT_TERM, ApplyHandlers
+
+log = logging.getLogger("nokvpy.raftstore.topology")
+
+S = TopologyStage
+OUT = ExecutionOutcome
+R = AdmissionReason
+
+PROPOSE_TIMEOUT = 20.0
+CATCH_UP_TIMEOUT = 120.0
+FREEZE_TIMEOUT = 30.0
+TRANSFER_TIMEOUT = 8.0
+WAIT_TERMINAL = 2.0  # wait=True: how long to wait for the terminal publish after apply
+
+
+class ExecutionFailedError(Exception):
+    """Execution of a planned transition failed before (known or possibly) applying."""
+
+    def __init__(self, evidence: str, known_not_applied: bool = True):
+        super().__init__(evidence)
+        self.evidence = evidence
+        self.known_not_applied = known_not_applied
+
+
+class Topology:
+    def __init__(self, store: Any, link: Any):
+        self.store = store
+        self.link = link
+        self.lifecycle = Lifecycle(store.tracker)
+        self.publisher = Publisher(store, link, self.lifecycle)
+        self.handlers = ApplyHandlers(self)
+        self.compensator = Compensator(self)
+        self.cluster_epoch: int | None = None
+        self.busy: dict[int, str] = {}  # region id -> transition executing on it here
+        self.ops_in_flight: set[tuple[str, int, str]] = set()
+        self.counters: Counter[str] = Counter()
+        self.nursery: trio.Nursery | None = None
+        store.topology = self
+
+    # ---- wiring --------------------------------------------------------------------------
+
+    def attach(self, sm: Any) -> None:
+        self.handlers.install(sm)
+
+    def register(self, server: Any) -> None:
+        server.register(AdminRequest, self.on_admin)
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            self.publisher.restore()
+            await nursery.start(self.publisher.run)
+            task_status.started()
+
+    def spawn(self, fn, *args) -> None:
+        if self.nursery is None:
+            raise RuntimeError("topology runtime is not running")
+        self.nursery.start_soon(fn, *args)
+
+    # ---- heartbeats ----------------------------------------------------------------------
+
+    def annotate(self, regions: list[Any]) -> list[Any]:
+        """Heartbeats name the transition this store is executing on each region (the
+        scheduler does not call a transition stuck while its executor reports it)."""
+        if not self.busy:
+            return regions
+        return [replace(rh, pending_transition=self.busy[rh.region_id])
+                if rh.region_id in self.busy and rh.is_leader else rh for rh in regions]
+
+    async def on_heartbeat_reply(self, reply: StoreHeartbeatReply) -> None:
+        epoch = getattr(reply, "cluster_epoch", 0)
+        if epoch:
+            self.cluster_epoch = epoch
+        for op in reply.operations or ():
+            key = (op.kind, op.region_id, op.transition_id)
+            if key in self.ops_in_flight or self.nursery is None:
+                self.counters["operations_deduplicated"] += 1
+                continue
+            self.ops_in_flight.add(key)
+            self.counters[f"operations.{op.kind}"] += 1
+            self.nursery.start_soon(self._run_operation, op, key)
+
+    async def _run_operation(self, op: SchedulerOperation, key: tuple) -> None:
+        req = AdminRequest(op.kind, op.region_id, split_key=op.split_key,
+                           other_region_id=op.other_region_id, store_id=op.store_id,
+                           peer_id=op.peer_id, transition_id=op.transition_id, wait=True,
+                           reason=f"scheduler: {op.reason}" if op.reason else "scheduler")
+        try:
+            reply = await self.on_admin(req, None)
+            log.info("store %d: scheduler operation %s on region %d: %s %s %s",
+                     self.store.store_id, op.kind, op.region_id, reply.outcome, reply.stage,
+                     reply.detail)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the scheduler re-evaluates (level-triggered)
+            self.counters["operations_failed"] += 1
+            log.info("store %d: scheduler operation %s on region %d refused: %s",
+                     self.store.store_id, op.kind, op.region_id, describe(exc))
+        finally:
+            self.ops_in_flight.discard(key)
+
+    # ---- apply follow-ups ----------------------------------------------------------------
+
+    def on_split_applied(self, parent_id: int, right: RegionDescriptor) -> None:
+        """The split batch is durable: start the child replica (its raft state was staged)."""
+        store = self.store
+        rid = right.region_id
+        me = right.peer_on(store.store_id)
+        if me is None or rid in store.peers or rid in store.tombstones:
+            return
+        peer = store._start_peer(rid, me.peer_id, right, INIT_INDEX, INIT_TERM, None)
+        store.heartbeat_wake.set()
+        parent = store.peers.get(parent_id)
+        if parent is not None and parent.is_leader and peer.group is not None:
+            store.driver.campaign(peer.group)  # the parent's leader leads the child at once
+        log.info("store %d: split of region %d created region %d [%r, %r) as peer %d",
+                 store.store_id, parent_id, rid, right.start_key[:32], right.end_key[:32],
+                 me.peer_id)
+
+    def may_rehost(self, env: Any) -> bool:
+        """A leader message for a region this store tombstoned, addressed to a NEW peer id
+        (never the removed one: peer ids are not reused) at an epoch not older than the
+        tombstone's: the region added a replica here again (replica repair onto a store that
+        once hosted it). The tombstone is lifted; the new replica is filled by its leader."""
+        store = self.store
+        rid, msg = env.group_id, env.message
+        if msg.type not in (MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP):
+            return False
+        try:
+            raw = store.meta.tombstone(rid)
+            tomb = decode(raw) if raw is not None else None
+        except Exception:  # noqa: BLE001 - an unreadable tombstone keeps the region out
+            return False
+        if not isinstance(tomb, RegionTombstone) or msg.to == tomb.peer_id or msg.to <= 0 or \
+                env.epoch_conf_ver < tomb.epoch.conf_ver or tomb.reason.startswith("merged"):
+            return False
+        store.tombstones.discard(rid)
+        self.counters["tombstones_lifted"] += 1
+        log.info("store %d: region %d adds a replica here again (peer %d); tombstone lifted",
+                 store.store_id, rid, msg.to)
+        if self.nursery is not None:
+            self.nursery.start_soon(self._delete_tombstone, rid)
+        return True
+
+    async def _delete_tombstone(self, rid: int) -> None:
+        batch = WriteBatch()
+        self.store.meta.stage_delete_tombstone(batch, rid)
+        await self.store.env.commit(batch)
+
+    def on_local_peer_removed(self, rid: int, tid: str) -> None:
+        if self.nursery is not None:
+            self.nursery.start_soon(self.store.destroy_region, rid, f"removed by {tid}")
+
+    # ---- the RPC -------------------------------------------------------------------------
+
+    async def on_admin(self, req: AdminRequest, ctx: Any) -> AdminReply:
+        op = req.op
+        handler = {
+            "split": self.exec_split, "merge": self.exec_merge, "add_peer": self.exec_add_peer,
+            "remove_peer": self.exec_remove_peer, "transfer_leader": self.exec_transfer,
+            "tombstone": self.exec_tombstone, "compensate": self.compensator.on_compensate,
+            "drive_forward": self.compensator.on_drive_forward,
+        }.get(op)
+        if handler is None:
+            raise RemoteError("rejected", R.INVALID.name, f"unknown admin op {op!r}")
+        self.counters[f"admin.{op}"] += 1
+        try:
+            return await handler(req)
+        except _ForwardError as fwd:
+            return await self._forward(req, fwd.leader_store)
+
+    async def _forward(self, req: AdminRequest, leader_store: int) -> AdminReply:
+        addr = self.store.store_addrs.get(leader_store)
+        if req.forwarded or not leader_store or leader_store == self.store.store_id or not addr:
+            raise RemoteError("rejected", R.NOT_LEADER.name,
+                              f"store {self.store.store_id} does not lead region "
+                              f"{req.region_id}", {"leader_store_id": leader_store})
+        self.counters["admin_forwarded"] += 1
+        return await self.store.rpc.call(addr, replace(req, forwarded=True), timeout=60.0)
+
+    def leader_peer(self, rid: int, *, degraded_ok: bool = False):
+        """The local peer of region `rid` if it leads and topology is admitted; raises a
+        rejection (or forwards to the leader) otherwise."""
+        store = self.store
+        peer = store.peers.get(rid)
+        if peer is None or peer.descriptor is None:
+            raise store._refuse(AdmissionClass.TOPOLOGY, R.NOT_HOSTED,
+                                f"region {rid} is not hosted (initialized) on store "
+                                f"{store.store_id}")
+        if not peer.is_leader:
+            lead = peer.leader_store_id()
+            if lead and lead != store.store_id:
+                raise _ForwardError(lead)
+        ctx = KvContext(rid, peer.descriptor.epoch, store.store_id)
+        limits = store.limits
+        if degraded_ok and limits.scheduler_degraded:
+            # Recovery (compensate, drive forward, leader transfer) is exempt from
+            # SCHEDULER_DEGRADED: it is what clears the degradation.
+            store.limits = replace(limits, scheduler_degraded=False)
+            try:
+                adm = store.admit(AdmissionClass.TOPOLOGY, ctx, float("inf"))
+            finally:
+                store.limits = limits
+        else:
+            adm = store.admit(AdmissionClass.TOPOLOGY, ctx, float("inf"))
+        if not adm.accepted:
+            raise store.rejection(adm)
+        return peer
+
+    def _claim(self, rid: int, tid: str) -> None:
+        cur = self.busy.get(rid)
+        if cur is not None and cur != tid:
+            raise RemoteError("rejected", R.QUEUE_SATURATED.name,
+                              f"region {rid} is already executing {cur} on this store",
+                              {"transition_id": cur, "retry_class": "CONFLICT"})
+        self.busy[rid] = tid
+
+    # ---- root calls ----------------------------------------------------------------------
+
+    async def alloc_ids(self, count: int) -> int:
+        reply = await self.link.call(AllocIdRequest(count))
+        return reply.first
+
+    async def publish(self, event: RootEvent, fenced: bool) -> Any:
+        """PublishRootEvent; `fenced` carries expected_cluster_epoch (refreshed and retried
+        when root's epoch moved: the base was re-checked by the caller's assessment)."""
+        for attempt in range(5):
+            expected = self.cluster_epoch if fenced else None
+            try:
+                return await self.link.call(PublishRootEventRequest(event, expected))
+            except RemoteError as exc:
+                fresh = exc.details.get("cluster_epoch")
+                if not isinstance(fresh, int):  # refused by metaroot itself: "root has N"
+                    m = re.search(r"root has (\d+)", exc.message)
+                    fresh = int(m.group(1)) if m else None
+                if exc.reason == "cluster_epoch_mismatch" and fresh is not None \
+                        and attempt < 4:
+                    # root moved on (another transition); the assessment of the retry
+                    # re-checks that our base is still root's current truth
+                    self.cluster_epoch = fresh
+                    self.counters["cluster_epoch_refreshed"] += 1
+                    continue
+                raise
+        raise RuntimeError("unreachable")
+
+    async def publish_planned(self, tid: str, event: RootEvent) -> Any:
+        await failpoints.acheck("store.publish_planned")
+        if self.cluster_epoch is None:
+            self.counters["planned_without_epoch"] += 1
+        reply = await self.publish(event, fenced=self.cluster_epoch is not None)
+        return reply.token
+
+    # ---- the pipeline --------------------------------------------------------------------
+
+    async def run_transition(self, tid: str, rid: int, kind: str, planned: RootEvent,
+                             execute, wait: bool) -> AdminReply:
+        lc = self.lifecycle
+        self._claim(rid, tid)
+        rec = lc.track(tid, rid, kind, "executor", S.PLANNED, "planned by this store")
+        if rec.stage in (S.TERMINAL_PUBLISHED, S.COMPENSATED, S.TERMINAL_BLOCKED):
+            # the same TransitionID again (a re-plan after a cancel): start a fresh record
+            self.store.tracker.transitions.pop(tid, None)
+            rec = lc.track(tid, rid, kind, "executor", S.PLANNED, "planned again")
+        lc.move(tid, S.PLANNED, outcome=OUT.QUEUED)
+        try:
+            token = await self.publish_planned(tid, planned)
+        except trio.Cancelled:
+            self.busy.pop(rid, None)
+            raise
+        except Exception as exc:  # noqa: BLE001 - nothing was proposed: the plan failed
+            self.busy.pop(rid, None)
+            err = describe(exc)
+            lc.move(tid, S.PLANNED, "planned publish failed; nothing proposed", error=err,
+                    outcome=OUT.FAILED)
+            return self.reply(tid, f"planned publish failed: {err}")
+        lc.move(tid, S.PLANNED_PUBLISHED, f"planned event in root (token {token})")
+        proposed = trio.Event()
+        done = trio.Event()
+
+        async def body() -> None:
+            try:
+                await failpoints.acheck("store.before_propose")
+                await execute(token, proposed)
+            except ExecutionFailedError as exc:
+                await self._on_failure(tid, rid, exc)
+            except trio.Cancelled:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bug must still leave a visible state
+                log.exception("store %d: executing %s", self.store.store_id, tid)
+                await self._on_failure(tid, rid, ExecutionFailedError(
+                    f"internal error: {describe(exc)}", known_not_applied=False))
+            finally:
+                if self.busy.get(rid) == tid:
+                    del self.busy[rid]
+                proposed.set()
+                done.set()
+
+        self.spawn(body)
+        if wait:
+            await done.wait()
+            with trio.move_on_after(WAIT_TERMINAL):
+                while (r := lc.get(tid)) is not None and r.stage in (
+                        S.APPLIED, S.TERMINAL_PENDING):
+                    await trio.sleep(0.05)
+        else:
+            await proposed.wait()
+        return self.reply(tid)
+
+    def reply(self, tid: str, detail: str = "") -> AdminReply:
+        rec = self.lifecycle.get(tid)
+        if rec is None:
+            return AdminReply(tid, "", "", detail)
+        return AdminReply(tid, rec.outcome.name, rec.stage.name,
+                          detail or rec.last_error or rec.detail)
+
+    async def _on_failure(self, tid: str, rid: int, exc: ExecutionFailedError) -> None:
+        lc = self.lifecycle
+        lc.move(tid, S.EXECUTING, f"execution failed: {exc.evidence}", error=exc.evidence,
+                outcome=OUT.FAILED)
+        log.warning("store %d: %s failed before apply (%s); compensating", self.store.store_id,
+                    tid, exc.evidence)
+        try:
+            await self.compensator.compensate(tid, rid, exc.evidence, origin="executor")
+        except trio.Cancelled:
+            raise
+        except Exception as cexc:  # noqa: BLE001 - the scheduler retries level-triggered
+            lc.note(tid, f"compensation deferred to the scheduler: {describe(cexc)}")
+
+    async def propose(self, rid: int, tid: str, data: bytes, *, conf_change: bool = False,
+                      timeout: float = PROPOSE_TIMEOUT) -> Any:
+        """Propose on the local leader, wait until applied and durable; raise
+        ExecutionFailedError (known not applied unless the deadline passed)."""
+        peer = self.store.peers.get(rid)
+        group = peer.group if peer is not None else None
+        if group is None or not group.is_leader:
+            raise ExecutionFailedError(f"not the leader of region {rid} any more")
+        self.lifecycle.move(tid, S.EXECUTING, "proposed", outcome=OUT.PROPOSED)
+        driver = self.store.driver
+        for attempt in range(20):
+            try:
+                with trio.fail_after(timeout):
+                    index, result = await driver.propose_at(group, data, conf_change)
+                    await driver.wait_applied(group, index)
+                break
+            except trio.TooSlowError:
+                raise ExecutionFailedError(f"deadline of {timeout:.0f}s passed after proposing "
+                                           "(outcome unknown)", known_not_applied=False) from None
+            except ProposalError as exc:
+                if conf_change and exc.reason == "dropped" and "not appended" in str(exc) \
+                        and attempt < 19 and group.is_leader:
+                    await trio.sleep(0.2)  # another membership change is still pending
+                    continue
+                raise ExecutionFailedError(f"proposal {exc.reason}: {exc}") from None
+        if isinstance(result, KvResult) and not result.ok:
+            raise ExecutionFailedError(f"refused at apply: {result.error}")
+        return result
+
+    # ---- split ---------------------------------------------------------------------------
+
+    async def exec_split(self, req: AdminRequest) -> AdminReply:
+        peer = self.leader_peer(req.region_id)
+        desc: RegionDescriptor = peer.descriptor
+        key = req.split_key or await self.median_key(desc)
+        if not key or not desc.contains(key) or key == desc.start_key:
+            raise self.store._refuse(AdmissionClass.TOPOLOGY, R.INVALID,
+                                     f"split key {key!r} is not strictly inside region "
+                                     f"{desc.region_id}", peer)
+        if desc.state != RegionState.RUNNING:
+            raise self.store._refuse(AdmissionClass.TOPOLOGY, R.EPOCH_MISMATCH,
+                                     f"region {desc.region_id} is frozen by a merge", peer)
+        first = await self.alloc_ids(1 + len(desc.peers))
+        epoch = RegionEpoch(desc.epoch.version + 1, desc.epoch.conf_ver)
+        left = replace(desc, end_key=key, epoch=epoch, revision=0)
+        right = RegionDescriptor(first, key, desc.end_key, epoch, tuple(
+            PeerMeta(p.store_id, first + 1 + i, p.learner) for i, p in enumerate(desc.peers)))
+        base = replace(desc, revision=desc.revision)
+        planned = RootEvent(EventKind.SPLIT_PLANNED, RangeSplit(desc.region_id, key, left,
+                                                                 right, base))
+        tid = transition_id(planned)
+        me = self.store.store_id
+
+        async def execute(token, proposed: trio.Event) -> None:
+            rev = token.index if token is not None else 0
+            payload = SplitPayload(key, replace(left, revision=rev),
+                                   replace(right, revision=rev), base, me)
+            data = admin_command("split", desc.region_id, desc.epoch, tid, payload)
+            proposed.set()
+            await self.propose(desc.region_id, tid, data)
+
+        return await self.run_transition(tid, desc.region_id, "split", planned, execute,
+                                         req.wait)
+
+    async def median_key(self, desc: RegionDescriptor) -> bytes:
+        kv = self.store.kv
+
+        def work() -> bytes:
+            n, _ = kv.range_stats(desc.start_key, desc.end_key or None)
+            if n < 2:
+                return b""
+            target, seen = n // 2, 0
+            for chunk in kv.iter_range(desc.start_key, desc.end_key or None):
+                if seen + len(chunk) > target:
+                    return chunk[target - seen][0]
+                seen += len(chunk)
+            return b""
+
+        return await trio.to_thread.run_sync(work)
+
+    # ---- membership ----------------------------------------------------------------------
+
+    def _conf_change(self, cc_type: ConfChangeType, rid: int, tid: str,
+                     payload: PeerChangePayload) -> bytes:
+        ctx = encode(AdminCommand("peer_change", rid, payload.base.epoch, tid, payload))
+        return ConfChange(cc_type, payload.peer_id, ctx).encode()
+
+    async def exec_add_peer(self, req: AdminRequest) -> AdminReply:
+        peer = self.leader_peer(req.region_id)
+        desc: RegionDescriptor = peer.descriptor
+        sid = req.store_id
+        if sid <= 0 or desc.peer_on(sid) is not None:
+            raise self.store._refuse(AdmissionClass.TOPOLOGY, R.INVALID,
+                                     f"store {sid} cannot get a new peer of region "
+                                     f"{desc.region_id}", peer)
+        if any(p.learner for p in desc.peers):
+            raise self.store._refuse(AdmissionClass.TOPOLOGY, R.INVALID,
+                                     f"region {desc.region_id} has an unfinished learner", peer)
+        pid = req.peer_id or await self.alloc_ids(1)
+        target = replace(desc, peers=desc.peers + (PeerMeta(sid, pid),), revision=0,
+                         epoch=RegionEpoch(desc.epoch.version, desc.epoch.conf_ver + 1))
+        planned = RootEvent(EventKind.PEER_ADDITION_PLANNED,
+                            PeerChange(desc.region_id, sid, pid, target, desc))
+        tid = transition_id(planned)
+        rid = desc.region_id
+        me = self.store.store_id
+
+        async def execute(token, proposed: trio.Event) -> None:
+            t = replace(target, revision=token.index if token is not None else 0)
+            learner = PeerChangePayload("add_learner", sid, pid, desc, t, me)
+            proposed.set()
+            await self.propose(rid, tid, self._conf_change(ConfChangeType.ADD_LEARNER, rid,
+                                                           tid, learner), conf_change=True)
+            await self.wait_caught_up(rid, tid, pid)
+            promote = replace(learner, step="promote")
+            await self.propose(rid, tid, self._conf_change(ConfChangeType.ADD_NODE, rid, tid,
+                                                           promote), conf_change=True)
+
+        return await self.run_transition(tid, rid, "add_peer", planned, execute, req.wait)
+
+    async def wait_caught_up(self, rid: int, tid: str, node: int) -> None:
+        deadline = trio.current_time() + CATCH_UP_TIMEOUT
+        last_note = 0.0
+        while True:
+            peer = self.store.peers.get(rid)
+            group = peer.group if peer is not None else None
+            if group is None or not group.is_leader:
+                raise ExecutionFailedError(f"lost leadership of region {rid} while peer {node} "
+                                           "was catching up")
+            raft = group.node.raft
+            pr = raft.prs.progress.get(node)
+            committed = raft.raft_log.committed
+            if pr is not None and pr.state == ProgressState.REPLICATE and \
+                    pr.match >= committed - 8:
+                self.lifecycle.note(tid, f"learner {node} caught up (match {pr.match})")
+                return
+            now = trio.current_time()
+            if now > deadline:
+                raise ExecutionFailedError(f"learner {node} did not catch up within "
+                                           f"{CATCH_UP_TIMEOUT:.0f}s")
+            if now - last_note > 1.0:
+                last_note = now
+                state = pr.state.name if pr is not None else "unknown"
+                self.lifecycle.note(tid, f"learner {node} catching up: {state}, match "
+                                    f"{pr.match if pr else 0} of {committed}")
+            await trio.sleep(0.05)
+
+    async def exec_remove_peer(self, req: AdminRequest) -> AdminReply:
+        peer = self.leader_peer(req.region_id)
+        desc: RegionDescriptor = peer.descriptor
+        victim = desc.peer_on(req.store_id)
+        if victim is None or (req.peer_id and victim.peer_id != req.peer_id):
+            raise self.store._refuse(AdmissionClass.TOPOLOGY, R.INVALID,
+                                     f"region {desc.region_id} has no peer on store "
+                                     f"{req.store_id}", peer)
+        if len(desc.voters()) <= 1 and not victim.learner:
+            raise self.store._refuse(AdmissionClass.TOPOLOGY, R.INVALID,
+                                     "cannot remove the last voter", peer)
+        if victim.peer_id == peer.peer_id:
+            # The leader never removes itself: hand leadership over, then forward.
+            other = next((p for p in desc.voters() if p.peer_id != victim.peer_id), None)
+            if other is None or not await self.transfer(desc.region_id, other.peer_id):
+                raise RemoteError("rejected", R.NOT_LEADER.name,
+                                  "could not move leadership off the peer being removed")
+            raise _ForwardError(other.store_id)
+        target = replace(desc, peers=tuple(p for p in desc.peers if p != victim), revision=0,
+                         epoch=RegionEpoch(desc.epoch.version, desc.epoch.conf_ver + 1))
+        planned = RootEvent(EventKind.PEER_REMOVAL_PLANNED,
+                            PeerChange(desc.region_id, victim.store_id, victim.peer_id, target,
+                                       desc))
+        tid = transition_id(planned)
+        rid = desc.region_id
+        me = self.store.store_id
+
+        async def execute(token, proposed: trio.Event) -> None:
+            t = replace(target, revision=token.index if token is not None else 0)
+            payload = PeerChangePayload("remove", victim.store_id, victim.peer_id, desc, t, me)
+            proposed.set()
+            await self.propose(rid, tid, self._conf_change(ConfChangeType.REMOVE_NODE, rid,
+                                                           tid, payload), conf_change=True)
+
+        return await self.run_transition(tid, rid, "remove_peer", planned, execute, req.wait)
+
+    # ---- leader transfer (no root event) -------------------------------------------------
+
+    async def transfer(self, rid: int, to_peer: int, timeout: float = TRANSFER_TIMEOUT) -> bool:
+        peer = self.store.peers.get(rid)
+        if peer is None or peer.group is None:
+            return False
+        group = peer.group
+        if group.leader_id == to_peer:
+            return True
+        with trio.move_on_after(timeout):
+            while True:
+                if group.is_leader:
+                    self.store.driver.transfer_leader(group, to_peer)
+                if group.leader_id == to_peer:
+                    return True
+                await trio.sleep(0.25)
+        return group.leader_id == to_peer
+
+    async def exec_transfer(self, req: AdminRequest) -> AdminReply:
+        peer = self.leader_peer(req.region_id, degraded_ok=True)
+        desc: RegionDescriptor = peer.descriptor
+        to = desc.peer_on(req.store_id)
+        tid = f"transfer:{desc.region_id}:{req.store_id}"
+        if to is None or to.learner:
+            raise self.store._refuse(AdmissionClass.TOPOLOGY, R.INVALID,
+                                     f"store {req.store_id} holds no voter of region "
+                                     f"{desc.region_id}", peer)
+        target = self.store.tracker.new_target("transfer_leader", desc.region_id)
+        self.store.tracker.advance(target, OUT.PROPOSED)
+        ok = await self.transfer(desc.region_id, to.peer_id)
+        self.store.tracker.advance(target, OUT.APPLIED if ok else OUT.FAILED,
+                                   "" if ok else "leadership did not move in time")
+        return AdminReply(tid, "APPLIED" if ok else "FAILED", "NOT_REQUIRED",
+                          f"leader of region {desc.region_id} is peer {peer.leader_peer_id}")
+
+    # ---- tombstone -----------------------------------------------------------------------
+
+    async def exec_tombstone(self, req: AdminRequest) -> AdminReply:
+        rid = req.region_id
+        tid = f"tombstone:{rid}"
+        lc = self.lifecycle
+        lc.track(tid, rid, "tombstone", "executor", S.PLANNED, "requested")
+        lc.move(tid, S.PLANNED, outcome=OUT.QUEUED)
+        try:
+            reply = await self.link.call(RemoveRegionRequest(rid, self.cluster_epoch))
+        except (RemoteError, RpcError) as exc:
+            lc.move(tid, S.PLANNED, "RemoveRegion failed", error=describe(exc),
+                    outcome=OUT.FAILED)
+            return self.reply(tid)
+        lc.move(tid, S.TERMINAL_PUBLISHED,
+                "REGION_TOMBSTONED in root; replicas are destroyed from heartbeats"
+                if reply.removed else "region unknown to root (nothing to remove)",
+                outcome=OUT.APPLIED)
+        return self.reply(tid)
+
+    # ---- merge ---------------------------------------------------------------------------
+
+    async def exec_merge(self, req: AdminRequest) -> AdminReply:
+        peer = self.leader_peer(req.region_id)
+        tdesc: RegionDescriptor = peer.descriptor
+        src = self.store.peers.get(req.other_region_id)
+        sdesc = src.descriptor if src is not None else None
+        invalid = _merge_invalid(tdesc, sdesc, req.other_region_id)
+        if invalid:
+            raise self.store._refuse(AdmissionClass.TOPOLOGY, R.INVALID, invalid, peer)
+        assert sdesc is not None
+        left, right = (tdesc, sdesc) if tdesc.start_key < sdesc.start_key else (sdesc, tdesc)
+        merged = RegionDescriptor(tdesc.region_id, left.start_key, right.end_key, RegionEpoch(
+            max(tdesc.epoch.version, sdesc.epoch.version) + 1, tdesc.epoch.conf_ver),
+            tdesc.peers)
+        planned = RootEvent(EventKind.MERGE_PLANNED, RangeMerge(left.region_id, right.region_id,
+                                                                 merged, left, right))
+        tid = transition_id(planned)
+        if not await self.ensure_leader(sdesc.region_id):
+            raise RemoteError("rejected", R.NOT_LEADER.name,
+                              f"could not lead source region {sdesc.region_id} here")
+        me = self.store.store_id
+        tid_rid = tdesc.region_id
+
+        async def execute(token, proposed: trio.Event) -> None:
+            m = replace(merged, revision=token.index if token is not None else 0)
+            payload = MergePayload(tdesc, sdesc, m, left.region_id, right.region_id, me)
+            proposed.set()
+            self._claim(sdesc.region_id, tid)
+            try:
+                await self.propose(sdesc.region_id, tid, admin_command(
+                    "prepare_merge", sdesc.region_id, sdesc.epoch, tid, payload))
+                await self.wait_frozen(tid, sdesc)
+                await self.propose(tid_rid, tid, admin_command(
+                    "commit_merge", tid_rid, tdesc.epoch, tid, payload))
+            finally:
+                if self.busy.get(sdesc.region_id) == tid:
+                    del self.busy[sdesc.region_id]
+
+        return await self.run_transition(tid, tid_rid, "merge", planned, execute, req.wait)
+
+    async def ensure_leader(self, rid: int) -> bool:
+        """Make the local replica of `rid` its leader (ask the current leader to transfer)."""
+        store = self.store
+        peer = store.peers.get(rid)
+        if peer is None or peer.group is None:
+            return False
+        deadline = trio.current_time() + 2 * TRANSFER_TIMEOUT
+        while not peer.is_leader and trio.current_time() < deadline:
+            lead = peer.leader_store_id()
+            addr = store.store_addrs.get(lead) if lead and lead != store.store_id else None
+            if addr:
+                try:
+                    reply = await store.rpc.call(addr, AdminRequest(
+                        "transfer_leader", rid, store_id=store.store_id, forwarded=True),
+                        timeout=TRANSFER_TIMEOUT + 2)
+                    log.info("store %d: asked store %d to transfer region %d here: %s %s",
+                             store.store_id, lead, rid, reply.outcome, reply.detail)
+                except (RemoteError, RpcError) as exc:
+                    log.info("store %d: transfer of region %d here refused by store %d: %s",
+                             store.store_id, rid, lead, describe(exc))
+            with trio.move_on_after(1.0):
+                while not peer.is_leader:
+                    await trio.sleep(0.05)
+        return peer.is_leader
+
+    async def wait_frozen(self, tid: str, sdesc: RegionDescriptor) -> None:
+        """Every replica of the source must have applied prepare_merge: then each store's
+        copy of the source range is complete and final."""
+        store = self.store
+        deadline = trio.current_time() + FREEZE_TIMEOUT
+        pending = {p.store_id for p in sdesc.peers}
+        while pending:
+            for sid in sorted(pending):
+                if await self._frozen_on(sid, sdesc.region_id):
+                    pending.discard(sid)
+            if not pending:
+                break
+            self.lifecycle.note(tid, f"waiting for the source freeze on stores {sorted(pending)}")
+            if trio.current_time() > deadline:
+                raise ExecutionFailedError(f"source region {sdesc.region_id} not frozen on "
+                                           f"stores {sorted(pending)} within "
+                                           f"{FREEZE_TIMEOUT:.0f}s")
+            await trio.sleep(0.1)
+        self.lifecycle.note(tid, f"source region {sdesc.region_id} frozen on every replica")
+        store.counters["merge_freezes_confirmed"] += 1
+
+    async def _frozen_on(self, sid: int, rid: int) -> bool:
+        store = self.store
+        if sid == store.store_id:
+            p = store.peers.get(rid)
+            return p is not None and p.descriptor is not None and \
+                p.descriptor.state == RegionState.MERGING
+        addr = store.store_addrs.get(sid)
+        if not addr:
+            return False
+        try:
+            body = (await store.rpc.call(addr, ExecutionStatusRequest(rid), timeout=2.0)).body
+        except (RemoteError, RpcError):
+            return False
+        region = (body.get("regions") or {}).get(str(rid)) or {}
+        return region.get("state") == RegionState.MERGING.name
+
+    # ---- status --------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {"busy": {str(k): v for k, v in sorted(self.busy.items())},
+                "cluster_epoch": self.cluster_epoch,
+                "operations_in_flight": sorted(f"{k}:{r}:{t}" for k, r, t in self.ops_in_flight),
+                "outbox": self.publisher.status(),
+                "counters": dict(sorted(self.counters.items())),
+                "lifecycle_regressions_ignored": self.lifecycle.regressions_ignored}
+
+
+class _ForwardError(Exception):
+    def __init__(self, leader_store: int):
+        super().__init__(f"forward to store {leader_store}")
+        self.leader_store = leader_store
+
+
+def _merge_invalid(t: RegionDescriptor, s: RegionDescriptor | None, sid: int) -> str:
+    if s is None:
+        return f"source region {sid} is not hosted (initialized) here"
+    if s.region_id == t.region_id:
+        return "cannot merge a region with itself"
+    if not ((t.end_key and t.end_key == s.start_key) or (s.end_key and s.end_key == t.start_key)):
+        return f"regions {t.region_id} and {s.region_id} are not adjacent"
+    if sorted(p.store_id for p in t.peers) != sorted(p.store_id for p in s.peers):
+        return "regions do not have the same peer set (stores)"
+    if any(p.learner for p in (*t.peers, *s.peers)):
+        return "a region has a learner (peer change under way)"
+    if t.state != RegionState.RUNNING or s.state != RegionState.RUNNING:
+        return "a region is frozen by another merge"
+    return ""
