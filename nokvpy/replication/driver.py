@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import struct
 from collections import Counter, deque
 from collections.abc import Callable
@@ -213,6 +214,28 @@ def _sendable_before_persist(group: Group, rd: Any) -> bool:
     return True
 
 
+async def _profile_dumper(path: str, driver: Driver) -> None:
+    """Off by default. NOKV_PROFILE=PATH: cProfile this process's trio thread and dump the
+    cumulative stats to PATH.<pid> every 2 s (read with pstats)."""
+    import cProfile
+
+    prof = None if os.environ.get("NOKV_PROFILE_TIMING_ONLY") else cProfile.Profile()
+    if prof is not None:
+        prof.enable()
+    try:
+        while True:
+            await trio.sleep(2)
+            if prof is not None:
+                prof.dump_stats(f"{path}.{os.getpid()}")  # disables; re-enable to keep counting
+                prof.enable()
+            with open(f"{path}.{os.getpid()}.counters", "w") as f:
+                f.write(repr(dict(driver.counters)) + "\n" + repr(driver.timing) + "\n"
+                        + repr(getattr(driver.env, "stats", None)) + "\n")
+    finally:
+        if prof is not None:
+            prof.disable()
+
+
 def next_conf_state(cs: ConfState, cc: ConfChange) -> ConfState:
     """The configuration after applying `cc` to `cs` (mirrors Raft.apply_conf_change)."""
     nid = cc.node_id
@@ -271,6 +294,8 @@ class Driver:
         self.before_apply: Callable[[], None] | None = None
         self.after_apply: Callable[[], None] | None = None
         self.running = False
+        self.timing = {"turn_s": 0.0, "persist_s": 0.0, "wait_s": 0.0}  # NOKV_PROFILE only
+        self._timed = bool(os.environ.get("NOKV_PROFILE"))
 
     # ---- groups ----------------------------------------------------------------------
 
@@ -413,12 +438,24 @@ class Driver:
         self.running = True
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._ticker)
+            if os.environ.get("NOKV_PROFILE"):
+                nursery.start_soon(_profile_dumper, os.environ["NOKV_PROFILE"], self)
             task_status.started()
             try:
+                timed, timing, clock = self._timed, self.timing, trio.current_time
                 while True:
-                    await self._wake.wait()
-                    self._wake = trio.Event()
-                    await self._turn()
+                    if timed:
+                        t0 = clock()
+                        await self._wake.wait()
+                        t1 = clock()
+                        self._wake = trio.Event()
+                        await self._turn()
+                        timing["wait_s"] += t1 - t0
+                        timing["turn_s"] += clock() - t1
+                    else:
+                        await self._wake.wait()
+                        self._wake = trio.Event()
+                        await self._turn()
                     await trio.sleep(0)  # let request handlers enqueue: natural batching
             finally:
                 self.running = False
@@ -547,7 +584,12 @@ class Driver:
         if batch:
             if self.before_persist:
                 self.before_persist()
-            await self.env.commit(batch)
+            if self._timed:
+                t0 = trio.current_time()
+                await self.env.commit(batch)
+                self.timing["persist_s"] += trio.current_time() - t0
+            else:
+                await self.env.commit(batch)
             self.counters["persist_batches"] += 1
             if self.after_persist:
                 self.after_persist()

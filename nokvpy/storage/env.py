@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -145,6 +146,8 @@ class EnvStats:
     batches: int = 0  # committed WriteBatches
     failed_batches: int = 0
     map_resizes: int = 0
+    txn_seconds: float = 0.0  # writer-thread time in write transactions (ops + commit)
+    sync_seconds: float = 0.0  # of which in txn.commit() (the fsyncs)
 
 
 class _CommitFailed(Exception):
@@ -399,6 +402,13 @@ class Env:
                     self.stats.failed_batches += 1
 
     def _run_txn(self, group: list[_Pending]) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._run_txn_timed(group)
+        finally:
+            self.stats.txn_seconds += time.perf_counter() - t0
+
+    def _run_txn_timed(self, group: list[_Pending]) -> None:
         while True:
             txn = self._env.begin(write=True)
             try:
@@ -413,7 +423,9 @@ class Env:
                 raise
             try:
                 failpoints.check("storage.before_commit")
+                t1 = time.perf_counter()
                 txn.commit()
+                self.stats.sync_seconds += time.perf_counter() - t1
             except lmdb.MapFullError:
                 self._abort_quietly(txn)
                 self._grow()
