@@ -10,7 +10,7 @@ each one to the store leading its region in that store's next heartbeat reply:
   what it applied). Decided from the leader's reported epoch, never from a failure report;
 - replica repair: a region with a replica on a store DOWN for longer than `repair_after`
   gets a peer added on a live store that has none (least loaded first), then the dead
-  replica removed;
+  replica removed (only once enough live replicas exist: never below the replication);
 - size split: a region whose leader reports more than `split_keys` keys is split at its
   median key (the leader picks it); off when 0;
 - cold merge: two adjacent regions with the same stores, both under `merge_keys` keys and
@@ -261,12 +261,16 @@ class Scheduler:
                 op = SchedulerOperation("add_peer", rid, store_id=target)
                 self._issue(rid, op, sid, now, d.epoch, f"replica on down store(s) "
                             f"{sorted(q.store_id for q in dead)}: add one on store {target}")
-            else:
+            elif len(alive) >= self.svc.replication:
                 victim = dead[0]
                 op = SchedulerOperation("remove_peer", rid, store_id=victim.store_id,
                                         peer_id=victim.peer_id)
                 self._issue(rid, op, sid, now, d.epoch,
                             f"remove the replica on down store {victim.store_id}")
+            else:
+                # no live store can take a replacement: never shrink below the replication
+                self.counters["repair_blocked_no_store"] += 1
+                continue
             busy.add(rid)
 
     def _split(self, catalog: Any, obs: dict, busy: set[int], now: float) -> None:
@@ -300,6 +304,9 @@ class Scheduler:
             oa, ob = obs.get(a.region_id), obs.get(b.region_id)
             if oa is None or ob is None or oa[1].epoch != a.epoch or ob[1].epoch != b.epoch:
                 continue
+            split_at = self.config.split_keys
+            if split_at and oa[1].approx_keys + ob[1].approx_keys >= split_at:
+                continue  # the merged region would be split again at once (no flapping)
             op = SchedulerOperation("merge", a.region_id, other_region_id=b.region_id)
             self._issue(a.region_id, op, oa[0], now, a.epoch,
                         f"cold adjacent regions {a.region_id}+{b.region_id}")

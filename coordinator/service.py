@@ -30,13 +30,13 @@ from coordinator import diagnostics
 from coordinator.allocators import Allocator
 from coordinator.confirm import ConfirmBatcher
 from coordinator.grantloop import ALL_DUTIES, DEFAULT_WINDOWS, GateRejected, GrantLoop, wall_ms
+from coordinator.scheduler import Scheduler, SchedulerConfig
 from coordinator.serving import (
     RouteRequest,
     ScanRequest,
     decide_route_read,
     decide_scan_regions,
 )
-from coordinator.scheduler import Scheduler, SchedulerConfig
 from coordinator.stores import DEFAULT_STORE_TTL, StoreTracker
 from coordinator.subscription import Subscription
 from coordinator.transitions import Transitions

@@ -189,7 +189,7 @@ class Compensator:
         rid = p.region_id
         if origin != "executor":
             try:
-                rt.leader_peer(rid, degraded_ok=True)
+                await rt.settled_leader_peer(rid, degraded_ok=True)
             except Exception as exc:  # noqa: BLE001 - forward (once) or refuse
                 lead = getattr(exc, "leader_store", 0)
                 if lead and not forwarded:
@@ -232,7 +232,8 @@ class Compensator:
                 payload = PeerChangePayload("remove_learner", x.store_id, x.peer_id, x.base,
                                             x.target, self.store.store_id)
                 await self.rt.propose(rid, p.tid, self.rt._conf_change(
-                    ConfChangeType.REMOVE_NODE, rid, p.tid, payload), conf_change=True)
+                    ConfChangeType.REMOVE_NODE, rid, p.tid, payload), conf_change=True,
+                    note=f"compensation: removal of learner {x.peer_id} proposed")
                 undone.append(f"learner peer {x.peer_id} on store {x.store_id} removed")
         elif isinstance(x, RangeMerge):
             src_id = x.right_region_id if x.left_region_id == rid else x.left_region_id
@@ -246,7 +247,8 @@ class Compensator:
                 payload = MergePayload(desc, base_src, x.merged, x.left_region_id,
                                        x.right_region_id, self.store.store_id)
                 await self.rt.propose(src_id, p.tid, admin_command(
-                    "rollback_merge", src_id, src.descriptor.epoch, p.tid, payload))
+                    "rollback_merge", src_id, src.descriptor.epoch, p.tid, payload),
+                    note=f"compensation: rollback_merge of source {src_id} proposed")
                 undone.append(f"source region {src_id} unfrozen (rollback_merge)")
         return "; ".join(undone)
 
@@ -294,7 +296,7 @@ class Compensator:
             return AdminReply(tid, "", "", "not pending in root: nothing to drive forward")
         rid = p.region_id
         try:
-            rt.leader_peer(rid, degraded_ok=True)
+            await rt.settled_leader_peer(rid, degraded_ok=True)
         except Exception as exc:  # noqa: BLE001
             lead = getattr(exc, "leader_store", 0)
             if lead and not forwarded:

@@ -19,13 +19,9 @@ A failure after the planned publish and before apply (proposal dropped, leadersh
 refused at apply, deadline) is handed to the compensator, which fences the log and cancels
 the plan only if the region leader has not applied it.
 
-Merge design (documented choice): the target's leader executes and first makes sure it also
-leads the source (leader transfer). It freezes the source with `prepare_merge` in the
-source's log (every later write to the source is refused at apply), waits until EVERY source
-replica reports the freeze applied (so each store's copy of the source range is complete:
-the data stays in the store's shared keyspace), then proposes `commit_merge` in the target's
-log; at apply each replica extends the target and tears down its source replica. Before the
-commit a merge can be compensated (rollback_merge unfreezes the source, then the cancel).
+Executors: split, leader transfer and tombstone here; peer addition / removal in
+raftstore.topology_membership; merge (freeze the source in its own log, confirm the freeze
+on every source replica, commit in the target's log) in raftstore.topology_merge.
 
 Never: publishes terminal events itself (the outbox does), decides scheduling (the
 coordinator does), or trusts a failure report without checking the leader's own log.
@@ -48,9 +44,7 @@ from nokvpy.protocol import (
     AdmissionReason,
     EventKind,
     ExecutionOutcome,
-    PeerChange,
     PeerMeta,
-    RangeMerge,
     RangeSplit,
     RegionDescriptor,
     RegionEpoch,
@@ -66,25 +60,30 @@ from nokvpy.protocol.coordinator_rpc import (
     StoreHeartbeatReply,
 )
 from nokvpy.protocol.raftstore_cmds import (
-    AdminCommand,
     KvResult,
-    MergePayload,
-    PeerChangePayload,
     RegionTombstone,
     SplitPayload,
 )
-from nokvpy.protocol.store_rpc import AdminReply, AdminRequest, ExecutionStatusRequest, KvContext
-from nokvpy.raft import ConfChange, ConfChangeType, ProgressState
+from nokvpy.protocol.store_rpc import AdminReply, AdminRequest, KvContext
 from nokvpy.raft.types import MessageType
 from nokvpy.replication.driver import ProposalError
 from nokvpy.rpc import RemoteError, RpcError
 from nokvpy.storage import WriteBatch
-from nokvpy.wire import decode, encode
+from nokvpy.wire import decode
 from raftstore.commands import admin_command
 from raftstore.compensation import Compensator
 from raftstore.lifecycle import Lifecycle
 from raftstore.outbox import Publisher, describe
 from raftstore.topology_apply import INIT_INDEX, INIT_TERM, ApplyHandlers
+from raftstore.topology_common import (
+    PROPOSE_TIMEOUT,
+    TRANSFER_TIMEOUT,
+    WAIT_TERMINAL,
+    ExecutionFailedError,
+    ForwardToLeaderError,
+)
+from raftstore.topology_membership import MembershipExecutor
+from raftstore.topology_merge import MergeExecutor
 
 log = logging.getLogger("nokvpy.raftstore.topology")
 
@@ -92,23 +91,7 @@ S = TopologyStage
 OUT = ExecutionOutcome
 R = AdmissionReason
 
-PROPOSE_TIMEOUT = 20.0
-CATCH_UP_TIMEOUT = 120.0
-FREEZE_TIMEOUT = 30.0
-TRANSFER_TIMEOUT = 8.0
-WAIT_TERMINAL = 2.0  # wait=True: how long to wait for the terminal publish after apply
-
-
-class ExecutionFailedError(Exception):
-    """Execution of a planned transition failed before (known or possibly) applying."""
-
-    def __init__(self, evidence: str, known_not_applied: bool = True):
-        super().__init__(evidence)
-        self.evidence = evidence
-        self.known_not_applied = known_not_applied
-
-
-class Topology:
+class Topology(MembershipExecutor, MergeExecutor):
     def __init__(self, store: Any, link: Any):
         self.store = store
         self.link = link
@@ -252,7 +235,7 @@ class Topology:
         self.counters[f"admin.{op}"] += 1
         try:
             return await handler(req)
-        except _ForwardError as fwd:
+        except ForwardToLeaderError as fwd:
             return await self._forward(req, fwd.leader_store)
 
     async def _forward(self, req: AdminRequest, leader_store: int) -> AdminReply:
@@ -263,6 +246,17 @@ class Topology:
                               f"{req.region_id}", {"leader_store_id": leader_store})
         self.counters["admin_forwarded"] += 1
         return await self.store.rpc.call(addr, replace(req, forwarded=True), timeout=60.0)
+
+    async def settled_leader_peer(self, rid: int, *, degraded_ok: bool = False,
+                                  wait: float = 3.0):
+        """`leader_peer`, first waiting (briefly) for region `rid` to know its leader: a
+        region just created by a split may still be electing one."""
+        peer = self.store.peers.get(rid)
+        with trio.move_on_after(wait):
+            while peer is not None and not peer.is_leader and not peer.leader_store_id():
+                await trio.sleep(0.05)
+                peer = self.store.peers.get(rid)
+        return self.leader_peer(rid, degraded_ok=degraded_ok)
 
     def leader_peer(self, rid: int, *, degraded_ok: bool = False):
         """The local peer of region `rid` if it leads and topology is admitted; raises a
@@ -276,7 +270,7 @@ class Topology:
         if not peer.is_leader:
             lead = peer.leader_store_id()
             if lead and lead != store.store_id:
-                raise _ForwardError(lead)
+                raise ForwardToLeaderError(lead)
         ctx = KvContext(rid, peer.descriptor.epoch, store.store_id)
         limits = store.limits
         if degraded_ok and limits.scheduler_degraded:
@@ -413,14 +407,14 @@ class Topology:
             lc.note(tid, f"compensation deferred to the scheduler: {describe(cexc)}")
 
     async def propose(self, rid: int, tid: str, data: bytes, *, conf_change: bool = False,
-                      timeout: float = PROPOSE_TIMEOUT) -> Any:
+                      timeout: float = PROPOSE_TIMEOUT, note: str = "proposed") -> Any:
         """Propose on the local leader, wait until applied and durable; raise
         ExecutionFailedError (known not applied unless the deadline passed)."""
         peer = self.store.peers.get(rid)
         group = peer.group if peer is not None else None
         if group is None or not group.is_leader:
             raise ExecutionFailedError(f"not the leader of region {rid} any more")
-        self.lifecycle.move(tid, S.EXECUTING, "proposed", outcome=OUT.PROPOSED)
+        self.lifecycle.move(tid, S.EXECUTING, note, outcome=OUT.PROPOSED)
         driver = self.store.driver
         for attempt in range(20):
             try:
@@ -444,7 +438,7 @@ class Topology:
     # ---- split ---------------------------------------------------------------------------
 
     async def exec_split(self, req: AdminRequest) -> AdminReply:
-        peer = self.leader_peer(req.region_id)
+        peer = await self.settled_leader_peer(req.region_id)
         desc: RegionDescriptor = peer.descriptor
         key = req.split_key or await self.median_key(desc)
         if not key or not desc.contains(key) or key == desc.start_key:
@@ -492,109 +486,6 @@ class Topology:
 
         return await trio.to_thread.run_sync(work)
 
-    # ---- membership ----------------------------------------------------------------------
-
-    def _conf_change(self, cc_type: ConfChangeType, rid: int, tid: str,
-                     payload: PeerChangePayload) -> bytes:
-        ctx = encode(AdminCommand("peer_change", rid, payload.base.epoch, tid, payload))
-        return ConfChange(cc_type, payload.peer_id, ctx).encode()
-
-    async def exec_add_peer(self, req: AdminRequest) -> AdminReply:
-        peer = self.leader_peer(req.region_id)
-        desc: RegionDescriptor = peer.descriptor
-        sid = req.store_id
-        if sid <= 0 or desc.peer_on(sid) is not None:
-            raise self.store._refuse(AdmissionClass.TOPOLOGY, R.INVALID,
-                                     f"store {sid} cannot get a new peer of region "
-                                     f"{desc.region_id}", peer)
-        if any(p.learner for p in desc.peers):
-            raise self.store._refuse(AdmissionClass.TOPOLOGY, R.INVALID,
-                                     f"region {desc.region_id} has an unfinished learner", peer)
-        pid = req.peer_id or await self.alloc_ids(1)
-        target = replace(desc, peers=desc.peers + (PeerMeta(sid, pid),), revision=0,
-                         epoch=RegionEpoch(desc.epoch.version, desc.epoch.conf_ver + 1))
-        planned = RootEvent(EventKind.PEER_ADDITION_PLANNED,
-                            PeerChange(desc.region_id, sid, pid, target, desc))
-        tid = transition_id(planned)
-        rid = desc.region_id
-        me = self.store.store_id
-
-        async def execute(token, proposed: trio.Event) -> None:
-            t = replace(target, revision=token.index if token is not None else 0)
-            learner = PeerChangePayload("add_learner", sid, pid, desc, t, me)
-            proposed.set()
-            await self.propose(rid, tid, self._conf_change(ConfChangeType.ADD_LEARNER, rid,
-                                                           tid, learner), conf_change=True)
-            await self.wait_caught_up(rid, tid, pid)
-            promote = replace(learner, step="promote")
-            await self.propose(rid, tid, self._conf_change(ConfChangeType.ADD_NODE, rid, tid,
-                                                           promote), conf_change=True)
-
-        return await self.run_transition(tid, rid, "add_peer", planned, execute, req.wait)
-
-    async def wait_caught_up(self, rid: int, tid: str, node: int) -> None:
-        deadline = trio.current_time() + CATCH_UP_TIMEOUT
-        last_note = 0.0
-        while True:
-            peer = self.store.peers.get(rid)
-            group = peer.group if peer is not None else None
-            if group is None or not group.is_leader:
-                raise ExecutionFailedError(f"lost leadership of region {rid} while peer {node} "
-                                           "was catching up")
-            raft = group.node.raft
-            pr = raft.prs.progress.get(node)
-            committed = raft.raft_log.committed
-            if pr is not None and pr.state == ProgressState.REPLICATE and \
-                    pr.match >= committed - 8:
-                self.lifecycle.note(tid, f"learner {node} caught up (match {pr.match})")
-                return
-            now = trio.current_time()
-            if now > deadline:
-                raise ExecutionFailedError(f"learner {node} did not catch up within "
-                                           f"{CATCH_UP_TIMEOUT:.0f}s")
-            if now - last_note > 1.0:
-                last_note = now
-                state = pr.state.name if pr is not None else "unknown"
-                self.lifecycle.note(tid, f"learner {node} catching up: {state}, match "
-                                    f"{pr.match if pr else 0} of {committed}")
-            await trio.sleep(0.05)
-
-    async def exec_remove_peer(self, req: AdminRequest) -> AdminReply:
-        peer = self.leader_peer(req.region_id)
-        desc: RegionDescriptor = peer.descriptor
-        victim = desc.peer_on(req.store_id)
-        if victim is None or (req.peer_id and victim.peer_id != req.peer_id):
-            raise self.store._refuse(AdmissionClass.TOPOLOGY, R.INVALID,
-                                     f"region {desc.region_id} has no peer on store "
-                                     f"{req.store_id}", peer)
-        if len(desc.voters()) <= 1 and not victim.learner:
-            raise self.store._refuse(AdmissionClass.TOPOLOGY, R.INVALID,
-                                     "cannot remove the last voter", peer)
-        if victim.peer_id == peer.peer_id:
-            # The leader never removes itself: hand leadership over, then forward.
-            other = next((p for p in desc.voters() if p.peer_id != victim.peer_id), None)
-            if other is None or not await self.transfer(desc.region_id, other.peer_id):
-                raise RemoteError("rejected", R.NOT_LEADER.name,
-                                  "could not move leadership off the peer being removed")
-            raise _ForwardError(other.store_id)
-        target = replace(desc, peers=tuple(p for p in desc.peers if p != victim), revision=0,
-                         epoch=RegionEpoch(desc.epoch.version, desc.epoch.conf_ver + 1))
-        planned = RootEvent(EventKind.PEER_REMOVAL_PLANNED,
-                            PeerChange(desc.region_id, victim.store_id, victim.peer_id, target,
-                                       desc))
-        tid = transition_id(planned)
-        rid = desc.region_id
-        me = self.store.store_id
-
-        async def execute(token, proposed: trio.Event) -> None:
-            t = replace(target, revision=token.index if token is not None else 0)
-            payload = PeerChangePayload("remove", victim.store_id, victim.peer_id, desc, t, me)
-            proposed.set()
-            await self.propose(rid, tid, self._conf_change(ConfChangeType.REMOVE_NODE, rid,
-                                                           tid, payload), conf_change=True)
-
-        return await self.run_transition(tid, rid, "remove_peer", planned, execute, req.wait)
-
     # ---- leader transfer (no root event) -------------------------------------------------
 
     async def transfer(self, rid: int, to_peer: int, timeout: float = TRANSFER_TIMEOUT) -> bool:
@@ -614,7 +505,7 @@ class Topology:
         return group.leader_id == to_peer
 
     async def exec_transfer(self, req: AdminRequest) -> AdminReply:
-        peer = self.leader_peer(req.region_id, degraded_ok=True)
+        peer = await self.settled_leader_peer(req.region_id, degraded_ok=True)
         desc: RegionDescriptor = peer.descriptor
         to = desc.peer_on(req.store_id)
         tid = f"transfer:{desc.region_id}:{req.store_id}"
@@ -650,109 +541,6 @@ class Topology:
                 outcome=OUT.APPLIED)
         return self.reply(tid)
 
-    # ---- merge ---------------------------------------------------------------------------
-
-    async def exec_merge(self, req: AdminRequest) -> AdminReply:
-        peer = self.leader_peer(req.region_id)
-        tdesc: RegionDescriptor = peer.descriptor
-        src = self.store.peers.get(req.other_region_id)
-        sdesc = src.descriptor if src is not None else None
-        invalid = _merge_invalid(tdesc, sdesc, req.other_region_id)
-        if invalid:
-            raise self.store._refuse(AdmissionClass.TOPOLOGY, R.INVALID, invalid, peer)
-        assert sdesc is not None
-        left, right = (tdesc, sdesc) if tdesc.start_key < sdesc.start_key else (sdesc, tdesc)
-        merged = RegionDescriptor(tdesc.region_id, left.start_key, right.end_key, RegionEpoch(
-            max(tdesc.epoch.version, sdesc.epoch.version) + 1, tdesc.epoch.conf_ver),
-            tdesc.peers)
-        planned = RootEvent(EventKind.MERGE_PLANNED, RangeMerge(left.region_id, right.region_id,
-                                                                 merged, left, right))
-        tid = transition_id(planned)
-        if not await self.ensure_leader(sdesc.region_id):
-            raise RemoteError("rejected", R.NOT_LEADER.name,
-                              f"could not lead source region {sdesc.region_id} here")
-        me = self.store.store_id
-        tid_rid = tdesc.region_id
-
-        async def execute(token, proposed: trio.Event) -> None:
-            m = replace(merged, revision=token.index if token is not None else 0)
-            payload = MergePayload(tdesc, sdesc, m, left.region_id, right.region_id, me)
-            proposed.set()
-            self._claim(sdesc.region_id, tid)
-            try:
-                await self.propose(sdesc.region_id, tid, admin_command(
-                    "prepare_merge", sdesc.region_id, sdesc.epoch, tid, payload))
-                await self.wait_frozen(tid, sdesc)
-                await self.propose(tid_rid, tid, admin_command(
-                    "commit_merge", tid_rid, tdesc.epoch, tid, payload))
-            finally:
-                if self.busy.get(sdesc.region_id) == tid:
-                    del self.busy[sdesc.region_id]
-
-        return await self.run_transition(tid, tid_rid, "merge", planned, execute, req.wait)
-
-    async def ensure_leader(self, rid: int) -> bool:
-        """Make the local replica of `rid` its leader (ask the current leader to transfer)."""
-        store = self.store
-        peer = store.peers.get(rid)
-        if peer is None or peer.group is None:
-            return False
-        deadline = trio.current_time() + 2 * TRANSFER_TIMEOUT
-        while not peer.is_leader and trio.current_time() < deadline:
-            lead = peer.leader_store_id()
-            addr = store.store_addrs.get(lead) if lead and lead != store.store_id else None
-            if addr:
-                try:
-                    reply = await store.rpc.call(addr, AdminRequest(
-                        "transfer_leader", rid, store_id=store.store_id, forwarded=True),
-                        timeout=TRANSFER_TIMEOUT + 2)
-                    log.info("store %d: asked store %d to transfer region %d here: %s %s",
-                             store.store_id, lead, rid, reply.outcome, reply.detail)
-                except (RemoteError, RpcError) as exc:
-                    log.info("store %d: transfer of region %d here refused by store %d: %s",
-                             store.store_id, rid, lead, describe(exc))
-            with trio.move_on_after(1.0):
-                while not peer.is_leader:
-                    await trio.sleep(0.05)
-        return peer.is_leader
-
-    async def wait_frozen(self, tid: str, sdesc: RegionDescriptor) -> None:
-        """Every replica of the source must have applied prepare_merge: then each store's
-        copy of the source range is complete and final."""
-        store = self.store
-        deadline = trio.current_time() + FREEZE_TIMEOUT
-        pending = {p.store_id for p in sdesc.peers}
-        while pending:
-            for sid in sorted(pending):
-                if await self._frozen_on(sid, sdesc.region_id):
-                    pending.discard(sid)
-            if not pending:
-                break
-            self.lifecycle.note(tid, f"waiting for the source freeze on stores {sorted(pending)}")
-            if trio.current_time() > deadline:
-                raise ExecutionFailedError(f"source region {sdesc.region_id} not frozen on "
-                                           f"stores {sorted(pending)} within "
-                                           f"{FREEZE_TIMEOUT:.0f}s")
-            await trio.sleep(0.1)
-        self.lifecycle.note(tid, f"source region {sdesc.region_id} frozen on every replica")
-        store.counters["merge_freezes_confirmed"] += 1
-
-    async def _frozen_on(self, sid: int, rid: int) -> bool:
-        store = self.store
-        if sid == store.store_id:
-            p = store.peers.get(rid)
-            return p is not None and p.descriptor is not None and \
-                p.descriptor.state == RegionState.MERGING
-        addr = store.store_addrs.get(sid)
-        if not addr:
-            return False
-        try:
-            body = (await store.rpc.call(addr, ExecutionStatusRequest(rid), timeout=2.0)).body
-        except (RemoteError, RpcError):
-            return False
-        region = (body.get("regions") or {}).get(str(rid)) or {}
-        return region.get("state") == RegionState.MERGING.name
-
     # ---- status --------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -762,25 +550,3 @@ class Topology:
                 "outbox": self.publisher.status(),
                 "counters": dict(sorted(self.counters.items())),
                 "lifecycle_regressions_ignored": self.lifecycle.regressions_ignored}
-
-
-class _ForwardError(Exception):
-    def __init__(self, leader_store: int):
-        super().__init__(f"forward to store {leader_store}")
-        self.leader_store = leader_store
-
-
-def _merge_invalid(t: RegionDescriptor, s: RegionDescriptor | None, sid: int) -> str:
-    if s is None:
-        return f"source region {sid} is not hosted (initialized) here"
-    if s.region_id == t.region_id:
-        return "cannot merge a region with itself"
-    if not ((t.end_key and t.end_key == s.start_key) or (s.end_key and s.end_key == t.start_key)):
-        return f"regions {t.region_id} and {s.region_id} are not adjacent"
-    if sorted(p.store_id for p in t.peers) != sorted(p.store_id for p in s.peers):
-        return "regions do not have the same peer set (stores)"
-    if any(p.learner for p in (*t.peers, *s.peers)):
-        return "a region has a learner (peer change under way)"
-    if t.state != RegionState.RUNNING or s.state != RegionState.RUNNING:
-        return "a region is frozen by another merge"
-    return ""

@@ -55,7 +55,14 @@ from nokvpy.protocol.raftstore_cmds import (
     RegionTombstone,
     SplitPayload,
 )
-from nokvpy.raft.types import ConfChange, ConfChangeType, ConfState, Entry, HardState, SnapshotMetadata
+from nokvpy.raft.types import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    HardState,
+    SnapshotMetadata,
+)
 from nokvpy.storage import WriteBatch
 from nokvpy.wire import DecodeError, decode, encode
 from raftstore.apply import encode_descriptor

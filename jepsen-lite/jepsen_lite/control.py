@@ -414,7 +414,9 @@ class ClusterControl:
 
     async def list_transitions(self) -> list[dict]:
         """Every coordinator's transitions (pending and the history it saw), deduplicated:
-        ``[{"transition_id", "kind", "phase", "coordinator"}]``."""
+        ``[{"transition_id", "source_index", "kind", "phase", "coordinator"}]``; a
+        transition instance is (id, root index of its plan): ids are reused when the same
+        split is planned again later."""
         seen: dict[tuple, dict] = {}
         for addr in self.coordinator_addrs():
             try:
@@ -429,8 +431,10 @@ class ClusterControl:
                     continue
                 phase = getattr(getattr(entry, "phase", None), "name", str(getattr(entry, "phase", "")))
                 kind = getattr(getattr(entry, "kind", None), "name", str(getattr(entry, "kind", "")))
-                seen.setdefault((tid, phase), {"transition_id": tid, "kind": kind,
-                                               "phase": phase, "coordinator": addr})
+                source = getattr(getattr(entry, "source_token", None), "index", None)
+                seen.setdefault((tid, source, phase), {
+                    "transition_id": tid, "source_index": source, "kind": kind,
+                    "phase": phase, "coordinator": addr})
         return list(seen.values())
 
     # -- healing ---------------------------------------------------------------------------

@@ -287,32 +287,48 @@ SETTLED_PHASES = {"COMPLETED": "terminal", "CANCELLED": "cancelled", "ABORTED": 
                   "SUPERSEDED": "cancelled", "CONFLICTED": "cancelled"}
 
 
+def instance_id(entry: dict) -> str:
+    """A transition instance: its id plus the root index of its plan (ids are reused when the
+    same split is planned again after a merge)."""
+    source = entry.get("source_index")
+    return entry["transition_id"] if source is None else f"{entry['transition_id']}@{source}"
+
+
 def transition_events(churn_steps: list[dict], entries: list[dict]) -> list[dict]:
-    """Transition outcome events for ``check_transitions``: ``planned`` for every rooted
-    transition the churn started (its admin reply named it; leader transfers, publish stage
-    ``NOT_REQUIRED``, are not rooted) or a coordinator listed, then the outcome
-    the coordinators report (``COMPLETED`` -> terminal, ``CANCELLED``/``ABORTED``/... ->
-    cancelled). A transition still pending after healing has no outcome."""
+    """Transition outcome events for ``check_transitions``, one transition per instance
+    (:func:`instance_id`) the coordinators list: ``planned``, then the outcome they report
+    (``COMPLETED`` -> terminal, ``CANCELLED``/``ABORTED``/... -> cancelled). An instance
+    still pending after healing has no outcome. (``churn_steps`` are not used: the admin
+    replies carry no plan index; :func:`unlisted_churn` reports the ones no coordinator
+    lists.)"""
     events: list[dict] = []
-    planned: set[str] = set()
-    for step in churn_steps:
-        tid = step.get("transition_id")
-        if step.get("op") == "transfer_leader" or step.get("stage") == "NOT_REQUIRED":
-            continue  # a leader transfer is not a rooted transition: nothing to publish
-        if tid and tid not in planned:
-            planned.add(tid)
-            events.append({"transition_id": tid, "event": "planned", "source": "churn"})
+    seen: set[str] = set()
     for entry in entries:
-        tid = entry["transition_id"]
-        if tid not in planned:
-            planned.add(tid)
-            events.append({"transition_id": tid, "event": "planned", "source": "coordinator"})
+        iid = instance_id(entry)
+        if iid not in seen:
+            seen.add(iid)
+            events.append({"transition_id": iid, "event": "planned", "kind": entry.get("kind")})
     for entry in entries:
         outcome = SETTLED_PHASES.get(entry.get("phase", ""))
         if outcome is not None:
-            events.append({"transition_id": entry["transition_id"], "event": outcome,
+            events.append({"transition_id": instance_id(entry), "event": outcome,
                            "phase": entry["phase"], "kind": entry.get("kind")})
     return events
+
+
+def unlisted_churn(churn_steps: list[dict], entries: list[dict]) -> list[str]:
+    """Ids of splits/merges the churn got past their planned publish that no coordinator
+    lists (a coordinator keeps a bounded history and loses it when it restarts)."""
+    listed = {e["transition_id"] for e in entries}
+    out: list[str] = []
+    for step in churn_steps:
+        tid = step.get("transition_id")
+        stage = str(step.get("stage") or "").rsplit(".", 1)[-1]
+        if step.get("op") == "transfer_leader" or stage in ("", "NOT_REQUIRED", "PLANNED"):
+            continue
+        if tid and tid not in listed and tid not in out:
+            out.append(tid)
+    return out
 
 
 async def collect_transitions(control: Any, churn_steps: list[dict], settle: float = 15.0) -> dict:
@@ -325,12 +341,13 @@ async def collect_transitions(control: Any, churn_steps: list[dict], settle: flo
             entries = await control.list_transitions()
         except Exception:  # noqa: BLE001
             entries = []
-        settled = {e["transition_id"] for e in entries if e.get("phase") in SETTLED_PHASES}
-        pending = [e for e in entries if e["transition_id"] not in settled]
+        settled = {instance_id(e) for e in entries if e.get("phase") in SETTLED_PHASES}
+        pending = [e for e in entries if instance_id(e) not in settled]
         if not pending or trio.current_time() >= deadline:
             break
         await trio.sleep(0.5)
-    return {"entries": entries, "events": transition_events(churn_steps, entries)}
+    return {"entries": entries, "events": transition_events(churn_steps, entries),
+            "unlisted": unlisted_churn(churn_steps, entries)}
 
 
 def run_checks(workload_name: str, history: History, final: dict | None,
@@ -436,7 +453,13 @@ def _check_and_report(
             for event in state["transitions"]["events"]:
                 fh.write(json.dumps(event, default=str) + "\n")
         results["transitions"] = {"listed": len(state["transitions"]["entries"]),
-                                  "events": len(state["transitions"]["events"])}
+                                  "events": len(state["transitions"]["events"]),
+                                  "entries": state["transitions"]["entries"][:1000],
+                                  "unlisted_churn": state["transitions"].get("unlisted", [])}
+        if "transitions" in checks and state["transitions"].get("unlisted"):
+            checks["transitions"]["note"] = (
+                f"{len(state['transitions']['unlisted'])} churn transitions not listed by any "
+                f"coordinator (bounded history, or lost when a coordinator restarted)")
     if state.get("final") is not None:
         final = state["final"]
         results["final_reads"] = {"keys": len(final["values"]), "missing": final["missing"],
@@ -463,4 +486,4 @@ def _check_and_report(
     return results
 
 
-__all__ = ["RunConfig", "run", "run_checks"]
+__all__ = ["RunConfig", "run", "run_checks", "transition_events", "unlisted_churn"]

@@ -18,7 +18,7 @@ from jepsen_lite.report import (
     summary_text,
     trim_check,
 )
-from jepsen_lite.runner import RunConfig, run_checks, transition_events
+from jepsen_lite.runner import RunConfig, run_checks, transition_events, unlisted_churn
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -180,19 +180,26 @@ def test_run_help_lists_workloads(workload, capsys):
     assert workload in capsys.readouterr().out
 
 
-def test_transition_events_from_churn_and_coordinators():
-    steps = [{"op": "split", "transition_id": "t1"}, {"op": "merge", "transition_id": "t2"},
+def test_transition_events_per_instance():
+    steps = [{"op": "split", "transition_id": "t1", "stage": "TERMINAL_PUBLISHED"},
+             {"op": "split", "transition_id": "t9", "stage": "TERMINAL_FAILED"},
              {"op": "split", "error": "NOT_LEADER"},
-             {"op": "transfer_leader", "transition_id": "x", "stage": "NOT_REQUIRED"}]
-    entries = [{"transition_id": "t1", "phase": "COMPLETED", "kind": "SPLIT"},
-               {"transition_id": "t2", "phase": "PLANNED", "kind": "MERGE"},
-               {"transition_id": "t3", "phase": "CANCELLED", "kind": "SPLIT"}]
+             {"op": "transfer_leader", "transition_id": "x", "stage": "NOT_REQUIRED"},
+             {"op": "merge", "transition_id": "y", "stage": "PLANNED", "outcome": "FAILED"}]
+    entries = [{"transition_id": "t1", "source_index": 5, "phase": "COMPLETED", "kind": "SPLIT"},
+               {"transition_id": "t1", "source_index": 40, "phase": "CANCELLED", "kind": "SPLIT"},
+               {"transition_id": "t2", "source_index": 7, "phase": "PLANNED", "kind": "MERGE"}]
     events = transition_events(steps, entries)
     assert [(e["transition_id"], e["event"]) for e in events] == [
-        ("t1", "planned"), ("t2", "planned"), ("t3", "planned"),
-        ("t1", "terminal"), ("t3", "cancelled")]
+        ("t1@5", "planned"), ("t1@40", "planned"), ("t2@7", "planned"),
+        ("t1@5", "terminal"), ("t1@40", "cancelled")]  # a reused id is two transitions
+    assert unlisted_churn(steps, entries) == ["t9"]
     history, finals = synthetic_history()
     checks = run_checks("register", history, {"values": finals, "missing": []},
                         transitions=events)
     assert checks["transitions"]["valid"] is False  # t2 never reached an outcome
     assert [v["kind"] for v in checks["transitions"]["violations"]] == ["no_outcome"]
+    both = transition_events([], [dict(entries[0]), dict(entries[0], phase="CANCELLED")])
+    assert run_checks("register", history, {"values": finals, "missing": []},
+                      transitions=both)["transitions"]["violations"][0]["kind"] == (
+        "multiple_outcomes")

@@ -74,3 +74,26 @@ async def test_merge_under_concurrent_writes_loses_no_acknowledged_write(topo):
 
 async def _completed(c, client, tid):
     return await c.phase(client, tid) == "COMPLETED"
+
+
+@pytest.mark.slow
+async def test_scheduler_merges_cold_adjacent_regions(topo):
+    """With `merge_keys`, two adjacent regions with the same stores, small and without writes
+    for a few leader heartbeats, are merged by the scheduler."""
+    c = await topo(stores=3, scheduler="merge_keys=1000,merge_cold_heartbeats=3")
+    async with c.client() as client:
+        for key in (b"a", b"k", b"x"):
+            await client.put(key, b"v")
+        reply = await c.split(client, b"m")
+        assert reply.outcome == "APPLIED"
+
+        async def merged():
+            regions = await c.regions(client)
+            reply = await c.transitions(client)
+            done = [e for e in reply.entries if e.kind.name == "MERGE"
+                    and e.phase.name == "COMPLETED"]
+            return regions if len(regions) == 1 and done else None
+
+        await wait_until(merged, 60, 0.5, "a cold merge")
+        for key in (b"a", b"k", b"x"):
+            assert await client.get(key) == b"v"

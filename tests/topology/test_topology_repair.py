@@ -102,3 +102,25 @@ async def test_rereplicate_a_region_of_10000_keys(topo):
             assert await client.get(b"t/%06d" % i) == b"%d" % i
         body = await c.status(client, f"store-{spare}")
         assert body["regions"][str(d.region_id)]["leader"]
+
+
+@pytest.mark.slow
+async def test_scheduler_splits_a_region_over_the_size_threshold(topo):
+    """With `split_keys`, the scheduler splits a region whose leader reports more keys (the
+    count is refreshed every 30 s by default) at its median key."""
+    c = await topo(stores=3, scheduler="split_keys=100")
+    async with c.client() as client:
+        for i in range(250):
+            await client.put(b"s/%04d" % i, b"x")
+
+        async def split_done():
+            regions = await c.regions(client)
+            reply = await c.transitions(client)
+            done = [e for e in reply.entries if e.kind.name == "SPLIT"
+                    and e.phase.name == "COMPLETED"]
+            return regions if len(regions) >= 2 and done else None
+
+        regions = await wait_until(split_done, 90, 0.5, "a size split")
+        assert all(d.epoch.version >= 2 for d in regions)
+        for i in range(0, 250, 7):
+            assert await client.get(b"s/%04d" % i) == b"x"

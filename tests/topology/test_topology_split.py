@@ -98,8 +98,8 @@ async def test_splits_under_concurrent_writes_lose_no_acknowledged_write(topo):
             stages = {}
             for name in c.store_names():
 
-                async def published(n=name):
-                    rec = await c.tracked(client, n, tid)
+                async def published(n=name, t=tid):
+                    rec = await c.tracked(client, n, t)
                     return rec if rec and rec["stage"] == "TERMINAL_PUBLISHED" else None
 
                 # replicas publish their backup copy after a grace period

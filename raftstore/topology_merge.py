@@ -1,0 +1,166 @@
+"""Merge of two adjacent regions with the same stores, executed by the target's leader (part
+of the topology runtime).
+
+Owns: the merge plan (the target keeps its id; the merged range is the union; version above
+both) and its execution: lead the source here too (leader transfer), freeze the source with
+`prepare_merge` in the source's own log (every later write to it is refused at apply), wait
+until EVERY source replica reports the freeze applied (then each store's copy of the source
+range is complete and final: data never moves, it stays in each store's shared keyspace),
+then `commit_merge` in the target's log, at whose apply each replica extends the target and
+tears its source replica down. Before the commit the merge can be compensated (rollback_merge
+unfreezes the source, then the cancel). A mixin of `raftstore.topology.Topology`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import trio
+
+from metaroot.state import transition_id
+from nokvpy.protocol import (
+    AdmissionClass,
+    AdmissionReason,
+    EventKind,
+    RangeMerge,
+    RegionDescriptor,
+    RegionEpoch,
+    RegionState,
+    RootEvent,
+)
+from nokvpy.protocol.raftstore_cmds import MergePayload
+from nokvpy.protocol.store_rpc import AdminReply, AdminRequest, ExecutionStatusRequest
+from nokvpy.rpc import RemoteError, RpcError
+from raftstore.commands import admin_command
+from raftstore.outbox import describe
+from raftstore.topology_common import FREEZE_TIMEOUT, TRANSFER_TIMEOUT, ExecutionFailedError
+
+log = logging.getLogger("nokvpy.raftstore.topology")
+R = AdmissionReason
+
+
+class MergeExecutor:
+    """Mixin: `exec_merge`, `ensure_leader` (also used by compensation) and the freeze wait."""
+
+    # ---- merge ---------------------------------------------------------------------------
+
+    async def exec_merge(self, req: AdminRequest) -> AdminReply:
+        peer = await self.settled_leader_peer(req.region_id)
+        tdesc: RegionDescriptor = peer.descriptor
+        src = self.store.peers.get(req.other_region_id)
+        sdesc = src.descriptor if src is not None else None
+        invalid = _merge_invalid(tdesc, sdesc, req.other_region_id)
+        if invalid:
+            raise self.store._refuse(AdmissionClass.TOPOLOGY, R.INVALID, invalid, peer)
+        assert sdesc is not None
+        left, right = (tdesc, sdesc) if tdesc.start_key < sdesc.start_key else (sdesc, tdesc)
+        merged = RegionDescriptor(tdesc.region_id, left.start_key, right.end_key, RegionEpoch(
+            max(tdesc.epoch.version, sdesc.epoch.version) + 1, tdesc.epoch.conf_ver),
+            tdesc.peers)
+        planned = RootEvent(EventKind.MERGE_PLANNED, RangeMerge(left.region_id, right.region_id,
+                                                                 merged, left, right))
+        tid = transition_id(planned)
+        if not await self.ensure_leader(sdesc.region_id):
+            raise RemoteError("rejected", R.NOT_LEADER.name,
+                              f"could not lead source region {sdesc.region_id} here")
+        me = self.store.store_id
+        tid_rid = tdesc.region_id
+
+        async def execute(token, proposed: trio.Event) -> None:
+            m = replace(merged, revision=token.index if token is not None else 0)
+            payload = MergePayload(tdesc, sdesc, m, left.region_id, right.region_id, me)
+            proposed.set()
+            self._claim(sdesc.region_id, tid)
+            try:
+                await self.propose(sdesc.region_id, tid, admin_command(
+                    "prepare_merge", sdesc.region_id, sdesc.epoch, tid, payload),
+                    note=f"prepare_merge (freeze) of source {sdesc.region_id} proposed")
+                await self.wait_frozen(tid, sdesc)
+                await self.propose(tid_rid, tid, admin_command(
+                    "commit_merge", tid_rid, tdesc.epoch, tid, payload),
+                    note=f"commit_merge into target {tid_rid} proposed")
+            finally:
+                if self.busy.get(sdesc.region_id) == tid:
+                    del self.busy[sdesc.region_id]
+
+        return await self.run_transition(tid, tid_rid, "merge", planned, execute, req.wait)
+
+    async def ensure_leader(self, rid: int) -> bool:
+        """Make the local replica of `rid` its leader (ask the current leader to transfer)."""
+        store = self.store
+        peer = store.peers.get(rid)
+        if peer is None or peer.group is None:
+            return False
+        deadline = trio.current_time() + 2 * TRANSFER_TIMEOUT
+        while not peer.is_leader and trio.current_time() < deadline:
+            lead = peer.leader_store_id()
+            addr = store.store_addrs.get(lead) if lead and lead != store.store_id else None
+            if addr:
+                try:
+                    reply = await store.rpc.call(addr, AdminRequest(
+                        "transfer_leader", rid, store_id=store.store_id, forwarded=True),
+                        timeout=TRANSFER_TIMEOUT + 2)
+                    log.info("store %d: asked store %d to transfer region %d here: %s %s",
+                             store.store_id, lead, rid, reply.outcome, reply.detail)
+                except (RemoteError, RpcError) as exc:
+                    log.info("store %d: transfer of region %d here refused by store %d: %s",
+                             store.store_id, rid, lead, describe(exc))
+            with trio.move_on_after(1.0):
+                while not peer.is_leader:
+                    await trio.sleep(0.05)
+        return peer.is_leader
+
+    async def wait_frozen(self, tid: str, sdesc: RegionDescriptor) -> None:
+        """Every replica of the source must have applied prepare_merge: then each store's
+        copy of the source range is complete and final."""
+        store = self.store
+        deadline = trio.current_time() + FREEZE_TIMEOUT
+        pending = {p.store_id for p in sdesc.peers}
+        while pending:
+            for sid in sorted(pending):
+                if await self._frozen_on(sid, sdesc.region_id):
+                    pending.discard(sid)
+            if not pending:
+                break
+            self.lifecycle.note(tid, f"waiting for the source freeze on stores {sorted(pending)}")
+            if trio.current_time() > deadline:
+                raise ExecutionFailedError(f"source region {sdesc.region_id} not frozen on "
+                                           f"stores {sorted(pending)} within "
+                                           f"{FREEZE_TIMEOUT:.0f}s")
+            await trio.sleep(0.1)
+        self.lifecycle.note(tid, f"source region {sdesc.region_id} frozen on every replica")
+        store.counters["merge_freezes_confirmed"] += 1
+
+    async def _frozen_on(self, sid: int, rid: int) -> bool:
+        store = self.store
+        if sid == store.store_id:
+            p = store.peers.get(rid)
+            return p is not None and p.descriptor is not None and \
+                p.descriptor.state == RegionState.MERGING
+        addr = store.store_addrs.get(sid)
+        if not addr:
+            return False
+        try:
+            body = (await store.rpc.call(addr, ExecutionStatusRequest(rid), timeout=2.0)).body
+        except (RemoteError, RpcError):
+            return False
+        region = (body.get("regions") or {}).get(str(rid)) or {}
+        return region.get("state") == RegionState.MERGING.name
+
+
+def _merge_invalid(t: RegionDescriptor, s: RegionDescriptor | None, sid: int) -> str:
+    if s is None:
+        return f"source region {sid} is not hosted (initialized) here"
+    if s.region_id == t.region_id:
+        return "cannot merge a region with itself"
+    if not ((t.end_key and t.end_key == s.start_key) or (s.end_key and s.end_key == t.start_key)):
+        return f"regions {t.region_id} and {s.region_id} are not adjacent"
+    if sorted(p.store_id for p in t.peers) != sorted(p.store_id for p in s.peers):
+        return "regions do not have the same peer set (stores)"
+    if any(p.learner for p in (*t.peers, *s.peers)):
+        return "a region has a learner (peer change under way)"
+    if t.state != RegionState.RUNNING or s.state != RegionState.RUNNING:
+        return "a region is frozen by another merge"
+    return ""
+
