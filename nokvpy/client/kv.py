@@ -45,12 +45,16 @@ from nokvpy.protocol.coordinator_rpc import (
     ScanRegionsRequest,
 )
 from nokvpy.protocol.store_rpc import (
+    MAX_KEY_SIZE as MAX_KEY,
+)
+from nokvpy.protocol.store_rpc import (
+    MAX_VALUE_SIZE as MAX_VALUE,
+)
+from nokvpy.protocol.store_rpc import (
     BatchGetRequest,
     CasRequest,
     DeleteRequest,
     GetRequest,
-    MAX_KEY_SIZE as MAX_KEY,
-    MAX_VALUE_SIZE as MAX_VALUE,
     KvContext,
     PutRequest,
     ReadMode,

@@ -93,7 +93,7 @@ async def test_late_store_learns_descriptor_from_the_log(tmp_path):
         cluster = InProcCluster(nursery, tmp_path)
         cluster.coord.withhold.add(3)
         await cluster.start()
-        leader = await cluster.wait_leader()
+        await cluster.wait_leader()
         async with cluster.client() as client:
             index = await client.put(b"k", b"v")
             s3 = cluster.store(3)
