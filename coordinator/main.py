@@ -18,6 +18,7 @@ import trio
 from coordinator.scheduler import SchedulerConfig
 from coordinator.service import CoordinatorService
 from nokvpy import failpoints
+from nokvpy.adminsvc import register_failpoint_admin
 from nokvpy.client.meta import MetaClient
 from nokvpy.rpc import Identity, RpcClient, RpcServer, parse_addr
 
@@ -26,14 +27,6 @@ log = logging.getLogger("nokvpy.coordinator")
 
 class StartupError(Exception):
     """A refusal to start, printed as one line."""
-
-
-def _register_failpoint_admin(server) -> None:
-    try:
-        from metaroot.service import register_failpoint_admin
-    except ImportError:  # pragma: no cover - moved to the shared admin module
-        from nokvpy.adminsvc import register_failpoint_admin
-    register_failpoint_admin(server)
 
 
 async def serve(coordinator_id: int, listen: str, cluster_id: str, metaroot: list[str], *,
@@ -59,7 +52,7 @@ async def serve(coordinator_id: int, listen: str, cluster_id: str, metaroot: lis
                                  **(service_options or {}))
     server = RpcServer(identity)
     service.register(server)
-    _register_failpoint_admin(server)
+    register_failpoint_admin(server)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(service.run)

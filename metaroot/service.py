@@ -22,6 +22,7 @@ from metaroot import rootlog
 from metaroot.grants import plan_grant_command
 from metaroot.state import RootEventRejected, RootState
 from nokvpy import failpoints
+from nokvpy.adminsvc import register_failpoint_admin
 from nokvpy.protocol import (
     AllocatorFence,
     AllocatorKind,
@@ -32,12 +33,6 @@ from nokvpy.protocol import (
     RetryClass,
     RootEvent,
     RootToken,
-)
-from nokvpy.protocol.admin import (
-    FailpointClearRequest,
-    FailpointListReply,
-    FailpointListRequest,
-    FailpointSetRequest,
 )
 from nokvpy.protocol.grants import AppendFences
 from nokvpy.protocol.metaroot_rpc import (
@@ -384,33 +379,3 @@ class MetarootService:
         server.register_stream(WatchRequest, self.on_watch)
         register_failpoint_admin(server)
 
-
-def register_failpoint_admin(server) -> None:
-    """Every process answers failpoint set / clear / list."""
-
-    async def on_set(req: FailpointSetRequest, ctx) -> FailpointListReply:
-        try:
-            failpoints.set(req.name, req.spec)
-        except ValueError as exc:
-            raise RemoteError(ErrorKind.INVALID_ARGUMENT, "bad_failpoint", str(exc)) from None
-        return _fp_list()
-
-    async def on_clear(req: FailpointClearRequest, ctx) -> FailpointListReply:
-        if req.name:
-            failpoints.clear(req.name)
-        else:
-            failpoints.clear_all()
-        return _fp_list()
-
-    async def on_list(req: FailpointListRequest, ctx) -> FailpointListReply:
-        return _fp_list()
-
-    server.register(FailpointSetRequest, on_set)
-    server.register(FailpointClearRequest, on_clear)
-    server.register(FailpointListRequest, on_list)
-
-
-def _fp_list() -> FailpointListReply:
-    active = failpoints.list_active()
-    return FailpointListReply({k: str(v) for k, v in active.items()},
-                              {k: int(v) for k, v in failpoints.hits().items()})
