@@ -210,14 +210,17 @@ class RpcServer:
                 peer = await server_handshake(framed, self.identity, remote)
             if peer is None:
                 raise HandshakeRejectedError("timeout", f"no handshake within {self.handshake_timeout}s")
-            async with trio.open_nursery() as nursery:
-                conn = _Conn(framed, peer, nursery)
-                self._connections.add(conn)
-                nursery.start_soon(framed.writer_loop)
-                try:
-                    await self._read_loop(conn)
-                finally:
-                    nursery.cancel_scope.cancel()
+            try:
+                async with trio.open_nursery() as nursery:
+                    conn = _Conn(framed, peer, nursery)
+                    self._connections.add(conn)
+                    nursery.start_soon(framed.writer_loop)
+                    try:
+                        await self._read_loop(conn)
+                    finally:
+                        nursery.cancel_scope.cancel()
+            except BaseExceptionGroup as group:  # strict exception groups (trio >= 0.25)
+                raise _sole_error(group) from None
         except HandshakeRejectedError as e:
             self.counters.inc("rejected_handshake", reason=e.reason)
             logger.warning("refused handshake from %s: reason=%s (%s)", remote, e.reason, e.detail)
@@ -463,3 +466,18 @@ def _remote_address(stream: trio.abc.Stream) -> str:
         return format_addr(host, port)
     except OSError:
         return "unknown"
+
+
+def _sole_error(group: BaseExceptionGroup) -> BaseException:
+    """The one real error inside a nursery's exception group (cancellations aside), so the
+    connection handler classifies it (decode error, closed connection ...) by its own type;
+    the group itself when there is no single such error."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        e = pending.pop()
+        if isinstance(e, BaseExceptionGroup):
+            pending.extend(e.exceptions)
+        elif not isinstance(e, trio.Cancelled):
+            leaves.append(e)
+    return leaves[0] if len(leaves) == 1 else group
