@@ -30,6 +30,7 @@ from nokvpy.rpc.errors import (
     RemoteError,
     RpcTimeoutError,
     RpcUnavailableError,
+    sole_error,
 )
 from nokvpy.rpc.faults import FaultRules
 from nokvpy.rpc.framed import ConnectionClosedError, FramedStream
@@ -403,9 +404,12 @@ class RpcClient:
                 conn.state = _READY
                 self._backoff.pop(addr, None)
                 conn.ready.set()
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(framed.writer_loop)
-                    await self._read_loop(conn)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(framed.writer_loop)
+                        await self._read_loop(conn)
+                except BaseExceptionGroup as group:  # strict exception groups (trio >= 0.25)
+                    raise sole_error(group) from None
         except RpcUnavailableError as e:  # includes HandshakeRefusedError
             conn.error = e
             self.counters.inc("connect_failures", reason=type(e).__name__)

@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from nokvpy.protocol.enums import ErrorKind
-from nokvpy.rpc.errors import RemoteError
+from nokvpy.rpc.errors import RemoteError, sole_error
 from nokvpy.rpc.faults import FaultRules
 from nokvpy.rpc.framed import ConnectionClosedError, FramedStream
 from nokvpy.rpc.handshake import HandshakeRejectedError, server_handshake
@@ -220,7 +220,7 @@ class RpcServer:
                     finally:
                         nursery.cancel_scope.cancel()
             except BaseExceptionGroup as group:  # strict exception groups (trio >= 0.25)
-                raise _sole_error(group) from None
+                raise sole_error(group) from None
         except HandshakeRejectedError as e:
             self.counters.inc("rejected_handshake", reason=e.reason)
             logger.warning("refused handshake from %s: reason=%s (%s)", remote, e.reason, e.detail)
@@ -467,17 +467,3 @@ def _remote_address(stream: trio.abc.Stream) -> str:
     except OSError:
         return "unknown"
 
-
-def _sole_error(group: BaseExceptionGroup) -> BaseException:
-    """The one real error inside a nursery's exception group (cancellations aside), so the
-    connection handler classifies it (decode error, closed connection ...) by its own type;
-    the group itself when there is no single such error."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        e = pending.pop()
-        if isinstance(e, BaseExceptionGroup):
-            pending.extend(e.exceptions)
-        elif not isinstance(e, trio.Cancelled):
-            leaves.append(e)
-    return leaves[0] if len(leaves) == 1 else group
