@@ -170,11 +170,3 @@ def wait_serving(cluster: LocalCluster, spec, proc, timeout: float) -> None:
                            f"(log: {cluster.log_path(proc.name)})")
         time.sleep(0.1)
 
-
-def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

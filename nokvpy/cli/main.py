@@ -307,9 +307,5 @@ def describe(exc: BaseException) -> str:
     return text if name in known and text else f"{name}: {text}" if text else name
 
 
-def default_dir(path: str | None) -> Path:
-    return Path(path or DEFAULT_DIR)
-
-
 if __name__ == "__main__":
     sys.exit(main())
