@@ -272,12 +272,20 @@ class Subscription:
     def _on_item(self, item: WatchItem) -> bool:
         now = trio.current_time()
         self.counters["watch_items"] += 1
+        retained = RootToken(0, max(0, item.retained_from - 1)) if item.retained_from else None
         if self.paused:
-            self._record(self.view.on_keepalive(item.current_token, now))
+            # Note root's token and where its retained tail starts: a view that fell behind
+            # the tail is BOOTSTRAP_REQUIRED (DESIGN 4.3), not LAGGING. No reload is started
+            # while paused (resume re-subscribes and installs the checkpoint), so the step is
+            # recorded as NONE rather than RELOAD.
+            step = self.view.on_keepalive(item.current_token, now, retained)
+            if step.catch_up_action == CatchUpAction.RELOAD:
+                step = CatchUpStep(step.root_token_before, step.root_token_after,
+                                   step.catch_up_state, CatchUpAction.NONE)
+            self._record(step)
             return False
         if item.bootstrap_required and item.checkpoint is not None:
             return self._install_checkpoint(item, now)
-        retained = RootToken(0, max(0, item.retained_from - 1)) if item.retained_from else None
         if item.events:
             step = self.view.on_delta(list(item.events), item.current_token, now)
             self._record(step)

@@ -139,6 +139,11 @@ async def _lag_at_least(env, n):
     return diag if diag["root_lag"] >= n else None
 
 
+async def _state_is(env, state):
+    diag = await env.diag(1)
+    return diag if diag["catch_up_state"] == state else None
+
+
 async def _lag_is(env, n):
     diag = await env.diag(1)
     return diag if diag["root_lag"] == n and diag["catch_up_state"] == "FRESH" else None
@@ -204,6 +209,10 @@ async def test_catch_up_installs_a_checkpoint_when_behind_the_retained_tail(tmp_
         _, d = await bootstrapped(env)
         await env.call(1, PauseCatchUpRequest(True))
         await _append_noise(env, 30)  # metaroot compacts: the tail keeps the last few only
+        # behind the retained tail while paused: BOOTSTRAP_REQUIRED (not LAGGING), VIEW_ONLY
+        behind = await wait_until(lambda: _state_is(env, "BOOTSTRAP_REQUIRED"), 5,
+                                  what="bootstrap required while paused")
+        assert behind["degraded_mode"] == "VIEW_ONLY"
         await env.call(1, PauseCatchUpRequest(False))
         diag = await wait_until(lambda: _lag_is(env, 0), 10, what="caught up from checkpoint")
         assert any(s["action"] == "BOOTSTRAP" for s in diag["catch_up_steps"])
