@@ -117,6 +117,7 @@ class RegionStateMachine:
         self.conf_change_handler: Callable[[RegionStateMachine, WriteBatch, Entry], Any] | None = None
         self.descriptor_listener: Callable[[RegionDescriptor], None] | None = None
         self._staged: tuple[int, int, RegionDescriptor | None, int] | None = None
+        self._plain = False
         # Background snapshot building: `spawn(async_fn)` starts a task and says whether it
         # could (None, or False: build inline).
         self.spawn: Callable[[Callable[[], Any]], bool] | None = None
@@ -151,6 +152,7 @@ class RegionStateMachine:
                   and self.staged_descriptor is None):
                 self.staged_descriptor = self._descriptor_from_conf_change(e)
             decoded.append(cmd)
+        plain = self.staged_descriptor is None
         base = self._prefetch(cas_keys) if cas_keys else {}
         overlay: dict[bytes, Any] = {}
         results: list[Any] = []
@@ -162,12 +164,15 @@ class RegionStateMachine:
                     results.append(self.conf_change_handler(self, batch, e))
                 else:
                     results.append(None)  # conf change or the leader's empty entry
+                if e.type != EntryType.NORMAL:
+                    plain = False
             elif isinstance(cmd, KvCommand):
                 res = self._apply_kv(batch, cmd, overlay, base)
                 if res.ok and res.succeeded:
                     writes += len(cmd.ops)
                 results.append(res)
             elif isinstance(cmd, AdminCommand):
+                plain = False
                 handler = self.admin_handlers.get(cmd.op)
                 if handler is None:
                     results.append(KvResult(False, error=f"unsupported admin op {cmd.op!r}"))
@@ -179,9 +184,17 @@ class RegionStateMachine:
         self.meta.stage_replay_pointer(batch, self.region_id, last.index, last.term)
         if self.staged_descriptor is not None:
             self.meta.stage_region(batch, self.region_id, encode_descriptor(self.staged_descriptor))
-        self._maybe_compact(batch)
+        if self._maybe_compact(batch):
+            plain = False
         self._staged = (last.index, last.term, self.staged_descriptor, writes)
+        self._plain = plain
         return results
+
+    def apply_deferrable(self) -> bool:
+        """Did the last stage_apply write only KV data and the replay pointer (no descriptor,
+        admin command, membership change or compaction)? Then the driver may hold its batch
+        back to share the next fsync: replaying it after a crash is idempotent."""
+        return self._plain
 
     def after_commit(self, entries: list[Entry], results: list[Any]) -> None:
         staged, self._staged = self._staged, None
@@ -336,17 +349,18 @@ class RegionStateMachine:
                 return KvResult(False, error=INVALID)
         return OK
 
-    def _maybe_compact(self, batch: WriteBatch) -> None:
+    def _maybe_compact(self, batch: WriteBatch) -> bool:
         """Compact the raft log to `compact_keep` entries behind the durable applied index
         (only entries already applied and durable, so the batch's own appends are untouched)."""
         storage = self.raftlog.group(self.region_id)
         target = self.applied - self.compact_keep
         if target <= 0 or target - storage.first_index() + 1 < self.compact_slack:
-            return
+            return False
         if target > storage.last_index():
-            return
+            return False
         self.raftlog.stage_compact(batch, self.region_id, target)
         self.compactions += 1
+        return True
 
     # ---- reads -------------------------------------------------------------------------
 

@@ -228,7 +228,8 @@ class Store:
         sm.descriptor_listener = lambda d, p=peer: self._on_descriptor(p, d)
         group = self.driver.add_group(rid, peer_id, self.raftlog.group(rid), sm, peer.route,
                                       election_tick=self.cfg.election_tick,
-                                      heartbeat_tick=self.cfg.heartbeat_tick)
+                                      heartbeat_tick=self.cfg.heartbeat_tick,
+                                      lazy_commit_broadcast=True)
         group.early_ack = True  # reads go through ReadIndex + the durable applied index
         if desc is not None:
             group.epoch = (desc.epoch.version, desc.epoch.conf_ver)

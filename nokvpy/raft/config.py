@@ -31,6 +31,11 @@ class Config:
     pre_vote: bool = True
     read_only_option: ReadOnlyOption = ReadOnlyOption.SAFE
     disable_proposal_forwarding: bool = False
+    # Leader: when the commit index advances, do not broadcast it at once in empty appends;
+    # it rides on the next append or heartbeat, or on `RawNode.flush_commit()` (the driver
+    # calls it when no append followed within a short delay). Saves followers one write per
+    # commit under load; a follower's applied index lags by at most that delay.
+    lazy_commit_broadcast: bool = False
     rng: random.Random | None = None
 
     def validate(self) -> None:

@@ -125,6 +125,8 @@ class Raft:
         "lease_revoked",
         "startup_lease",
         "bcast_pending",
+        "lazy_commit",
+        "commit_bcast_pending",
         "dropped_forwarded_proposals",
         "_tick_fn",
         "_step_fn",
@@ -176,6 +178,10 @@ class Raft:
         self.startup_lease = c.read_only_option == ReadOnlyOption.LEASE_BASED
         # Leader: entries were appended since the last broadcast (see flush_bcast).
         self.bcast_pending = False
+        # Leader with lazy_commit_broadcast: the commit index advanced and not every peer has
+        # been told yet (see broadcast_commit / flush_commit_bcast).
+        self.lazy_commit = c.lazy_commit_broadcast
+        self.commit_bcast_pending = False
         self.dropped_forwarded_proposals = 0
         self._tick_fn = self.tick_election
         self._step_fn = self.step_follower
@@ -291,9 +297,31 @@ class Raft:
 
     def bcast_append(self) -> None:
         self.bcast_pending = False
+        self.commit_bcast_pending = False
         for pid in self.prs.ids():
             if pid != self.id:
                 self.send_append(pid)
+
+    def broadcast_commit(self) -> None:
+        """The commit index advanced: tell the followers now, or (lazy_commit_broadcast) let
+        it ride on the next append or heartbeat until `flush_commit_bcast`."""
+        if self.lazy_commit:
+            self.commit_bcast_pending = True
+        else:
+            self.bcast_append()
+
+    def flush_commit_bcast(self) -> bool:
+        """Leader: send the pending commit index to every peer (an empty append where there
+        is nothing new). Returns whether anything was pending."""
+        if not self.commit_bcast_pending:
+            return False
+        self.commit_bcast_pending = False
+        if self.state != StateType.LEADER:
+            return False
+        for pid in self.prs.ids():
+            if pid != self.id:
+                self.send_append(pid)
+        return True
 
     def flush_bcast(self) -> None:
         """Leader: send the entries appended since the last broadcast to every peer that is
@@ -303,15 +331,23 @@ class Raft:
         self.bcast_pending = False
         if self.state != StateType.LEADER:
             return
+        told_all = True
         for pid in self.prs.ids():
             if pid != self.id:
+                sent = False
                 while self.maybe_send_append(pid, False):
-                    pass
+                    sent = True
+                told_all = told_all and sent
+        if told_all:
+            self.commit_bcast_pending = False  # every append carried the commit index
 
     def bcast_heartbeat(self) -> None:
         self.bcast_heartbeat_with_ctx(self.read_only.last_pending_request_ctx())
 
     def bcast_heartbeat_with_ctx(self, ctx: bytes) -> None:
+        # Heartbeats carry min(match, committed): every peer learns the commit index for the
+        # entries it holds, so a pending lazy commit broadcast is done.
+        self.commit_bcast_pending = False
         for pid in self.prs.ids():
             if pid != self.id:
                 self.send_heartbeat(pid, ctx)
@@ -349,6 +385,7 @@ class Raft:
         self.pending_read_index_messages = []
         self.lease_revoked = False
         self.bcast_pending = False
+        self.commit_bcast_pending = False
 
     def become_follower(self, term: int, lead: int) -> None:
         self._step_fn = self.step_follower
@@ -706,7 +743,7 @@ class Raft:
             pr.inflights.free_le(m.index)
         if self.maybe_commit():
             self.release_pending_read_index_messages()
-            self.bcast_append()
+            self.broadcast_commit()
         elif old_paused:
             self.send_append(m.frm)
         # Keep the pipe full while the window allows.
@@ -888,6 +925,10 @@ class Raft:
         if req.frm == NONE or req.frm == self.id:
             self.read_states.append(ReadState(index, req.context))
         else:
+            if (self.commit_bcast_pending and self.state == StateType.LEADER
+                    and req.frm in self.prs.progress):
+                # The follower waits to apply up to `index`: tell it the commit index first.
+                self.send_append(req.frm)
             self.send(Message(MT.READ_INDEX_RESP, to=req.frm, index=index, context=req.context))
 
     def release_pending_read_index_messages(self) -> None:
@@ -947,7 +988,7 @@ class Raft:
         # The quorum may have shrunk (commit more) and new peers need entries.
         if self.maybe_commit():
             self.release_pending_read_index_messages()
-            self.bcast_append()
+            self.broadcast_commit()
         else:
             for pid in self.prs.ids():
                 if pid != self.id:

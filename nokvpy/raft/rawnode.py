@@ -180,6 +180,14 @@ class RawNode:
     def report_snapshot(self, node_id: int, failed: bool) -> None:
         self.raft.step(Message(MessageType.SNAP_STATUS, frm=node_id, reject=failed))
 
+    def flush_commit(self) -> bool:
+        """Leader with lazy_commit_broadcast: send a pending commit index to every peer now.
+        Returns whether one was pending (the next Ready then carries the messages)."""
+        return self.raft.flush_commit_bcast()
+
+    def commit_flush_pending(self) -> bool:
+        return self.raft.commit_bcast_pending
+
     def apply_conf_change(self, cc: ConfChange) -> ConfState:
         return self.raft.apply_conf_change(cc)
 

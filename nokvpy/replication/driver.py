@@ -274,12 +274,27 @@ class Driver:
         *,
         tick_interval: float = 0.1,
         max_batch_proposals: int = 4096,
+        commit_flush_delay: float = 0.002,
     ):
         self.env = env
         self.raftlog = raftlog
         self.send = send
         self.tick_interval = tick_interval
         self.max_batch_proposals = max_batch_proposals
+        # Groups with lazy_commit_broadcast whose leader holds a commit index not yet sent:
+        # flushed when no other work arrives within commit_flush_delay seconds.
+        self.commit_flush_delay = commit_flush_delay
+        self._commit_pending: set[Group] = set()
+        # A turn that only applied plain writes (see _deferrable) is not committed on its
+        # own: its staged batch waits for the next turn's commit (one fsync for both), for a
+        # reader of the applied index, for another writer of the environment, or for
+        # commit_flush_delay. Invariant: while set, no other apply is staged.
+        self._deferred: tuple[WriteBatch, list[tuple[Group, Any, list[Entry], list[Any]]]] | None = None
+        self._flush_deferred = False
+        self._released: deque[tuple[Any, list[tuple[Group, Any, list[Entry], list[Any]]]]] = deque()
+        self._nursery: trio.Nursery | None = None
+        if hasattr(env, "before_submit"):
+            env.before_submit = self._release_deferred
         self.groups: dict[int, Group] = {}
         self._wake = trio.Event()
         self._dirty: set[int] = set()
@@ -311,6 +326,7 @@ class Driver:
         heartbeat_tick: int = 1,
         seed: int | None = None,
         lease_reads: bool = True,
+        lazy_commit_broadcast: bool = False,
     ) -> Group:
         import random
 
@@ -323,6 +339,7 @@ class Driver:
             check_quorum=True,
             pre_vote=True,
             read_only_option=ReadOnlyOption.LEASE_BASED if lease_reads else ReadOnlyOption.SAFE,
+            lazy_commit_broadcast=lazy_commit_broadcast,
             rng=random.Random(seed if seed is not None else (group_id * 1_000_003 + node_id)),
         )
         group = Group(group_id, node_id, storage, sm, route, config)
@@ -334,6 +351,7 @@ class Driver:
         group = self.groups.pop(group_id, None)
         if group is not None:
             group.stopped = True
+            self._commit_pending.discard(group)
             err = ProposalError("stopped", f"group {group_id} was removed from this node")
             for w in list(group.waiters.values()) + list(group.reads.values()):
                 w.fail(err)
@@ -411,6 +429,9 @@ class Driver:
     async def wait_applied(self, group: Group, index: int) -> None:
         ev = group.wait_applied_event(index)
         if ev is not None:
+            if self._deferred is not None:
+                self._flush_deferred = True  # the apply it waits for may be held back
+                self._wake.set()
             await ev.wait()
 
     def campaign(self, group: Group) -> None:
@@ -437,6 +458,7 @@ class Driver:
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.running = True
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._ticker)
             if os.environ.get("NOKV_PROFILE"):
                 nursery.start_soon(_profile_dumper, os.environ["NOKV_PROFILE"], self)
@@ -444,6 +466,15 @@ class Driver:
             try:
                 timed, timing, clock = self._timed, self.timing, trio.current_time
                 while True:
+                    if ((self._commit_pending or self._deferred is not None)
+                            and not self._wake.is_set()):
+                        with trio.move_on_after(self.commit_flush_delay):
+                            await self._wake.wait()
+                        if not self._wake.is_set():
+                            self._flush_commits()
+                            if self._deferred is not None:
+                                self._flush_deferred = True
+                                self._wake.set()
                     if timed:
                         t0 = clock()
                         await self._wake.wait()
@@ -459,7 +490,16 @@ class Driver:
                     await trio.sleep(0)  # let request handlers enqueue: natural batching
             finally:
                 self.running = False
+                self._nursery = None
                 nursery.cancel_scope.cancel()
+
+    def _flush_commits(self) -> None:
+        """No append followed a commit within the delay: tell the followers now."""
+        pending, self._commit_pending = self._commit_pending, set()
+        for group in pending:
+            if not group.stopped and group.node.flush_commit():
+                self.counters["commit_flushes"] += 1
+                self.mark(group)
 
     async def _ticker(self) -> None:
         while True:
@@ -552,10 +592,22 @@ class Driver:
                 continue
             readies.append((group, group.node.ready()))
         self._dirty.clear()
+        held = self._deferred
+        if held is not None and (self._flush_deferred or any(
+                rd.committed_entries or (rd.snapshot is not None and not rd.snapshot.is_empty())
+                for _, rd in readies)):
+            # Staging another apply reads what the held batch wrote: commit it first.
+            self._deferred, self._flush_deferred = None, False
+            await self._commit_held(*held)
+            held = None
         if not readies:
             return
-        batch = WriteBatch()
-        applied: list[tuple[Group, Any, list[Entry], list[Any]]] = []
+        if held is not None:
+            self._deferred, self._flush_deferred = None, False
+            batch, applied = held[0], list(held[1])
+            n_held = len(applied)
+        else:
+            batch, applied, n_held = WriteBatch(), [], 0
         for group, rd in readies:
             if group.stopped:
                 # Removed while this turn was staged (a topology apply replaced or tore down
@@ -571,7 +623,7 @@ class Driver:
                 self._stage_conf_state(batch, group, rd, ents)
             applied.append((group, rd, ents, results))
         early: list[tuple[int, int, Message, tuple[int, int]]] = []
-        for group, rd, ents, results in applied:
+        for group, rd, ents, results in applied[n_held:]:
             self._ack_durable(group, rd, ents, results)
             if rd.messages and _sendable_before_persist(group, rd):
                 gid, epoch = group.group_id, group.epoch
@@ -581,6 +633,19 @@ class Driver:
         if early:
             self.send(early)
             self.counters["sent_before_persist"] += len(early)
+        if not n_held and batch and self._deferrable(applied):
+            # Nothing here has to be durable before anything else happens: hold the batch
+            # (see _deferred) and let raft move on now.
+            for group, rd, _, _ in applied:
+                group.node.advance(rd)
+                if group.node.has_ready():
+                    self._dirty.add(group.group_id)
+                self._note_commit_pending(group)
+            self._deferred = (batch, applied)
+            self.counters["applies_held"] += 1
+            if self._dirty:
+                self._wake.set()
+            return
         if batch:
             if self.before_persist:
                 self.before_persist()
@@ -596,6 +661,10 @@ class Driver:
         else:
             # Nothing to persist (heartbeats, read states): no write transaction, no fsync.
             self.counters["persist_skipped"] += 1
+        self._drain_released()
+        if n_held:
+            self._finish_held(applied[:n_held])
+        applied = applied[n_held:]
         out: list[tuple[int, int, Message, tuple[int, int]]] = []
         applied = [a for a in applied if not a[0].stopped]
         for group, rd, _, _ in applied:
@@ -608,10 +677,88 @@ class Driver:
             group.node.advance(rd)
             if group.node.has_ready():
                 self._dirty.add(group.group_id)
+            self._note_commit_pending(group)
         if self.on_applied_batch:
             self.on_applied_batch()
         if self._dirty:
             self._wake.set()
+
+    def _note_commit_pending(self, group: Group) -> None:
+        pending = self._commit_pending
+        if group.node.commit_flush_pending():
+            pending.add(group)
+        elif pending:
+            pending.discard(group)
+
+    # ---- held (deferred) applies -------------------------------------------------------
+
+    def _deferrable(self, applied: list[tuple[Group, Any, list[Entry], list[Any]]]) -> bool:
+        """May this turn's batch be held back? Only when it is nothing but the apply of plain
+        writes that nobody waits on: no entries, snapshot, term or vote to make durable, no
+        role change, no read answers, no membership or admin entry, every proposer already
+        answered (early ack), no reader waiting on the applied index, and no callbacks."""
+        for group, rd, ents, _ in applied:
+            if (rd.entries or rd.soft_state is not None or rd.read_states or rd.messages
+                    or (rd.snapshot is not None and not rd.snapshot.is_empty())
+                    or group.apply_waiters or group.reads):
+                return False
+            hs = rd.hard_state
+            if hs is not None and (hs.term, hs.vote) != group.persisted_tv:
+                return False
+            if ents:
+                deferrable = getattr(group.sm, "apply_deferrable", None)
+                if deferrable is None or not deferrable():
+                    return False
+                waiters = group.waiters
+                for e in ents:
+                    if e.type != EntryType.NORMAL or e.index in waiters:
+                        return False
+        return True
+
+    def _release_deferred(self) -> None:
+        """Another writer is about to queue a batch on the environment: queue the held one
+        first (commit order = staging order) and finish it when it is durable."""
+        held = self._deferred
+        if held is None:
+            return
+        self._deferred, self._flush_deferred = None, False
+        handle = self.env.enqueue(held[0])
+        self._released.append((handle, held[1]))
+        self.counters["applies_released"] += 1
+        if self._nursery is not None:
+            self._nursery.start_soon(self._await_released, handle)
+
+    async def _await_released(self, handle: Any) -> None:
+        await self.env.wait_committed(handle)  # a failed commit fails the loop (fail-stop)
+        self._drain_released()
+
+    def _drain_released(self) -> None:
+        """Finish released batches that are durable, in commit order."""
+        released = self._released
+        while released and released[0][0].done:
+            handle, items = released.popleft()
+            if handle.error is not None:
+                raise handle.error
+            self._finish_held(items)
+
+    async def _commit_held(self, batch: WriteBatch, items: list) -> None:
+        if self.before_persist:
+            self.before_persist()
+        await self.env.commit(batch)
+        self.counters["persist_batches"] += 1
+        if self.after_persist:
+            self.after_persist()
+        self._drain_released()
+        self._finish_held(items)
+
+    def _finish_held(self, items: list[tuple[Group, Any, list[Entry], list[Any]]]) -> None:
+        """The held batch is durable: what `_after_persist` does, for Readys already advanced."""
+        for group, rd, ents, results in items:
+            if group.stopped:
+                continue
+            self._after_persist(group, rd, ents, results)
+        if self.on_applied_batch:
+            self.on_applied_batch()
 
     def _ack_durable(self, group: Group, rd: Any, ents: list[Entry], results: list[Any]) -> None:
         """Resolve proposal waiters before this turn's fsync when that is already safe.

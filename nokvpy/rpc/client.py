@@ -278,6 +278,22 @@ class RpcClient:
             raise slot.error
         return slot.result
 
+    def try_notify_now(self, addr: str, request: object) -> bool:
+        """The synchronous fast path of `notify`: queue `request` on an open connection at
+        once, without a task switch. Returns False (nothing sent) when that is not possible
+        right now: no open connection, fault rules installed (they may delay or drop), or
+        the send buffer above its high-water mark; then use `notify`. Raises EncodeError."""
+        if self.faults.rules:
+            return False
+        conn = self._conns.get(addr)
+        if conn is None or conn.state != _READY:
+            return False
+        framed = conn.framed
+        if framed is None or framed.closed or framed.over_high_water():
+            return False
+        framed.enqueue(frame(encode(Request(0, 0, request))))
+        return True
+
     async def notify(self, addr: str, request: object, timeout: float = 5.0) -> None:
         """One-way send: returns once queued on the connection; no reply, no outcome.
 

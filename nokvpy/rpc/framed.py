@@ -95,6 +95,9 @@ class FramedStream:
     def send(self, record: object) -> None:
         self.enqueue(frame(encode(record)))
 
+    def over_high_water(self) -> bool:
+        return self._outbox_bytes > self.high_water
+
     async def wait_writable(self) -> None:
         """Block while more than `high_water` bytes are queued (backpressure for streams)."""
         while self._outbox_bytes > self.high_water and not self.closed:

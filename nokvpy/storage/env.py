@@ -180,6 +180,10 @@ class Env:
         self._failed: BaseException | None = None
         self._closed = False
         self.stats = EnvStats()
+        # Called (synchronously) before any batch joins the queue: a caller holding staged
+        # writes back (the raft driver's deferred apply) enqueues them first, so writes always
+        # reach LMDB in the order they were staged.
+        self.before_submit: Callable[[], None] | None = None
 
     @classmethod
     def open(
@@ -317,7 +321,32 @@ class Env:
                 f"environment {self.path} refuses writes after a failed commit: {self._failed!r}"
             ) from self._failed
 
+    def enqueue(self, batch: WriteBatch) -> _Pending:
+        """Put `batch` in the commit queue now (its place in the commit order is fixed at
+        this call) without waiting; `await wait_committed(handle)` makes sure it commits."""
+        self._check_writable()
+        p = _Pending(batch)
+        self._queue.append(p)
+        return p
+
+    async def wait_committed(self, p: _Pending) -> None:
+        """Wait until an `enqueue`d batch is durable (leading its group commit if needed);
+        raises what its commit raised."""
+        with trio.CancelScope(shield=True):
+            if not p.done:
+                if self._committing:
+                    await p.wake.wait()
+                else:
+                    self._committing = True
+                    await trio.lowlevel.checkpoint()
+                if not p.done:
+                    await self._lead_one_group()
+        if p.error is not None:
+            raise p.error
+
     async def _submit(self, batch: WriteBatch) -> object:
+        if self.before_submit is not None:
+            self.before_submit()
         self._check_writable()
         p = _Pending(batch)
         self._queue.append(p)

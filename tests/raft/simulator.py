@@ -67,6 +67,7 @@ class SimStats:
     applied_entries: int = 0
     elections: int = 0
     lease_schedules: int = 0
+    lazy_commit_schedules: int = 0
 
     def add(self, other: SimStats) -> None:
         for name in self.__slots__:
@@ -113,6 +114,7 @@ class Options:
     max_inflight: int = 256
     max_delay: int = 6
     election_tick: int = 10
+    lazy_commit: bool = False
 
     @classmethod
     def from_seed(cls, rng: random.Random) -> Options:
@@ -125,6 +127,7 @@ class Options:
         o.max_inflight = rng.choice([2, 16, 256])
         o.max_delay = rng.choice([0, 3, 10])
         o.election_tick = rng.choice([4, 6, 10])
+        o.lazy_commit = rng.random() < 0.5  # drawn last: the other options keep their seeds
         return o
 
 
@@ -138,6 +141,8 @@ class Simulator:
         self.stats = SimStats(schedules=1)
         if self.opts.read_only == ReadOnlyOption.LEASE_BASED:
             self.stats.lease_schedules = 1
+        if self.opts.lazy_commit:
+            self.stats.lazy_commit_schedules = 1
         self.step_no = 0
         self.trace: deque[str] = deque(maxlen=40)
         self.initial = list(range(1, self.opts.n + 1))
@@ -175,6 +180,7 @@ class Simulator:
             read_only_option=o.read_only,
             max_size_per_msg=o.max_size_per_msg,
             max_inflight_msgs=o.max_inflight,
+            lazy_commit_broadcast=o.lazy_commit,
             rng=random.Random(self.rng.getrandbits(32)),
         )
         n.rn = RawNode(cfg)
@@ -482,7 +488,10 @@ class Simulator:
 
     def tick(self) -> None:
         for nid in self.alive():
-            self.nodes[nid].rn.tick()
+            rn = self.nodes[nid].rn
+            rn.tick()
+            if self.opts.lazy_commit and self.rng.random() < 0.5:
+                rn.flush_commit()  # what the driver does when no append followed a commit
 
     # -- checks --------------------------------------------------------------------------
 

@@ -385,3 +385,73 @@ def test_new_leader_cannot_propose_conf_change_before_applying_its_term():
     net.nodes[2].rn.campaign()
     net.stabilize()
     assert net.leader() == 2
+
+
+# -- lazy commit broadcast -------------------------------------------------------------------
+
+
+def _apps_to(msgs, to):
+    return [m for m in msgs if m.type == MT.APP and m.to == to]
+
+
+def test_lazy_commit_rides_on_the_next_append_instead_of_an_empty_one():
+    """With lazy_commit_broadcast the leader does not send empty appends just to announce a
+    new commit index; followers learn it from the next append, which then carries it."""
+    net = elected(lazy_commit_broadcast=True)
+    leader = net.nodes[1]
+    net.propose(1, b"a")
+    commit_a = leader.raft.raft_log.committed
+    assert leader.raft.commit_bcast_pending
+    # Followers hold entry a but do not know it committed: nothing extra was sent.
+    assert net.nodes[2].raft.raft_log.committed < commit_a
+    assert net.nodes[2].applied_data() == []
+    # The next proposal's append carries the commit index of a.
+    leader.rn.propose(b"b")
+    msgs = leader.handle_ready()
+    [app] = _apps_to(msgs, 2)
+    assert [e.data for e in app.entries] == [b"b"] and app.commit == commit_a
+    net.send(*msgs)
+    net.stabilize()
+    assert net.nodes[2].applied_data() == [b"a"]
+
+
+def test_lazy_commit_flush_and_heartbeat_tell_followers():
+    net = elected(lazy_commit_broadcast=True)
+    net.propose(1, b"a")
+    leader = net.nodes[1]
+    assert leader.rn.commit_flush_pending()
+    assert leader.rn.flush_commit() is True
+    assert not leader.rn.commit_flush_pending()
+    assert leader.rn.flush_commit() is False  # nothing pending any more
+    msgs = leader.handle_ready()
+    assert {m.to for m in msgs if m.type == MT.APP and not m.entries} == {2, 3}
+    net.send(*msgs)
+    net.stabilize()
+    assert net.nodes[2].applied_data() == [b"a"] == net.nodes[3].applied_data()
+    # A heartbeat round also delivers it (and clears the pending flag).
+    net.propose(1, b"b")
+    assert leader.rn.commit_flush_pending()
+    net.tick(1)
+    assert not leader.rn.commit_flush_pending()
+    net.stabilize()
+    assert net.nodes[3].applied_data() == [b"a", b"b"]
+
+
+def test_lazy_commit_follower_read_index_learns_the_commit_it_must_apply():
+    """A follower's ReadIndex answer is preceded by the commit index it has to apply, so the
+    read does not wait for the next heartbeat."""
+    net = elected(lazy_commit_broadcast=True)
+    net.propose(1, b"a")
+    assert net.nodes[1].raft.commit_bcast_pending
+    net.nodes[3].rn.read_index(b"r")
+    net.stabilize()
+    [rs] = net.nodes[3].read_states
+    assert rs.index == net.nodes[1].raft.raft_log.committed
+    assert net.nodes[3].applied_index >= rs.index
+
+
+def test_default_broadcasts_commit_at_once():
+    net = elected()
+    net.propose(1, b"a")
+    assert not net.nodes[1].raft.commit_bcast_pending
+    assert net.nodes[2].applied_data() == [b"a"]

@@ -58,7 +58,7 @@ def test_faults_were_injected():
     assert s.partitions > 0 and s.crashes > 0 and s.restarts > 0
     assert s.conf_changes > 0 and s.transfers > 0 and s.snapshots_installed > 0
     assert s.reads_checked > 0 and s.duplicated > 0 and s.dropped > 0 and s.elections > 0
-    assert s.lease_schedules > 0
+    assert s.lease_schedules > 0 and s.lazy_commit_schedules > 0
     print(f"\nsimulator: {s.summary()}")
 
 

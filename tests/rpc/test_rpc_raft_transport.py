@@ -74,3 +74,37 @@ def test_queue_overflow_drops_and_counts():
     transport.send([_env(i) for i in range(5)])  # not running: nothing drains the queue
     assert transport.queued(2) == 2
     assert transport.counters["dropped{reason=queue_full}"] == 3
+
+
+async def test_an_open_connection_gets_batches_inline_and_in_order():
+    """Once a destination's connection is open and nothing is pending for it, `send()`
+    writes the batch at once (no sender task switch); order is kept throughout."""
+    server = RpcServer(ident("store", 2))
+    indexes: list[int] = []
+    first, all_in = trio.Event(), trio.Event()
+
+    async def on_batch(batch: RaftBatch, ctx) -> None:
+        indexes.extend(e.message.index for e in batch.envelopes)
+        first.set()
+        if len(indexes) >= 41:
+            all_in.set()
+
+    server.register(RaftBatch, on_batch, inline=True)
+    async with serving(server) as addr, RpcClient(ident("store", 1)) as client:
+        transport = RaftTransport(client, {2: addr}.get, local_store_id=1)
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(transport.run)
+                transport.send([_env(0)])  # opens the connection through the sender task
+                await first.wait()
+                assert transport.counters["sent_inline"] == 0
+                for i in range(1, 21):
+                    transport.send([_env(i)])
+                    await trio.sleep(0)
+                    assert transport.queued(2) == 0  # written inline, nothing queued
+                for i in range(21, 41):  # back to back in one turn: still one write each
+                    transport.send([_env(i)])
+                await all_in.wait()
+                nursery.cancel_scope.cancel()
+    assert indexes == list(range(41))
+    assert transport.counters["sent_inline"] == 40

@@ -232,3 +232,50 @@ def test_reads_and_growth_from_another_thread_do_not_race(tmp_path):
         t.join()
     assert not errors and env.stats.map_resizes >= 2
     env.close()
+
+
+async def test_enqueued_batch_keeps_its_place_in_the_commit_order(env):
+    """`enqueue` fixes a batch's place at the call; a later `commit` of the same key lands
+    after it, and `wait_committed` returns once it is durable."""
+    held = WriteBatch()
+    held.put("kv", b"k", b"held")
+    done = []
+    held.on_commit(lambda: done.append("held"))
+    handle = env.enqueue(held)
+    later = WriteBatch()
+    later.put("kv", b"k", b"later")
+    later.on_commit(lambda: done.append("later"))
+    await env.commit(later)  # leads the group: the held batch commits with it, first
+    assert handle.done and env.get("kv", b"k") == b"later"
+    assert done == ["held", "later"]
+    await env.wait_committed(handle)  # already durable: returns at once
+
+
+async def test_wait_committed_leads_a_commit_when_nobody_else_does(env):
+    b = WriteBatch()
+    b.put("kv", b"alone", b"1")
+    handle = env.enqueue(b)
+    with trio.fail_after(5):
+        await env.wait_committed(handle)
+    assert env.get("kv", b"alone") == b"1"
+    b2 = WriteBatch()
+    b2.put("kv", b"next", b"2")
+    await env.commit(b2)  # the commit machinery is free again
+    assert env.get("kv", b"next") == b"2"
+
+
+async def test_before_submit_runs_before_a_batch_joins_the_queue(env):
+    order = []
+    held = WriteBatch()
+    held.put("kv", b"k", b"first")
+
+    def release():
+        if not order:
+            order.append(env.enqueue(held))
+
+    env.before_submit = release
+    b = WriteBatch()
+    b.put("kv", b"k", b"second")
+    await env.commit(b)
+    assert order and order[0].done
+    assert env.get("kv", b"k") == b"second"
