@@ -12,7 +12,15 @@ from collections import deque
 
 import trio
 
-from nokvpy.wire import DEFAULT_LIMITS, DecodeLimits, FrameDecoder, decode, encode, frame
+from nokvpy.wire import (
+    DEFAULT_LIMITS,
+    DecodeError,
+    DecodeLimits,
+    FrameDecoder,
+    decode,
+    encode,
+    frame,
+)
 
 RECEIVE_SIZE = 64 * 1024
 DEFAULT_HIGH_WATER = 4 * 1024 * 1024
@@ -20,6 +28,17 @@ DEFAULT_HIGH_WATER = 4 * 1024 * 1024
 
 class ConnectionClosedError(Exception):
     """The peer closed the stream (EOF) or the stream broke."""
+
+
+class UndecodableFrame:
+    """A well-framed record that failed to decode, handed to a lenient reader instead of
+    raising (the frame boundary is intact, so the stream can go on)."""
+
+    __slots__ = ("data", "error")
+
+    def __init__(self, data: bytes, error: DecodeError):
+        self.data = data
+        self.error = error
 
 
 class FramedStream:
@@ -45,10 +64,12 @@ class FramedStream:
 
     # ---- receiving ----------------------------------------------------------------------
 
-    async def receive_batch(self) -> list[object]:
+    async def receive_batch(self, lenient: bool = False) -> list[object]:
         """Every record completed by the next chunk of bytes (never empty).
 
         Raises ConnectionClosedError on EOF, DecodeError on a malformed / oversized frame.
+        With `lenient`, a frame whose contents fail to decode comes back as an
+        `UndecodableFrame` in its place (the caller decides whether the stream goes on).
         """
         if self._backlog:
             out = list(self._backlog)
@@ -64,7 +85,15 @@ class FramedStream:
             frames = self._decoder.feed(data)
             if frames:
                 limits = self._limits
-                return [decode(f, limits) for f in frames]
+                if not lenient:
+                    return [decode(f, limits) for f in frames]
+                out: list[object] = []
+                for f in frames:
+                    try:
+                        out.append(decode(f, limits))
+                    except DecodeError as e:
+                        out.append(UndecodableFrame(f, e))
+                return out
 
     async def receive_one(self) -> object:
         """The next record (used by the handshake, before the read loop starts)."""

@@ -2,8 +2,10 @@
 
 Owns: the listening side of connections, handler registration, per-request deadlines and
 cancellation, error replies, fault rules on inbound requests, and the built-in admin handlers
-(`Ping`, `Echo`, `SetFaultRules`, `GetFaultRules`). Never crashes on remote input: malformed
-frames and unknown records close that one connection (logged and counted in `counters`),
+(`Ping`, `Echo`, `SetFaultRules`, `GetFaultRules`). Never crashes on remote input: a request
+whose envelope decodes but whose body does not (unknown tag or enum value, wrong field type)
+gets an `invalid_argument/decode_error` reply and the connection goes on; malformed frames
+and other undecodable records close that one connection (logged and counted in `counters`);
 handler exceptions become "internal" error replies. Never swallows `trio.Cancelled`.
 
 Concurrency: one reader task per connection decodes requests; each request runs in its own
@@ -21,10 +23,11 @@ from typing import Any
 
 import trio
 
+from nokvpy.protocol.base import TAGS
 from nokvpy.protocol.enums import ErrorKind
 from nokvpy.rpc.errors import RemoteError, sole_error
 from nokvpy.rpc.faults import FaultRules
-from nokvpy.rpc.framed import ConnectionClosedError, FramedStream
+from nokvpy.rpc.framed import ConnectionClosedError, FramedStream, UndecodableFrame
 from nokvpy.rpc.handshake import HandshakeRejectedError, server_handshake
 from nokvpy.rpc.identity import Counters, Identity, PeerIdentity, format_addr
 from nokvpy.rpc.network import TCP, Network
@@ -48,9 +51,11 @@ from nokvpy.wire import (
     StreamItem,
     encode,
     frame,
+    peek_record,
 )
 
 logger = logging.getLogger("nokvpy.rpc")
+_REQUEST_TAG = Request.__wire_tag__  # type: ignore[attr-defined]
 
 Handler = Callable[[Any, "CallContext"], Awaitable[Any]]
 StreamHandler = Callable[[Any, "CallContext"], AsyncIterator[Any]]
@@ -253,13 +258,15 @@ class RpcServer:
         framed = conn.framed
         while True:
             try:
-                batch = await framed.receive_batch()
+                batch = await framed.receive_batch(lenient=True)
             except ConnectionClosedError:
                 return
             for msg in batch:
                 t = type(msg)
                 if t is Request:
                     await self._on_request(conn, msg)  # type: ignore[arg-type]
+                elif t is UndecodableFrame:
+                    self._on_undecodable(conn, msg)  # type: ignore[arg-type]
                 elif t is Cancel:
                     active = conn.active.get(msg.request_id)  # type: ignore[attr-defined]
                     if active is not None:
@@ -267,6 +274,25 @@ class RpcServer:
                         active.scope.cancel()
                 else:
                     raise _ProtocolViolationError(f"unexpected {t.__name__} from a client")
+
+    def _on_undecodable(self, conn: _Conn, bad: UndecodableFrame) -> None:
+        """A frame that fails to decode: when it is a request whose id can still be read
+        (e.g. a field holds an unknown enum value), answer that request with the reason and
+        keep the connection (other requests on it are unaffected); otherwise the stream is
+        not speaking our protocol: close it as before."""
+        raw = peek_record(bad.data, self.limits)
+        rid = raw[1] if raw is not None and raw[0] == _REQUEST_TAG and len(raw) == 4 else None
+        if type(rid) is not int or rid < 0:
+            raise bad.error
+        body_tag = raw[3][0] if type(raw[3]) is list and raw[3] and type(raw[3][0]) is int else None
+        body = TAGS.get(body_tag)
+        what = body.__name__ if body is not None else f"record tag {body_tag!r}"
+        self.counters.inc("bad_requests", reason="decode_error")
+        logger.warning("refused a request from %s: %s does not decode: %s", conn.peer.name,
+                       what, bad.error.reason)
+        if rid:
+            self._reply(conn, rid, ErrorReply(rid, ErrorKind.INVALID_ARGUMENT, "decode_error",
+                                              f"{what} does not decode: {bad.error.reason}"))
 
     async def _on_request(self, conn: _Conn, req: Request) -> None:
         self.counters["requests"] += 1

@@ -13,6 +13,7 @@ from nokvpy.wire.codec import (
     decode_as,
     encode,
     load_protocol_modules,
+    peek_record,
     registered_types,
 )
 from nokvpy.wire.errors import DecodeError, EncodeError, FrameTooLargeError, WireSchemaError
@@ -69,6 +70,7 @@ __all__ = [
     "WireSchemaError",
     "decode",
     "decode_as",
+    "peek_record",
     "encode",
     "frame",
     "load_protocol_modules",

@@ -140,6 +140,23 @@ def decode(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> object:
         raise DecodeError(f"invalid record: {type(e).__name__}: {e}") from None
 
 
+def peek_record(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> list | None:
+    """The raw wire array of an encoded record (tag first) without validating its fields, or
+    None if `data` is not even an array with an int tag. Lets a server answer a request whose
+    body fails to decode (it can still read the request id)."""
+    try:
+        value = msgpack.unpackb(
+            data, raw=False, strict_map_key=False, max_bin_len=limits.max_bytes_len,
+            max_str_len=limits.max_str_len, max_array_len=limits.max_list_len,
+            max_map_len=limits.max_map_len, max_ext_len=0,
+        )
+    except Exception:
+        return None
+    if type(value) is not list or not value or type(value[0]) is not int:
+        return None
+    return value
+
+
 def decode_as(data: bytes, cls: type, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
     """Decode and require an instance of `cls` (DecodeError otherwise)."""
     obj = decode(data, limits)

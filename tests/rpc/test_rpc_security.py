@@ -1,4 +1,8 @@
-"""Hostile or misconfigured peers are disconnected, logged and counted; others keep working."""
+"""Hostile or misconfigured peers are disconnected, logged and counted; others keep working.
+
+A request whose body does not decode (unknown tag, unknown enum value, wrong field type) but
+whose envelope does is answered with `invalid_argument/decode_error` and the connection goes on;
+anything else that does not decode closes the connection."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import trio
 from rpc_helpers import CLUSTER, Add, RawPeer, ident, serving
 
 from nokvpy.rpc import HandshakeRefusedError, RpcClient, RpcServer
-from nokvpy.wire import Ping, Pong, Request, Response
+from nokvpy.wire import ErrorReply, Ping, Pong, Request, Response
 from nokvpy.wire.codec import pack_raw
 
 SECRET = b"cluster-secret"
@@ -51,7 +55,7 @@ async def test_oversized_frame_disconnects_before_reading_the_body(caplog):
     assert "exceeds the limit of 4096" in caplog.text
 
 
-async def test_unknown_message_type_disconnects(caplog):
+async def test_unknown_message_type_disconnects_or_is_answered(caplog):
     server = RpcServer(ident())
     async with serving(server) as addr:
         with trio.fail_after(10):
@@ -60,11 +64,16 @@ async def test_unknown_message_type_disconnects(caplog):
             assert await raw.closed_by_server()
             await raw.aclose()
 
-            raw = await RawPeer.connect(addr)  # after the handshake, inside a request body
-            assert (await raw.handshake(ident("client", 5))).ok
+            raw = await RawPeer.connect(addr)  # after the handshake, inside a request body:
+            assert (await raw.handshake(ident("client", 5))).ok  # answered, connection kept
             body = pack_raw([Request.__wire_tag__, 1, 1000, [9999]])
             await raw.send_raw(len(body).to_bytes(4, "big") + body)
-            assert await raw.closed_by_server()
+            reply = await raw.receive()
+            assert isinstance(reply, ErrorReply) and reply.request_id == 1
+            assert (reply.kind, reply.reason) == ("invalid_argument", "decode_error")
+            assert "unknown wire tag 9999" in reply.message
+            await raw.send(Request(2, 1000, Ping(b"after")))  # the same connection goes on
+            assert await raw.receive() == Response(2, Pong(b"after", "store-1"))
             await raw.aclose()
 
             raw = await RawPeer.connect(addr)  # a known record a client must not send
@@ -73,7 +82,8 @@ async def test_unknown_message_type_disconnects(caplog):
             assert await raw.closed_by_server()
             await raw.aclose()
             await _still_serving(addr)
-    assert server.counters["protocol_errors{reason=decode_error}"] == 2
+    assert server.counters["protocol_errors{reason=decode_error}"] == 1
+    assert server.counters["bad_requests{reason=decode_error}"] == 1
     assert server.counters["protocol_errors{reason=unexpected_message}"] == 1
     assert "unknown wire tag 9999" in caplog.text
 
@@ -167,3 +177,26 @@ async def test_silent_client_times_out_of_the_handshake():
             assert await raw.closed_by_server()
             await raw.aclose()
     assert server.counters["rejected_handshake{reason=timeout}"] == 1
+
+
+async def test_a_request_with_a_bad_field_is_answered_and_others_on_the_connection_go_on(caplog):
+    """A field that fails validation (a str where bytes are required) inside a well-formed
+    request: the caller gets a clear error for that request only; a one-way request with a
+    bad body is dropped and counted (nobody to answer)."""
+    server = RpcServer(ident())
+    async with serving(server) as addr:
+        with trio.fail_after(10):
+            raw = await RawPeer.connect(addr)
+            assert (await raw.handshake(ident("client", 5))).ok
+            bad = pack_raw([Request.__wire_tag__, 7, 1000, [Ping.__wire_tag__, "not bytes"]])
+            oneway = pack_raw([Request.__wire_tag__, 0, 0, [Ping.__wire_tag__, 12]])
+            good = pack_raw([Request.__wire_tag__, 8, 1000, [Ping.__wire_tag__, b"fine"]])
+            await raw.send_raw(b"".join(len(b).to_bytes(4, "big") + b for b in (bad, oneway, good)))
+            first, second = await raw.receive(), await raw.receive()
+            assert isinstance(first, ErrorReply) and first.request_id == 7
+            assert first.reason == "decode_error" and "Ping" in first.message
+            assert second == Response(8, Pong(b"fine", "store-1"))
+            await raw.aclose()
+    assert server.counters["bad_requests{reason=decode_error}"] == 2
+    assert server.counters["protocol_errors{reason=decode_error}"] == 0
+    assert "Ping does not decode" in caplog.text
