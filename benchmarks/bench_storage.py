@@ -9,6 +9,9 @@ Usage: python benchmarks/bench_storage.py [--dir DIR] [--seconds S] [--json]
 3. concurrent: N tasks each persisting 1 entry of its own group via write_ready at the same
    time, showing how many commits the group commit folds into one transaction.
 4. hot reads: GroupStorage.term() and entries() from the in-memory view.
+5. processes: 1 and 3 processes at once, each committing one small transaction after another
+   (one put into each of two named databases, fsynced), as three stores of a replicated
+   write do: how the disk serializes their fsyncs.
 """
 
 from __future__ import annotations
@@ -144,6 +147,50 @@ async def bench_reads(directory: Path) -> dict:
     return {"term_ns": term_ns, "entries_cached_us": entries_us, "entries_1000_disk_us": disk_us}
 
 
+def _commit_loop(path: str, seconds: float, out) -> None:
+    """Child process: commit small fsynced transactions for `seconds`; send latencies."""
+    import lmdb
+
+    env = lmdb.open(path, map_size=1 << 28, max_dbs=4, sync=True, metasync=True)
+    a, b = env.open_db(b"a"), env.open_db(b"b")
+    lat = []
+    value = b"v" * 128
+    end = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        with env.begin(write=True) as txn:
+            key = b"k%08d" % i
+            txn.put(key, value, db=a)
+            txn.put(key, value, db=b)
+        lat.append(time.perf_counter() - t0)
+        i += 1
+    env.close()
+    lat.sort()
+    out.put((len(lat) / seconds, lat[len(lat) // 2] * 1000))
+
+
+def bench_processes(directory: Path, processes: int, seconds: float) -> dict:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_commit_loop, args=(str(directory / f"proc-{i}"), seconds, out))
+             for i in range(processes)]
+    for p in procs:
+        p.start()
+    try:
+        rows = [out.get(timeout=seconds + 60) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    return {"processes": processes,
+            "txn_per_s_each": sum(r[0] for r in rows) / len(rows),
+            "p50_ms": sorted(r[1] for r in rows)[len(rows) // 2]}
+
+
 async def run(directory: Path, seconds: float) -> dict:
     """Each durable measurement is preceded by a raw fsync measurement of the same length, so
     the two are side by side in time (a shared disk's fsync rate drifts by 5x over minutes)."""
@@ -160,6 +207,7 @@ async def run(directory: Path, seconds: float) -> dict:
         row = await bench_concurrent(directory, tasks, seconds)
         results["concurrent"].append(dict(row, raw_fsyncs_per_s=raw))
     results["reads"] = await bench_reads(directory)
+    results["processes"] = [bench_processes(directory, n, seconds) for n in (1, 3)]
     return results
 
 
@@ -186,6 +234,11 @@ def report(r: dict) -> None:
     print(f"hot reads: term() {rd['term_ns']:.0f} ns; entries() from cache "
           f"{rd['entries_cached_us']:.1f} us; 1000 entries from LMDB "
           f"{rd['entries_1000_disk_us']:.0f} us")
+    print()
+    print("processes committing at once (1 small fsynced txn after another, each)")
+    print(f"{'procs':>6} {'txn/s each':>11} {'p50 ms':>7}")
+    for pr in r["processes"]:
+        print(f"{pr['processes']:>6} {pr['txn_per_s_each']:>11.0f} {pr['p50_ms']:>7.2f}")
 
 
 def main() -> None:

@@ -288,7 +288,8 @@ class Driver:
         # A turn that only applied plain writes (see _deferrable) is not committed on its
         # own: its staged batch waits for the next turn's commit (one fsync for both), for a
         # reader of the applied index, for another writer of the environment, or for
-        # commit_flush_delay. Invariant: while set, no other apply is staged.
+        # commit_flush_delay. Invariant: while set, no other apply of a held group is staged
+        # (see _needs_held_durable).
         self._deferred: tuple[WriteBatch, list[tuple[Group, Any, list[Entry], list[Any]]]] | None = None
         self._flush_deferred = False
         self._released: deque[tuple[Any, list[tuple[Group, Any, list[Entry], list[Any]]]]] = deque()
@@ -593,10 +594,10 @@ class Driver:
             readies.append((group, group.node.ready()))
         self._dirty.clear()
         held = self._deferred
-        if held is not None and (self._flush_deferred or any(
-                rd.committed_entries or (rd.snapshot is not None and not rd.snapshot.is_empty())
-                for _, rd in readies)):
-            # Staging another apply reads what the held batch wrote: commit it first.
+        if held is not None and (self._flush_deferred or self._needs_held_durable(held, readies)):
+            # Staging another apply of a held group reads what the held batch wrote (a CAS
+            # reads committed data; the state machine stages one apply at a time): commit the
+            # held batch first.
             self._deferred, self._flush_deferred = None, False
             await self._commit_held(*held)
             held = None
@@ -714,6 +715,20 @@ class Driver:
                     if e.type != EntryType.NORMAL or e.index in waiters:
                         return False
         return True
+
+    @staticmethod
+    def _needs_held_durable(held: tuple[WriteBatch, list], readies: list[tuple[Group, Any]]) -> bool:
+        """Must the held batch commit before this turn stages? Yes when the turn applies to a
+        group whose apply is held, or installs a snapshot. Other groups' applies are staged
+        into the same batch after the held writes: regions own disjoint keys, and staging
+        reads only the region's own keys and in-memory state."""
+        held_groups = {item[0] for item in held[1]}
+        for group, rd in readies:
+            if rd.snapshot is not None and not rd.snapshot.is_empty():
+                return True
+            if rd.committed_entries and group in held_groups:
+                return True
+        return False
 
     def _release_deferred(self) -> None:
         """Another writer is about to queue a batch on the environment: queue the held one

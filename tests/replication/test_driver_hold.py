@@ -222,3 +222,19 @@ async def test_membership_entries_are_never_held(quiet_cluster):
         while leader.group.applied < index:
             await trio.sleep(0.005)
     assert leader.driver._deferred is None
+
+
+def test_only_an_apply_of_a_held_group_forces_the_held_batch_out():
+    """Another region's apply joins the held batch (disjoint keys); the same group's next
+    apply, or any snapshot, makes the held batch commit first."""
+    from types import SimpleNamespace as NS
+
+    held_group, other = object(), object()
+    held = (WriteBatch(), [(held_group, None, [], [])])
+    plain = NS(committed_entries=[1], snapshot=None)
+    entries_only = NS(committed_entries=[], snapshot=None)
+    snap = NS(committed_entries=[], snapshot=NS(is_empty=lambda: False))
+    assert not Driver._needs_held_durable(held, [(other, plain)])
+    assert not Driver._needs_held_durable(held, [(held_group, entries_only)])
+    assert Driver._needs_held_durable(held, [(other, plain), (held_group, plain)])
+    assert Driver._needs_held_durable(held, [(other, snap)])
