@@ -28,6 +28,7 @@ from nokvpy.protocol import (
     RegionDescriptor,
     RegionEpoch,
     RegionState,
+    RestartStateKind,
 )
 from nokvpy.protocol.coordinator_rpc import StoreHeartbeatReply, StoreHeartbeatRequest
 from nokvpy.protocol.raftstore_cmds import (
@@ -65,7 +66,7 @@ from raftstore.execution import ExecutionTracker
 from raftstore.peer import Peer
 from raftstore.peer import bootstrap as bootstrap_group
 from raftstore.reads import ReadPoint, ReadRefusedError, read_barrier
-from raftstore.restart import LocalImage, RestartState
+from raftstore.restart import LocalImage, RestartState, derive, load_image
 
 log = logging.getLogger("nokvpy.raftstore")
 
@@ -134,6 +135,7 @@ class Store:
         self._nursery: trio.Nursery | None = None
         self.topology: Any = None  # raftstore.topology.Topology (wired by main)
         self.heartbeat_wake = trio.Event()  # set: heartbeat now rather than at the interval
+        self._current_state: tuple[float, RestartState] | None = None
 
     # ================================================================= lifecycle
 
@@ -615,6 +617,24 @@ class Store:
                 self.kv.range_stats, desc.start_key, desc.end_key or None)
             self._approx[rid] = (trio.current_time(), keys, size)
 
+    def current_state(self) -> RestartState:
+        """The restart state derived again from localmeta now: what a restart would find.
+        `restart` keeps the state found at start; this one clears once the causes are gone
+        (outbox drained, blocked events resolved, a region rebuilt). Re-read at most once a
+        second."""
+        now = trio.current_time()
+        cached = self._current_state
+        if cached is not None and now - cached[0] < 1.0:
+            return cached[1]
+        try:
+            state = derive(load_image(self.meta, self.raftlog))
+        except Exception as exc:  # status must answer even on a sick store
+            log.exception("store %d: re-deriving the restart state failed", self.store_id)
+            state = RestartState(RestartStateKind.FATAL, ("read_failed",),
+                                 message=f"reading localmeta failed: {exc}")
+        self._current_state = (now, state)
+        return state
+
     def heartbeat_request(self) -> StoreHeartbeatRequest:
         regions = []
         for rid in sorted(self.peers):
@@ -623,7 +643,7 @@ class Store:
             hb = peer.heartbeat(keys, size)
             if hb is not None:
                 regions.append(hb)
-        state = self.restart.kind.name if self.restart is not None else "READY"
+        state = self.current_state().kind.name if self.restart is not None else "READY"
         if self.topology is not None:
             regions = self.topology.annotate(regions)
         return StoreHeartbeatRequest(self.store_id, self.cfg.address, regions, state,
@@ -692,6 +712,7 @@ class Store:
             "region_count": len(self.peers),
             "leader_count": leaders,
             "restart_state": restart,
+            "current_state": self.current_state().as_dict() if self.restart is not None else {},
             "last_admission": tracker["last_admission"],
             "admissions": tracker["admissions"],
             "outcomes": tracker["outcomes"],

@@ -131,6 +131,14 @@ async def test_crash_after_apply_before_publish_outbox_publishes_on_restart(topo
         body = await c.status(client, name)
         assert body["restart_state"]["outbox_backlog"] == 0
         assert "publish outbox backlog" in " ".join(body["restart_state"]["reasons"])
+        # what a restart would find now: the backlog is gone, so the store is READY again
+        assert body["restart_state"]["state"] == "DEGRADED"
+
+        async def ready_now():
+            cur = (await c.status(client, name))["current_state"]
+            return cur if cur["state"] == "READY" and cur["outbox_backlog"] == 0 else None
+
+        await wait_until(ready_now, 10, what="current state READY once the outbox drained")
         for n in others:
             await c.failpoint(client, n, "store.publish_terminal", None)
         assert await client.get(b"c/1") == b"before"
