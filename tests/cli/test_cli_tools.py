@@ -39,6 +39,6 @@ def test_demo_on_the_shared_cluster(cluster):
     for step in range(1, 7):
         assert f"== {step}. " in out, step
     assert "demo finished in" in out and f"cluster left running in {cluster.dir}" in out
-    # the store the demo killed and restarted serves again (its restart state may stay
-    # DEGRADED: see the report on raftstore's restart state)
+    # the store the demo killed and restarted serves again (its restart state as found at
+    # start may be DEGRADED; current_state clears once it caught up)
     cluster.wait_all_up(degraded_ok=True)
