@@ -696,8 +696,10 @@ class Driver:
     def _deferrable(self, applied: list[tuple[Group, Any, list[Entry], list[Any]]]) -> bool:
         """May this turn's batch be held back? Only when it is nothing but the apply of plain
         writes that nobody waits on: no entries, snapshot, term or vote to make durable, no
-        role change, no read answers, no membership or admin entry, every proposer already
-        answered (early ack), no reader waiting on the applied index, and no callbacks."""
+        role change, no read answers, no membership or admin entry, no compaction (the state
+        machine's `apply_deferrable`), every proposer already answered (early ack), and no
+        reader waiting on the applied index. The batch's commit callbacks (the raft log's
+        in-memory view of the hard state) run when it commits."""
         for group, rd, ents, _ in applied:
             if (rd.entries or rd.soft_state is not None or rd.read_states or rd.messages
                     or (rd.snapshot is not None and not rd.snapshot.is_empty())
