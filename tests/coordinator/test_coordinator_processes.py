@@ -250,14 +250,14 @@ async def test_bad_input_gets_clear_errors_and_changes_nothing(cluster):
         await c.rpc.aclose()
 
 
-async def _alloc(c: Calls, names: list[str], count: int, deadline: float):
-    """One AllocId of `count`, trying the coordinators in turn (not_leader / unreachable
-    moves on); returns (first, count, era, name)."""
+async def duty_call(c: Calls, names: list[str], request, deadline: float):
+    """One allocation (AllocId / Tso) tried on the coordinators in turn (not_leader or an
+    unreachable coordinator moves on); returns (first, count, era, name)."""
     last = None
     while time.monotonic() < deadline:
         for name in names:
             try:
-                r = await c.call(name, AllocIdRequest(count), 2.0)
+                r = await c.call(name, request, 2.0)
                 return r.first, r.count, r.era, name
             except RemoteError as exc:
                 last = exc
@@ -266,7 +266,11 @@ async def _alloc(c: Calls, names: list[str], count: int, deadline: float):
             except Exception as exc:  # noqa: BLE001 - killed / unreachable coordinator
                 last = exc
         await trio.sleep(0.02)
-    raise AssertionError(f"AllocId not served before the deadline: {last!r}")
+    raise AssertionError(f"{type(request).__name__} not served before the deadline: {last!r}")
+
+
+async def _alloc(c: Calls, names: list[str], count: int, deadline: float):
+    return await duty_call(c, names, AllocIdRequest(count), deadline)
 
 
 async def test_strong_only_on_holder_failover_raises_era_and_ids_never_repeat(cluster):

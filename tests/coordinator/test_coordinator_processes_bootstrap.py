@@ -30,7 +30,7 @@ import time
 
 import pytest
 import trio
-from test_coordinator_processes import Calls, _diag_if, _other, _teardown, poll
+from test_coordinator_processes import Calls, _diag_if, _other, _teardown, duty_call, poll
 
 from nokvpy.client.admin import wait_cluster_ready
 from nokvpy.client.meta import MetaClient
@@ -40,7 +40,6 @@ from nokvpy.protocol.coordinator_rpc import PauseCatchUpRequest, TsoRequest
 from nokvpy.protocol.enums import CatchUpState, EventKind, ServingClass, SyncHealth
 from nokvpy.protocol.metaroot_rpc import AppendRequest, MetarootStatusRequest
 from nokvpy.protocol.records import RecoveryRecord, RootEvent
-from nokvpy.rpc import RemoteError
 
 pytestmark = pytest.mark.cluster
 
@@ -224,22 +223,7 @@ async def test_three_peer_metaroot_bootstrap_required_then_fresh(tmp_path):
 
 
 async def _tso(c: Calls, names: list[str], count: int, deadline: float):
-    """One Tso of `count`, trying the coordinators in turn (not_leader / unreachable moves
-    on); returns (first, count, era, name)."""
-    last = None
-    while time.monotonic() < deadline:
-        for name in names:
-            try:
-                r = await c.call(name, TsoRequest(count), 2.0)
-                return r.first, r.count, r.era, name
-            except RemoteError as exc:
-                last = exc
-                if exc.kind != "not_leader":
-                    raise
-            except Exception as exc:  # noqa: BLE001 - killed / unreachable coordinator
-                last = exc
-        await trio.sleep(0.02)
-    raise AssertionError(f"Tso not served before the deadline: {last!r}")
+    return await duty_call(c, names, TsoRequest(count), deadline)
 
 
 async def test_tso_never_repeats_across_holder_failover(cluster):

@@ -17,18 +17,30 @@ def _env(i: int, to_store: int = 2) -> RaftEnvelope:
                         epoch_conf_ver=1, message=msg)
 
 
+class _Collector:
+    """Store 2's side: records every RaftBatch; `arrived` is set once `want` envelopes came."""
+
+    def __init__(self, want: int) -> None:
+        self.server = RpcServer(ident("store", 2))
+        self.batches: list[RaftBatch] = []
+        self.want = want
+        self.first, self.arrived = trio.Event(), trio.Event()
+        self.server.register(RaftBatch, self.on_batch, inline=True)
+
+    async def on_batch(self, batch: RaftBatch, ctx) -> None:
+        self.batches.append(batch)
+        self.first.set()
+        if len(self.indexes()) >= self.want:
+            self.arrived.set()
+
+    def indexes(self) -> list[int]:
+        return [e.message.index for b in self.batches for e in b.envelopes]
+
+
 async def test_envelopes_sent_in_one_turn_arrive_as_one_batch():
-    server = RpcServer(ident("store", 2))
-    batches: list[RaftBatch] = []
-    arrived = trio.Event()
-
-    async def on_batch(batch: RaftBatch, ctx) -> None:
-        batches.append(batch)
-        if sum(len(b.envelopes) for b in batches) >= 50:
-            arrived.set()
-
-    server.register(RaftBatch, on_batch, inline=True)
-    async with serving(server) as addr, RpcClient(ident("store", 1)) as client:
+    store2 = _Collector(50)
+    batches, arrived = store2.batches, store2.arrived
+    async with serving(store2.server) as addr, RpcClient(ident("store", 1)) as client:
         transport = RaftTransport(client, {2: addr}.get, local_store_id=1)
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
@@ -79,24 +91,14 @@ def test_queue_overflow_drops_and_counts():
 async def test_an_open_connection_gets_batches_inline_and_in_order():
     """Once a destination's connection is open and nothing is pending for it, `send()`
     writes the batch at once (no sender task switch); order is kept throughout."""
-    server = RpcServer(ident("store", 2))
-    indexes: list[int] = []
-    first, all_in = trio.Event(), trio.Event()
-
-    async def on_batch(batch: RaftBatch, ctx) -> None:
-        indexes.extend(e.message.index for e in batch.envelopes)
-        first.set()
-        if len(indexes) >= 41:
-            all_in.set()
-
-    server.register(RaftBatch, on_batch, inline=True)
-    async with serving(server) as addr, RpcClient(ident("store", 1)) as client:
+    store2 = _Collector(41)
+    async with serving(store2.server) as addr, RpcClient(ident("store", 1)) as client:
         transport = RaftTransport(client, {2: addr}.get, local_store_id=1)
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
                 await nursery.start(transport.run)
                 transport.send([_env(0)])  # opens the connection through the sender task
-                await first.wait()
+                await store2.first.wait()
                 assert transport.counters["sent_inline"] == 0
                 for i in range(1, 21):
                     transport.send([_env(i)])
@@ -104,7 +106,7 @@ async def test_an_open_connection_gets_batches_inline_and_in_order():
                     assert transport.queued(2) == 0  # written inline, nothing queued
                 for i in range(21, 41):  # back to back in one turn: still one write each
                     transport.send([_env(i)])
-                await all_in.wait()
+                await store2.arrived.wait()
                 nursery.cancel_scope.cancel()
-    assert indexes == list(range(41))
+    assert store2.indexes() == list(range(41))
     assert transport.counters["sent_inline"] == 40
