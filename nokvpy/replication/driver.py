@@ -599,6 +599,7 @@ class Driver:
             # reads committed data; the state machine stages one apply at a time): commit the
             # held batch first.
             self._deferred, self._flush_deferred = None, False
+            self.counters["applies_flushed"] += 1
             await self._commit_held(*held)
             held = None
         if not readies:
@@ -607,6 +608,7 @@ class Driver:
             self._deferred, self._flush_deferred = None, False
             batch, applied = held[0], list(held[1])
             n_held = len(applied)
+            self.counters["applies_merged"] += 1
         else:
             batch, applied, n_held = WriteBatch(), [], 0
         for group, rd in readies:

@@ -29,7 +29,7 @@ from nokvpy.protocol.metaroot_rpc import (
     MetarootStatus,
     SnapshotRequest,
 )
-from nokvpy.rpc import RemoteError, RpcUnavailableError
+from nokvpy.rpc import RemoteError
 
 pytestmark = pytest.mark.cluster
 
@@ -93,14 +93,19 @@ async def test_bad_events_are_refused_with_a_reason_and_change_nothing(cluster):
     assert (await refused(meta, FenceAllocatorRequest(AllocatorKind.ID, -1))).reason == \
         "invalid_fence"
     # An unknown enum value or a field of the wrong type does not even decode: the rpc server
-    # refuses the frame and closes the connection (logged with the decode reason); nothing is
-    # proposed. (Not an ErrorReply with a reason: a limitation of nokvpy.rpc.server.)
+    # answers that request with invalid_argument/decode_error naming the field (the
+    # connection goes on); nothing is proposed.
     leader = cluster.addrs[(await leader_status(cluster, rpc)).node_id]
-    for req in (AppendRequest([RootEvent(999, StoreMembership(sid, "a:1"))]),
-                AppendRequest([RootEvent(EventKind.STORE_JOINED, StoreMembership(None, "a:1"))]),
-                FenceAllocatorRequest(AllocatorKind.ID, "lots"), FenceAllocatorRequest(77, 10)):
-        with pytest.raises(RpcUnavailableError):
+    for req, field in (
+            (AppendRequest([RootEvent(999, StoreMembership(sid, "a:1"))]), "RootEvent.kind"),
+            (AppendRequest([RootEvent(EventKind.STORE_JOINED, StoreMembership(None, "a:1"))]),
+             "StoreMembership"),
+            (FenceAllocatorRequest(AllocatorKind.ID, "lots"), "FenceAllocatorRequest"),
+            (FenceAllocatorRequest(77, 10), "FenceAllocatorRequest")):
+        with pytest.raises(RemoteError) as err:
             await rpc.call(leader, req, timeout=2.0)
+        assert (err.value.kind, err.value.reason) == ("invalid_argument", "decode_error")
+        assert field in err.value.message, (field, err.value.message)
     # nothing changed: same token, same checkpoint
     after = (await meta.call(SnapshotRequest(), leader=True)).checkpoint
     assert after == before
