@@ -1,13 +1,16 @@
 """A framed, record-level connection over any trio byte stream.
 
 Owns: turning a `trio.abc.Stream` into decoded records (length-prefixed frames through the
-wire codec) and the write side: callers `enqueue` encoded frames without blocking and one
-writer task flushes everything queued as ONE `send_all` (write batching). Never interprets
+wire codec) and the write side: callers `enqueue` encoded frames without blocking; on a TCP
+socket with nothing queued and the writer idle, `enqueue` writes the frame itself (one task
+wake-up less per message); otherwise one writer task flushes everything queued as ONE
+`send_all` (write batching). Never interprets
 records (that is the server/client) and never opens streams (that is the network).
 """
 
 from __future__ import annotations
 
+import os
 from collections import deque
 
 import trio
@@ -61,6 +64,13 @@ class FramedStream:
         self._drained = trio.lowlevel.ParkingLot()
         self.high_water = high_water
         self.closed = False
+        # Direct writes: with nothing queued and the writer task idle, `enqueue` writes the
+        # frame to a TCP socket itself (saving the writer task's wake-up); whatever the
+        # non-blocking write does not take is queued for the writer as usual, so bytes
+        # always leave in enqueue order.
+        self._sock = getattr(stream, "socket", None)
+        self._writing = False  # the writer task is inside send_all
+        self._writer_running = False
 
     # ---- receiving ----------------------------------------------------------------------
 
@@ -111,15 +121,33 @@ class FramedStream:
             raise ConnectionClosedError(str(e) or type(e).__name__) from None
 
     def enqueue(self, data: bytes) -> None:
-        """Queue one encoded frame for the writer task; never blocks."""
+        """Queue one encoded frame for the writer task (or write it now, see `_sock`);
+        never blocks."""
         if self.closed:
             raise ConnectionClosedError("connection closed")
+        if not self._outbox and self._writer_running and not self._writing and self._sock:
+            data = self._write_now(data)
+            if not data:
+                return
         self._outbox.append(data)
         self._outbox_bytes += len(data)
         wake = self._wake
         if wake is not None:
             self._wake = None
             wake.set()
+
+    def _write_now(self, data: bytes) -> bytes:
+        """Write what the socket takes without blocking; return the rest (b"" if all)."""
+        try:
+            fd = self._sock.fileno()
+            if fd < 0:
+                return data
+            n = os.write(fd, data)
+        except (BlockingIOError, InterruptedError):
+            return data
+        except OSError:
+            return data  # the writer task meets the same error and closes the connection
+        return data[n:] if n < len(data) else b""
 
     def send(self, record: object) -> None:
         self.enqueue(frame(encode(record)))
@@ -134,6 +162,7 @@ class FramedStream:
 
     async def writer_loop(self) -> None:
         """Flush the outbox, batching every frame queued since the last write."""
+        self._writer_running = True
         try:
             while True:
                 if not self._outbox:
@@ -142,11 +171,16 @@ class FramedStream:
                     continue
                 chunks, self._outbox = self._outbox, []
                 self._outbox_bytes = 0
-                await self.stream.send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                self._writing = True
+                try:
+                    await self.stream.send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                finally:
+                    self._writing = False
                 if self._drained:
                     self._drained.unpark_all()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
             raise ConnectionClosedError(str(e) or type(e).__name__) from None
         finally:
+            self._writer_running = False
             self.closed = True
             self._drained.unpark_all()

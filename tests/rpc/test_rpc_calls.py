@@ -209,3 +209,25 @@ def test_free_ports_are_distinct():
 
     ports = free_ports(5)
     assert len(set(ports)) == 5 and all(p > 0 for p in ports)
+
+
+async def test_frames_written_directly_and_by_the_writer_keep_their_order():
+    """On TCP, `enqueue` writes a frame itself when nothing is queued and the writer is idle;
+    frames queued behind a busy writer still leave in order (many calls in flight at once)."""
+    server = RpcServer(ident())
+    seen: list[int] = []
+
+    async def on_echo(req: Echo, ctx) -> Echo:
+        seen.append(int(req.payload.rstrip(b"x")))
+        return req
+
+    server.register(Echo, on_echo, inline=True)
+    async with serving(server) as addr, RpcClient(ident("client", 9)) as client:
+        with trio.fail_after(20):
+            for i in range(50):  # one at a time: every request and reply written directly
+                assert await client.call(addr, Echo(b"%d" % i), 5) == Echo(b"%d" % i)
+            async with trio.open_nursery() as nursery:  # bursts: writer busy, frames queue
+                for i in range(50, 450):
+                    nursery.start_soon(client.call, addr, Echo(b"%d" % i + b"x" * 4000), 5)
+    assert seen[:50] == list(range(50))
+    assert sorted(seen) == list(range(450))
