@@ -985,10 +985,11 @@ class Raft:
             return
         if self.lead_transferee != NONE and self.lead_transferee not in self.prs.voters:
             self.abort_leader_transfer()
-        # The quorum may have shrunk (commit more) and new peers need entries.
+        # The quorum may have shrunk (commit more) and new peers need entries (membership
+        # changes are rare: broadcast at once even with lazy_commit_broadcast).
         if self.maybe_commit():
             self.release_pending_read_index_messages()
-            self.broadcast_commit()
+            self.bcast_append()
         else:
             for pid in self.prs.ids():
                 if pid != self.id:
