@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from nokvpy.cluster.local import pid_alive
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -136,18 +138,6 @@ class Cluster:
         wait_for(read, timeout, f"kv get {key} to return {value!r}")
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
-    except OSError:
-        return True
 
 
 def kill_leftovers(directory: Path, pids: dict[str, int] | None = None) -> list[str]:
