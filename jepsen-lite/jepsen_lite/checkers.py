@@ -19,7 +19,7 @@ import bisect
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .history import INVOKE, OK, History, Operation
+from .history import INVOKE, OK, History, Operation, operations_of
 from .linearizable import check_linearizable, key_label
 from .models import freeze
 
@@ -37,15 +37,6 @@ _REPLY_FIELDS = (
     "serving_class",
     "coordinator",
 )
-
-
-def _ops(history: History | Iterable[dict] | Iterable[Operation]) -> list[Operation]:
-    if isinstance(history, History):
-        return history.operations()
-    items = list(history)
-    if items and all(isinstance(x, Operation) for x in items):
-        return items
-    return History(items).operations()
 
 
 def _result(violations: list[dict], **extra) -> dict:
@@ -79,7 +70,7 @@ def check_route_reads(history: History | Iterable[dict] | Iterable[Operation]) -
     violations: list[dict] = []
     replies: list[tuple[Operation, dict]] = []
     checked = 0
-    for op in _ops(history):
+    for op in operations_of(history):
         if op.f != "route" or op.status != OK:
             continue
         checked += 1
@@ -267,7 +258,7 @@ def check_acknowledged_writes(
     if model not in _WRITE_FUNCTIONS:
         raise ValueError(f"unknown model {model!r}")
     writes: dict[Any, list[Operation]] = {}
-    for op in _ops(history):
+    for op in operations_of(history):
         if op.f in _WRITE_FUNCTIONS[model] and (op.status == OK or op.indeterminate):
             writes.setdefault(op.key, []).append(op)
     violations: list[dict] = []

@@ -228,6 +228,16 @@ class History:
         return out
 
 
+def operations_of(history: History | Iterable[dict] | Iterable[Operation]) -> list[Operation]:
+    """The operations of a History, of raw events, or a list of Operations as it is."""
+    if isinstance(history, History):
+        return history.operations()
+    items = list(history)
+    if items and all(isinstance(x, Operation) for x in items):
+        return items
+    return History(items).operations()
+
+
 def _parse_lines(lines: Iterable[str]) -> Iterator[dict]:
     for lineno, line in enumerate(lines, 1):
         line = line.strip()

@@ -42,7 +42,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .history import FAIL, History, Operation
+from .history import FAIL, History, Operation, operations_of
 from .models import DATA_FUNCTIONS, ILLEGAL, Model, get_model
 
 UNKNOWN = "unknown"
@@ -344,15 +344,6 @@ def _hashable_key(key: Any) -> Any:
     return json.dumps(key, sort_keys=True) if isinstance(key, list | dict) else key
 
 
-def _operations(history: History | Iterable[dict] | Iterable[Operation]) -> list[Operation]:
-    if isinstance(history, History):
-        return history.operations()
-    items = list(history)
-    if items and all(isinstance(x, Operation) for x in items):
-        return items
-    return History(items).operations()
-
-
 def check_linearizable(
     history: History | Iterable[dict] | Iterable[Operation],
     model: str | Model = "register",
@@ -383,7 +374,7 @@ def check_linearizable(
     model = get_model(model)
     started = time.monotonic()
     deadline = None if time_limit is None else started + time_limit
-    by_key, ignored = partition_by_key(_operations(history), model)
+    by_key, ignored = partition_by_key(operations_of(history), model)
     per_key: dict[str, dict] = {}
     failing_key = None
     failing_ops: list[Operation] = []
