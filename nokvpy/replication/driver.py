@@ -650,17 +650,7 @@ class Driver:
                 self._wake.set()
             return
         if batch:
-            if self.before_persist:
-                self.before_persist()
-            if self._timed:
-                t0 = trio.current_time()
-                await self.env.commit(batch)
-                self.timing["persist_s"] += trio.current_time() - t0
-            else:
-                await self.env.commit(batch)
-            self.counters["persist_batches"] += 1
-            if self.after_persist:
-                self.after_persist()
+            await self._persist(batch)
         else:
             # Nothing to persist (heartbeats, read states): no write transaction, no fsync.
             self.counters["persist_skipped"] += 1
@@ -760,13 +750,22 @@ class Driver:
                 raise handle.error
             self._finish_held(items)
 
-    async def _commit_held(self, batch: WriteBatch, items: list) -> None:
+    async def _persist(self, batch: WriteBatch) -> None:
+        """Commit a turn's batch (one fsynced transaction), with the failpoint hooks."""
         if self.before_persist:
             self.before_persist()
-        await self.env.commit(batch)
+        if self._timed:
+            t0 = trio.current_time()
+            await self.env.commit(batch)
+            self.timing["persist_s"] += trio.current_time() - t0
+        else:
+            await self.env.commit(batch)
         self.counters["persist_batches"] += 1
         if self.after_persist:
             self.after_persist()
+
+    async def _commit_held(self, batch: WriteBatch, items: list) -> None:
+        await self._persist(batch)
         self._drain_released()
         self._finish_held(items)
 
