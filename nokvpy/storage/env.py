@@ -68,11 +68,14 @@ class WriteBatch:
     were added, only if the transaction committed. A batch is committed once.
     """
 
-    __slots__ = ("ops", "callbacks")
+    __slots__ = ("ops", "callbacks", "journal")
 
     def __init__(self) -> None:
         self.ops: list[tuple] = []
         self.callbacks: list[Callable[[], object]] = []
+        # Raft log records bound for a write-ahead log (see `RaftLogStore.commit`); an
+        # environment refuses a batch that still carries them.
+        self.journal: Any = None
 
     def put(self, db: str, key: bytes, value: bytes) -> None:
         self.ops.append((_PUT, db, key, value))
@@ -99,6 +102,8 @@ class WriteBatch:
 
     def extend(self, other: WriteBatch) -> None:
         """Append another batch's operations and callbacks to this one."""
+        if other.journal is not None:
+            raise ValueError("cannot merge a batch carrying WAL records")
         self.ops.extend(other.ops)
         self.callbacks.extend(other.callbacks)
 
@@ -307,11 +312,16 @@ class Env:
         """Blocking commit for code outside trio (tools, tests); runs callbacks inline."""
         p = _Pending.__new__(_Pending)
         p.batch, p.done, p.error, p.result = batch, False, None, None
+        self._check_batch(batch)
         self._check_writable()
         self._write_group([p])
         self._finish([p])
         if p.error is not None:
             raise p.error
+
+    def _check_batch(self, batch: WriteBatch) -> None:
+        if batch.journal is not None:
+            raise ValueError("batch carries WAL records: commit it with RaftLogStore.commit")
 
     def _check_writable(self) -> None:
         if self._closed:
@@ -324,6 +334,7 @@ class Env:
     def enqueue(self, batch: WriteBatch) -> _Pending:
         """Put `batch` in the commit queue now (its place in the commit order is fixed at
         this call) without waiting; `await wait_committed(handle)` makes sure it commits."""
+        self._check_batch(batch)
         self._check_writable()
         p = _Pending(batch)
         self._queue.append(p)
@@ -345,6 +356,7 @@ class Env:
             raise p.error
 
     async def _submit(self, batch: WriteBatch) -> object:
+        self._check_batch(batch)
         if self.before_submit is not None:
             self.before_submit()
         self._check_writable()

@@ -16,6 +16,21 @@ Write path: `stage_*` methods add operations to a `WriteBatch` and an `on_commit
 that updates the view; the caller commits the batch (possibly together with applied KV data
 and localmeta updates of the same loop turn). Stage-time validation reads the committed view:
 a group's next Ready must be staged after the previous one committed (persist, then advance).
+
+WAL mode (`RaftLogStore(env, wal=...)`, the stores' default): entries and hard states go to
+an append-only write-ahead log (`wal.Wal`) instead of LMDB, one frame per commit and one
+fdatasync per frame, and every live entry stays in memory (the log is compacted a few
+thousand entries behind the applied index). `stage_ready` puts them in the batch's
+`journal`; `commit(batch)` commits the batch's LMDB part first (snapshots, boundaries), then
+the frame. A hard state that only moves the commit index is queued without an fsync (it
+reaches the disk with the next frame; a restart may resume with a lower commit index, never
+below the applied index, which the caller raises it to). LMDB keeps the boundary, snapshot
+and conf records, plus per group a void mark (`v`: WAL frames below this LSN no longer
+belong to the group: written when a snapshot resets the log or the group is destroyed) and,
+for hard states written through LMDB, the LSN they were written at. Replay at open applies,
+per group, its LMDB records and then its WAL records at or above the void mark, in LSN order.
+When the newest segment is full, the WAL is rotated: a new segment restates every group's
+live entries and hard state, and the older segments are deleted.
 """
 
 from __future__ import annotations
@@ -25,6 +40,7 @@ from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
+from typing import Any
 
 from nokvpy.raft.types import (
     CompactedError,
@@ -38,6 +54,7 @@ from nokvpy.raft.types import (
 from nokvpy.storage.env import Env, WriteBatch
 from nokvpy.storage.errors import CorruptLogError, SnapshotOutOfDateError
 from nokvpy.storage.schema import RAFT_LOG, RAFT_STATE
+from nokvpy.storage.wal import Wal
 
 _KEY = struct.Struct(">QQ")  # group id, index
 _GID = struct.Struct(">Q")
@@ -52,6 +69,17 @@ _TAG_HS = b"h"
 _TAG_TRUNC = b"t"
 _TAG_SNAP = b"s"
 _TAG_CONF = b"c"
+_TAG_VOID = b"v"
+_HS_LSN = struct.Struct(">QQQQ")  # term, vote, commit, lsn (WAL mode)
+_LSN = struct.Struct(">Q")
+
+# WAL frame items: kind, group id; then entries (first index, count; per entry term, type,
+# data length, data) or a hard state (term, vote, commit).
+_ITEM = struct.Struct(">BQ")
+_ITEM_ENTRIES = 1
+_ITEM_HS = 2
+_EHEAD = struct.Struct(">QI")
+_EENT = struct.Struct(">QBI")
 _MAX_GID = (1 << 64) - 1
 
 DEFAULT_CACHE_ENTRIES = 1024
@@ -109,6 +137,58 @@ def _decode_entry(index: int, raw: bytes) -> Entry:
     return Entry(term, index, typ, raw[_ENT_SIZE:])
 
 
+class _Journal:
+    """A batch's WAL records: the frame's parts, the view updates to run once the frame is
+    durable (or queued, when nothing in it needs an fsync), and whether it needs one."""
+
+    __slots__ = ("parts", "callbacks", "sync")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.callbacks: list[Callable[[], object]] = []
+        self.sync = False
+
+
+def _journal(batch: WriteBatch) -> _Journal:
+    j = batch.journal
+    if j is None:
+        j = batch.journal = _Journal()
+    return j
+
+
+def decode_wal_items(lsn: int, payload: bytes) -> list[tuple[int, int, Any]]:
+    """The (group id, kind, value) items of one WAL frame; value is a list of entries or a
+    HardState. Raises CorruptLogError on anything malformed."""
+    out: list[tuple[int, int, Any]] = []
+    off, n = 0, len(payload)
+    try:
+        while off < n:
+            kind, gid = _ITEM.unpack_from(payload, off)
+            off += _ITEM.size
+            if kind == _ITEM_HS:
+                out.append((gid, kind, HardState(*_HS.unpack_from(payload, off))))
+                off += _HS.size
+            elif kind == _ITEM_ENTRIES:
+                first, count = _EHEAD.unpack_from(payload, off)
+                off += _EHEAD.size
+                ents: list[Entry] = []
+                for i in range(count):
+                    term, typ, size = _EENT.unpack_from(payload, off)
+                    off += _EENT.size
+                    if off + size > n:
+                        raise CorruptLogError(f"WAL frame {lsn}: entry data runs past the frame")
+                    ents.append(Entry(term, first + i, typ, payload[off:off + size]))
+                    off += size
+                if not ents:
+                    raise CorruptLogError(f"WAL frame {lsn}: empty entries item")
+                out.append((gid, kind, ents))
+            else:
+                raise CorruptLogError(f"WAL frame {lsn}: unknown item kind {kind}")
+    except struct.error as exc:
+        raise CorruptLogError(f"WAL frame {lsn}: truncated item: {exc}") from None
+    return out
+
+
 class GroupStorage:
     """One raft group's log as the raft core sees it (the `Storage` protocol), read from an
     in-memory view that mirrors what is durable.
@@ -162,7 +242,9 @@ class GroupStorage:
 
     # ------------------------------------------------------------ loading
 
-    def _load(self) -> None:
+    def _load(self) -> tuple[int, int]:
+        """Load the LMDB records; return (void mark, LSN of the LMDB hard state) for WAL
+        replay (0 when absent)."""
         gid = self.group_id
         state_db = self._env.db(RAFT_STATE)
         log_db = self._log_db
@@ -174,6 +256,7 @@ class GroupStorage:
             trunc = get(_GID.pack(gid) + _TAG_TRUNC, db=state_db)
             snap = get(_GID.pack(gid) + _TAG_SNAP, db=state_db)
             conf = get(_GID.pack(gid) + _TAG_CONF, db=state_db)
+            void = get(_GID.pack(gid) + _TAG_VOID, db=state_db)
             runs_idx: list[int] = []
             runs_term: list[int] = []
             tail: deque[tuple[int, bytes]] = deque(maxlen=cache_max)
@@ -199,13 +282,20 @@ class GroupStorage:
                             runs_idx.append(index)
                             runs_term.append(term)
                         tail.append((index, value))
-            return hs, trunc, snap, conf, first, last, runs_idx, runs_term, tail
+            return hs, trunc, snap, conf, void, first, last, runs_idx, runs_term, tail
 
+        void_lsn = hs_lsn = 0
         try:
-            hs, trunc, snap, conf, first, last, runs_idx, runs_term, tail = self._env.read(read)
+            (hs, trunc, snap, conf, void, first, last, runs_idx, runs_term,
+             tail) = self._env.read(read)
             self._reset()
+            if void is not None:
+                void_lsn = _LSN.unpack(void)[0]
+            if hs is not None and len(hs) == _HS_LSN.size:
+                hs_lsn = _HS_LSN.unpack(hs)[3]
             if hs is not None:
-                self._hs = HardState(*_HS.unpack(hs))
+                self._hs = HardState(*(_HS.unpack(hs) if len(hs) == _HS.size
+                                       else _HS_LSN.unpack(hs)[:3]))
             if trunc is not None:
                 self._trunc_index, self._trunc_term = _TRUNC.unpack(trunc)
             if snap is not None:
@@ -224,6 +314,29 @@ class GroupStorage:
             self._last = last
             self._run_idx, self._run_term = runs_idx, runs_term
             self._cache = [_decode_entry(i, v) for i, v in tail]
+        return void_lsn, hs_lsn
+
+    def _replay(self, items: list[tuple[int, int, Any]], void_lsn: int, hs_lsn: int) -> None:
+        """Apply this group's WAL items (lsn, kind, value), oldest first, on top of the LMDB
+        records: entries replace any conflicting suffix, entries at or below the boundary are
+        dropped, a hard state replaces the one before it."""
+        for lsn, kind, value in items:
+            if lsn < void_lsn:
+                continue
+            if kind == _ITEM_HS:
+                if lsn >= hs_lsn:
+                    self._hs = value
+                continue
+            entries: list[Entry] = value
+            if entries[-1].index <= self._trunc_index:
+                continue
+            if entries[0].index <= self._trunc_index:
+                entries = entries[self._trunc_index + 1 - entries[0].index:]
+            if entries[0].index > self._last + 1:
+                raise CorruptLogError(
+                    f"group {self.group_id}: WAL frame {lsn} starts at entry "
+                    f"{entries[0].index} after last entry {self._last}")
+            self._on_append(entries)
 
     # ------------------------------------------------------------ Storage protocol
 
@@ -409,12 +522,42 @@ def _limit_size(ents: list[Entry], max_size: int) -> list[Entry]:
 class RaftLogStore:
     """The raft logs of every group hosted in one environment."""
 
-    def __init__(self, env: Env, *, cache_entries: int = DEFAULT_CACHE_ENTRIES):
+    def __init__(self, env: Env, *, cache_entries: int = DEFAULT_CACHE_ENTRIES,
+                 wal: Wal | None = None, wal_frames: Iterable[tuple[int, bytes]] = ()):
+        """`wal` (opened by `Wal.open`, with the frames it returned as `wal_frames`) puts
+        entries and hard states in the write-ahead log; every live entry is then cached."""
         self._env = env
         self._state_db = env.db(RAFT_STATE)
         self._log_db = env.db(RAFT_LOG)
-        self._cache_entries = cache_entries
+        self._wal = wal
+        self._cache_entries = cache_entries if wal is None else 1 << 62
         self._groups: dict[int, GroupStorage] = {}
+        # WAL items per group not loaded yet: gid -> [(lsn, kind, value)], oldest first.
+        self._pending: dict[int, list[tuple[int, int, Any]]] = {}
+        # Void marks and LMDB hard states staged but not committed: rotation waits for them
+        # (a restatement taken before they commit would outrank them).
+        self._resets_pending = 0
+        for lsn, payload in wal_frames:
+            for gid, kind, value in decode_wal_items(lsn, payload):
+                self._pending.setdefault(gid, []).append((lsn, kind, value))
+
+    @classmethod
+    def open_wal(cls, env: Env, wal_dir: str, **wal_options: Any) -> RaftLogStore:
+        """A WAL-mode store: opens (and replays) the WAL in `wal_dir`."""
+        wal, frames = Wal.open(wal_dir, **wal_options)
+        try:
+            return cls(env, wal=wal, wal_frames=frames)
+        except BaseException:
+            wal.close()
+            raise
+
+    @property
+    def wal(self) -> Wal | None:
+        return self._wal
+
+    def close(self) -> None:
+        if self._wal is not None:
+            self._wal.close()
 
     @property
     def env(self) -> Env:
@@ -427,7 +570,10 @@ class RaftLogStore:
             if not 0 < group_id <= _MAX_GID:
                 raise ValueError(f"group id must be a positive u64, got {group_id}")
             g = GroupStorage(self._env, group_id, self._cache_entries)
-            g._load()
+            void_lsn, hs_lsn = g._load()
+            items = self._pending.pop(group_id, None)
+            if items:
+                g._replay(items, void_lsn, hs_lsn)
             self._groups[group_id] = g
         return g
 
@@ -444,9 +590,12 @@ class RaftLogStore:
                         found.add(gid)
                         hi = _group_hi(gid)
                         ok = hi is not None and cur.set_range(hi)
-            return sorted(found)
+            return found
 
-        return self._env.read(read)
+        found = self._env.read(read)
+        found.update(self._pending)
+        found.update(gid for gid, g in self._groups.items() if not g.is_empty())
+        return sorted(found)
 
     # ------------------------------------------------------------ staging
 
@@ -468,7 +617,16 @@ class RaftLogStore:
         if entries:
             self._stage_append(batch, g, entries, trunc, last)
         if hard_state is not None:
-            self.stage_hard_state(batch, group_id, hard_state)
+            if self._wal is None:
+                self.stage_hard_state(batch, group_id, hard_state)
+            else:
+                hs = HardState(hard_state.term, hard_state.vote, hard_state.commit)
+                j = _journal(batch)
+                j.parts.append(_ITEM.pack(_ITEM_HS, group_id)
+                               + _HS.pack(hs.term, hs.vote, hs.commit))
+                if (hs.term, hs.vote) != (g._hs.term, g._hs.vote):
+                    j.sync = True
+                j.callbacks.append(partial(g._on_hard_state, hs))
 
     def _stage_append(
         self, batch: WriteBatch, g: GroupStorage, entries: list[Entry], trunc: int, last: int
@@ -485,6 +643,17 @@ class RaftLogStore:
         if first <= trunc:
             entries = entries[trunc + 1 - first :]
             first = trunc + 1
+        if self._wal is not None:
+            j = _journal(batch)
+            parts = j.parts
+            parts.append(_ITEM.pack(_ITEM_ENTRIES, gid) + _EHEAD.pack(first, len(entries)))
+            pack = _EENT.pack
+            for e in entries:
+                parts.append(pack(e.term, e.type, len(e.data)))
+                parts.append(e.data)
+            j.sync = True
+            j.callbacks.append(partial(g._on_append, entries))
+            return
         pack_key, pack_ent = _KEY.pack, _ENT.pack
         batch.put_many(
             RAFT_LOG, [(pack_key(gid, e.index), pack_ent(e.term, e.type) + e.data) for e in entries]
@@ -495,7 +664,14 @@ class RaftLogStore:
 
     def stage_hard_state(self, batch: WriteBatch, group_id: int, hs: HardState) -> None:
         g = self.group(group_id)
-        batch.put(RAFT_STATE, _GID.pack(group_id) + _TAG_HS, _HS.pack(hs.term, hs.vote, hs.commit))
+        if self._wal is not None:
+            # In LMDB, stamped with the next LSN: WAL hard states before it are older.
+            batch.put(RAFT_STATE, _GID.pack(group_id) + _TAG_HS,
+                      _HS_LSN.pack(hs.term, hs.vote, hs.commit, self._wal.next_lsn))
+            self._stage_reset(batch)
+        else:
+            batch.put(RAFT_STATE, _GID.pack(group_id) + _TAG_HS,
+                      _HS.pack(hs.term, hs.vote, hs.commit))
         batch.on_commit(partial(g._on_hard_state, HardState(hs.term, hs.vote, hs.commit)))
 
     def stage_compact(self, batch: WriteBatch, group_id: int, index: int) -> None:
@@ -529,6 +705,14 @@ class RaftLogStore:
         batch.put(RAFT_STATE, prefix + _TAG_TRUNC, _TRUNC.pack(meta.index, meta.term))
         batch.put(RAFT_STATE, prefix + _TAG_SNAP, encode_snapshot_meta(meta))
         batch.delete(RAFT_STATE, prefix + _TAG_CONF)
+        if self._wal is not None:
+            # The group's earlier WAL frames no longer belong to its log; its hard state
+            # moves to LMDB (a later WAL hard state replaces it).
+            lsn = self._wal.next_lsn
+            hs = g._hs
+            batch.put(RAFT_STATE, prefix + _TAG_VOID, _LSN.pack(lsn))
+            batch.put(RAFT_STATE, prefix + _TAG_HS, _HS_LSN.pack(hs.term, hs.vote, hs.commit, lsn))
+            self._stage_reset(batch)
         batch.on_commit(partial(g._on_snapshot, meta))
 
     def stage_create_snapshot(
@@ -560,7 +744,18 @@ class RaftLogStore:
         g = self.group(group_id)
         batch.delete_range(RAFT_LOG, _group_lo(group_id), _group_hi(group_id))
         batch.delete_range(RAFT_STATE, _GID.pack(group_id), _group_hi(group_id))
+        if self._wal is not None:
+            batch.put(RAFT_STATE, _GID.pack(group_id) + _TAG_VOID, _LSN.pack(self._wal.next_lsn))
+            self._stage_reset(batch)
         batch.on_commit(g._reset)
+
+    def _stage_reset(self, batch: WriteBatch) -> None:
+        self._resets_pending += 1
+
+        def done() -> None:
+            self._resets_pending -= 1
+
+        batch.on_commit(done)
 
     # ------------------------------------------------------------ committing helpers
 
@@ -575,17 +770,58 @@ class RaftLogStore:
             batch = WriteBatch()
         for group_id, hs, entries, snapshot in items:
             self.stage_ready(batch, group_id, hs, entries, snapshot)
-        await self._env.commit(batch)
+        await self.commit(batch)
+
+    async def commit(self, batch: WriteBatch) -> None:
+        """Commit a batch staged here: its LMDB part (one fsynced transaction, if it has one),
+        then its WAL records (one frame; fsynced unless all it holds is a commit index)."""
+        j = batch.journal
+        if j is None:
+            await self._env.commit(batch)
+            return
+        batch.journal = None
+        if batch:
+            await self._env.commit(batch)
+        wal = self._wal
+        assert wal is not None
+        lsn = wal.queue(b"".join(j.parts))
+        if j.sync:
+            await wal.sync_to(lsn)
+        for cb in j.callbacks:
+            cb()
+        if wal.wants_rotation() and not self._resets_pending:
+            await self.rotate_wal()
+
+    async def rotate_wal(self) -> None:
+        """Start a new WAL segment restating every group's live entries and hard state, and
+        delete the older ones."""
+        wal = self._wal
+        assert wal is not None
+        for gid in list(self._pending):
+            self.group(gid)
+        parts: list[bytes] = []
+        for gid, g in self._groups.items():
+            if g.is_empty():
+                continue
+            hs = g._hs
+            parts.append(_ITEM.pack(_ITEM_HS, gid) + _HS.pack(hs.term, hs.vote, hs.commit))
+            ents = g._cache
+            if ents:
+                parts.append(_ITEM.pack(_ITEM_ENTRIES, gid) + _EHEAD.pack(ents[0].index, len(ents)))
+                for e in ents:
+                    parts.append(_EENT.pack(e.term, e.type, len(e.data)))
+                    parts.append(e.data)
+        await wal.rotate([b"".join(parts)] if parts else [])
 
     async def compact(self, group_id: int, index: int) -> None:
         batch = WriteBatch()
         self.stage_compact(batch, group_id, index)
-        await self._env.commit(batch)
+        await self.commit(batch)
 
     async def apply_snapshot(self, group_id: int, meta: SnapshotMetadata) -> None:
         batch = WriteBatch()
         self.stage_apply_snapshot(batch, group_id, meta)
-        await self._env.commit(batch)
+        await self.commit(batch)
 
     async def create_snapshot(
         self, group_id: int, index: int, conf_state: ConfState
@@ -598,4 +834,4 @@ class RaftLogStore:
     async def destroy_group(self, group_id: int) -> None:
         batch = WriteBatch()
         self.stage_destroy_group(batch, group_id)
-        await self._env.commit(batch)
+        await self.commit(batch)

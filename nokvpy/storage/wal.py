@@ -1,0 +1,351 @@
+"""An append-only, checksummed, fsynced log of opaque frames (the raft log's write-ahead log).
+
+Owns: the segment files of one directory, frame encoding and validation, the log sequence
+numbers (LSNs), group commit (one write and one fdatasync for everything queued), torn-tail
+repair at open, and segment rotation. Never knows what a frame means (`raftlog` encodes
+entries and hard states into frames) and never retries a failed fsync.
+
+Layout: `<dir>/<first lsn as 16 hex digits>.wal`. A frame is a 16-byte header (payload length,
+CRC-32 of the LSN and payload, LSN) followed by the payload. LSNs strictly increase across
+frames and segments (the sequence may skip numbers).
+
+Durability: `append(payloads)` returns once a write() and fdatasync() of every frame queued so
+far has succeeded. `append(payloads, sync=False)` only queues: the frames reach the file with
+the next synced append (or `flush()`), in order. A failed write or fsync marks the log failed
+and every later append raises `StorageFailedError` (the page cache may have dropped the data).
+
+Open: the frames of every segment are read in order. In the newest segment, a short frame or
+a checksum mismatch with nothing valid after it is a torn write from a crash: the file is cut
+there (counted in `stats.torn_bytes`). Anything else that does not decode - a bad frame in an
+older segment, a bad frame followed by a valid one, LSNs that do not increase - raises
+`CorruptLogError` and nothing is changed on disk.
+
+Rotation: `rotate(payloads)` starts a new segment holding `payloads` (the caller's restatement
+of everything still live), makes it durable, then deletes the older segments. A crash at any
+point leaves either the old segments, or the old ones plus the new one (replaying both gives
+the same state, the restatement coming last).
+
+Failpoints: `storage.wal_before_sync` (after write(), before fdatasync; `raise` simulates a
+failed fsync) and `storage.wal_after_sync` (durable, not yet acknowledged).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import trio
+
+from nokvpy import failpoints
+from nokvpy.storage.errors import CorruptLogError, StorageFailedError
+
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct(">IIQ")  # payload length, crc32(lsn + payload), lsn
+HEADER_SIZE = _HEADER.size
+_LSN = struct.Struct(">Q")
+MAX_FRAME = 1 << 30
+SUFFIX = ".wal"
+DEFAULT_SEGMENT_BYTES = 64 << 20
+
+
+@dataclass(slots=True)
+class WalStats:
+    appends: int = 0  # synced appends that wrote something (= fdatasyncs)
+    frames: int = 0  # frames queued (a restatement counts as one)
+    bytes: int = 0
+    sync_seconds: float = 0.0
+    rotations: int = 0  # segments started by rotate()
+    torn_bytes: int = 0  # cut from the newest segment at open
+
+
+def _segment_name(first_lsn: int) -> str:
+    return f"{first_lsn:016x}{SUFFIX}"
+
+
+def _crc(lsn: int, payload: bytes | memoryview) -> int:
+    return zlib.crc32(payload, zlib.crc32(_LSN.pack(lsn)))
+
+
+def encode_frame(lsn: int, payload: bytes) -> bytes:
+    if len(payload) > MAX_FRAME:
+        raise ValueError(f"WAL frame of {len(payload)} bytes exceeds {MAX_FRAME}")
+    return _HEADER.pack(len(payload), _crc(lsn, payload), lsn) + payload
+
+
+def _scan(data: bytes) -> Iterator[tuple[int, int, bytes | None]]:
+    """Yield (offset, lsn, payload) per frame; a payload of None marks the first frame that
+    does not decode (short, oversized or failing its checksum), and scanning stops there."""
+    off, n = 0, len(data)
+    view = memoryview(data)
+    while off < n:
+        if n - off < HEADER_SIZE:
+            yield off, 0, None
+            return
+        length, crc, lsn = _HEADER.unpack_from(data, off)
+        end = off + HEADER_SIZE + length
+        if length > MAX_FRAME or end > n:
+            yield off, lsn, None
+            return
+        payload = view[off + HEADER_SIZE:end]
+        if _crc(lsn, payload) != crc:
+            yield off, lsn, None
+            return
+        yield off, lsn, bytes(payload)
+        off = end
+
+
+def _valid_frame_at(data: bytes, off: int) -> bool:
+    if len(data) - off < HEADER_SIZE:
+        return False
+    length, crc, lsn = _HEADER.unpack_from(data, off)
+    end = off + HEADER_SIZE + length
+    return length <= MAX_FRAME and end <= len(data) and _crc(lsn, data[off + HEADER_SIZE:end]) == crc
+
+
+class Wal:
+    """One directory of WAL segments, opened for appending."""
+
+    def __init__(self, path: str, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES):
+        self.path = path
+        self.segment_bytes = segment_bytes
+        self.stats = WalStats()
+        self._fd = -1
+        self._segments: list[str] = []  # file names, oldest first
+        self._size = 0  # bytes in the newest segment
+        self._rotate_at = segment_bytes
+        self._next_lsn = 1
+        self._durable_lsn = 0
+        self._buf: list[bytes] = []  # encoded frames queued, not yet written
+        self._buf_last = 0  # lsn of the newest queued frame
+        self._lock = trio.Lock()
+        self._limiter = trio.CapacityLimiter(1)
+        self._failed: BaseException | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ open / replay
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *,
+             segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> tuple[Wal, list[tuple[int, bytes]]]:
+        """Open (creating if needed) the WAL in `path`; return it and every durable frame as
+        (lsn, payload), oldest first. Repairs a torn tail; raises CorruptLogError otherwise."""
+        path = os.fspath(path)
+        os.makedirs(path, exist_ok=True)
+        wal = cls(path, segment_bytes=segment_bytes)
+        names = sorted(n for n in os.listdir(path) if n.endswith(SUFFIX))
+        frames: list[tuple[int, bytes]] = []
+        last_lsn = 0
+        for i, name in enumerate(names):
+            newest = i == len(names) - 1
+            full = os.path.join(path, name)
+            with open(full, "rb") as f:
+                data = f.read()
+            for off, lsn, payload in _scan(data):
+                if payload is None:
+                    if not newest:
+                        raise CorruptLogError(f"WAL segment {full}: bad frame at byte {off}")
+                    if _valid_frame_at(data, _next_offset(data, off)):
+                        raise CorruptLogError(
+                            f"WAL segment {full}: bad frame at byte {off} followed by valid data")
+                    torn = len(data) - off
+                    log.warning("WAL %s: cutting a torn tail of %d bytes at byte %d",
+                                full, torn, off)
+                    wal.stats.torn_bytes += torn
+                    with open(full, "r+b") as f:
+                        f.truncate(off)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    data = data[:off]
+                    break
+                if lsn <= last_lsn:
+                    raise CorruptLogError(
+                        f"WAL segment {full}: LSN {lsn} at byte {off} does not follow {last_lsn}")
+                last_lsn = lsn
+                frames.append((lsn, payload))
+            if newest:
+                wal._size = len(data)
+        wal._segments = names
+        wal._next_lsn = last_lsn + 1
+        wal._durable_lsn = last_lsn
+        wal._buf_last = last_lsn
+        if not names:
+            wal._segments = [_segment_name(1)]
+            wal._size = 0
+        wal._fd = os.open(os.path.join(path, wal._segments[-1]),
+                          os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if not names:
+            _fsync_dir(path)
+        return wal, frames
+
+    # ------------------------------------------------------------------ appends
+
+    @property
+    def next_lsn(self) -> int:
+        """The LSN the next queued frame will get: every frame queued so far has a lower one."""
+        return self._next_lsn
+
+    @property
+    def durable_lsn(self) -> int:
+        return self._durable_lsn
+
+    @property
+    def segment_count(self) -> int:
+        return len(self._segments)
+
+    @property
+    def size(self) -> int:
+        """Bytes in the newest segment (written, plus queued)."""
+        return self._size + sum(len(b) for b in self._buf)
+
+    def queue(self, payload: bytes) -> int:
+        """Queue one frame (not yet written); return its LSN."""
+        self._check()
+        lsn = self._next_lsn
+        self._next_lsn = lsn + 1
+        self._buf.append(encode_frame(lsn, payload))
+        self._buf_last = lsn
+        self.stats.frames += 1
+        return lsn
+
+    async def append(self, payloads: list[bytes], sync: bool = True) -> int:
+        """Queue one frame per payload; with sync, return once they (and everything queued
+        before them) are durable. Returns the LSN of the last frame (or of the last one queued
+        before, when payloads is empty). Not cancellable once the write has started."""
+        upto = self._buf_last
+        for p in payloads:
+            upto = self.queue(p)
+        if sync:
+            await self.sync_to(upto)
+        return upto
+
+    async def flush(self) -> None:
+        """Make every queued frame durable."""
+        await self.sync_to(self._buf_last)
+
+    async def sync_to(self, lsn: int) -> None:
+        self._check()
+        if lsn <= self._durable_lsn:
+            return
+        async with self._lock:
+            if lsn <= self._durable_lsn:
+                return
+            self._check()
+            data, upto = self._take()
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._write, data, upto, limiter=self._limiter)
+
+    def _take(self) -> tuple[bytes, int]:
+        data = b"".join(self._buf)
+        self._buf.clear()
+        return data, self._buf_last
+
+    def _write(self, data: bytes, upto: int) -> None:
+        """Writer thread: write and fdatasync; mark the log failed on any error."""
+        try:
+            t0 = time.perf_counter()
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            failpoints.check("storage.wal_before_sync")
+            os.fdatasync(self._fd)
+            self.stats.sync_seconds += time.perf_counter() - t0
+        except BaseException as exc:
+            self._failed = exc
+            log.critical("WAL %s: write or fsync failed (%r); the log now refuses appends",
+                         self.path, exc)
+            raise StorageFailedError(f"WAL {self.path}: write/fsync failed: {exc!r}") from exc
+        self._size += len(data)
+        self._durable_lsn = upto
+        self.stats.appends += 1
+        self.stats.bytes += len(data)
+        failpoints.check("storage.wal_after_sync")
+
+    def _check(self) -> None:
+        if self._failed is not None:
+            raise StorageFailedError(
+                f"WAL {self.path} refuses appends after a failed write: {self._failed!r}"
+            ) from self._failed
+        if self._closed:
+            raise StorageFailedError(f"WAL {self.path} is closed")
+
+    # ------------------------------------------------------------------ rotation
+
+    def wants_rotation(self) -> bool:
+        """Is the newest segment full? (At least `segment_bytes`, and at least twice what the
+        last rotation restated, so restating stays a bounded share of what is written.)"""
+        return self._size >= self._rotate_at
+
+    async def rotate(self, payloads: list[bytes]) -> None:
+        """Start a new segment with `payloads` (a restatement of all live state, which must
+        account for every frame queued so far) and delete the older segments."""
+        self._check()
+        async with self._lock:
+            self._check()
+            pending, upto = self._take()
+            lsns = [self.queue(p) for p in payloads]
+            data, last = self._take()
+            first = lsns[0] if lsns else self._next_lsn
+            if not lsns:
+                self._next_lsn += 1  # the new segment's name must exceed every LSN so far
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._rotate, pending, upto, first, data,
+                                              last if lsns else upto, limiter=self._limiter)
+
+    def _rotate(self, pending: bytes, upto: int, first: int, data: bytes, last: int) -> None:
+        if pending:
+            self._write(pending, upto)
+        name = _segment_name(first)
+        full = os.path.join(self.path, name)
+        try:
+            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fdatasync(fd)
+            _fsync_dir(self.path)
+        except BaseException as exc:
+            self._failed = exc
+            raise StorageFailedError(f"WAL {self.path}: rotation failed: {exc!r}") from exc
+        old_fd, old = self._fd, self._segments
+        self._fd, self._segments, self._size = fd, [name], len(data)
+        self._rotate_at = max(self.segment_bytes, 2 * len(data))
+        self._durable_lsn = max(self._durable_lsn, last)
+        os.close(old_fd)
+        for n in old:
+            if n != name:
+                try:
+                    os.unlink(os.path.join(self.path, n))
+                except FileNotFoundError:
+                    pass
+        _fsync_dir(self.path)
+        self.stats.rotations += 1
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+def _next_offset(data: bytes, off: int) -> int:
+    """Where the frame at `off` claims to end (for telling a torn tail from corruption)."""
+    if len(data) - off < HEADER_SIZE:
+        return len(data)
+    length = _HEADER.unpack_from(data, off)[0]
+    return min(len(data), off + HEADER_SIZE + min(length, MAX_FRAME))
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
