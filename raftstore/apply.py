@@ -18,6 +18,7 @@ raised: an apply must never fail the batch that persists other groups' work.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -116,7 +117,12 @@ class RegionStateMachine:
         # (raftstore.topology_apply); its result goes to the proposer.
         self.conf_change_handler: Callable[[RegionStateMachine, WriteBatch, Entry], Any] | None = None
         self.descriptor_listener: Callable[[RegionDescriptor], None] | None = None
-        self._staged: tuple[int, int, RegionDescriptor | None, int] | None = None
+        # Applies staged and not yet durable, oldest first: (last index, term, descriptor,
+        # writes). More than one only when the driver holds plain applies back (WAL mode):
+        # `_pending` then maps each key they wrote to its value (None: deleted), so a CAS
+        # staged after them reads what they wrote. Cleared when the last one is durable.
+        self._staged: deque[tuple[int, int, RegionDescriptor | None, int]] = deque()
+        self._pending: dict[bytes, bytes | None] = {}
         self._plain = False
         # Background snapshot building: `spawn(async_fn)` starts a task and says whether it
         # could (None, or False: build inline).
@@ -154,7 +160,7 @@ class RegionStateMachine:
             decoded.append(cmd)
         plain = self.staged_descriptor is None
         base = self._prefetch(cas_keys) if cas_keys else {}
-        overlay: dict[bytes, Any] = {}
+        overlay: dict[bytes, Any] = self._pending
         results: list[Any] = []
         writes = 0
         for e, cmd in zip(entries, decoded, strict=True):
@@ -186,9 +192,13 @@ class RegionStateMachine:
             self.meta.stage_region(batch, self.region_id, encode_descriptor(self.staged_descriptor))
         if self._maybe_compact(batch):
             plain = False
-        self._staged = (last.index, last.term, self.staged_descriptor, writes)
+        self._staged.append((last.index, last.term, self.staged_descriptor, writes))
         self._plain = plain
         return results
+
+    # The driver may stage this region's next apply while earlier ones are still held back
+    # (`_pending` serves their writes to CAS).
+    stages_ahead = True
 
     def apply_deferrable(self) -> bool:
         """Did the last stage_apply write only KV data and the replay pointer (no descriptor,
@@ -196,10 +206,16 @@ class RegionStateMachine:
         back to share the next fsync: replaying it after a crash is idempotent."""
         return self._plain
 
+    def has_staged(self) -> bool:
+        """Is an apply staged whose batch has not committed yet?"""
+        return bool(self._staged)
+
     def after_commit(self, entries: list[Entry], results: list[Any]) -> None:
-        staged, self._staged = self._staged, None
-        if staged is None:
+        if not self._staged:
             return
+        staged = self._staged.popleft()
+        if not self._staged:
+            self._pending.clear()
         self.applied, self.applied_term, desc, writes = staged
         self.writes_since_heartbeat += writes
         self.total_writes += writes

@@ -26,11 +26,13 @@ from nokvpy import failpoints
 from nokvpy.adminsvc import register_failpoint_admin
 from nokvpy.protocol import RestartStateKind
 from nokvpy.rpc import Identity, RpcClient, RpcServer, format_addr, parse_addr
-from nokvpy.storage import Env, LocalMeta, RaftLogStore, StoreIdentity
+from nokvpy.storage import CorruptLogError, Env, LocalMeta, RaftLogStore, StoreIdentity
 from raftstore.heartbeat import CoordinatorLink, JoinRefusedError, heartbeat_loop
 from raftstore.restart import derive, load_image
 from raftstore.store import Store, StoreConfig
 from raftstore.topology import Topology
+
+WAL_DIR = "raftwal"  # the raft log's write-ahead log, inside the data directory
 
 log = logging.getLogger("nokvpy.raftstore")
 
@@ -62,9 +64,15 @@ async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
         raise StartupError(str(exc)) from None
     env = Env.open(data)
     rpc: RpcClient | None = None
+    raftlog: RaftLogStore | None = None
     try:
         meta = LocalMeta(env)
-        image = load_image(meta, RaftLogStore(env))
+        try:
+            raftlog = RaftLogStore.open_wal(env, os.path.join(data, WAL_DIR))
+        except CorruptLogError as exc:
+            raise StartupError(f"store {store_id} refuses to start: its raft log is corrupt: "
+                               f"{exc} (data dir {data}; nothing was written)") from None
+        image = load_image(meta, raftlog)
         wanted = StoreIdentity(cluster_number(cluster_id), store_id)
         restart = derive(image, wanted)
         if restart.kind == RestartStateKind.FATAL:
@@ -86,7 +94,7 @@ async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
                 log.warning("store %d: %s=1: TEST-ONLY UNSAFE MODE, this store is deliberately "
                             "not linearizable", store_id, var)
         cfg = StoreConfig(store_id, cluster_id, listen, tick_interval=tick_interval, **options)
-        store = Store(cfg, env, rpc)
+        store = Store(cfg, env, rpc, raftlog)
         link = CoordinatorLink(rpc, coordinators)
         # Before load: every rehosted replica gets the topology apply handlers.
         topology = Topology(store, link)
@@ -109,6 +117,8 @@ async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
         if rpc is not None:
             with trio.CancelScope(shield=True):
                 await rpc.aclose()
+        if raftlog is not None:
+            raftlog.close()
         env.close()
 
 

@@ -101,12 +101,13 @@ class StoreConfig:
 class Store:
     """One store process's execution plane. `await nursery.start(store.run)`."""
 
-    def __init__(self, cfg: StoreConfig, env: Env, rpc: RpcClient):
+    def __init__(self, cfg: StoreConfig, env: Env, rpc: RpcClient,
+                 raftlog: RaftLogStore | None = None):
         self.cfg = cfg
         self.store_id = cfg.store_id
         self.env = env
         self.rpc = rpc
-        self.raftlog = RaftLogStore(env)
+        self.raftlog = raftlog if raftlog is not None else RaftLogStore(env)
         self.kv = KV(env)
         self.meta = LocalMeta(env)
         self.driver = Driver(env, self.raftlog, self._send, tick_interval=cfg.tick_interval)
@@ -228,7 +229,9 @@ class Store:
             self.topology.attach(sm)  # split / merge / membership apply handlers
         peer = Peer(rid, peer_id, self.store_id, sm, trio.current_time())
         sm.descriptor_listener = lambda d, p=peer: self._on_descriptor(p, d)
-        group = self.driver.add_group(rid, peer_id, self.raftlog.group(rid), sm, peer.route,
+        storage = self.raftlog.group(rid)
+        storage.restore_commit(applied)
+        group = self.driver.add_group(rid, peer_id, storage, sm, peer.route,
                                       election_tick=self.cfg.election_tick,
                                       heartbeat_tick=self.cfg.heartbeat_tick,
                                       lazy_commit_broadcast=True)
@@ -292,7 +295,7 @@ class Store:
         sm = peer.sm
         batch = WriteBatch()
         self.meta.stage_region(batch, peer.region_id, encode_descriptor(desc))
-        if sm.applied == 0 and sm._staged is None and self.meta.replay_pointer(
+        if sm.applied == 0 and not sm.has_staged() and self.meta.replay_pointer(
                 peer.region_id) is None:
             # Submitted before any later apply batch of this region: never overwrites one.
             self.meta.stage_replay_pointer(batch, peer.region_id, 0, 0)
@@ -725,6 +728,7 @@ class Store:
             "counters": dict(sorted(self.counters.items())),
             "driver": dict(sorted(self.driver.counters.items())),
             "transport": dict(sorted(self.transport.counters.items())),
+            "storage": self._storage_status(),
             "transitions": tracker["transitions"],
             "outbox": outbox,
             "tombstones": sorted(self.tombstones),
@@ -733,6 +737,20 @@ class Store:
             "regions": regions,
             "topology": self.topology.status() if self.topology is not None else {},
         }
+
+    def _storage_status(self) -> dict[str, Any]:
+        """LMDB commits and, in WAL mode, the raft log's write-ahead log."""
+        es = self.env.stats
+        out: dict[str, Any] = {"lmdb": {"transactions": es.transactions, "batches": es.batches,
+                                        "sync_seconds": round(es.sync_seconds, 3)}}
+        wal = self.raftlog.wal
+        if wal is not None:
+            ws = wal.stats
+            out["wal"] = {"fsyncs": ws.appends, "frames": ws.frames, "bytes": ws.bytes,
+                          "sync_seconds": round(ws.sync_seconds, 3), "rotations": ws.rotations,
+                          "torn_bytes": ws.torn_bytes, "segments": wal.segment_count,
+                          "segment_bytes": wal.size, "durable_lsn": wal.durable_lsn}
+        return out
 
     async def on_execution_status(self, req: ExecutionStatusRequest, ctx: Any
                                   ) -> ExecutionStatusReply:

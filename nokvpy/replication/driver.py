@@ -275,6 +275,7 @@ class Driver:
         tick_interval: float = 0.1,
         max_batch_proposals: int = 4096,
         commit_flush_delay: float = 0.002,
+        apply_hold_max: float = 0.01,
     ):
         self.env = env
         self.raftlog = raftlog
@@ -310,6 +311,13 @@ class Driver:
         self.before_apply: Callable[[], None] | None = None
         self.after_apply: Callable[[], None] | None = None
         self.running = False
+        # WAL mode (the raft log in a write-ahead log, see `_turn_wal`): held applies may
+        # accumulate over several turns, committed at the latest apply_hold_max seconds after
+        # the first was held.
+        self._wal_mode = getattr(raftlog, "wal", None) is not None
+        self.apply_hold_max = apply_hold_max
+        self.apply_hold_ops = 4096
+        self._held_since = 0.0
         self.timing = {"turn_s": 0.0, "persist_s": 0.0, "wait_s": 0.0}  # NOKV_PROFILE only
         self._timed = bool(os.environ.get("NOKV_PROFILE"))
 
@@ -430,9 +438,12 @@ class Driver:
     async def wait_applied(self, group: Group, index: int) -> None:
         ev = group.wait_applied_event(index)
         if ev is not None:
-            if self._deferred is not None:
-                self._flush_deferred = True  # the apply it waits for may be held back
-                self._wake.set()
+            if self._deferred is not None:  # the apply it waits for may be held back
+                if self._wal_mode:
+                    self._release_deferred()
+                else:
+                    self._flush_deferred = True
+                    self._wake.set()
             await ev.wait()
 
     def campaign(self, group: Group) -> None:
@@ -474,8 +485,11 @@ class Driver:
                         if not self._wake.is_set():
                             self._flush_commits()
                             if self._deferred is not None:
-                                self._flush_deferred = True
-                                self._wake.set()
+                                if self._wal_mode:
+                                    self._release_deferred()  # committed in the background
+                                else:
+                                    self._flush_deferred = True
+                                    self._wake.set()
                     if timed:
                         t0 = clock()
                         await self._wake.wait()
@@ -584,6 +598,9 @@ class Driver:
             self._wake.set()
 
     async def _turn(self) -> None:
+        if self._wal_mode:
+            await self._turn_wal()
+            return
         self._feed()
         readies: list[tuple[Group, Any]] = []
         for gid in list(self._dirty):
@@ -676,6 +693,129 @@ class Driver:
         if self._dirty:
             self._wake.set()
 
+    async def _turn_wal(self) -> None:
+        """One turn when the raft log lives in a write-ahead log.
+
+        A Ready splits in two. Its raft part (entries, hard state, snapshot) goes to the WAL,
+        one fdatasync, before this turn's messages go out. Its apply part (the committed
+        entries' writes and replay pointers, LMDB's) is staged once that is durable - an
+        apply never reaches LMDB before the entries it applies are in the WAL. When the
+        applies are only plain writes nobody waits on (`_apply_holdable`) they join the held
+        batch, which collects the applies of many turns and commits once: for a reader of
+        the applied index, another writer of the environment, a non-plain apply, or
+        apply_hold_max after it started (then in the background: the state machine stages
+        each apply on top of the held ones, reading their writes from memory, so a turn
+        never waits for a held batch). A crash loses only held applies, whose entries the
+        WAL still holds: the restart replays them."""
+        self._feed()
+        readies: list[tuple[Group, Any]] = []
+        for gid in list(self._dirty):
+            group = self.groups.get(gid)
+            if group is None or group.stopped or not group.node.has_ready():
+                self._dirty.discard(gid)
+                continue
+            readies.append((group, group.node.ready()))
+        self._dirty.clear()
+        held = self._deferred
+        if held is not None and (self._flush_deferred or self._needs_held_durable(held, readies)):
+            self._deferred, self._flush_deferred = None, False
+            self.counters["applies_flushed"] += 1
+            await self._commit_held(*held)
+        if not readies:
+            return
+        rbatch = WriteBatch()
+        for group, rd in readies:
+            if group.stopped:
+                continue  # removed while this turn was staged (see _turn)
+            if rd.snapshot is not None and not rd.snapshot.is_empty():
+                group.sm.stage_restore(rbatch, rd.snapshot)
+                self.counters["snapshots_installed"] += 1
+            self.raftlog.stage_ready(rbatch, group.group_id, rd.hard_state, rd.entries,
+                                     rd.snapshot)
+        early: list[tuple[int, int, Message, tuple[int, int]]] = []
+        for group, rd in readies:
+            if rd.messages and not group.stopped and _sendable_before_persist(group, rd):
+                gid, epoch = group.group_id, group.epoch
+                for m in rd.messages:
+                    early.append((gid, m.to, m, epoch))
+                rd.messages = []
+        if early:
+            self.send(early)
+            self.counters["sent_before_persist"] += len(early)
+        if rbatch:
+            await self._persist(rbatch)
+        else:
+            self.counters["persist_skipped"] += 1
+        self._drain_released()
+        turn = [(g, rd) for g, rd in readies if not g.stopped]
+        out: list[tuple[int, int, Message, tuple[int, int]]] = []
+        for group, rd in turn:
+            for m in rd.messages:
+                out.append((group.group_id, m.to, m, group.epoch))
+        if out:
+            self.send(out)
+        for group, rd in turn:
+            self._after_raft_persist(group, rd)
+        # The applies: staged now that their entries are durable here.
+        staged: list[tuple[Group, Any, list[Entry], list[Any]]] = []
+        held = self._deferred  # (None if another writer released it meanwhile)
+        if held is not None:
+            self._deferred = None
+            abatch, applied = held
+        else:
+            abatch, applied = WriteBatch(), []
+            self._held_since = trio.current_time()
+        for group, rd in turn:
+            ents = rd.committed_entries
+            if not ents:
+                continue
+            results = group.sm.stage_apply(abatch, ents)
+            self._stage_conf_state(abatch, group, rd, ents)
+            self._ack_durable(group, rd, ents, results, persisted=True)
+            staged.append((group, rd, ents, results))
+        applied.extend(staged)
+        if applied or abatch:
+            holdable = self._apply_holdable(staged)
+            if (holdable and len(abatch) < self.apply_hold_ops
+                    and trio.current_time() - self._held_since < self.apply_hold_max):
+                self._deferred = (abatch, applied)
+                if staged:
+                    self.counters["applies_held"] += 1
+            elif holdable:
+                # Only age or size asks for a commit: in the background.
+                self._deferred = (abatch, applied)
+                self._release_deferred()
+            else:
+                self.counters["applies_committed"] += 1
+                await self._commit_held(abatch, applied)
+        for group, rd in turn:
+            group.node.advance(rd)
+            if group.node.has_ready():
+                self._dirty.add(group.group_id)
+            self._note_commit_pending(group)
+        if self.on_applied_batch:
+            self.on_applied_batch()
+        if self._dirty:
+            self._wake.set()
+
+    def _apply_holdable(self, turn: list[tuple[Group, Any, list[Entry], list[Any]]]) -> bool:
+        """May this turn's applies be held back? Only plain writes (`apply_deferrable`) of
+        normal entries with no proposer still waiting (early ack answered them) and no
+        reader waiting on the applied index."""
+        for group, _, ents, _ in turn:
+            if not ents:
+                continue
+            if group.apply_waiters or group.reads:
+                return False
+            deferrable = getattr(group.sm, "apply_deferrable", None)
+            if deferrable is None or not deferrable():
+                return False
+            waiters = group.waiters
+            for e in ents:
+                if e.type != EntryType.NORMAL or e.index in waiters:
+                    return False
+        return True
+
     def _note_commit_pending(self, group: Group) -> None:
         pending = self._commit_pending
         if group.node.commit_flush_pending():
@@ -713,14 +853,16 @@ class Driver:
     @staticmethod
     def _needs_held_durable(held: tuple[WriteBatch, list], readies: list[tuple[Group, Any]]) -> bool:
         """Must the held batch commit before this turn stages? Yes when the turn applies to a
-        group whose apply is held, or installs a snapshot. Other groups' applies are staged
-        into the same batch after the held writes: regions own disjoint keys, and staging
-        reads only the region's own keys and in-memory state."""
+        group whose apply is held (unless its state machine `stages_ahead`: it reads what its
+        held applies wrote from memory), or installs a snapshot. Other groups' applies are
+        staged into the same batch after the held writes: regions own disjoint keys, and
+        staging reads only the region's own keys and in-memory state."""
         held_groups = {item[0] for item in held[1]}
         for group, rd in readies:
             if rd.snapshot is not None and not rd.snapshot.is_empty():
                 return True
-            if rd.committed_entries and group in held_groups:
+            if (rd.committed_entries and group in held_groups
+                    and not getattr(group.sm, "stages_ahead", False)):
                 return True
         return False
 
@@ -754,12 +896,13 @@ class Driver:
         """Commit a turn's batch (one fsynced transaction), with the failpoint hooks."""
         if self.before_persist:
             self.before_persist()
+        commit = self.raftlog.commit if self._wal_mode else self.env.commit
         if self._timed:
             t0 = trio.current_time()
-            await self.env.commit(batch)
+            await commit(batch)
             self.timing["persist_s"] += trio.current_time() - t0
         else:
-            await self.env.commit(batch)
+            await commit(batch)
         self.counters["persist_batches"] += 1
         if self.after_persist:
             self.after_persist()
@@ -770,15 +913,18 @@ class Driver:
         self._finish_held(items)
 
     def _finish_held(self, items: list[tuple[Group, Any, list[Entry], list[Any]]]) -> None:
-        """The held batch is durable: what `_after_persist` does, for Readys already advanced."""
+        """The held batch is durable: what `_after_persist` does, for Readys already advanced
+        (in WAL mode: the apply part; the rest was done when the raft log was durable)."""
+        finish = self._after_apply if self._wal_mode else self._after_persist
         for group, rd, ents, results in items:
             if group.stopped:
                 continue
-            self._after_persist(group, rd, ents, results)
+            finish(group, rd, ents, results)
         if self.on_applied_batch:
             self.on_applied_batch()
 
-    def _ack_durable(self, group: Group, rd: Any, ents: list[Entry], results: list[Any]) -> None:
+    def _ack_durable(self, group: Group, rd: Any, ents: list[Entry], results: list[Any],
+                     persisted: bool = False) -> None:
         """Resolve proposal waiters before this turn's fsync when that is already safe.
 
         A committed entry that this node persisted in an earlier turn is durable on a quorum
@@ -786,7 +932,9 @@ class Driver:
         and its result was computed deterministically while staging; a crash before this
         batch commits replays it to the same result. Entries persisted in this very batch
         (a single-voter group commits on append) wait for the fsync as before. Readers still
-        wait for the apply to be durable: `applied` only moves after the commit. Opt-in per
+        wait for the apply to be durable: `applied` only moves after the commit. With
+        `persisted` (WAL mode: applies are staged once this turn's log is durable) entries of
+        this turn qualify too. Opt-in per
         group (`early_ack`): callers must not expect the state machine's in-memory view to
         include the entry when the proposal returns (a store's reads go through ReadIndex and
         wait for the durable applied index; metaroot's Snapshot reads do not, so it keeps
@@ -794,7 +942,8 @@ class Driver:
         if (not group.early_ack or not ents or not group.waiters
                 or (rd.snapshot is not None and not rd.snapshot.is_empty())):
             return
-        first_new = rd.entries[0].index if rd.entries else ents[-1].index + 1
+        first_new = (rd.entries[0].index if rd.entries and not persisted
+                     else ents[-1].index + 1)
         for e, res in zip(ents, results, strict=False):
             if e.index >= first_new:
                 break
@@ -823,6 +972,11 @@ class Driver:
             self.raftlog.stage_conf_state(batch, group.group_id, last, cs)
 
     def _after_persist(self, group: Group, rd: Any, ents: list[Entry], results: list[Any]) -> None:
+        self._after_raft_persist(group, rd, notify=False)
+        self._after_apply(group, rd, ents, results)
+
+    def _after_raft_persist(self, group: Group, rd: Any, notify: bool = True) -> None:
+        """This Ready's raft state is durable: snapshot, role, term and read answers."""
         if rd.snapshot is not None and not rd.snapshot.is_empty():
             group.conf_state = rd.snapshot.metadata.conf_state
             group.applied = max(group.applied, rd.snapshot.metadata.index)
@@ -841,6 +995,15 @@ class Driver:
         if rd.hard_state is not None:
             group.term = rd.hard_state.term
             group.persisted_tv = (rd.hard_state.term, rd.hard_state.vote)
+        for rs in rd.read_states:
+            w = group.reads.get(rs.request_ctx)
+            if w is not None:
+                w.resolve(rs.index)
+        if notify:
+            group._notify_applied()
+
+    def _after_apply(self, group: Group, rd: Any, ents: list[Entry], results: list[Any]) -> None:
+        """The apply of `ents` is durable: move the applied index, answer the proposers."""
         if ents:
             if self.before_apply:
                 self.before_apply()
@@ -862,9 +1025,5 @@ class Driver:
                                          f"leader (term {e.term})", group.leader_id))
             if self.after_apply:
                 self.after_apply()
-        for rs in rd.read_states:
-            w = group.reads.get(rs.request_ctx)
-            if w is not None:
-                w.resolve(rs.index)
         group._notify_applied()
 

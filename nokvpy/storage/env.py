@@ -111,7 +111,7 @@ class WriteBatch:
         return len(self.ops)
 
     def __bool__(self) -> bool:
-        return bool(self.ops or self.callbacks)
+        return bool(self.ops or self.callbacks or self.journal)
 
 
 class _Pending:

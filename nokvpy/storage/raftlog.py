@@ -414,6 +414,17 @@ class GroupStorage:
         hs = self._hs
         return HardState(hs.term, hs.vote, hs.commit)
 
+    def restore_commit(self, applied: int) -> None:
+        """Raise the commit index to `applied` in memory: what the state machine applied was
+        committed (in WAL mode a hard state that only moved the commit index may not have
+        reached the disk before a crash, while the apply did)."""
+        if applied <= self._hs.commit:
+            return
+        if applied > self._last:
+            raise CorruptLogError(f"group {self.group_id}: applied index {applied} is beyond "
+                                  f"the last log entry {self._last}")
+        self._hs = HardState(self._hs.term, self._hs.vote, applied)
+
     @property
     def snapshot_metadata(self) -> SnapshotMetadata:
         return self._snap

@@ -226,15 +226,23 @@ async def test_membership_entries_are_never_held(quiet_cluster):
 
 def test_only_an_apply_of_a_held_group_forces_the_held_batch_out():
     """Another region's apply joins the held batch (disjoint keys); the same group's next
-    apply, or any snapshot, makes the held batch commit first."""
+    apply (unless its state machine stages ahead of held applies), or any snapshot, makes
+    the held batch commit first."""
     from types import SimpleNamespace as NS
 
-    held_group, other = object(), object()
-    held = (WriteBatch(), [(held_group, None, [], [])])
+    class G:  # hashable, like a Group
+        def __init__(self, sm):
+            self.sm = sm
+
+    held_group, other = G(NS()), G(NS())
+    ahead = G(NS(stages_ahead=True))
+    held = (WriteBatch(), [(held_group, None, [], []), (ahead, None, [], [])])
     plain = NS(committed_entries=[1], snapshot=None)
     entries_only = NS(committed_entries=[], snapshot=None)
     snap = NS(committed_entries=[], snapshot=NS(is_empty=lambda: False))
     assert not Driver._needs_held_durable(held, [(other, plain)])
     assert not Driver._needs_held_durable(held, [(held_group, entries_only)])
     assert Driver._needs_held_durable(held, [(other, plain), (held_group, plain)])
+    assert not Driver._needs_held_durable(held, [(ahead, plain)])
+    assert Driver._needs_held_durable(held, [(ahead, snap)])
     assert Driver._needs_held_durable(held, [(other, snap)])

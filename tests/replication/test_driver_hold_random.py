@@ -7,13 +7,16 @@ region, issue PUTs and CASes (expected value right or wrong) at random moments a
 and a third task writes unrelated keys straight to a random node's environment (which releases
 any held batch first). Every few operations a follower "crashes": its driver stops without
 committing what it holds, its environment is closed and reopened, and it restarts from what
-LMDB holds (replay pointers + raft log). Checked:
+LMDB (and, in WAL mode, the write-ahead log: frames queued but not yet fsynced are lost) holds
+(replay pointers + raft log). Every schedule runs with the raft log in LMDB and in the WAL
+(where applies are held across several turns). Checked:
   - every acknowledged result matches a sequential model (a CAS succeeds exactly when its
     expected value is the model's current value);
   - every read sees the model's value;
   - at the end every node holds exactly the model's values.
 
-Default: SCHEDULES seeded schedules; `NOKV_HOLD_SEED=N` replays one; `-m slow` runs many more.
+Default: SCHEDULES seeded schedules per mode; `NOKV_HOLD_SEED=N` replays one in both modes;
+`-m slow` runs many more.
 A failing schedule names its seed.
 """
 
@@ -36,9 +39,12 @@ from raftstore.apply import RegionStateMachine
 from raftstore.commands import kv_command
 
 SCHEDULES = 6
-WATCHED = ("applies_held", "applies_merged", "applies_flushed", "applies_released",
-           "commit_flushes", "early_acks")
-EXERCISED: Counter[str] = Counter()
+WATCHED = {
+    "lmdb": ("applies_held", "applies_merged", "applies_flushed", "applies_released",
+             "commit_flushes", "early_acks"),
+    "wal": ("applies_held", "applies_released", "commit_flushes", "early_acks"),
+}
+EXERCISED: dict[str, Counter[str]] = {"lmdb": Counter(), "wal": Counter()}
 PEERS = (1, 2, 3)
 EPOCH = RegionEpoch(1, 1)
 REGIONS = {
@@ -55,6 +61,7 @@ class Node:
     def __init__(self, nid: int, root, cluster: Cluster):
         self.nid, self.root, self.cluster = nid, root, cluster
         self.env: Env | None = None
+        self.raftlog: RaftLogStore | None = None
         self.driver: Driver | None = None
         self.groups: dict = {}
         self.scope = trio.CancelScope()
@@ -63,7 +70,12 @@ class Node:
 
     async def start(self, nursery: trio.Nursery, fresh: bool) -> None:
         self.env = env = Env.open(self.root / f"n{self.nid}")
-        raftlog, meta, kv = RaftLogStore(env), LocalMeta(env), KV(env)
+        if self.cluster.mode == "wal":
+            raftlog = RaftLogStore.open_wal(env, str(self.root / f"n{self.nid}-wal"))
+        else:
+            raftlog = RaftLogStore(env)
+        self.raftlog = raftlog
+        meta, kv = LocalMeta(env), KV(env)
         self.driver = driver = Driver(env, raftlog, self.cluster.sender(), tick_interval=0.02,
                                       commit_flush_delay=0.002)
         self.groups = {}
@@ -71,7 +83,9 @@ class Node:
             ptr = meta.replay_pointer(rid)
             applied, term = (ptr.applied_index, ptr.applied_term) if ptr else (0, 0)
             sm = RegionStateMachine(rid, env, kv, meta, raftlog, desc, applied, term)
-            group = driver.add_group(rid, self.nid, raftlog.group(rid), sm, route=lambda p: p,
+            storage = raftlog.group(rid)
+            storage.restore_commit(applied)
+            group = driver.add_group(rid, self.nid, storage, sm, route=lambda p: p,
                                      election_tick=10, lazy_commit_broadcast=True,
                                      seed=self.cluster.rng.getrandbits(32))
             group.early_ack = True
@@ -91,11 +105,13 @@ class Node:
 
     def collect(self) -> None:
         if self.driver is not None:
-            EXERCISED.update({k: v for k, v in self.driver.counters.items() if k in WATCHED})
+            mode = self.cluster.mode
+            EXERCISED[mode].update({k: v for k, v in self.driver.counters.items()
+                                    if k in WATCHED[mode]})
 
     async def crash(self) -> None:
         """Stop without committing what the driver holds (a held batch is lost, as in a
-        crash), then close the environment."""
+        crash; so are WAL frames queued without an fsync), then close the environment."""
         async with self.io:
             self.collect()
             driver, env = self.driver, self.env
@@ -104,6 +120,7 @@ class Node:
             self.scope.cancel()
             await self.stopped.wait()
             self.driver, self.env = None, None
+            self.raftlog.close()
             env.close()
 
     def value(self, key: bytes) -> bytes | None:
@@ -111,8 +128,8 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, seed: int, root):
-        self.seed = seed
+    def __init__(self, seed: int, root, mode: str):
+        self.seed, self.mode = seed, mode
         self.rng = random.Random(seed)
         self.nodes = {nid: Node(nid, root, self) for nid in PEERS}
         self.model: dict[bytes, bytes | None] = {k: None for ks in KEYS.values() for k in ks}
@@ -213,8 +230,8 @@ async def outside_writer(c: Cluster, stop: trio.Event, rng: random.Random) -> No
             await node.env.commit(batch)
 
 
-async def run_schedule(seed: int, root) -> None:
-    c = Cluster(seed, root)
+async def run_schedule(seed: int, root, mode: str) -> None:
+    c = Cluster(seed, root, mode)
     rng = c.rng
     async with trio.open_nursery() as nursery:
         for node in c.nodes.values():
@@ -251,6 +268,7 @@ async def run_schedule(seed: int, root) -> None:
         nursery.cancel_scope.cancel()
     for node in c.nodes.values():
         if node.env is not None and not node.env.closed:
+            node.raftlog.close()
             node.env.close()
 
 
@@ -258,25 +276,29 @@ REPLAY = os.environ.get("NOKV_HOLD_SEED")
 
 
 @pytest.mark.skipif(REPLAY is None, reason="set NOKV_HOLD_SEED to replay one schedule")
-async def test_replay_seed(tmp_path):
-    await run_schedule(int(REPLAY), tmp_path)
+@pytest.mark.parametrize("mode", ["lmdb", "wal"])
+async def test_replay_seed(mode, tmp_path):
+    await run_schedule(int(REPLAY), tmp_path, mode)
 
 
+@pytest.mark.parametrize("mode", ["lmdb", "wal"])
 @pytest.mark.parametrize("seed", range(SCHEDULES))
-async def test_random_schedule(seed, tmp_path):
-    await run_schedule(seed, tmp_path)
+async def test_random_schedule(seed, mode, tmp_path):
+    await run_schedule(seed, tmp_path, mode)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", ["lmdb", "wal"])
 @pytest.mark.parametrize("seed", range(SCHEDULES, SCHEDULES + 100))
-async def test_random_schedule_long(seed, tmp_path):
-    await run_schedule(seed, tmp_path)
+async def test_random_schedule_long(seed, mode, tmp_path):
+    await run_schedule(seed, tmp_path, mode)
 
 
-def test_the_schedules_exercised_every_path():
+@pytest.mark.parametrize("mode", ["lmdb", "wal"])
+def test_the_schedules_exercised_every_path(mode):
     """The schedules above must have held, merged, flushed and released applies."""
-    if sum(EXERCISED.values()) == 0:
+    if sum(EXERCISED[mode].values()) == 0:
         pytest.skip("run together with the schedule tests")
-    missing = [k for k in WATCHED if not EXERCISED[k]]
-    assert not missing, (missing, dict(EXERCISED))
-    print(f"\nheld-apply schedules: {dict(EXERCISED)}")
+    missing = [k for k in WATCHED[mode] if not EXERCISED[mode][k]]
+    assert not missing, (missing, dict(EXERCISED[mode]))
+    print(f"\nheld-apply schedules ({mode}): {dict(EXERCISED[mode])}")
