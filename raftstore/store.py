@@ -742,12 +742,12 @@ class Store:
         """LMDB commits and, in WAL mode, the raft log's write-ahead log."""
         es = self.env.stats
         out: dict[str, Any] = {"lmdb": {"transactions": es.transactions, "batches": es.batches,
-                                        "sync_seconds": round(es.sync_seconds, 3)}}
+                                        "sync_ms": int(es.sync_seconds * 1000)}}
         wal = self.raftlog.wal
         if wal is not None:
             ws = wal.stats
             out["wal"] = {"fsyncs": ws.appends, "frames": ws.frames, "bytes": ws.bytes,
-                          "sync_seconds": round(ws.sync_seconds, 3), "rotations": ws.rotations,
+                          "sync_ms": int(ws.sync_seconds * 1000), "rotations": ws.rotations,
                           "torn_bytes": ws.torn_bytes, "segments": wal.segment_count,
                           "segment_bytes": wal.size, "durable_lsn": wal.durable_lsn}
         return out

@@ -125,3 +125,70 @@ async def test_sigterm_stops_gracefully_and_identity_mismatch_refuses(tmp_path):
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+async def test_failed_wal_fsync_stops_the_leader_and_loses_nothing_acknowledged(tmp_path):
+    """A failed fdatasync of the raft log's WAL is never retried: the store stops. The
+    others elect a leader, every acknowledged write stays readable, and the store restarts
+    from its WAL and catches up."""
+    from nokvpy.protocol.admin import FailpointSetRequest
+
+    procs: dict[int, subprocess.Popen] = {}
+    ports = free_ports(3)
+    addrs = {sid: f"127.0.0.1:{ports[sid - 1]}" for sid in (1, 2, 3)}
+    try:
+        async with trio.open_nursery() as nursery:
+            fake = FakeCoordinator(3)
+            coord = await nursery.start(fake.serve)
+            for sid in (1, 2, 3):
+                procs[sid] = start_store(sid, ports[sid - 1], coord, tmp_path / f"s{sid}",
+                                         tmp_path / f"s{sid}.log")
+            rpc = RpcClient(Identity("nokv", "client", 99))
+            leader = await wait_leader(rpc, addrs)
+            acked: dict[bytes, bytes] = {}
+            async with Client([coord], timeout=10.0) as client:
+                for i in range(30):
+                    await client.put(b"f%03d" % i, b"v%d" % i)
+                    acked[b"f%03d" % i] = b"v%d" % i
+                await rpc.call(addrs[leader], FailpointSetRequest("storage.wal_before_sync",
+                                                                  "raise"), 5)
+                unknown = 0
+                for i in range(30, 60):
+                    key, value = b"f%03d" % i, b"w%d" % i
+                    try:
+                        await client.put(key, value)
+                    except Exception:  # noqa: BLE001 - outcome unknown while the leader dies
+                        unknown += 1
+                        continue
+                    acked[key] = value
+                with trio.fail_after(15):
+                    while procs[leader].poll() is None:
+                        await trio.sleep(0.05)
+                assert procs[leader].returncode != 0
+                log_text = (tmp_path / f"s{leader}.log").read_text(errors="replace")
+                assert "WAL" in log_text and "fsync failed" in log_text
+                new_leader = await wait_leader(rpc, addrs, exclude=(leader,))
+                assert new_leader != leader
+                assert len(acked) >= 50, (len(acked), unknown)
+                assert await client.batch_get(sorted(acked)) == acked
+                procs[leader] = start_store(leader, ports[leader - 1], coord,
+                                            tmp_path / f"s{leader}", tmp_path / f"s{leader}.log")
+                await client.put(b"after", b"restart")
+                acked[b"after"] = b"restart"
+                with trio.fail_after(30):
+                    while True:
+                        body = await status(rpc, addrs[leader])
+                        if (body and body["regions"].get("1", {}).get("applied_index", 0)
+                                >= (await status(rpc, addrs[new_leader]))["regions"]["1"]
+                                ["applied_index"]):
+                            break
+                        await trio.sleep(0.1)
+                assert body["restart_state"]["state"] == "READY"
+                assert body["storage"]["wal"]["segments"] >= 1
+            await rpc.aclose()
+            nursery.cancel_scope.cancel()
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)

@@ -210,6 +210,9 @@ async def test_execution_status_and_failpoints(tmp_path):
             == "ACCEPTED"
         for key in ("queue_depths", "drops", "transitions", "outbox", "counters"):
             assert key in body
+        wal = body["storage"]["wal"]  # the raft log's WAL: one fsync per persisted turn
+        assert wal["fsyncs"] >= 1 and wal["frames"] >= wal["fsyncs"] and wal["segments"] == 1
+        assert wal["torn_bytes"] == 0 and body["storage"]["lmdb"]["transactions"] >= 1
         await rpc.aclose()
         nursery.cancel_scope.cancel()
 
