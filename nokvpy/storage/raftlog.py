@@ -329,6 +329,10 @@ class GroupStorage:
                 continue
             entries: list[Entry] = value
             if entries[-1].index <= self._trunc_index:
+                # The log ended at or below the boundary then: nothing above it survived
+                # (whatever is above now was appended later and comes in later items).
+                self._last = self._trunc_index
+                self._run_idx, self._run_term, self._cache = [], [], []
                 continue
             if entries[0].index <= self._trunc_index:
                 entries = entries[self._trunc_index + 1 - entries[0].index:]
@@ -548,9 +552,33 @@ class RaftLogStore:
         # Void marks and LMDB hard states staged but not committed: rotation waits for them
         # (a restatement taken before they commit would outrank them).
         self._resets_pending = 0
+        # Per group: (batch, hard state) staged by stage_hard_state / stage_destroy_group and
+        # not committed yet (a snapshot staged after them in the same batch keeps it).
+        self._staged_hs: dict[int, tuple[WriteBatch, HardState]] = {}
         for lsn, payload in wal_frames:
             for gid, kind, value in decode_wal_items(lsn, payload):
                 self._pending.setdefault(gid, []).append((lsn, kind, value))
+        if wal is not None:
+            # Void marks and LMDB hard states are stamped with the next LSN when staged; a
+            # crash may lose frames queued before that (never fsynced), so new frames must
+            # not reuse their LSNs.
+            wal.ensure_next_lsn(self._max_stamp())
+
+    def _max_stamp(self) -> int:
+        """The highest LSN stamped on a void mark or an LMDB hard state."""
+
+        def read(txn) -> int:
+            top = 0
+            with txn.cursor(db=self._state_db) as cur:
+                for key, value in cur:
+                    tag = key[8:]
+                    if tag == _TAG_VOID and len(value) == _LSN.size:
+                        top = max(top, _LSN.unpack(value)[0])
+                    elif tag == _TAG_HS and len(value) == _HS_LSN.size:
+                        top = max(top, _HS_LSN.unpack(value)[3])
+            return top
+
+        return self._env.read(read)
 
     @classmethod
     def open_wal(cls, env: Env, wal_dir: str, **wal_options: Any) -> RaftLogStore:
@@ -604,9 +632,12 @@ class RaftLogStore:
             return found
 
         found = self._env.read(read)
+        if self._wal is None:
+            return sorted(found)
+        # A destroyed group keeps its void mark: load each candidate and keep the non-empty.
         found.update(self._pending)
-        found.update(gid for gid, g in self._groups.items() if not g.is_empty())
-        return sorted(found)
+        found.update(self._groups)
+        return sorted(gid for gid in found if not self.group(gid).is_empty())
 
     # ------------------------------------------------------------ staging
 
@@ -679,7 +710,7 @@ class RaftLogStore:
             # In LMDB, stamped with the next LSN: WAL hard states before it are older.
             batch.put(RAFT_STATE, _GID.pack(group_id) + _TAG_HS,
                       _HS_LSN.pack(hs.term, hs.vote, hs.commit, self._wal.next_lsn))
-            self._stage_reset(batch)
+            self._stage_reset(batch, group_id, HardState(hs.term, hs.vote, hs.commit))
         else:
             batch.put(RAFT_STATE, _GID.pack(group_id) + _TAG_HS,
                       _HS.pack(hs.term, hs.vote, hs.commit))
@@ -720,7 +751,8 @@ class RaftLogStore:
             # The group's earlier WAL frames no longer belong to its log; its hard state
             # moves to LMDB (a later WAL hard state replaces it).
             lsn = self._wal.next_lsn
-            hs = g._hs
+            staged = self._staged_hs.get(group_id)
+            hs = staged[1] if staged is not None and staged[0] is batch else g._hs
             batch.put(RAFT_STATE, prefix + _TAG_VOID, _LSN.pack(lsn))
             batch.put(RAFT_STATE, prefix + _TAG_HS, _HS_LSN.pack(hs.term, hs.vote, hs.commit, lsn))
             self._stage_reset(batch)
@@ -757,14 +789,22 @@ class RaftLogStore:
         batch.delete_range(RAFT_STATE, _GID.pack(group_id), _group_hi(group_id))
         if self._wal is not None:
             batch.put(RAFT_STATE, _GID.pack(group_id) + _TAG_VOID, _LSN.pack(self._wal.next_lsn))
-            self._stage_reset(batch)
+            self._stage_reset(batch, group_id, HardState())
         batch.on_commit(g._reset)
 
-    def _stage_reset(self, batch: WriteBatch) -> None:
+    def _stage_reset(self, batch: WriteBatch, group_id: int = 0,
+                     hs: HardState | None = None) -> None:
+        """Count a staged void mark / LMDB hard state until it commits (rotation waits), and
+        remember a hard state it sets for a snapshot staged after it in the same batch."""
         self._resets_pending += 1
+        if hs is not None:
+            self._staged_hs[group_id] = (batch, hs)
 
         def done() -> None:
             self._resets_pending -= 1
+            staged = self._staged_hs.get(group_id)
+            if staged is not None and staged[0] is batch:
+                del self._staged_hs[group_id]
 
         batch.on_commit(done)
 

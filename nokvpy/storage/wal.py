@@ -52,6 +52,7 @@ _LSN = struct.Struct(">Q")
 MAX_FRAME = 1 << 30
 SUFFIX = ".wal"
 DEFAULT_SEGMENT_BYTES = 64 << 20
+_LOOKAHEAD = 64  # LSNs searched for after a bad frame (see _valid_frame_follows)
 
 
 @dataclass(slots=True)
@@ -150,7 +151,7 @@ class Wal:
                 if payload is None:
                     if not newest:
                         raise CorruptLogError(f"WAL segment {full}: bad frame at byte {off}")
-                    if _valid_frame_at(data, _next_offset(data, off)):
+                    if _valid_frame_follows(data, off, last_lsn):
                         raise CorruptLogError(
                             f"WAL segment {full}: bad frame at byte {off} followed by valid data")
                     torn = len(data) - off
@@ -171,7 +172,9 @@ class Wal:
             if newest:
                 wal._size = len(data)
         wal._segments = names
-        wal._next_lsn = last_lsn + 1
+        # An empty newest segment (a rotation that restated nothing) still names an LSN.
+        floor = int(names[-1][: -len(SUFFIX)], 16) if names else 1
+        wal._next_lsn = max(last_lsn + 1, floor)
         wal._durable_lsn = last_lsn
         wal._buf_last = last_lsn
         if not names:
@@ -189,6 +192,12 @@ class Wal:
     def next_lsn(self) -> int:
         """The LSN the next queued frame will get: every frame queued so far has a lower one."""
         return self._next_lsn
+
+    def ensure_next_lsn(self, lsn: int) -> None:
+        """Make the next frame's LSN at least `lsn` (a caller stamped records with LSNs that
+        frames lost in a crash had been given)."""
+        if lsn > self._next_lsn:
+            self._next_lsn = lsn
 
     @property
     def durable_lsn(self) -> int:
@@ -335,12 +344,26 @@ class Wal:
                 self._fd = -1
 
 
-def _next_offset(data: bytes, off: int) -> int:
-    """Where the frame at `off` claims to end (for telling a torn tail from corruption)."""
-    if len(data) - off < HEADER_SIZE:
-        return len(data)
-    length = _HEADER.unpack_from(data, off)[0]
-    return min(len(data), off + HEADER_SIZE + min(length, MAX_FRAME))
+def _valid_frame_follows(data: bytes, off: int, last_lsn: int) -> bool:
+    """Is there a valid frame after the bad one at `off`? Then it is damage, not a torn
+    write (a crash can only cut the last write short). Looks where the bad frame claims to
+    end, and wherever one of the next LSNs appears in a header (the length field itself may
+    be what is damaged)."""
+    n = len(data)
+    if n - off >= HEADER_SIZE:
+        length = _HEADER.unpack_from(data, off)[0]
+        end = off + HEADER_SIZE + length
+        if length <= MAX_FRAME and end < n and _valid_frame_at(data, end):
+            return True
+    for lsn in range(last_lsn + 1, last_lsn + _LOOKAHEAD):
+        needle = _LSN.pack(lsn)
+        pos = data.find(needle, off + 1)
+        while pos != -1:
+            start = pos - 8  # the LSN is the header's last field
+            if start > off and _valid_frame_at(data, start):
+                return True
+            pos = data.find(needle, pos + 1)
+    return False
 
 
 def _fsync_dir(path: str) -> None:
