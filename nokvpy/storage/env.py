@@ -28,6 +28,7 @@ simulates a failed fsync) and `storage.after_commit` (durable but not yet acknow
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -49,6 +50,7 @@ from nokvpy.storage.errors import (
 from nokvpy.storage.schema import ALL_DBS, MAX_KEY_SIZE
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 DEFAULT_MAP_SIZE = 64 << 20
 DEFAULT_MAX_MAP_SIZE = 1 << 40
@@ -68,11 +70,12 @@ class WriteBatch:
     were added, only if the transaction committed. A batch is committed once.
     """
 
-    __slots__ = ("ops", "callbacks", "journal")
+    __slots__ = ("ops", "callbacks", "aborts", "journal")
 
     def __init__(self) -> None:
         self.ops: list[tuple] = []
         self.callbacks: list[Callable[[], object]] = []
+        self.aborts: list[Callable[[], object]] = []
         # Raft log records bound for a write-ahead log (see `RaftLogStore.commit`); an
         # environment refuses a batch that still carries them.
         self.journal: Any = None
@@ -100,12 +103,17 @@ class WriteBatch:
     def on_commit(self, callback: Callable[[], object]) -> None:
         self.callbacks.append(callback)
 
+    def on_abort(self, callback: Callable[[], object]) -> None:
+        """Run `callback` (in the trio thread) if this batch fails to commit."""
+        self.aborts.append(callback)
+
     def extend(self, other: WriteBatch) -> None:
         """Append another batch's operations and callbacks to this one."""
         if other.journal is not None:
             raise ValueError("cannot merge a batch carrying WAL records")
         self.ops.extend(other.ops)
         self.callbacks.extend(other.callbacks)
+        self.aborts.extend(other.aborts)
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -405,6 +413,12 @@ class Env:
                     except Exception as exc:  # the batch is durable; report to its caller
                         p.error = exc
                         break
+            else:
+                for cb in p.batch.aborts:
+                    try:
+                        cb()
+                    except Exception:  # the caller gets the commit's own error
+                        log.exception("abort callback of a failed batch raised")
             p.done = True
 
     # ------------------------------------------------------------ writer thread

@@ -800,13 +800,14 @@ class RaftLogStore:
         if hs is not None:
             self._staged_hs[group_id] = (batch, hs)
 
-        def done() -> None:
+        def done() -> None:  # committed, or failed: either way no longer pending
             self._resets_pending -= 1
             staged = self._staged_hs.get(group_id)
             if staged is not None and staged[0] is batch:
                 del self._staged_hs[group_id]
 
         batch.on_commit(done)
+        batch.on_abort(done)
 
     # ------------------------------------------------------------ committing helpers
 

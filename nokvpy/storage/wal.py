@@ -5,8 +5,8 @@ numbers (LSNs), group commit (one write and one fdatasync for everything queued)
 repair at open, and segment rotation. Never knows what a frame means (`raftlog` encodes
 entries and hard states into frames) and never retries a failed fsync.
 
-Layout: `<dir>/<first lsn as 16 hex digits>.wal`. A frame is a 16-byte header (payload length,
-CRC-32 of the LSN and payload, LSN) followed by the payload. LSNs strictly increase across
+Layout: `<dir>/<first lsn as 16 hex digits>.wal`. A frame is a 20-byte header (payload length,
+CRC-32 of the LSN and payload, LSN, the 4-byte MAGIC) followed by the payload. LSNs strictly increase across
 frames and segments (the sequence may skip numbers).
 
 Durability: `append(payloads)` returns once a write() and fdatasync() of every frame queued so
@@ -46,13 +46,14 @@ from nokvpy.storage.errors import CorruptLogError, StorageFailedError
 
 log = logging.getLogger(__name__)
 
-_HEADER = struct.Struct(">IIQ")  # payload length, crc32(lsn + payload), lsn
+_HEADER = struct.Struct(">IIQ4s")  # payload length, crc32(lsn + payload), lsn, magic
 HEADER_SIZE = _HEADER.size
+MAGIC = b"\x9eWAL"  # ends every header: after a bad frame, a later one is found by search
+_MAGIC_AT = HEADER_SIZE - len(MAGIC)
 _LSN = struct.Struct(">Q")
 MAX_FRAME = 1 << 30
 SUFFIX = ".wal"
 DEFAULT_SEGMENT_BYTES = 64 << 20
-_LOOKAHEAD = 64  # LSNs searched for after a bad frame (see _valid_frame_follows)
 
 
 @dataclass(slots=True)
@@ -76,7 +77,7 @@ def _crc(lsn: int, payload: bytes | memoryview) -> int:
 def encode_frame(lsn: int, payload: bytes) -> bytes:
     if len(payload) > MAX_FRAME:
         raise ValueError(f"WAL frame of {len(payload)} bytes exceeds {MAX_FRAME}")
-    return _HEADER.pack(len(payload), _crc(lsn, payload), lsn) + payload
+    return _HEADER.pack(len(payload), _crc(lsn, payload), lsn, MAGIC) + payload
 
 
 def _scan(data: bytes) -> Iterator[tuple[int, int, bytes | None]]:
@@ -88,9 +89,9 @@ def _scan(data: bytes) -> Iterator[tuple[int, int, bytes | None]]:
         if n - off < HEADER_SIZE:
             yield off, 0, None
             return
-        length, crc, lsn = _HEADER.unpack_from(data, off)
+        length, crc, lsn, magic = _HEADER.unpack_from(data, off)
         end = off + HEADER_SIZE + length
-        if length > MAX_FRAME or end > n:
+        if magic != MAGIC or length > MAX_FRAME or end > n:
             yield off, lsn, None
             return
         payload = view[off + HEADER_SIZE:end]
@@ -104,9 +105,10 @@ def _scan(data: bytes) -> Iterator[tuple[int, int, bytes | None]]:
 def _valid_frame_at(data: bytes, off: int) -> bool:
     if len(data) - off < HEADER_SIZE:
         return False
-    length, crc, lsn = _HEADER.unpack_from(data, off)
+    length, crc, lsn, magic = _HEADER.unpack_from(data, off)
     end = off + HEADER_SIZE + length
-    return length <= MAX_FRAME and end <= len(data) and _crc(lsn, data[off + HEADER_SIZE:end]) == crc
+    return (magic == MAGIC and length <= MAX_FRAME and end <= len(data)
+            and _crc(lsn, data[off + HEADER_SIZE:end]) == crc)
 
 
 class Wal:
@@ -151,7 +153,7 @@ class Wal:
                 if payload is None:
                     if not newest:
                         raise CorruptLogError(f"WAL segment {full}: bad frame at byte {off}")
-                    if _valid_frame_follows(data, off, last_lsn):
+                    if _valid_frame_follows(data, off):
                         raise CorruptLogError(
                             f"WAL segment {full}: bad frame at byte {off} followed by valid data")
                     torn = len(data) - off
@@ -344,25 +346,16 @@ class Wal:
                 self._fd = -1
 
 
-def _valid_frame_follows(data: bytes, off: int, last_lsn: int) -> bool:
-    """Is there a valid frame after the bad one at `off`? Then it is damage, not a torn
-    write (a crash can only cut the last write short). Looks where the bad frame claims to
-    end, and wherever one of the next LSNs appears in a header (the length field itself may
-    be what is damaged)."""
-    n = len(data)
-    if n - off >= HEADER_SIZE:
-        length = _HEADER.unpack_from(data, off)[0]
-        end = off + HEADER_SIZE + length
-        if length <= MAX_FRAME and end < n and _valid_frame_at(data, end):
+def _valid_frame_follows(data: bytes, off: int) -> bool:
+    """Is there a valid frame anywhere after the bad one at `off`? Then it is damage, not a
+    torn write (a crash can only cut the last write short). Every header ends with MAGIC,
+    so candidates are found by search whatever field of the bad frame is damaged."""
+    pos = data.find(MAGIC, off + _MAGIC_AT + 1)
+    while pos != -1:
+        start = pos - _MAGIC_AT
+        if start > off and _valid_frame_at(data, start):
             return True
-    for lsn in range(last_lsn + 1, last_lsn + _LOOKAHEAD):
-        needle = _LSN.pack(lsn)
-        pos = data.find(needle, off + 1)
-        while pos != -1:
-            start = pos - 8  # the LSN is the header's last field
-            if start > off and _valid_frame_at(data, start):
-                return True
-            pos = data.find(needle, pos + 1)
+        pos = data.find(MAGIC, pos + 1)
     return False
 
 
