@@ -33,6 +33,7 @@ from raftstore.store import Store, StoreConfig
 from raftstore.topology import Topology
 
 WAL_DIR = "raftwal"  # the raft log's write-ahead log, inside the data directory
+WAL_INLINE_STALL = 0.02  # fdatasync on the event loop unless the disk stalls (see Wal)
 
 log = logging.getLogger("nokvpy.raftstore")
 
@@ -68,7 +69,8 @@ async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
     try:
         meta = LocalMeta(env)
         try:
-            raftlog = RaftLogStore.open_wal(env, os.path.join(data, WAL_DIR))
+            raftlog = RaftLogStore.open_wal(env, os.path.join(data, WAL_DIR),
+                                            inline_stall=WAL_INLINE_STALL)
         except CorruptLogError as exc:
             raise StartupError(f"store {store_id} refuses to start: its raft log is corrupt: "
                                f"{exc} (data dir {data}; nothing was written)") from None

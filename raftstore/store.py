@@ -748,7 +748,8 @@ class Store:
             ws = wal.stats
             out["wal"] = {"fsyncs": ws.appends, "frames": ws.frames, "bytes": ws.bytes,
                           "sync_ms": int(ws.sync_seconds * 1000), "rotations": ws.rotations,
-                          "torn_bytes": ws.torn_bytes, "segments": wal.segment_count,
+                          "torn_bytes": ws.torn_bytes, "stalls": ws.stalls,
+                          "segments": wal.segment_count,
                           "segment_bytes": wal.size, "durable_lsn": wal.durable_lsn}
         return out
 

@@ -554,3 +554,32 @@ async def _crash_run(path: Path, data: st.DataObject) -> None:
 @given(data=st.data())
 def test_crash_replays_exactly_the_durable_prefix(tmp_path, data):
     trio.run(_crash_run, tmp_path / f"wal{next(_counter)}", data)
+
+
+async def test_inline_sync_moves_to_a_thread_after_a_stall(tmp_path, monkeypatch):
+    """With inline_stall, syncs run on the event loop until one is slower than the limit;
+    the next ones run in a worker thread (the loop stays responsive on a stalling disk),
+    and come back inline after the backoff."""
+    wal, _ = Wal.open(tmp_path, inline_stall=0.01)
+    threaded: list[bool] = []
+    real = trio.to_thread.run_sync
+
+    async def spy(fn, *args, **kwargs):
+        threaded.append(True)
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", spy)
+    await wal.append([b"fast"])
+    assert threaded == [] and wal.stats.stalls == 0  # inline
+    failpoints.set("storage.wal_before_sync", "1*sleep(30)")
+    await wal.append([b"stalled"])
+    assert wal.stats.stalls == 1 and threaded == []  # that one was inline, and slow
+    await wal.append([b"after"])
+    assert threaded == [True]  # moved to the worker thread
+    wal._threaded_until = 0.0  # as if the backoff had passed
+    await wal.append([b"back"])
+    assert threaded == [True]
+    wal.close()
+    reopened, frames = Wal.open(tmp_path)
+    assert [p for _, p in frames] == [b"fast", b"stalled", b"after", b"back"]
+    reopened.close()
