@@ -12,6 +12,9 @@ Usage: python benchmarks/bench_storage.py [--dir DIR] [--seconds S] [--json]
 5. processes: 1 and 3 processes at once, each committing one small transaction after another
    (one put into each of two named databases, fsynced), as three stores of a replicated
    write do: how the disk serializes their fsyncs.
+6. wal processes: the same with the stores' raft log write-ahead log instead: 1 and 3
+   processes, each appending one 200-byte frame after another (`Wal.append`: one write and
+   one fdatasync, on the event loop as stores do).
 """
 
 from __future__ import annotations
@@ -170,12 +173,33 @@ def _commit_loop(path: str, seconds: float, out) -> None:
     out.put((len(lat) / seconds, lat[len(lat) // 2] * 1000))
 
 
-def bench_processes(directory: Path, processes: int, seconds: float) -> dict:
+def _wal_loop(path: str, seconds: float, out) -> None:
+    """Child process: append 200-byte WAL frames, one fdatasync each, for `seconds`."""
+    from nokvpy.storage.wal import Wal
+
+    async def loop() -> list[float]:
+        wal, _ = Wal.open(path, inline_stall=1.0)
+        lat = []
+        payload = b"f" * 200
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            await wal.append([payload])
+            lat.append(time.perf_counter() - t0)
+        wal.close()
+        return lat
+
+    lat = sorted(trio.run(loop))
+    out.put((len(lat) / seconds, lat[len(lat) // 2] * 1000))
+
+
+def bench_processes(directory: Path, processes: int, seconds: float,
+                    target=_commit_loop) -> dict:
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_commit_loop, args=(str(directory / f"proc-{i}"), seconds, out))
+    procs = [ctx.Process(target=target, args=(str(directory / f"proc-{i}"), seconds, out))
              for i in range(processes)]
     for p in procs:
         p.start()
@@ -208,6 +232,8 @@ async def run(directory: Path, seconds: float) -> dict:
         results["concurrent"].append(dict(row, raw_fsyncs_per_s=raw))
     results["reads"] = await bench_reads(directory)
     results["processes"] = [bench_processes(directory, n, seconds) for n in (1, 3)]
+    results["wal_processes"] = [bench_processes(directory / "wal", n, seconds, _wal_loop)
+                                for n in (1, 3)]
     return results
 
 
@@ -239,6 +265,11 @@ def report(r: dict) -> None:
     print(f"{'procs':>6} {'txn/s each':>11} {'p50 ms':>7}")
     for pr in r["processes"]:
         print(f"{pr['processes']:>6} {pr['txn_per_s_each']:>11.0f} {pr['p50_ms']:>7.2f}")
+    print()
+    print("processes appending WAL frames at once (200 bytes, one fdatasync each)")
+    print(f"{'procs':>6} {'frames/s each':>14} {'p50 ms':>7}")
+    for pr in r["wal_processes"]:
+        print(f"{pr['processes']:>6} {pr['txn_per_s_each']:>14.0f} {pr['p50_ms']:>7.2f}")
 
 
 def main() -> None:
