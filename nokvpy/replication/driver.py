@@ -601,26 +601,10 @@ class Driver:
         if self._wal_mode:
             await self._turn_wal()
             return
-        self._feed()
-        readies: list[tuple[Group, Any]] = []
-        for gid in list(self._dirty):
-            group = self.groups.get(gid)
-            if group is None or group.stopped or not group.node.has_ready():
-                self._dirty.discard(gid)
-                continue
-            readies.append((group, group.node.ready()))
-        self._dirty.clear()
-        held = self._deferred
-        if held is not None and (self._flush_deferred or self._needs_held_durable(held, readies)):
-            # Staging another apply of a held group reads what the held batch wrote (a CAS
-            # reads committed data; the state machine stages one apply at a time): commit the
-            # held batch first.
-            self._deferred, self._flush_deferred = None, False
-            self.counters["applies_flushed"] += 1
-            await self._commit_held(*held)
-            held = None
+        readies = await self._begin_turn()
         if not readies:
             return
+        held = self._deferred
         if held is not None:
             self._deferred, self._flush_deferred = None, False
             batch, applied = held[0], list(held[1])
@@ -642,17 +626,9 @@ class Driver:
             if ents:
                 self._stage_conf_state(batch, group, rd, ents)
             applied.append((group, rd, ents, results))
-        early: list[tuple[int, int, Message, tuple[int, int]]] = []
         for group, rd, ents, results in applied[n_held:]:
             self._ack_durable(group, rd, ents, results)
-            if rd.messages and _sendable_before_persist(group, rd):
-                gid, epoch = group.group_id, group.epoch
-                for m in rd.messages:
-                    early.append((gid, m.to, m, epoch))
-                rd.messages = []
-        if early:
-            self.send(early)
-            self.counters["sent_before_persist"] += len(early)
+        self._send_before_persist([(g, rd) for g, rd, _, _ in applied[n_held:]])
         if not n_held and batch and self._deferrable(applied):
             # Nothing here has to be durable before anything else happens: hold the batch
             # (see _deferred) and let raft move on now.
@@ -674,24 +650,11 @@ class Driver:
         self._drain_released()
         if n_held:
             self._finish_held(applied[:n_held])
-        applied = applied[n_held:]
-        out: list[tuple[int, int, Message, tuple[int, int]]] = []
-        applied = [a for a in applied if not a[0].stopped]
-        for group, rd, _, _ in applied:
-            for m in rd.messages:
-                out.append((group.group_id, m.to, m, group.epoch))
-        if out:
-            self.send(out)
+        applied = [a for a in applied[n_held:] if not a[0].stopped]
+        self._send_messages([(g, rd) for g, rd, _, _ in applied])
         for group, rd, ents, results in applied:
             self._after_persist(group, rd, ents, results)
-            group.node.advance(rd)
-            if group.node.has_ready():
-                self._dirty.add(group.group_id)
-            self._note_commit_pending(group)
-        if self.on_applied_batch:
-            self.on_applied_batch()
-        if self._dirty:
-            self._wake.set()
+        self._end_turn([(g, rd) for g, rd, _, _ in applied])
 
     async def _turn_wal(self) -> None:
         """One turn when the raft log lives in a write-ahead log.
@@ -707,20 +670,7 @@ class Driver:
         each apply on top of the held ones, reading their writes from memory, so a turn
         never waits for a held batch). A crash loses only held applies, whose entries the
         WAL still holds: the restart replays them."""
-        self._feed()
-        readies: list[tuple[Group, Any]] = []
-        for gid in list(self._dirty):
-            group = self.groups.get(gid)
-            if group is None or group.stopped or not group.node.has_ready():
-                self._dirty.discard(gid)
-                continue
-            readies.append((group, group.node.ready()))
-        self._dirty.clear()
-        held = self._deferred
-        if held is not None and (self._flush_deferred or self._needs_held_durable(held, readies)):
-            self._deferred, self._flush_deferred = None, False
-            self.counters["applies_flushed"] += 1
-            await self._commit_held(*held)
+        readies = await self._begin_turn()
         if not readies:
             return
         rbatch = WriteBatch()
@@ -732,28 +682,14 @@ class Driver:
                 self.counters["snapshots_installed"] += 1
             self.raftlog.stage_ready(rbatch, group.group_id, rd.hard_state, rd.entries,
                                      rd.snapshot)
-        early: list[tuple[int, int, Message, tuple[int, int]]] = []
-        for group, rd in readies:
-            if rd.messages and not group.stopped and _sendable_before_persist(group, rd):
-                gid, epoch = group.group_id, group.epoch
-                for m in rd.messages:
-                    early.append((gid, m.to, m, epoch))
-                rd.messages = []
-        if early:
-            self.send(early)
-            self.counters["sent_before_persist"] += len(early)
+        self._send_before_persist([(g, rd) for g, rd in readies if not g.stopped])
         if rbatch:
             await self._persist(rbatch)
         else:
             self.counters["persist_skipped"] += 1
         self._drain_released()
         turn = [(g, rd) for g, rd in readies if not g.stopped]
-        out: list[tuple[int, int, Message, tuple[int, int]]] = []
-        for group, rd in turn:
-            for m in rd.messages:
-                out.append((group.group_id, m.to, m, group.epoch))
-        if out:
-            self.send(out)
+        self._send_messages(turn)
         for group, rd in turn:
             self._after_raft_persist(group, rd)
         # The applies: staged now that their entries are durable here.
@@ -788,7 +724,51 @@ class Driver:
             else:
                 self.counters["applies_committed"] += 1
                 await self._commit_held(abatch, applied)
-        for group, rd in turn:
+        self._end_turn(turn)
+
+    async def _begin_turn(self) -> list[tuple[Group, Any]]:
+        """Step queued input, collect the Readys, and commit the held batch first when this
+        turn must not stage on top of it (see _needs_held_durable)."""
+        self._feed()
+        readies: list[tuple[Group, Any]] = []
+        for gid in list(self._dirty):
+            group = self.groups.get(gid)
+            if group is None or group.stopped or not group.node.has_ready():
+                self._dirty.discard(gid)
+                continue
+            readies.append((group, group.node.ready()))
+        self._dirty.clear()
+        held = self._deferred
+        if held is not None and (self._flush_deferred or self._needs_held_durable(held, readies)):
+            self._deferred, self._flush_deferred = None, False
+            self.counters["applies_flushed"] += 1
+            await self._commit_held(*held)
+        return readies
+
+    def _send_before_persist(self, pairs: list[tuple[Group, Any]]) -> None:
+        """Send the messages that may leave before this turn is durable (and only those)."""
+        early: list[tuple[int, int, Message, tuple[int, int]]] = []
+        for group, rd in pairs:
+            if rd.messages and _sendable_before_persist(group, rd):
+                gid, epoch = group.group_id, group.epoch
+                for m in rd.messages:
+                    early.append((gid, m.to, m, epoch))
+                rd.messages = []
+        if early:
+            self.send(early)
+            self.counters["sent_before_persist"] += len(early)
+
+    def _send_messages(self, pairs: list[tuple[Group, Any]]) -> None:
+        out: list[tuple[int, int, Message, tuple[int, int]]] = []
+        for group, rd in pairs:
+            for m in rd.messages:
+                out.append((group.group_id, m.to, m, group.epoch))
+        if out:
+            self.send(out)
+
+    def _end_turn(self, pairs: list[tuple[Group, Any]]) -> None:
+        """Advance every Ready of the turn; schedule the next turn if there is work."""
+        for group, rd in pairs:
             group.node.advance(rd)
             if group.node.has_ready():
                 self._dirty.add(group.group_id)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,10 @@ async def wait_leader(rpc, addrs: dict[int, str], exclude=()) -> int:
             await trio.sleep(0.1)
 
 
-async def test_kill_9_leader_keeps_acknowledged_writes(tmp_path):
+@asynccontextmanager
+async def three_stores(tmp_path: Path):
+    """Three store processes and a fake coordinator: yields (procs, addrs, coordinator
+    address, admin rpc). Every process is killed by pid on the way out."""
     procs: dict[int, subprocess.Popen] = {}
     ports = free_ports(3)
     addrs = {sid: f"127.0.0.1:{ports[sid - 1]}" for sid in (1, 2, 3)}
@@ -66,33 +70,40 @@ async def test_kill_9_leader_keeps_acknowledged_writes(tmp_path):
                 procs[sid] = start_store(sid, ports[sid - 1], coord, tmp_path / f"s{sid}",
                                          tmp_path / f"s{sid}.log")
             rpc = RpcClient(Identity("nokv", "client", 99))
-            leader = await wait_leader(rpc, addrs)
-            acked: dict[bytes, bytes] = {}
-            async with Client([coord], timeout=10.0) as client:
-                for i in range(100):
-                    key, value = b"p%03d" % i, b"v%d" % i
-                    await client.put(key, value)
-                    acked[key] = value
-                procs[leader].send_signal(signal.SIGKILL)
-                procs[leader].wait(10)
-                new_leader = await wait_leader(rpc, addrs, exclude=(leader,))
-                assert new_leader != leader
-                for i in range(100, 130):
-                    key, value = b"p%03d" % i, b"w%d" % i
-                    await client.put(key, value)
-                    acked[key] = value
-                got = await client.batch_get(sorted(acked))
-                assert got == acked
-                body = await status(rpc, addrs[new_leader])
-                assert body["restart_state"]["state"] == "READY"
-                assert body["outcomes"]["APPLIED"] >= 30
-            await rpc.aclose()
+            try:
+                yield procs, addrs, coord, rpc
+            finally:
+                await rpc.aclose()
             nursery.cancel_scope.cancel()
     finally:
         for p in procs.values():
             if p.poll() is None:
                 p.kill()
                 p.wait(10)
+
+
+async def test_kill_9_leader_keeps_acknowledged_writes(tmp_path):
+    async with three_stores(tmp_path) as (procs, addrs, coord, rpc):
+        leader = await wait_leader(rpc, addrs)
+        acked: dict[bytes, bytes] = {}
+        async with Client([coord], timeout=10.0) as client:
+            for i in range(100):
+                key, value = b"p%03d" % i, b"v%d" % i
+                await client.put(key, value)
+                acked[key] = value
+            procs[leader].send_signal(signal.SIGKILL)
+            procs[leader].wait(10)
+            new_leader = await wait_leader(rpc, addrs, exclude=(leader,))
+            assert new_leader != leader
+            for i in range(100, 130):
+                key, value = b"p%03d" % i, b"w%d" % i
+                await client.put(key, value)
+                acked[key] = value
+            got = await client.batch_get(sorted(acked))
+            assert got == acked
+            body = await status(rpc, addrs[new_leader])
+            assert body["restart_state"]["state"] == "READY"
+            assert body["outcomes"]["APPLIED"] >= 30
 
 
 async def test_sigterm_stops_gracefully_and_identity_mismatch_refuses(tmp_path):
@@ -133,62 +144,46 @@ async def test_failed_wal_fsync_stops_the_leader_and_loses_nothing_acknowledged(
     from its WAL and catches up."""
     from nokvpy.protocol.admin import FailpointSetRequest
 
-    procs: dict[int, subprocess.Popen] = {}
-    ports = free_ports(3)
-    addrs = {sid: f"127.0.0.1:{ports[sid - 1]}" for sid in (1, 2, 3)}
-    try:
-        async with trio.open_nursery() as nursery:
-            fake = FakeCoordinator(3)
-            coord = await nursery.start(fake.serve)
-            for sid in (1, 2, 3):
-                procs[sid] = start_store(sid, ports[sid - 1], coord, tmp_path / f"s{sid}",
-                                         tmp_path / f"s{sid}.log")
-            rpc = RpcClient(Identity("nokv", "client", 99))
-            leader = await wait_leader(rpc, addrs)
-            acked: dict[bytes, bytes] = {}
-            async with Client([coord], timeout=10.0) as client:
-                for i in range(30):
-                    await client.put(b"f%03d" % i, b"v%d" % i)
-                    acked[b"f%03d" % i] = b"v%d" % i
-                await rpc.call(addrs[leader], FailpointSetRequest("storage.wal_before_sync",
-                                                                  "raise"), 5)
-                unknown = 0
-                for i in range(30, 60):
-                    key, value = b"f%03d" % i, b"w%d" % i
-                    try:
-                        await client.put(key, value)
-                    except Exception:  # noqa: BLE001 - outcome unknown while the leader dies
-                        unknown += 1
-                        continue
-                    acked[key] = value
-                with trio.fail_after(15):
-                    while procs[leader].poll() is None:
-                        await trio.sleep(0.05)
-                assert procs[leader].returncode != 0
-                log_text = (tmp_path / f"s{leader}.log").read_text(errors="replace")
-                assert "WAL" in log_text and "fsync failed" in log_text
-                new_leader = await wait_leader(rpc, addrs, exclude=(leader,))
-                assert new_leader != leader
-                assert len(acked) >= 50, (len(acked), unknown)
-                assert await client.batch_get(sorted(acked)) == acked
-                procs[leader] = start_store(leader, ports[leader - 1], coord,
-                                            tmp_path / f"s{leader}", tmp_path / f"s{leader}.log")
-                await client.put(b"after", b"restart")
-                acked[b"after"] = b"restart"
-                with trio.fail_after(30):
-                    while True:
-                        body = await status(rpc, addrs[leader])
-                        if (body and body["regions"].get("1", {}).get("applied_index", 0)
-                                >= (await status(rpc, addrs[new_leader]))["regions"]["1"]
-                                ["applied_index"]):
-                            break
-                        await trio.sleep(0.1)
-                assert body["restart_state"]["state"] == "READY"
-                assert body["storage"]["wal"]["segments"] >= 1
-            await rpc.aclose()
-            nursery.cancel_scope.cancel()
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait(10)
+    async with three_stores(tmp_path) as (procs, addrs, coord, rpc):
+        leader = await wait_leader(rpc, addrs)
+        acked: dict[bytes, bytes] = {}
+        async with Client([coord], timeout=10.0) as client:
+            for i in range(30):
+                await client.put(b"f%03d" % i, b"v%d" % i)
+                acked[b"f%03d" % i] = b"v%d" % i
+            await rpc.call(addrs[leader], FailpointSetRequest("storage.wal_before_sync",
+                                                              "raise"), 5)
+            unknown = 0
+            for i in range(30, 60):
+                key, value = b"f%03d" % i, b"w%d" % i
+                try:
+                    await client.put(key, value)
+                except Exception:  # noqa: BLE001 - outcome unknown while the leader dies
+                    unknown += 1
+                    continue
+                acked[key] = value
+            with trio.fail_after(15):
+                while procs[leader].poll() is None:
+                    await trio.sleep(0.05)
+            assert procs[leader].returncode != 0
+            log_text = (tmp_path / f"s{leader}.log").read_text(errors="replace")
+            assert "WAL" in log_text and "fsync failed" in log_text
+            new_leader = await wait_leader(rpc, addrs, exclude=(leader,))
+            assert new_leader != leader
+            assert len(acked) >= 50, (len(acked), unknown)
+            assert await client.batch_get(sorted(acked)) == acked
+            port = int(addrs[leader].rsplit(":", 1)[1])
+            procs[leader] = start_store(leader, port, coord, tmp_path / f"s{leader}",
+                                        tmp_path / f"s{leader}.log")
+            await client.put(b"after", b"restart")
+            acked[b"after"] = b"restart"
+            with trio.fail_after(30):
+                while True:
+                    body = await status(rpc, addrs[leader])
+                    if (body and body["regions"].get("1", {}).get("applied_index", 0)
+                            >= (await status(rpc, addrs[new_leader]))["regions"]["1"]
+                            ["applied_index"]):
+                        break
+                    await trio.sleep(0.1)
+            assert body["restart_state"]["state"] == "READY"
+            assert body["storage"]["wal"]["segments"] >= 1
