@@ -812,7 +812,7 @@ class Driver:
         machine's `apply_deferrable`), every proposer already answered (early ack), and no
         reader waiting on the applied index. The batch's commit callbacks (the raft log's
         in-memory view of the hard state) run when it commits."""
-        for group, rd, ents, _ in applied:
+        for group, rd, _, _ in applied:
             if (rd.entries or rd.soft_state is not None or rd.read_states or rd.messages
                     or (rd.snapshot is not None and not rd.snapshot.is_empty())
                     or group.apply_waiters or group.reads):
@@ -820,15 +820,7 @@ class Driver:
             hs = rd.hard_state
             if hs is not None and (hs.term, hs.vote) != group.persisted_tv:
                 return False
-            if ents:
-                deferrable = getattr(group.sm, "apply_deferrable", None)
-                if deferrable is None or not deferrable():
-                    return False
-                waiters = group.waiters
-                for e in ents:
-                    if e.type != EntryType.NORMAL or e.index in waiters:
-                        return False
-        return True
+        return self._apply_holdable(applied)
 
     @staticmethod
     def _needs_held_durable(held: tuple[WriteBatch, list], readies: list[tuple[Group, Any]]) -> bool:
