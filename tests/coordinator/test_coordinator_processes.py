@@ -45,9 +45,12 @@ pytestmark = pytest.mark.cluster
 GRANT_TTL = "2"
 
 
-def _start_cluster(root, metaroots: int):
+def _start_cluster(root, metaroots: int, metaroot_args: tuple[str, ...] = ()):
     lc = LocalCluster(root)
     spec = lc.create(metaroots=metaroots, coordinators=2, stores=1, replication=1)
+    if metaroot_args:
+        for p in spec.of_kind("metaroot"):
+            p.extra_args = list(metaroot_args)
     for p in spec.of_kind("coordinator"):
         p.extra_args = ["--grant-ttl", GRANT_TTL]
     lc.save(spec)

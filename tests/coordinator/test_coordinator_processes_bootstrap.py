@@ -31,10 +31,10 @@ import time
 import pytest
 import trio
 from test_coordinator_processes import Calls, _diag_if, _other, _teardown, duty_call, poll
+from test_coordinator_processes import _start_cluster as _start_processes_cluster
 
 from nokvpy.client.admin import wait_cluster_ready
 from nokvpy.client.meta import MetaClient
-from nokvpy.cluster.local import LocalCluster
 from nokvpy.protocol import Freshness
 from nokvpy.protocol.coordinator_rpc import PauseCatchUpRequest, TsoRequest
 from nokvpy.protocol.enums import CatchUpState, EventKind, ServingClass, SyncHealth
@@ -43,22 +43,12 @@ from nokvpy.protocol.records import RecoveryRecord, RootEvent
 
 pytestmark = pytest.mark.cluster
 
-GRANT_TTL = "2"
 RETAINED_TAIL = "8"  # metaroot compacts once more than 8 + 16 events are retained
 HUGE_LAG = 1_000_000
 
 
 def _start_cluster(root, metaroots: int):
-    lc = LocalCluster(root)
-    spec = lc.create(metaroots=metaroots, coordinators=2, stores=1, replication=1)
-    for p in spec.of_kind("metaroot"):
-        p.extra_args = ["--retained-tail", RETAINED_TAIL]
-    for p in spec.of_kind("coordinator"):
-        p.extra_args = ["--grant-ttl", GRANT_TTL]
-    lc.save(spec)
-    for p in spec.processes:
-        lc.start(spec, p)
-    return lc, spec
+    return _start_processes_cluster(root, metaroots, ("--retained-tail", RETAINED_TAIL))
 
 
 @pytest.fixture(scope="module")
