@@ -28,7 +28,9 @@ from typing import Any, Protocol
 
 import trio
 
+from nokvpy import failpoints
 from nokvpy.raft import ConfChange, Config, RawNode, ReadOnlyOption
+from nokvpy.raft.ticks import MAX_FEED, ElapsedTicks
 from nokvpy.raft.types import (
     ConfChangeType,
     ConfState,
@@ -45,6 +47,14 @@ from nokvpy.storage import WriteBatch
 log = logging.getLogger("nokvpy.replication")
 
 _CTX = struct.Struct(">Q")
+
+
+def unsafe_lease_from_env(environ: dict[str, str] | None = None) -> bool:
+    """`NOKV_UNSAFE_LEASE=1`: the test-only switch that restores the old tick rule (one tick
+    per wake-up, so a paused leader keeps its lease); see "Leader leases" in
+    docs/protocols.md."""
+    env = os.environ if environ is None else environ
+    return env.get("NOKV_UNSAFE_LEASE", "") not in ("", "0")
 
 
 class ProposalError(Exception):
@@ -301,7 +311,11 @@ class Driver:
         self._wake = trio.Event()
         self._dirty: set[int] = set()
         self._proposals: deque[tuple[Group, bytes, _Waiter | None, bool]] = deque()
-        self._ticks = 0
+        # Ticks owed to the raw nodes, from the monotonic clock: a pause, a CPU starvation or
+        # a stalled turn is fed as the ticks that really elapsed (see nokvpy/raft/ticks.py and
+        # "Leader leases" in docs/protocols.md).
+        # (origin set when the loop starts: see run)
+        self._clock = ElapsedTicks(tick_interval, 0.0, unsafe=unsafe_lease_from_env())
         self._ctx = itertools.count(1)
         self.counters: Counter[str] = Counter()
         self.on_role_change: Callable[[Group], None] | None = None
@@ -425,10 +439,11 @@ class Driver:
     def lease_read_index(self, group: Group) -> int | None:
         """The leader's read index answered from its lease, without a loop turn, or None
         when only `read_index` can answer (not leader, lease not valid, no entry committed in
-        this term yet, a tick not yet fed to the node). Same rule as the core's LEASE_BASED
-        ReadIndex; only reads the raw node."""
+        this term yet, a tick that elapsed but was not fed to the node yet: after a pause the
+        first answer must come from a turn that fed the elapsed ticks). Same rule as the
+        core's LEASE_BASED ReadIndex; only reads the raw node."""
         r = group.node.raft
-        if (group.stopped or self._ticks or r.state != StateType.LEADER
+        if (group.stopped or self._clock.due(trio.current_time()) or r.state != StateType.LEADER
                 or r.read_only.option != ReadOnlyOption.LEASE_BASED):
             return None
         if not r.committed_entry_in_current_term() or not r.lease_valid():
@@ -469,6 +484,7 @@ class Driver:
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.running = True
+        self._clock.origin, self._clock.fed = trio.current_time(), 0
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._ticker)
@@ -517,16 +533,43 @@ class Driver:
                 self.mark(group)
 
     async def _ticker(self) -> None:
+        """Wakes the loop once a tick is due; the number fed comes from the clock."""
+        clock = self._clock
         while True:
-            await trio.sleep(self.tick_interval)
-            self._ticks += 1
+            now = trio.current_time()
+            if not clock.due(now):
+                await trio.sleep(max(0.0, (clock.fed + 1) * clock.interval * clock.stretch
+                                     - (now - clock.origin)) + 1e-4)
+                continue
             self._wake.set()
+            await trio.sleep(clock.interval * clock.stretch / 2)
+
+    def _take_ticks(self) -> int:
+        """The ticks to feed this turn. The `driver.tick` failpoint: `sleep(ms)` stalls the
+        whole process here (CPU starvation), `return(f)` makes a tick last f intervals from
+        now on (clock-rate skew; `return(1)` restores it)."""
+        try:
+            fp = failpoints.check("driver.tick")
+        except failpoints.FailpointError:
+            fp = None  # `raise` means nothing here
+        now = trio.current_time()
+        if isinstance(fp, failpoints.Return):
+            try:
+                stretch = float(fp.value)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                stretch = 1.0
+            if stretch > 0:
+                self._clock.set_stretch(now, stretch)
+        return self._clock.take(now)
 
     def _feed(self) -> None:
-        ticks, self._ticks = self._ticks, 0
+        ticks = self._take_ticks()
         if ticks:
+            self.counters["ticks_fed"] += ticks
+            if ticks > 1:
+                self.counters["ticks_late"] += ticks - 1
             for group in self.groups.values():
-                for _ in range(min(ticks, 3)):
+                for _ in range(min(ticks, MAX_FEED)):
                     group.node.tick()
                 self._dirty.add(group.group_id)
         for gid in list(self._dirty):
