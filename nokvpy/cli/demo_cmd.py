@@ -1,8 +1,10 @@
 """`nokv demo`: a narrated tour of a local cluster and of why its contracts matter.
 
 Owns: the script of the tour. Starts a cluster in a temporary directory (or `--dir`), and
-always tears it down (unless `--keep`), even when a step fails. Exit status 0 only when every
-step did what it narrates.
+always stops its processes (unless `--keep`), even when a step fails. A temporary directory
+is deleted only after a demo that succeeded: after a failure it stays, and the last lines say
+where the logs are. Exit status 0 only when every step did what it narrates. Every step waits
+for what it needs (a restarted store serving again) instead of assuming it.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def run(args) -> int:
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="nokv-demo-"))
     cluster = LocalCluster(root)
     started = time.monotonic()
+    ok = False
     try:
         step(f"start a local cluster in {root}: 1 metaroot, 1 coordinator, 3 stores")
         spec = cluster.load() if cluster.exists() else cluster.create(stores=3, replication=3)
@@ -57,14 +60,18 @@ def run(args) -> int:
         say("   the cluster is serving: metaroot elected, grants held, first region replicated")
         trio.run(tour, cluster, spec)
         say(f"\ndemo finished in {time.monotonic() - started:.1f}s")
+        ok = True
         return 0
     finally:
         if not args.keep:
             if cluster.exists():
                 stopped = cluster.stop_all(cluster.load())
                 say(f"\nstopped {len(stopped)} processes")
-            if not args.dir:
+            if not args.dir and ok:
                 shutil.rmtree(root, ignore_errors=True)
+            elif not ok:
+                say(f"the demo failed: data and process logs are kept in {root} "
+                    f"(remove it with `rm -r {root}`)")
         else:
             say(f"\ncluster left running in {root} (stop it with `nokv cluster down --dir {root}`)")
 
@@ -126,7 +133,9 @@ async def tour(cluster: LocalCluster, spec) -> None:
         if got != b"after-failover":
             raise CliError("write after failover was not readable")
         cluster.start(spec, spec.get(victim))
-        say(f"   restarted {victim}: it rebuilds its regions from its own localmeta")
+        state = await wait_store_serving(client, spec.get(victim).address)
+        say(f"   restarted {victim}: it rebuilt its regions from its own localmeta "
+            f"(restart state {state})")
 
         step("inject a terminal-publish failure and watch it recover")
         target = await client.route(b"user/08", Freshness.STRONG)
@@ -161,6 +170,29 @@ async def wait_route(client: Client, key: bytes, predicate, timeout: float = 20.
             except RouteRejectedError:
                 pass
             await trio.sleep(0.1)
+
+
+async def wait_store_serving(client: Client, addr: str, timeout: float = 30.0) -> str:
+    """Wait until the store at `addr` answers ExecutionStatus and hosts its regions again
+    (its restart state re-derived from localmeta is no longer FATAL); returns that state."""
+    last = "not answering"
+    try:
+        with trio.fail_after(timeout):
+            while True:
+                try:
+                    body = (await client.rpc.call(addr, ExecutionStatusRequest(0, ""),
+                                                  timeout=2.0)).body
+                except Exception as exc:  # not listening yet: keep waiting
+                    last = f"not answering ({type(exc).__name__})"
+                else:
+                    state = (body.get("current_state") or {}).get("state") or "READY"
+                    last = f"restart state {state}, {len(body.get('regions') or ())} regions"
+                    if state != "FATAL" and body.get("regions"):
+                        return str(state)
+                await trio.sleep(0.1)
+    except trio.TooSlowError:
+        raise CliError(f"the restarted store at {addr} did not serve within {timeout:.0f}s "
+                       f"(last seen: {last})") from None
 
 
 async def wait_stage(client: Client, addr: str, tid: str, stages: set[str], timeout: float = 30.0) -> dict:
