@@ -22,6 +22,10 @@ def register_failpoint_admin(server) -> None:
     """Answer FailpointSet / FailpointClear / FailpointList on `server`."""
 
     async def on_set(req: FailpointSetRequest, ctx) -> FailpointListReply:
+        if req.name not in failpoints.KNOWN:
+            raise RemoteError(ErrorKind.INVALID_ARGUMENT, "unknown_failpoint",
+                              f"no failpoint named {req.name!r} (known: "
+                              f"{', '.join(sorted(failpoints.KNOWN))})")
         try:
             failpoints.set(req.name, req.spec)
         except ValueError as exc:

@@ -60,6 +60,32 @@ __all__ = [
     "set",
 ]
 
+# Every failpoint a call site checks, with where it is. The admin RPC refuses other names (a
+# mistyped name would otherwise be accepted and never fire); tests/test_failpoints.py checks
+# this table against the call sites in the source.
+KNOWN: dict[str, str] = {
+    "store.before_persist": "a store's ready loop, before a turn's batch is made durable",
+    "store.after_persist_before_send": "a store's ready loop, after persisting, before sending",
+    "store.before_apply": "a store's ready loop, before applying committed entries",
+    "store.after_apply": "a store's ready loop, after applying",
+    "store.publish_planned": "publishing a transition's planned event",
+    "store.publish_terminal": "publishing a transition's terminal event "
+                              "(return(TEXT): a permanent refusal, TERMINAL_BLOCKED)",
+    "store.before_propose": "after a transition's planned publish, before its raft proposal",
+    "store.after_apply_before_publish": "after a topology apply is durable, before publishing",
+    "storage.before_commit": "every LMDB group commit, before it",
+    "storage.after_commit": "every LMDB group commit, after it",
+    "storage.wal_before_sync": "every WAL write of a store, before its fdatasync",
+    "storage.wal_after_sync": "every WAL write of a store, after its fdatasync",
+    "metaroot.before_append": "metaroot's append handler",
+    "coordinator.before_root_append": "a coordinator, before appending an event to metaroot",
+    "coordinator.before_grant_issue": "a coordinator, before asking metaroot for a grant",
+    "coordinator.after_seal": "a coordinator, after sealing a grant",
+    "driver.tick": "every process's raft loop when ticks are due: sleep(MS) stalls the "
+                   "process (CPU starvation), return(F) makes a tick last F intervals "
+                   "(clock-rate skew; return(1) restores)",
+}
+
 ENV_VAR = "NOKV_FAILPOINTS"
 SEED_ENV_VAR = "NOKV_FAILPOINTS_SEED"
 EXIT_CODE = 137  # what a SIGKILLed process reports; `exit(code)` overrides

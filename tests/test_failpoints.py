@@ -196,3 +196,49 @@ def test_env_var_is_loaded_at_import_in_a_subprocess():
 def test_bad_env_var_fails_loudly_at_import():
     r = run_child("x=explode", "import nokvpy.failpoints")
     assert r.returncode != 0 and b"unknown failpoint action" in r.stderr
+
+
+# ---------------------------------------------------------------- the known names
+
+
+def test_known_failpoints_are_exactly_the_call_sites():
+    """Every name a call site checks is in `KNOWN` (so the admin RPC accepts it) and every
+    name in `KNOWN` is checked somewhere (so a documented failpoint really fires)."""
+    import re
+
+    pattern = re.compile(r'(?:\bcheck|\bacheck|\b_fp)\("([a-z_]+\.[a-z_]+)"')
+    found: set[str] = set()
+    for pkg in ("nokvpy", "raftstore", "metaroot", "coordinator"):
+        for path in (ROOT / pkg).rglob("*.py"):
+            if path.name == "failpoints.py":
+                continue  # its docstring's examples are not call sites
+            found.update(pattern.findall(path.read_text()))
+    assert found == set(fp.KNOWN)
+
+
+def test_every_known_failpoint_is_documented():
+    text = (ROOT / "docs" / "operations.md").read_text()
+    missing = [name for name in fp.KNOWN if f"`{name}`" not in text]
+    assert missing == []
+
+
+async def test_the_admin_rpc_refuses_an_unknown_failpoint_and_changes_nothing():
+    from nokvpy.adminsvc import register_failpoint_admin
+    from nokvpy.protocol.admin import FailpointSetRequest
+    from nokvpy.rpc import RemoteError
+
+    handlers = {}
+
+    class Server:
+        def register(self, kind, fn):
+            handlers[kind] = fn
+
+    register_failpoint_admin(Server())
+    fp.clear_all()
+    with pytest.raises(RemoteError) as err:
+        await handlers[FailpointSetRequest](FailpointSetRequest("no.such.failpoint", "raise"), None)
+    assert err.value.reason == "unknown_failpoint" and "driver.tick" in str(err.value)
+    assert fp.list_active() == {}
+    reply = await handlers[FailpointSetRequest](FailpointSetRequest("driver.tick", "sleep(1)"), None)
+    assert reply.active == {"driver.tick": "sleep(1)"}
+    fp.clear_all()

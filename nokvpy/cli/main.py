@@ -209,8 +209,10 @@ def build_parser() -> ArgumentParser:
     fpsub = fp.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
     f = fpsub.add_parser("set")
     f.add_argument("process", help="process name (store-1) or address")
-    f.add_argument("name")
-    f.add_argument("spec", help="raise | exit | sleep(MS) | drop, with N* or P% prefixes")
+    f.add_argument("name", help="a failpoint name (docs/operations.md lists them)")
+    f.add_argument("spec", help="off | raise | panic | sleep(MS) | delay(MS) | drop | exit[(CODE)] "
+                                "| return[(VALUE)], each with optional N* (times) or P%% "
+                                "(probability) prefixes, joined by ->")
     f = fpsub.add_parser("clear")
     f.add_argument("process")
     f.add_argument("name", nargs="?", default="")

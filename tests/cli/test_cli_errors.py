@@ -173,3 +173,25 @@ def test_in_process_main_returns_status_without_raising(argv, capsys):
     assert status in (1, 2)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("nokv: ")
+
+
+def test_every_command_has_working_help():
+    """`--help` of every command and subcommand formats (a stray % in a help text used to
+    crash `nokv failpoint set --help`)."""
+    import argparse
+
+    from nokvpy.cli.main import build_parser
+
+    def walk(parser: argparse.ArgumentParser, path: str):
+        yield path, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, f"{path} {name}")
+
+    seen = 0
+    for path, parser in walk(build_parser(), "nokv"):
+        text = parser.format_help()
+        assert text.startswith("usage:"), path
+        seen += 1
+    assert seen > 30
