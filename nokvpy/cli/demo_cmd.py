@@ -16,6 +16,7 @@ from pathlib import Path
 
 import trio
 
+from nokvpy.cli.cluster_cmd import exited_message
 from nokvpy.cli.main import CliError
 from nokvpy.cli.output import show_key
 from nokvpy.client import Client, RouteRejectedError
@@ -56,7 +57,12 @@ def run(args) -> int:
         for proc in spec.processes:
             pid = cluster.start(spec, proc)
             say(f"   {proc.name:<14} pid {pid:<7} {proc.address}")
-        wait_cluster_ready(spec, timeout=90.0, on_progress=lambda s: None)
+        def check() -> None:  # a process that died while starting: say so at once
+            for proc in spec.processes:
+                if cluster.pid(proc.name) is None:
+                    raise CliError(exited_message(cluster, proc.name))
+
+        wait_cluster_ready(spec, timeout=90.0, on_progress=lambda s: None, check=check)
         say("   the cluster is serving: metaroot elected, grants held, first region replicated")
         trio.run(tour, cluster, spec)
         say(f"\ndemo finished in {time.monotonic() - started:.1f}s")
