@@ -1,22 +1,44 @@
 """The async KV client: routes through coordinators, executes on stores, retries by reason.
 
 Owns: the route cache (descriptors ordered by start key, the leader store of each region and
-a descriptor-revision floor per key range), the retry policy per admission reason, deadlines,
-and turning remote errors into typed client errors. Never retries a write whose outcome is
-unknown: it raises `OutcomeUnknownError` instead.
+a descriptor-revision floor per key range), the suspect lists of stores and coordinators
+(`failover.Suspects`), the retry policy per admission reason, deadlines, and turning remote
+errors into typed client errors. Never retries a write whose outcome is unknown: it raises
+`OutcomeUnknownError` instead.
 
-Retry policy (each attempt re-reads the route cache):
+Retry policy (each attempt re-reads the route cache and picks its store with
+`failover.pick_store`: the believed leader unless it is suspect, else the next voter that is
+neither suspect nor tried in this round):
 
 | reason                              | action                                                  |
 |-------------------------------------|---------------------------------------------------------|
-| NOT_LEADER with a leader hint       | switch to the hinted store, retry at once               |
+| NOT_LEADER with a leader hint       | believe the hinted store; retry at once unless suspect  |
 | NOT_LEADER without a hint           | try the next peer's store after a short backoff         |
+| every voter not suspect refused     | re-ask a coordinator for the route, back off, new round |
 | EPOCH_MISMATCH, KEY_NOT_IN_REGION,  | drop the cached region, raise the revision floor of the |
 | NOT_HOSTED, STORE_NOT_MATCH         | key to (old revision + 1), re-route                     |
 | QUEUE_SATURATED, SCHEDULER_DEGRADED | exponential backoff with jitter                         |
-| store unreachable (never sent)      | next peer's store, backoff                              |
+| store unreachable (never sent)      | suspect the store, next peer's store, backoff           |
+| read attempt timed out (either side)| suspect the store, next peer's store at once            |
 | INVALID, CANCELED, TIMED_OUT, STALE | raise                                                   |
-| write sent, reply lost / deadline   | raise OutcomeUnknownError (reads simply retry)          |
+| write sent, reply lost / deadline   | suspect the store, raise OutcomeUnknownError            |
+| operation deadline passed           | raise DeadlineExceededError                             |
+
+Attempts and suspects: a read attempt lasts at most `attempt_timeout` (doubling with each
+timed-out attempt of the same operation, never past the operation's deadline; a region
+with one voter gets the whole deadline), so a read leaves a hung store within the
+operation. A write attempt gets the rest of the operation's deadline: cutting it short
+could only turn a slow write into an unknown outcome. A store that timed out (either side
+of the wire) or could not be reached is suspect for a few seconds (`suspect_base`, doubling
+on each further failure, cleared by its next success), and its region's believed leader
+moves to the next voter: the *next* operation goes elsewhere even when this one surfaced as
+outcome unknown. A read refused as TIMED_OUT before the operation's deadline counts as a
+timed-out attempt. A NOT_LEADER hint naming a suspect store is believed but not followed
+until the store's latest failure is `suspect_base` seconds old (then it is forgiven): until
+the election, the followers still name the hung leader. Coordinators: a read-only request
+(`COORDINATOR_READS`) gets `attempt_timeout` per coordinator while another is left to try,
+the last one the rest of the deadline; other requests keep one full `timeout` per
+coordinator; unreachable or timed-out coordinators are suspect and tried last.
 """
 
 from __future__ import annotations
@@ -37,9 +59,13 @@ from nokvpy.client.errors import (
     RouteRejectedError,
     UnavailableError,
 )
+from nokvpy.client.failover import SUSPECT_BASE, Suspects, next_voter, pick_store
 from nokvpy.protocol import Freshness, RegionDescriptor, RootToken
 from nokvpy.protocol.coordinator_rpc import (
+    DiagnosticsRequest,
     GetRegionByKeyRequest,
+    ListStoresRequest,
+    ListTransitionsRequest,
     RouteReply,
     ScanRegionsReply,
     ScanRegionsRequest,
@@ -65,6 +91,9 @@ from nokvpy.rpc import Identity, RemoteError, RpcClient, RpcTimeoutError, RpcUna
 
 REROUTE_REASONS = {"EPOCH_MISMATCH", "KEY_NOT_IN_REGION", "NOT_HOSTED", "STORE_NOT_MATCH"}
 BACKOFF_REASONS = {"QUEUE_SATURATED", "SCHEDULER_DEGRADED"}
+# coordinator requests that change nothing: safe to resend to another coordinator early
+COORDINATOR_READS = (GetRegionByKeyRequest, ScanRegionsRequest, ListStoresRequest,
+                     ListTransitionsRequest, DiagnosticsRequest)
 
 
 @dataclass(slots=True)
@@ -74,7 +103,10 @@ class CachedRoute:
 
 
 class Client:
-    """Async client. `coordinators`: addresses; `timeout`: default deadline per operation."""
+    """Async client. `coordinators`: addresses; `timeout`: default deadline per operation;
+    `attempt_timeout`: longest read attempt on one store or coordinator before trying
+    another (None: the whole deadline); `suspect_base`: seconds a store or coordinator that
+    timed out or was unreachable is tried last (doubles per failure, up to 8x)."""
 
     def __init__(
         self,
@@ -83,20 +115,28 @@ class Client:
         cluster_id: str = "nokv",
         secret: bytes | None = None,
         timeout: float = 10.0,
+        attempt_timeout: float | None = 1.0,
+        suspect_base: float = SUSPECT_BASE,
         rpc: RpcClient | None = None,
         rng: random.Random | None = None,
     ):
         if not coordinators:
             raise ValueError("at least one coordinator address is needed")
+        if attempt_timeout is not None and attempt_timeout <= 0:
+            raise ValueError(f"attempt_timeout must be positive or None, got {attempt_timeout}")
         self.coordinators = list(coordinators)
         self.timeout = timeout
+        self.attempt_timeout = attempt_timeout
         self.rpc = rpc or RpcClient(Identity(cluster_id, "client", 0, secret))
         self._routes: SortedDict = SortedDict()  # start_key -> CachedRoute
         self._floors: dict[bytes, int] = {}  # region start key -> min descriptor revision
         self._stores: dict[int, str] = {}
         self._coord_index = 0
+        self.store_suspects: Suspects[int] = Suspects(suspect_base, 8 * suspect_base)
+        self.coordinator_suspects: Suspects[str] = Suspects(suspect_base, 8 * suspect_base)
         self.rng = rng or random.Random()
-        self.stats = {"route_refreshes": 0, "retries": 0, "not_leader": 0}
+        self.stats = {"route_refreshes": 0, "retries": 0, "not_leader": 0, "timeouts": 0,
+                      "unreachable": 0}
 
     async def aclose(self) -> None:
         await self.rpc.aclose()
@@ -110,17 +150,32 @@ class Client:
     # ---- routes ----------------------------------------------------------------------
 
     async def call_coordinator(self, request: Any, timeout: float | None = None) -> Any:
-        """Call a coordinator, failing over across the configured addresses."""
-        last: Exception | None = None
+        """Call a coordinator, failing over across the configured addresses (suspects last).
+
+        A read-only request (`COORDINATOR_READS`) shares one deadline of `timeout` and gives
+        each coordinator but the last at most `attempt_timeout`; any other request gives each
+        coordinator a whole `timeout`, as it always did."""
+        timeout = timeout or self.timeout
+        read_only = isinstance(request, COORDINATOR_READS)
+        deadline = trio.current_time() + timeout
         n = len(self.coordinators)
-        for i in range(n):
-            addr = self.coordinators[(self._coord_index + i) % n]
+        rotated = [self.coordinators[(self._coord_index + i) % n] for i in range(n)]
+        order = self.coordinator_suspects.order(rotated, trio.current_time())
+        last: Exception | None = None
+        for i, addr in enumerate(order):
+            budget = timeout
+            if read_only:
+                budget = deadline - trio.current_time()
+                if budget <= 0:
+                    break
+                if i < n - 1 and self.attempt_timeout is not None:
+                    budget = min(budget, self.attempt_timeout)
             try:
-                reply = await self.rpc.call(addr, request, timeout=timeout or self.timeout)
-                self._coord_index = (self._coord_index + i) % n
-                return reply
+                reply = await self.rpc.call(addr, request, timeout=budget)
             except (RpcUnavailableError, RpcTimeoutError) as exc:
+                self.coordinator_suspects.mark(addr, trio.current_time())
                 last = exc
+                continue
             except RemoteError as exc:
                 failover = (exc.kind in ("not_leader", "unavailable")
                             or bool(exc.details.get("try_another_coordinator")))
@@ -128,6 +183,9 @@ class Client:
                     last = exc
                     continue
                 raise
+            self.coordinator_suspects.clear(addr)
+            self._coord_index = self.coordinators.index(addr)
+            return reply
         raise UnavailableError(f"no coordinator reachable ({', '.join(self.coordinators)}): {last}")
 
     async def route(
@@ -172,6 +230,11 @@ class Client:
             leader_store_id = d.voters()[0].store_id if d.voters() else 0
         self._routes[d.start_key] = CachedRoute(d, leader_store_id)
 
+    def cached_leader(self, key: bytes) -> int | None:
+        """The store this client believes leads the region of `key` (None: not cached)."""
+        route = self._cached(key)
+        return route.leader_store_id if route is not None else None
+
     def _cached(self, key: bytes) -> CachedRoute | None:
         idx = self._routes.bisect_right(key) - 1
         if idx < 0:
@@ -210,11 +273,24 @@ class Client:
         assert route is not None
         return route
 
+    async def _refresh_route(self, key: bytes, route: CachedRoute, timeout: float) -> None:
+        """Re-ask a coordinator for the region of `key` (its leader may have moved). Keeps
+        the cached route when no coordinator answers or the answer is older."""
+        self.stats["route_refreshes"] += 1
+        try:
+            reply = await self.call_coordinator(
+                GetRegionByKeyRequest(key, Freshness.BEST_EFFORT, None, None, None), timeout)
+        except (NokvError, RemoteError):
+            return
+        if reply.store_addrs:
+            self._stores.update(reply.store_addrs)
+        fresh = reply.descriptor
+        if fresh is not None and fresh.contains(key) and fresh.revision >= route.descriptor.revision:
+            self._remember(fresh, reply.leader_store_id)
+
     async def _store_addr(self, store_id: int) -> str:
         addr = self._stores.get(store_id)
         if addr is None:
-            from nokvpy.protocol.coordinator_rpc import ListStoresRequest
-
             reply = await self.call_coordinator(ListStoresRequest())
             for s in reply.stores:
                 self._stores[s.store_id] = s.address
@@ -231,6 +307,9 @@ class Client:
         backoff = 0.01
         last_reason = ""
         attempt = 0
+        tried: set[int] = set()  # stores that failed or refused in this round
+        timeouts = 0  # attempts of this operation that timed out
+        suspects = self.store_suspects
         while True:
             attempt += 1
             remaining = deadline - trio.current_time()
@@ -239,7 +318,15 @@ class Client:
                                             f"(last: {last_reason or 'none'})")
             route = await self._locate(key)
             d = route.descriptor
-            store_id = route.leader_store_id
+            voters = [p.store_id for p in d.voters()]
+            store_id = pick_store(voters, route.leader_store_id, suspects, trio.current_time(),
+                                  tried)
+            if store_id is None:  # every voter not suspect refused or failed: new round
+                tried.clear()
+                await self._refresh_route(key, route, remaining)
+                await trio.sleep(min(backoff, max(deadline - trio.current_time(), 0)))
+                backoff = min(backoff * 2, 0.25)
+                continue
             try:
                 addr = await self._store_addr(store_id)
             except UnavailableError:
@@ -247,11 +334,15 @@ class Client:
                 await trio.sleep(min(backoff, remaining))
                 continue
             ctx = KvContext(d.region_id, d.epoch, store_id, read_mode)
+            budget = remaining
+            if not write and self.attempt_timeout is not None and len(voters) > 1:
+                budget = min(remaining, self.attempt_timeout * 2 ** timeouts)
             try:
-                return await self.rpc.call(addr, build(ctx), timeout=remaining)
+                reply = await self.rpc.call(addr, build(ctx), timeout=budget)
             except RemoteError as exc:
                 last_reason = exc.reason
                 if exc.kind == "timeout" and exc.reason == "outcome_unknown":
+                    self._failed(route, store_id, voters)
                     raise OutcomeUnknownError(f"write to region {d.region_id} may or may not "
                                               f"have applied: {exc.message}") from None
                 if exc.kind != "rejected":
@@ -263,23 +354,38 @@ class Client:
                 self.stats["retries"] += 1
                 if exc.reason == "NOT_LEADER":
                     self.stats["not_leader"] += 1
+                    suspects.clear(store_id)  # it answered
+                    tried.add(store_id)
                     hint = getattr(adm, "leader_store_id", 0) if adm is not None else 0
                     if hint and hint != store_id and d.peer_on(hint) is not None:
                         route.leader_store_id = hint
-                        continue
-                    route.leader_store_id = next_store(d, store_id)
+                        tried.discard(hint)  # named afresh: worth another try
+                        if suspects.vouch(hint, trio.current_time()):
+                            continue
+                    else:
+                        route.leader_store_id = next_voter(voters, store_id, suspects,
+                                                           trio.current_time())
                     await trio.sleep(min(backoff, remaining))
-                    backoff = min(backoff * 2, 0.5)
+                    backoff = min(backoff * 2, 0.25)
                     continue
                 if exc.reason in REROUTE_REASONS:
                     if attempt > 2:  # the route did not settle at once: the range is moving
                         await trio.sleep(min(backoff, max(remaining, 0)))
                         backoff = min(backoff * 2, 0.5)
                     self._invalidate(route)
+                    tried.clear()
                     if adm is not None and getattr(adm, "descriptor", None) is not None:
                         fresh = adm.descriptor
                         if fresh.contains(key) and fresh.revision >= d.revision:
                             self._remember(fresh, getattr(adm, "leader_store_id", 0))
+                    continue
+                if (exc.reason == "TIMED_OUT" and not write
+                        and trio.current_time() < deadline):
+                    # the store gave up when the attempt's (not the operation's) deadline
+                    # passed, e.g. a deposed leader that cannot confirm a read index
+                    self._failed(route, store_id, voters)
+                    tried.add(store_id)
+                    timeouts += 1
                     continue
                 if exc.reason in BACKOFF_REASONS:
                     await trio.sleep(min(backoff * (1 + self.rng.random()), remaining))
@@ -289,18 +395,39 @@ class Client:
                                     exc.details) from None
             except RpcUnavailableError as exc:
                 last_reason = "store_unreachable"
+                self.stats["unreachable"] += 1
+                self._failed(route, store_id, voters)
+                tried.add(store_id)
                 if write and exc.outcome_unknown:
                     raise OutcomeUnknownError(f"connection to store {store_id} lost during a "
                                               f"write; it may or may not have applied") from None
-                route.leader_store_id = next_store(d, store_id)
-                await trio.sleep(min(backoff, max(remaining, 0)))
+                await trio.sleep(min(backoff, max(deadline - trio.current_time(), 0)))
                 backoff = min(backoff * 2, 0.5)
             except RpcTimeoutError as exc:
+                last_reason = "store_timeout"
+                self.stats["timeouts"] += 1
+                self._failed(route, store_id, voters)
+                tried.add(store_id)
                 if write and exc.sent:
                     raise OutcomeUnknownError(f"write to region {d.region_id} timed out; it may "
                                               f"or may not have applied") from None
-                raise DeadlineExceededError(f"request for {key!r} timed out "
-                                            f"({'sent' if exc.sent else 'never sent'})") from None
+                if trio.current_time() >= deadline:
+                    raise DeadlineExceededError(f"request for {key!r} timed out "
+                                                f"({'sent' if exc.sent else 'never sent'})") from None
+                timeouts += 1  # a read attempt (or an unsent one) cut short: try elsewhere
+            else:
+                suspects.clear(store_id)
+                if write or read_mode == ReadMode.LINEARIZABLE:
+                    route.leader_store_id = store_id
+                return reply
+
+    def _failed(self, route: CachedRoute, store_id: int, voters: list[int]) -> None:
+        """`store_id` timed out or was unreachable: suspect it, and believe the next voter
+        leads its region unless a hint already moved the belief elsewhere."""
+        now = trio.current_time()
+        self.store_suspects.mark(store_id, now)
+        if route.leader_store_id == store_id:
+            route.leader_store_id = next_voter(voters, store_id, self.store_suspects, now)
 
     async def get(self, key: bytes, read_mode: ReadMode = ReadMode.LINEARIZABLE,
                   timeout: float | None = None) -> bytes | None:
@@ -384,11 +511,3 @@ def overlaps(a: RegionDescriptor, b: RegionDescriptor) -> bool:
     b_end_after_a_start = not b.end_key or b.end_key > a.start_key
     return a_end_after_b_start and b_end_after_a_start
 
-
-def next_store(d: RegionDescriptor, current: int) -> int:
-    voters = [p.store_id for p in d.voters()]
-    if not voters:
-        return current
-    if current not in voters:
-        return voters[0]
-    return voters[(voters.index(current) + 1) % len(voters)]

@@ -1,8 +1,13 @@
-"""Client of the metaroot group: finds and follows the leader.
+"""Client of the metaroot group: finds and follows the leader, leaves peers that hang.
 
-Owns: which metaroot peer to ask. Writes and ConfirmToken go to the leader (following the
-`leader_addr` hint of a not-leader refusal); reads may go to any peer. Never interprets the
-answers.
+Owns: which metaroot peer to ask, and the suspect list of metaroot peers. Writes and
+ConfirmToken go to the leader (following the `leader_addr` hint of a not-leader refusal);
+reads may go to any peer. A peer that timed out or could not be reached is suspect for a few
+seconds (`failover.Suspects`): left out of the passes over the peers while another is not
+suspect, and a hint naming it is not followed until its latest failure is `suspect_base`
+seconds old. Each attempt lasts at most
+`attempt_timeout`. Never interprets the answers, and never resends an append whose outcome
+is unknown unless its events carry request ids.
 """
 
 from __future__ import annotations
@@ -13,23 +18,31 @@ from typing import Any
 import trio
 
 from nokvpy.client.errors import OutcomeUnknownError, UnavailableError
+from nokvpy.client.failover import SUSPECT_BASE, Suspects
 from nokvpy.protocol.metaroot_rpc import AppendRequest, MetarootStatus, MetarootStatusRequest
 from nokvpy.rpc import RemoteError, RpcClient, RpcTimeoutError, RpcUnavailableError
 
 
 class MetaClient:
-    def __init__(self, rpc: RpcClient, addrs: list[str], timeout: float = 5.0):
+    def __init__(self, rpc: RpcClient, addrs: list[str], timeout: float = 5.0, *,
+                 attempt_timeout: float = 3.0, suspect_base: float = SUSPECT_BASE):
         if not addrs:
             raise ValueError("at least one metaroot address is needed")
         self.rpc = rpc
         self.addrs = list(addrs)
         self.timeout = timeout
+        self.attempt_timeout = attempt_timeout
+        self.suspects: Suspects[str] = Suspects(suspect_base, 8 * suspect_base)
         self.leader: str | None = addrs[0] if len(addrs) == 1 else None
 
     def _candidates(self) -> list[str]:
-        if self.leader is None:
-            return list(self.addrs)
-        return [self.leader] + [a for a in self.addrs if a != self.leader]
+        """The peers to try in one pass: the believed leader first, then the others, leaving
+        out suspects (all of them, earliest recovery first, when every peer is suspect)."""
+        first = [] if self.leader is None else [self.leader]
+        order = self.suspects.order(first + [a for a in self.addrs if a != self.leader],
+                                    trio.current_time())
+        healthy = [a for a in order if not self.suspects.is_suspect(a, trio.current_time())]
+        return healthy or order
 
     async def call(self, request: Any, timeout: float | None = None, leader: bool = True) -> Any:
         """Call the leader (or any peer when `leader` is False), following hints, retrying
@@ -45,9 +58,11 @@ class MetaClient:
                 if remaining <= 0:
                     break
                 try:
-                    reply = await self.rpc.call(addr, request, timeout=min(remaining, 3.0))
+                    reply = await self.rpc.call(addr, request,
+                                                timeout=min(remaining, self.attempt_timeout))
                 except (RpcUnavailableError, RpcTimeoutError) as exc:
                     last = exc
+                    self.suspects.mark(addr, trio.current_time())
                     if self.leader == addr:
                         self.leader = None
                     if not idempotent(request) and outcome_unknown(exc):
@@ -59,11 +74,14 @@ class MetaClient:
                     if exc.kind != "not_leader":
                         raise
                     last = exc
+                    self.suspects.clear(addr)  # it answered
                     hint = exc.details.get("leader_addr") or ""
                     if hint and hint != addr:
                         self.leader = hint
-                        break  # retry at once against the hinted leader
+                        if self.suspects.vouch(hint, trio.current_time()):
+                            break  # retry at once against the hinted leader
                     continue
+                self.suspects.clear(addr)
                 if leader:
                     self.leader = addr
                 return reply
@@ -89,7 +107,7 @@ class MetaClient:
     @asynccontextmanager
     async def stream(self, request: Any):
         """A watch stream from the current leader (or any peer when none is known)."""
-        addr = self.leader or self.addrs[0]
+        addr = self._candidates()[0]
         async with self.rpc.stream(addr, request) as it:
             yield addr, it
 
