@@ -28,8 +28,13 @@ Choices (modelled on etcd raft; where we differ it says so):
   applied by the leader) is rejected with ProposalDroppedError("pending conf change"). A new
   leader may not propose one until it applied everything up to its election (this covers the
   single-server change bug described by Ongaro). A leader that applies its own removal steps
-  down (etcd keeps leading; we prefer to stop at once). Learners may grant votes (a promoted
-  learner may not know it yet, as etcd notes) but a candidate only counts its voters.
+  down (etcd keeps leading; we prefer to stop at once). Removing the last voter is refused at
+  proposal and is a no-op if applied (the group could never elect again). Learners may grant
+  votes (a promoted learner may not know it yet, as etcd notes) but a candidate only counts its
+  voters.
+- SAFE ReadIndex confirms leadership with heartbeat rounds the leader numbers itself
+  (`read_round`, never reset), not with the caller's context, which only routes the answer
+  (see read_only.py): an answer to a round started before a read arrived never confirms it.
 - LEASE_BASED reads are served from a real lease, stricter than etcd's: each heartbeat carries
   the leader's tick count in `index` and the answer echoes it; the lease holds while a quorum
   answered a heartbeat sent less than `election_timeout - LEASE_MARGIN_TICKS` ticks ago, no
@@ -37,8 +42,10 @@ Choices (modelled on etcd raft; where we differ it says so):
   Followers keep their side of the promise by refusing votes for an election timeout after
   they last heard from the leader, and (LEASE_BASED only) for an election timeout after
   start-up, so a restart does not forget a promise. Outside the lease the leader falls back to
-  the SAFE heartbeat round. It assumes tick rates differ by well under LEASE_MARGIN_TICKS per
-  election timeout.
+  the SAFE heartbeat round. It assumes a tick means the same real time on every node, to
+  within one tick per election timeout: the caller feeds the ticks that really elapsed
+  (`ticks.ElapsedTicks`), so a paused or starved process sees its lease run out. The argument
+  is "Leader leases" in docs/protocols.md.
 """
 
 from __future__ import annotations
@@ -71,7 +78,10 @@ from .types import (
 )
 
 MT = MessageType
-LEASE_MARGIN_TICKS = 2
+# Ticks the lease gives up to clock-rate drift and tick granularity: see "Leader leases" in
+# docs/protocols.md (two ticks cover the granularity of the leader's and the voter's counts,
+# the third tolerates a 10 % rate difference over an election timeout of 10 ticks).
+LEASE_MARGIN_TICKS = 3
 CAMPAIGN_TRANSFER_CONTEXT = b"CampaignTransfer"
 
 
@@ -107,6 +117,7 @@ class Raft:
         "pending_conf_index",
         "uncommitted_size",
         "read_only",
+        "read_round",
         "read_states",
         "pending_read_index_messages",
         "msgs",
@@ -162,6 +173,9 @@ class Raft:
         # Bytes of entry data appended by this leader and not yet applied (0 when no limit).
         self.uncommitted_size = 0
         self.read_only = ReadOnly(c.read_only_option)
+        # Leader: the newest ReadIndex heartbeat round started (see read_only.py). Never reset,
+        # not even across terms. Invariant: increases by one per round.
+        self.read_round = 0
         self.read_states: list[ReadState] = []
         # ReadIndex requests that arrived before the leader committed an entry in its term.
         self.pending_read_index_messages: list[Message] = []
@@ -342,7 +356,9 @@ class Raft:
             self.commit_bcast_pending = False  # every append carried the commit index
 
     def bcast_heartbeat(self) -> None:
-        self.bcast_heartbeat_with_ctx(self.read_only.last_pending_request_ctx())
+        # With reads pending, repeat the newest round: it started after every pending read
+        # arrived, so its answers may confirm them all.
+        self.bcast_heartbeat_with_ctx(self.read_only.heartbeat_context())
 
     def bcast_heartbeat_with_ctx(self, ctx: bytes) -> None:
         # Heartbeats carry min(match, committed): every peer learns the commit index for the
@@ -648,13 +664,8 @@ class Raft:
                 pr.inflights.free_first_one()
             if pr.match < self.raft_log.last_index():
                 self.send_append(m.frm)
-            if not m.context:
-                return
-            acks = self.read_only.recv_ack(m.frm, m.context)
-            if acks is None or self.prs.vote_result(acks) != VoteResult.WON:
-                return
-            for rs in self.read_only.advance(m.context):
-                self.answer_read_index(rs.req, rs.index)
+            if m.context and self.read_only.recv_ack(m.frm, m.context):
+                self.confirm_reads()
         elif t == MT.SNAP_STATUS:
             if pr.state != ProgressState.SNAPSHOT:
                 return
@@ -686,6 +697,10 @@ class Raft:
             if e.type == EntryType.CONF_CHANGE:
                 if conf_at or self.pending_conf_index > raft_log.applied:
                     raise ProposalDroppedError("pending conf change", self.id)
+                if self.removes_last_voter(e.data):
+                    raise ProposalDroppedError(
+                        "conf change would remove the last voter (the group could never elect "
+                        "again)", self.id)
                 conf_at = li + i + 1
             ents.append(Entry(term, li + i + 1, e.type, e.data))
         if not self.append_entry(ents):
@@ -912,14 +927,17 @@ class Raft:
         if self.read_only.option == ReadOnlyOption.LEASE_BASED and self.lease_valid():
             self.answer_read_index(m, self.raft_log.committed)
             return
-        # SAFE: confirm leadership with a heartbeat round tagged with the request context.
-        self.read_only.add_request(self.raft_log.committed, m)
-        acks = self.read_only.recv_ack(self.id, m.context)
-        if acks is not None and self.prs.vote_result(acks) == VoteResult.WON:
-            for rs in self.read_only.advance(m.context):
-                self.answer_read_index(rs.req, rs.index)
-            return
-        self.bcast_heartbeat_with_ctx(m.context)
+        # SAFE: confirm leadership with a new heartbeat round, started after the read arrived.
+        self.read_round += 1
+        ctx = self.read_only.add_request(self.raft_log.committed, m, self.read_round, self.id)
+        self.confirm_reads()  # a single voter confirms by itself
+        if self.read_only.pending():
+            self.bcast_heartbeat_with_ctx(ctx)
+
+    def confirm_reads(self) -> None:
+        """Answer every queued read a quorum of voters confirmed (in arrival order)."""
+        for rs in self.read_only.advance(self.prs.quorum_value):
+            self.answer_read_index(rs.req, rs.index)
 
     def answer_read_index(self, req: Message, index: int) -> None:
         if req.frm == NONE or req.frm == self.id:
@@ -953,10 +971,26 @@ class Raft:
 
     # -- membership ------------------------------------------------------------------------
 
+    def removes_last_voter(self, data: bytes) -> bool:
+        """Would this encoded conf change, applied to the current config, leave no voter?
+        (No other conf change is pending when one is proposed, so the current config is the
+        one it will be applied to.) Undecodable data is left to fail at apply, as before."""
+        try:
+            cc = ConfChange.decode(data)
+        except ValueError:
+            return False
+        return cc.type == ConfChangeType.REMOVE_NODE and self.prs.voters == {cc.node_id}
+
     def apply_conf_change(self, cc: ConfChange) -> ConfState:
-        """Apply a committed single-step conf change; returns the new configuration."""
+        """Apply a committed single-step conf change; returns the new configuration.
+
+        Removing the last voter is a no-op (etcd refuses it too: "removed all voters"): the
+        leader refuses to propose it, and an entry that got into the log anyway leaves the
+        config unchanged. This depends only on the config, so every replica agrees."""
         prs = self.prs
         nid = cc.node_id
+        if cc.type == ConfChangeType.REMOVE_NODE and prs.voters == {nid}:
+            return prs.conf_state()
         if nid != NONE:
             last = self.raft_log.last_index()
             if cc.type == ConfChangeType.ADD_NODE:
@@ -985,8 +1019,9 @@ class Raft:
             return
         if self.lead_transferee != NONE and self.lead_transferee not in self.prs.voters:
             self.abort_leader_transfer()
-        # The quorum may have shrunk (commit more) and new peers need entries (membership
-        # changes are rare: broadcast at once even with lazy_commit_broadcast).
+        # The quorum may have shrunk (commit more, confirm reads) and new peers need entries
+        # (membership changes are rare: broadcast at once even with lazy_commit_broadcast).
+        self.confirm_reads()
         if self.maybe_commit():
             self.release_pending_read_index_messages()
             self.bcast_append()

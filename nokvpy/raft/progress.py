@@ -135,15 +135,20 @@ class Progress:
         self.next = n + 1
 
     def maybe_decr_to(self, rejected: int, match_hint: int) -> bool:
-        """An append at `rejected` was refused; back off next. False if the refusal is stale."""
+        """An append at `rejected` was refused; back off next. False if the refusal is stale.
+
+        A refusal at or below match is always stale: the peer holds [1, match] (it may arrive
+        late, e.g. after report_unreachable turned REPLICATE into PROBE with next = match+1).
+        """
+        if rejected <= self.match:
+            return False
         if self.state == ProgressState.REPLICATE:
-            if rejected <= self.match:
-                return False
             self.next = self.match + 1
             return True
         if self.next - 1 != rejected:
             return False
-        self.next = max(min(rejected, match_hint + 1), 1)
+        # Invariant kept: next > match, whatever the hint says.
+        self.next = max(min(rejected, match_hint + 1), self.match + 1)
         self.probe_sent = False
         return True
 
@@ -264,6 +269,15 @@ class ProgressTracker:
         """Check quorum: did a majority of voters talk to the leader recently?"""
         active = {v: self.progress[v].recent_active for v in self.voters}
         return self.vote_result(active) == VoteResult.WON
+
+    def quorum_value(self, values: dict[int, int]) -> int:
+        """The largest v that a majority of voters reached: values[voter] >= v (a voter
+        missing from `values` counts as 0). Used for ReadIndex rounds."""
+        n = len(self.voters)
+        if n == 0:
+            return 0
+        srt = sorted((values.get(v, 0) for v in self.voters), reverse=True)
+        return srt[n // 2]
 
     def quorum_lease_tick(self, self_id: int, now: int) -> int:
         """The tick by which a majority of voters had answered a heartbeat (`now` for self)."""

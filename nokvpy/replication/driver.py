@@ -57,6 +57,14 @@ def unsafe_lease_from_env(environ: dict[str, str] | None = None) -> bool:
     return env.get("NOKV_UNSAFE_LEASE", "") not in ("", "0")
 
 
+if os.environ.get("NOKV_UNSAFE_READINDEX", "") not in ("", "0"):
+    # Test-only: ReadIndex acks matched by the caller's context again (the old rule), so
+    # fault runs can show they catch it. See "ReadIndex rounds" in docs/protocols.md.
+    from nokvpy.raft import read_only as _read_only
+
+    _read_only.UNSAFE_MATCH_BY_CONTEXT = True
+
+
 class ProposalError(Exception):
     """A proposal was refused or lost. `reason`: not_leader | dropped | stopped | too_large."""
 
@@ -316,7 +324,10 @@ class Driver:
         # "Leader leases" in docs/protocols.md).
         # (origin set when the loop starts: see run)
         self._clock = ElapsedTicks(tick_interval, 0.0, unsafe=unsafe_lease_from_env())
-        self._ctx = itertools.count(1)
+        # Read contexts are unique across restarts too: a READ_INDEX_RESP meant for a read of
+        # this node's previous process (late, from a leader) must not answer a new read, and
+        # the follower matches answers by context. A random start per process does that.
+        self._ctx = itertools.count(int.from_bytes(os.urandom(8), "big") >> 2)
         self.counters: Counter[str] = Counter()
         self.on_role_change: Callable[[Group], None] | None = None
         self.on_applied_batch: Callable[[], None] | None = None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from .simulator import TOTALS
+from .simulator import REPORT, TOTALS
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if TOTALS.schedules:
+    if TOTALS.schedules or REPORT:
         terminalreporter.write_sep("-", "raft simulator")
         terminalreporter.write_line(TOTALS.summary())
+        for line in REPORT:
+            terminalreporter.write_line(line)

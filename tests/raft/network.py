@@ -1,7 +1,9 @@
 """A tiny in-memory network of RawNodes for whole-cluster scenario tests (like etcd's
 `network`): messages are delivered breadth-first; `drop`, `cut`, `isolate`, `ignore` and
-`recover` filter them. Each node's MemoryStorage is its disk; Ready handling follows the
-rawnode.py contract (persist, send, apply, advance).
+`recover` filter them; `hold` parks matching messages in flight until `deliver_held` hands
+them over late (past any filter set since: they were already on the wire). Each node's
+MemoryStorage is its disk; Ready handling follows the rawnode.py contract (persist, send,
+apply, advance).
 """
 
 from __future__ import annotations
@@ -128,6 +130,8 @@ class Network:
         self.rng = random.Random(seed)
         self.dropm: dict[tuple[int, int], float] = {}
         self.ignorem: set[MessageType] = set()
+        self.holdm: list = []  # predicates: a matching message is parked in `held`
+        self.held: list[Message] = []
         self.delivered: list[Message] = []
         self.stabilize()
 
@@ -165,6 +169,24 @@ class Network:
     def ignore(self, t: MessageType) -> None:
         self.ignorem.add(t)
 
+    def hold(self, pred) -> None:
+        """Park every message matching `pred(m)` (a delayed message) until `deliver_held`."""
+        self.holdm.append(pred)
+
+    def stop_holding(self) -> None:
+        self.holdm.clear()
+
+    def deliver_held(self) -> list[Message]:
+        """Deliver the parked messages now, bypassing the drop filters; returns them."""
+        held, self.held = self.held, []
+        for m in held:
+            n = self.nodes.get(m.to)
+            if n is not None:
+                self.delivered.append(m)
+                n.rn.step(m)
+        self.stabilize()
+        return held
+
     def recover(self) -> None:
         self.dropm.clear()
         self.ignorem.clear()
@@ -172,6 +194,9 @@ class Network:
     def _filter(self, msgs: Iterable[Message]) -> list[Message]:
         out = []
         for m in msgs:
+            if any(pred(m) for pred in self.holdm):
+                self.held.append(m)
+                continue
             if m.type in self.ignorem:
                 if m.type == MessageType.SNAP and m.frm in self.nodes:
                     self.nodes[m.frm].rn.report_snapshot(m.to, failed=True)

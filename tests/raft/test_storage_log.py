@@ -134,12 +134,13 @@ def test_inflights_window():
 
 
 def test_progress_state_machine():
-    pr = Progress(match=5, next_=6, max_inflight=2)
+    pr = Progress(match=2, next_=6, max_inflight=2)
     assert pr.state == ProgressState.PROBE and not pr.is_paused()
     pr.probe_sent = True
     assert pr.is_paused()
     assert pr.maybe_decr_to(5, 3)  # probe rejected at next-1: back off to hint + 1
     assert pr.next == 4 and not pr.probe_sent
+    assert not pr.maybe_decr_to(2, 0)  # at or below match: stale in PROBE too
     assert not pr.maybe_decr_to(9, 3)  # stale rejection
     assert pr.maybe_update(7) and pr.match == 7 and pr.next == 8
     pr.become_replicate()
