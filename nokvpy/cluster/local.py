@@ -8,6 +8,7 @@ never touches files outside its directory.
 Layout::
 
     DIR/cluster.json        cluster id, secret, every process: name, kind, id, address, args
+                            (mode 0600: it holds the secret)
     DIR/pids/NAME.pid       pid of a running process (removed when it is stopped)
     DIR/logs/NAME.log       stdout and stderr of the process
     DIR/data/NAME/          LMDB environments of metaroot peers and stores
@@ -19,6 +20,7 @@ import json
 import os
 import secrets
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -28,6 +30,7 @@ from pathlib import Path
 from nokvpy.cluster.ports import free_ports
 
 KINDS = ("metaroot", "coordinator", "store")
+SECRET_FILE_MODE = 0o600  # files holding the cluster secret (or, later, keys)
 
 
 class ClusterError(Exception):
@@ -90,6 +93,7 @@ class LocalCluster:
     def load(self) -> ClusterSpec:
         if not self.spec_path.exists():
             raise ClusterError(f"no cluster in {self.root} (run `nokv cluster up --dir {self.root}`)")
+        _restrict_old_file(self.spec_path)
         try:
             raw = json.loads(self.spec_path.read_text())
             procs = [ProcessSpec(**p) for p in raw.pop("processes")]
@@ -99,9 +103,7 @@ class LocalCluster:
 
     def save(self, spec: ClusterSpec) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.spec_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(spec), indent=2))
-        os.replace(tmp, self.spec_path)
+        write_secret_file(self.spec_path, json.dumps(asdict(spec), indent=2).encode())
 
     # ---- creation ------------------------------------------------------------------------
 
@@ -243,6 +245,37 @@ class LocalCluster:
             if self.stop(proc.name, grace) is not None:
                 stopped.append(proc.name)
         return stopped
+
+
+def write_secret_file(path: Path, data: bytes) -> None:
+    """Replace `path` atomically with `data`, readable by its owner only: the temporary file
+    is created with mode 0600 (never chmod-ed later, so no other user can open it at any
+    moment), synced, then renamed over `path`."""
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, SECRET_FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _restrict_old_file(path: Path) -> None:
+    """A cluster file written before files were created 0600: take the group and world bits
+    away (best effort: the file may belong to someone else)."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            os.chmod(path, mode & ~0o077)
+    except OSError:
+        pass
 
 
 def pid_alive(pid: int) -> bool:

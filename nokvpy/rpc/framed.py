@@ -72,6 +72,16 @@ class FramedStream:
         self._writing = False  # the writer task is inside send_all
         self._writer_running = False
 
+    @property
+    def max_frame_size(self) -> int:
+        """The largest frame accepted from now on (a larger header closes the stream)."""
+        return self._decoder.max_frame_size
+
+    @max_frame_size.setter
+    def max_frame_size(self, value: int) -> None:
+        # Applies to every header completed from now on (one already read keeps its frame).
+        self._decoder.max_frame_size = value
+
     # ---- receiving ----------------------------------------------------------------------
 
     async def receive_batch(self, lenient: bool = False) -> list[object]:

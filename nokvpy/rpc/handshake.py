@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 
 from nokvpy.rpc.errors import HandshakeRefusedError
 from nokvpy.rpc.framed import FramedStream
@@ -39,7 +40,15 @@ def proof(secret: bytes, role: str, nonce: bytes, cluster_id: str, name: str) ->
     return hmac.new(secret, transcript, hashlib.sha256).digest()
 
 
-async def server_handshake(framed: FramedStream, me: Identity, remote: str) -> PeerIdentity:
+Admit = Callable[[PeerIdentity], "tuple[str, str] | None"]
+
+
+async def server_handshake(framed: FramedStream, me: Identity, remote: str,
+                           admit: Admit | None = None) -> PeerIdentity:
+    """Run the server side; the proven peer, or HandshakeRejectedError (the peer was told).
+
+    `admit(peer)` is asked once the peer has proven itself, before it is told it is in: None
+    admits it, `(reason, detail)` refuses it with that reason (e.g. a connection cap)."""
     async def refuse(reason: str, detail: str, *, final: bool = False) -> None:
         try:
             if final:
@@ -94,6 +103,10 @@ async def server_handshake(framed: FramedStream, me: Identity, remote: str) -> P
             f"{peer.name} authenticates but this server has no cluster secret configured",
             final=True,
         )
+    if admit is not None:
+        refusal = admit(peer)
+        if refusal is not None:
+            await refuse(*refusal, final=True)
     await framed.send_now(HandshakeResult(True))
     return peer
 

@@ -11,6 +11,16 @@ handler exceptions become "internal" error replies. Never swallows `trio.Cancell
 Concurrency: one reader task per connection decodes requests; each request runs in its own
 task in the connection's nursery (or inline in the reader for `inline=True` handlers, which
 must not block), and replies go through the connection's batching writer task.
+
+Limits (docs/operations.md "Limits"): before authentication a connection may send frames of
+at most `preauth_max_frame_size` bytes, must finish the handshake within `handshake_timeout`,
+and at most `max_unauthenticated` such connections exist at once (a new one evicts the
+oldest still in its handshake, so silent connections cannot lock others out). After it: frames up to `max_frame_size`, at most
+`max_connections` authenticated connections (the next is refused in the handshake with
+`too_many_connections`), at most `max_in_flight_per_connection` requests running per
+connection (the next is answered `unavailable/too_many_in_flight`), and a connection with no
+request running (streams included) and no complete frame received for `idle_timeout` seconds
+is closed. Every refusal is counted; its log line is rate-limited per reason.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from nokvpy.rpc.faults import FaultRules
 from nokvpy.rpc.framed import ConnectionClosedError, FramedStream, UndecodableFrame
 from nokvpy.rpc.handshake import HandshakeRejectedError, server_handshake
 from nokvpy.rpc.identity import Counters, Identity, PeerIdentity, format_addr
+from nokvpy.rpc.logthrottle import LogThrottle
 from nokvpy.rpc.network import TCP, Network
 from nokvpy.wire import (
     DEFAULT_LIMITS,
@@ -56,6 +67,10 @@ from nokvpy.wire import (
 
 logger = logging.getLogger("nokvpy.rpc")
 _REQUEST_TAG = Request.__wire_tag__  # type: ignore[attr-defined]
+
+# Before authentication only the handshake records travel; the largest, a HandshakeReply, is
+# about 110 bytes with a short cluster id. 4 KiB leaves room for any sane cluster id.
+PREAUTH_MAX_FRAME_SIZE = 4096
 
 Handler = Callable[[Any, "CallContext"], Awaitable[Any]]
 StreamHandler = Callable[[Any, "CallContext"], AsyncIterator[Any]]
@@ -97,14 +112,17 @@ class _Active:
 
 
 class _Conn:
-    __slots__ = ("framed", "peer", "nursery", "active", "in_flight")
+    __slots__ = ("framed", "peer", "nursery", "active", "in_flight", "last_active")
 
     def __init__(self, framed: FramedStream, peer: PeerIdentity, nursery: trio.Nursery) -> None:
         self.framed = framed
         self.peer = peer
         self.nursery = nursery
         self.active: dict[int, _Active] = {}
+        # Requests and streams spawned and not finished (inline handlers are not counted).
         self.in_flight = 0
+        # trio time of the last frames received, or of the last request finishing.
+        self.last_active = trio.current_time()
 
 
 class _ProtocolViolationError(Exception):
@@ -122,8 +140,13 @@ class RpcServer:
         limits: DecodeLimits = DEFAULT_LIMITS,
         network: Network | None = None,
         faults: FaultRules | None = None,
-        handshake_timeout: float = 10.0,
+        handshake_timeout: float = 5.0,
         max_in_flight_per_connection: int = 10_000,
+        preauth_max_frame_size: int = PREAUTH_MAX_FRAME_SIZE,
+        max_unauthenticated: int = 64,
+        max_connections: int = 1024,
+        idle_timeout: float = 300.0,
+        log_interval: float = 10.0,
     ) -> None:
         self.identity = identity
         self.max_frame_size = max_frame_size
@@ -132,10 +155,22 @@ class RpcServer:
         self.faults = faults if faults is not None else FaultRules()
         self.handshake_timeout = handshake_timeout
         self.max_in_flight = max_in_flight_per_connection
+        self.preauth_max_frame_size = min(preauth_max_frame_size, max_frame_size)
+        self.max_unauthenticated = max_unauthenticated
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout  # math.inf: never close an idle connection
         self.counters = Counters()
         self.address: tuple[str, int] | None = None
         self._routes: dict[type, _Route] = {}
         self._connections: set[_Conn] = set()
+        # Invariant: _unauthenticated == connections accepted and not yet through (or out of)
+        # the handshake; _sessions == connections admitted by the handshake and not yet closed.
+        self._unauthenticated = 0
+        # Handshake cancel scopes of the connections in their handshake, oldest first (the
+        # one evicted when max_unauthenticated is reached).
+        self._pending: dict[trio.CancelScope, None] = {}
+        self._sessions = 0
+        self._log = LogThrottle(logger, log_interval)
         self.register(Ping, self._on_ping, inline=True)
         self.register(Echo, self._on_echo)
         self.register(SetFaultRules, self._on_set_fault_rules, inline=True)
@@ -174,6 +209,23 @@ class RpcServer:
             raise ValueError(f"a handler for {request_type.__name__} is already registered")
         self._routes[request_type] = route
 
+    def status(self) -> dict[str, Any]:
+        """Limits, open connections and counters, for a process's status reply."""
+        return {
+            "limits": {
+                "preauth_max_frame_size": self.preauth_max_frame_size,
+                "handshake_timeout": self.handshake_timeout,
+                "max_unauthenticated": self.max_unauthenticated,
+                "max_frame_size": self.max_frame_size,
+                "max_connections": self.max_connections,
+                "max_in_flight_per_connection": self.max_in_flight,
+                "idle_timeout": self.idle_timeout,
+            },
+            "connections": {"unauthenticated": self._unauthenticated,
+                            "authenticated": self._sessions},
+            "counters": dict(sorted(self.counters.items())),
+        }
+
     # ---- serving ------------------------------------------------------------------------
 
     async def serve(
@@ -196,30 +248,72 @@ class RpcServer:
                         stream = await listener.accept()
                     except OSError as e:  # EMFILE and friends: back off, keep serving
                         self.counters.inc("accept_errors")
-                        logger.warning("accept failed: %s", e)
+                        self._log.warning("accept", "accept failed: %s", e)
                         await trio.sleep(0.1)
                         continue
+                    if self._unauthenticated >= self.max_unauthenticated and self._pending:
+                        # Evict the oldest connection still in its handshake rather than
+                        # refuse this one: a peer holding max_unauthenticated silent
+                        # connections must not lock everyone else out (a real handshake
+                        # takes milliseconds, so it is never the oldest for long).
+                        oldest = next(iter(self._pending))
+                        del self._pending[oldest]
+                        oldest.cancel()
+                        self.counters.inc("preauth_evicted")
+                        self._log.warning(
+                            "preauth_evicted", "closed the oldest connection in its handshake: "
+                            "%d connections are in their handshake (max_unauthenticated); "
+                            "newest from %s", self._unauthenticated, _remote_address(stream))
+                    self._unauthenticated += 1
                     nursery.start_soon(self._handle_connection, stream)
         finally:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
 
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+        """Serve one accepted connection; the caller counted it in `_unauthenticated`."""
         remote = _remote_address(stream)
-        framed = FramedStream(stream, max_frame_size=self.max_frame_size, limits=self.limits)
+        framed = FramedStream(stream, max_frame_size=self.preauth_max_frame_size,
+                              limits=self.limits)
         self.counters.inc("connections_accepted")
         conn: _Conn | None = None
+        in_handshake, admitted = True, False
+
+        def admit(peer: PeerIdentity) -> tuple[str, str] | None:
+            nonlocal admitted
+            if self._sessions >= self.max_connections:
+                self.counters.inc("too_many_connections")
+                return ("too_many_connections",
+                        f"{self._sessions} authenticated connections open (max_connections)")
+            self._sessions += 1
+            admitted = True
+            return None
+
         try:
             peer = None
-            with trio.move_on_after(self.handshake_timeout):
-                peer = await server_handshake(framed, self.identity, remote)
+            with trio.move_on_after(self.handshake_timeout) as handshake_scope:
+                self._pending[handshake_scope] = None
+                try:
+                    peer = await server_handshake(framed, self.identity, remote, admit)
+                finally:
+                    self._pending.pop(handshake_scope, None)
+            in_handshake = False
+            self._unauthenticated -= 1
+            if peer is None and trio.current_time() < handshake_scope.deadline:
+                raise HandshakeRejectedError("evicted", "closed to make room for a newer "
+                                             "connection (max_unauthenticated)")
             if peer is None:
-                raise HandshakeRejectedError("timeout", f"no handshake within {self.handshake_timeout}s")
+                self.counters.inc("handshake_timeouts")
+                raise HandshakeRejectedError("timeout",
+                                             f"no handshake within {self.handshake_timeout}s")
+            framed.max_frame_size = self.max_frame_size
             try:
                 async with trio.open_nursery() as nursery:
                     conn = _Conn(framed, peer, nursery)
                     self._connections.add(conn)
                     nursery.start_soon(framed.writer_loop)
+                    if self.idle_timeout < math.inf:
+                        nursery.start_soon(self._idle_watchdog, conn)
                     try:
                         await self._read_loop(conn)
                     finally:
@@ -228,8 +322,10 @@ class RpcServer:
                 raise sole_error(group) from None
         except HandshakeRejectedError as e:
             self.counters.inc("rejected_handshake", reason=e.reason)
-            logger.warning("refused handshake from %s: reason=%s (%s)", remote, e.reason, e.detail)
+            self._log.warning("handshake:" + e.reason, "refused handshake from %s: reason=%s (%s)",
+                              remote, e.reason, e.detail)
         except FrameTooLargeError as e:
+            self.counters.inc("frame_too_large", phase="session" if conn else "handshake")
             self._protocol_error(remote, conn, "frame_too_large", e.reason)
         except DecodeError as e:
             self._protocol_error(remote, conn, "decode_error", e.reason)
@@ -244,6 +340,10 @@ class RpcServer:
         finally:
             if conn is not None:
                 self._connections.discard(conn)
+            if in_handshake:
+                self._unauthenticated -= 1
+            if admitted:
+                self._sessions -= 1
             await trio.aclose_forcefully(stream)
 
     def _protocol_error(self, remote: str, conn: _Conn | None, reason: str, detail: str) -> None:
@@ -252,7 +352,25 @@ class RpcServer:
         if conn is None:
             self.counters.inc("rejected_handshake", reason=reason)
         who = remote if conn is None else f"{conn.peer.name}@{remote}"
-        logger.warning("closing connection from %s (%s): %s: %s", who, phase, reason, detail)
+        self._log.warning(f"protocol:{phase}:{reason}", "closing connection from %s (%s): %s: %s",
+                          who, phase, reason, detail)
+
+    async def _idle_watchdog(self, conn: _Conn) -> None:
+        """Close `conn` once no frame was completed for `idle_timeout` seconds and no request or
+        stream of it is running (a long watch stream keeps its connection however quiet)."""
+        idle = self.idle_timeout
+        while True:
+            await trio.sleep_until(conn.last_active + idle)
+            now = trio.current_time()
+            if conn.in_flight:
+                conn.last_active = now  # busy: the idle period starts when the last one ends
+                continue
+            if now - conn.last_active >= idle:
+                self.counters.inc("idle_closed")
+                self._log.info("idle", "closing connection from %s@%s: idle for %.0fs",
+                               conn.peer.name, conn.peer.address, now - conn.last_active)
+                conn.nursery.cancel_scope.cancel()
+                return
 
     async def _read_loop(self, conn: _Conn) -> None:
         framed = conn.framed
@@ -261,6 +379,7 @@ class RpcServer:
                 batch = await framed.receive_batch(lenient=True)
             except ConnectionClosedError:
                 return
+            conn.last_active = trio.current_time()
             for msg in batch:
                 t = type(msg)
                 if t is Request:
@@ -288,8 +407,8 @@ class RpcServer:
         body = TAGS.get(body_tag)
         what = body.__name__ if body is not None else f"record tag {body_tag!r}"
         self.counters.inc("bad_requests", reason="decode_error")
-        logger.warning("refused a request from %s: %s does not decode: %s", conn.peer.name,
-                       what, bad.error.reason)
+        self._log.warning("bad_request", "refused a request from %s: %s does not decode: %s",
+                          conn.peer.name, what, bad.error.reason)
         if rid:
             self._reply(conn, rid, ErrorReply(rid, ErrorKind.INVALID_ARGUMENT, "decode_error",
                                               f"{what} does not decode: {bad.error.reason}"))
@@ -334,10 +453,12 @@ class RpcServer:
             if rid == 0:
                 self.counters.inc("rejected_requests", reason="one_way_stream")
                 return
+            conn.in_flight += 1  # counted from the spawn, so one batch cannot overshoot
             conn.nursery.start_soon(self._run_stream, conn, route, body, ctx, delay)
         elif route.inline and not delay:
             await self._run_inline(conn, route, body, ctx)
         else:
+            conn.in_flight += 1
             conn.nursery.start_soon(self._run_unary, conn, route, body, ctx, delay)
 
     async def _run_unary(
@@ -347,7 +468,6 @@ class RpcServer:
         active = _Active(trio.CancelScope(deadline=ctx.deadline))
         if rid:
             conn.active[rid] = active
-        conn.in_flight += 1
         reply: object = None
         try:
             with active.scope:
@@ -364,6 +484,8 @@ class RpcServer:
                 reply = self._cancelled_reply(rid, body, ctx, active)
         finally:
             conn.in_flight -= 1
+            if not conn.in_flight:
+                conn.last_active = trio.current_time()
             if rid:
                 conn.active.pop(rid, None)
         if rid and reply is not None:
@@ -391,7 +513,6 @@ class RpcServer:
         rid = ctx.request_id
         active = _Active(trio.CancelScope(deadline=ctx.deadline))
         conn.active[rid] = active
-        conn.in_flight += 1
         reply: object = None
         framed = conn.framed
         try:
@@ -422,6 +543,8 @@ class RpcServer:
                 reply = self._cancelled_reply(rid, body, ctx, active)
         finally:
             conn.in_flight -= 1
+            if not conn.in_flight:
+                conn.last_active = trio.current_time()
             conn.active.pop(rid, None)
         if reply is not None:
             self._reply(conn, rid, reply)
