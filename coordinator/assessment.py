@@ -41,6 +41,12 @@ Decision table (event class x situation -> phase, decision, retry class, reason)
   tombstone CONFLICTING  CONFLICTED  REJECT  CONFLICT  pending_conflict
   tombstone SUPERSEDED   SUPERSEDED  REJECT  REFRESH   stale_base
 
+The cancel guard (DESIGN 7, metaroot.state): a `cancel MATCHING` row is re-checked like every
+APPLY row, and the rooted validation refuses it (REJECT, phase ABORTED, PERMANENT) as
+`cancel_not_fenced` unless the plan's region leader recorded a "fenced" recovery record for
+it, or as `cancel_after_apply` when that leader reported it applied. So a cancel is admitted
+only through a compensation on the region leader, whoever publishes it.
+
 Around the table: a malformed event is REJECTED (phase ABORTED) with the shape reason; a
 request id already applied with the identical event is SKIP ("duplicate_request") and one
 reused for a different event is REJECT PERMANENT; an APPLY row is re-checked against the full

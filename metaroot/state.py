@@ -2,8 +2,9 @@
 
 Owns: `RootState` (cluster truth at one `RootToken`), event validation (`RootEventRejected`
 with a stable reason and a retry class), the transition situation classifier shared with the
-coordinator's assessment, request-id idempotency, and lossless conversion to and from
-`RootCheckpoint`.
+coordinator's assessment, the cancel guard (a plan is cancelled only once its region leader
+recorded a fence for it, never after it reported it applied), request-id idempotency, and
+lossless conversion to and from `RootCheckpoint`.
 Never: I/O, clocks (time arrives as integer milliseconds inside events and fences), global
 random, or half-applied events (a `RootState` is immutable; a rejected event changes nothing).
 
@@ -66,6 +67,34 @@ from nokvpy.protocol.records import (
 )
 
 DEFAULT_REQUEST_WINDOW = 10_000  # rooted events whose request ids are remembered
+
+# ---- the cancel guard (DESIGN 7: root guards its own truth) ---------------------------------
+#
+# Root restores a plan's bases (a MATCHING cancel) only when the plan's region leader has
+# fenced it first: a RECOVERY_RECORDED event with action FENCE_ACTION for the TransitionID,
+# observed at or after the plan's source index, says "the leader's log holds a fence that
+# makes this plan impossible to apply, and it had not applied". A cancel of a plan whose
+# leader reported it applied (a record with an APPLIED_ACTIONS action for the same plan) is
+# refused even when fenced; a cancel of a plan whose terminal event is recorded is refused by
+# the decision table (COMPLETED). Whoever sends the cancel, through a coordinator or a raw
+# Append, gets the same refusal.
+#
+# Test-only switch: `set_cancel_guard(False)` turns the guard off in this process (this module
+# is pure and reads no environment; a test process that wants it off for a real metaroot sets
+# it from a `sitecustomize` keyed on UNSAFE_CANCEL_ENV, see tests/metaroot).
+FENCE_ACTION = "fenced"
+APPLIED_ACTIONS = frozenset({"compensation_refused_applied", "reconciled_forward"})
+UNSAFE_CANCEL_ENV = "NOKV_UNSAFE_ROOT_CANCEL"
+_cancel_guard = [True]
+
+
+def set_cancel_guard(enabled: bool) -> None:
+    """Turn the cancel guard on or off in this process (tests only)."""
+    _cancel_guard[0] = bool(enabled)
+
+
+def unsafe_cancel() -> bool:
+    return not _cancel_guard[0]
 
 
 class RootEventRejected(Exception):
@@ -460,7 +489,7 @@ _FIELDS = (
     "token", "cluster_epoch", "membership_epoch", "stores", "descriptors", "range_index",
     "pending", "pending_by_region", "id_fence", "tso_fence", "grants", "duty_grants",
     "retirements", "inheritances", "uninherited", "era_floors", "max_era", "requests",
-    "request_by_index", "request_window", "recovery_records",
+    "request_by_index", "request_window", "recovery_records", "recovery_index",
 )
 
 
@@ -488,6 +517,10 @@ class RootState:
       request_by_index: PMap[int, str]    token index -> request id (eviction order)
       request_window: int
       recovery_records: PMap[int, RecoveryRecord]  append-only, keyed 0, 1, 2 ...
+      recovery_index: PMap[str, tuple[tuple[str, int], ...]]  TransitionID -> (action,
+                                          observed_root_index) of its recovery records, in
+                                          order; derived from recovery_records (not in the
+                                          checkpoint), read by the cancel guard
 
     Invariants: live descriptors never overlap; a region is owned by at most one pending
     transition; at most one unretired grant holds a duty; era_floors[d] <= max_era.
@@ -516,6 +549,7 @@ class RootState:
     request_by_index: PMap
     request_window: int
     recovery_records: PMap
+    recovery_index: PMap
 
     def __init__(self, request_window: int = DEFAULT_REQUEST_WINDOW):
         if request_window < 1:
@@ -532,6 +566,7 @@ class RootState:
         self.era_floors = {}
         self.max_era = 0
         self.requests = self.request_by_index = self.recovery_records = PMap()
+        self.recovery_index = PMap()
         self.request_window = request_window
 
     def _evolve(self, changes: dict[str, Any]) -> RootState:
@@ -592,6 +627,16 @@ class RootState:
 
     def recovery_list(self) -> list[RecoveryRecord]:
         return [self.recovery_records[i] for i in range(len(self.recovery_records))]
+
+    def fence_witness(self, tid: str, source_index: int) -> int | None:
+        """The observed root index of a FENCE_ACTION record of plan (`tid`, `source_index`),
+        or None when its region leader never recorded a fence for it."""
+        return _last_record(self, tid, source_index, lambda a: a == FENCE_ACTION)
+
+    def applied_report(self, tid: str, source_index: int) -> int | None:
+        """The observed root index of a record by which the region leader reported plan
+        (`tid`, `source_index`) applied, or None."""
+        return _last_record(self, tid, source_index, lambda a: a in APPLIED_ACTIONS)
 
     def max_descriptor_revision(self) -> int:
         return max((d.revision for d in self.descriptors.values()), default=0)
@@ -780,6 +825,7 @@ class RootState:
             "request_by_index": PMap.from_items((r.token.index, r.request_id)
                                                 for r in cp.applied_requests),
             "recovery_records": PMap.from_items(enumerate(cp.recovery_records)),
+            "recovery_index": _index_records(cp.recovery_records),
         })
 
 
@@ -1107,6 +1153,7 @@ def _on_transition(state: RootState, token: RootToken, event: RootEvent) -> dict
     regions = _Regions(state)
     if cls == EventClass.CANCEL:  # matching pending: restore the bases
         entry = state.pending[tid]
+        _guard_cancel(state, tid, entry)
         for t in entry.targets:
             regions.remove(t.region_id)
         for b in entry.bases:
@@ -1139,8 +1186,71 @@ def _on_recovery(state: RootState, token: RootToken, event: RootEvent) -> dict[s
     _need(isinstance(r.transition_id, str) and isinstance(r.action, str) and bool(r.action)
           and isinstance(r.failure_evidence, str), "invalid_recovery_record",
           "transition_id, action and failure_evidence are strings; action non-empty")
+    _need(_is_int(r.observed_root_index), "invalid_recovery_record",
+          "observed_root_index must be an int")
+    if r.action == FENCE_ACTION:
+        _check_fence_witness(state, token, r)
     n = len(state.recovery_records)
-    return {"recovery_records": state.recovery_records.set(n, r)}
+    entry = (r.action, r.observed_root_index)
+    return {"recovery_records": state.recovery_records.set(n, r),
+            "recovery_index": state.recovery_index.set(
+                r.transition_id, state.recovery_index.get(r.transition_id, ()) + (entry,))}
+
+
+def _check_fence_witness(state: RootState, token: RootToken, r: RecoveryRecord) -> None:
+    """A fence witness names a plan pending now, observed between its plan and this event,
+    and not one its leader already reported applied."""
+    entry = state.pending.get(r.transition_id)
+    if entry is None:
+        raise _reject("fence_not_pending", f"{r.transition_id!r} has no pending plan to fence",
+                      RetryClass.REFRESH)
+    source = entry.source_token.index
+    if not source <= r.observed_root_index < token.index:
+        raise _reject("invalid_recovery_record",
+                      f"fence of {r.transition_id} observed at root index "
+                      f"{r.observed_root_index}, outside [{source}, {token.index - 1}] (its "
+                      "plan's index .. the last applied event)")
+    seen = state.applied_report(r.transition_id, source)
+    if seen is not None:
+        raise _reject("fence_after_apply",
+                      f"the region leader reported {r.transition_id} (planned at index "
+                      f"{source}) applied at root index {seen}: it cannot be fenced")
+
+
+def _guard_cancel(state: RootState, tid: str, entry: PendingTransition) -> None:
+    """Refuse a matching cancel the region leader has not fenced, or reported applied."""
+    if unsafe_cancel():
+        return
+    source = entry.source_token.index
+    seen = state.applied_report(tid, source)
+    if seen is not None:
+        raise _reject("cancel_after_apply",
+                      f"{tid} (planned at root index {source}) was reported applied by its "
+                      f"region leader (recovery record observed at index {seen}): it can only "
+                      "complete; reconcile forward", RetryClass.PERMANENT)
+    if state.fence_witness(tid, source) is None:
+        raise _reject("cancel_not_fenced",
+                      f"{tid} (planned at root index {source}) was not fenced by its region "
+                      f"leader: root cancels a plan only after a {FENCE_ACTION!r} recovery "
+                      "record shows it can no longer apply; ask the region leader to "
+                      "compensate it", RetryClass.PERMANENT)
+
+
+def _last_record(state: RootState, tid: str, source_index: int, wanted) -> int | None:
+    """The observed index of the latest record of `tid` whose action is `wanted`, made for
+    the plan at `source_index` (observed at or after it), or None."""
+    for action, observed in reversed(state.recovery_index.get(tid, ())):
+        if observed >= source_index and wanted(action):
+            return observed
+    return None
+
+
+def _index_records(records: Iterable[RecoveryRecord]) -> PMap:
+    index: dict[str, tuple[tuple[str, int], ...]] = {}
+    for r in records:
+        observed = r.observed_root_index if _is_int(r.observed_root_index) else 0
+        index[r.transition_id] = index.get(r.transition_id, ()) + ((r.action, observed),)
+    return PMap.from_items(index.items())
 
 
 def _on_grant(state: RootState, token: RootToken, event: RootEvent) -> dict[str, Any]:
@@ -1168,7 +1278,9 @@ _HANDLERS = {
 }
 
 __all__ = [
+    "APPLIED_ACTIONS",
     "DEFAULT_REQUEST_WINDOW",
+    "FENCE_ACTION",
     "PAYLOAD_TYPES",
     "TRANSITION_EFFECTS",
     "Effect",

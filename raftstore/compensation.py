@@ -16,12 +16,31 @@ transition did not apply and never will from an earlier proposal". A transition 
 applied is never cancelled, whoever reported the failure; the report is recorded and the
 terminal event published instead.
 
+Fence, then compensate (what makes the cancel safe against a LATER proposal): a compensating
+fence carries a stamp, the root index at which the compensator saw the plan pending (at or
+after the plan's source index, before any re-plan of the same TransitionID). Applying it
+raises the region descriptor's `revision` to the stamp on every replica. A forward step of
+the plan (split, prepare / commit merge, peer change) carries the plan's source index as its
+instance and is refused when the descriptor's revision has reached it (`fence_refuses`):
+at apply for split and merge (deterministic: the descriptor is in every replica's log,
+snapshot and localmeta), before proposing for every step (the leader first applies every
+entry committed before its term, and the compensator marks the fence on its own store before
+proposing it, so no forward step of a fenced plan is ever appended after the fence). Only
+then does the compensator record the fence in root (a RECOVERY_RECORDED "fenced" witness:
+root refuses a cancel without one, metaroot.state) and publish the cancel. For a merge both
+the target's and the source's logs are fenced. The recovery records say exactly what was
+undone: the fence, each local rollback step, the root withdrawal.
+
+NOKV_UNSAFE_COMPENSATION=1 (tests only) restores the old fence that records nothing: no
+stamp, no refusal of a later proposal.
+
 Never: cancels from a follower, from a failure report alone, or without the fence.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import trio
@@ -55,6 +74,22 @@ from raftstore.outbox import describe
 
 log = logging.getLogger("nokvpy.raftstore.compensation")
 
+UNSAFE_ENV = "NOKV_UNSAFE_COMPENSATION"
+FENCE_ACTION = "fenced"  # the root witness (metaroot.state.FENCE_ACTION)
+
+
+def unsafe_compensation() -> bool:
+    """The test-only switch: fences stamp nothing and nothing is refused for them."""
+    return os.environ.get(UNSAFE_ENV) == "1"
+
+
+def fence_refuses(desc: RegionDescriptor, instance: int) -> bool:
+    """Is a forward step of the plan rooted at `instance` fenced on this descriptor? (pure)
+
+    Before the plan applies, a descriptor's revision is the root index of an older event
+    (< instance); a compensating fence raises it to a stamp >= instance."""
+    return instance > 0 and desc.revision >= instance and not unsafe_compensation()
+
 S = TopologyStage
 OUT = ExecutionOutcome
 R = AdmissionReason
@@ -82,7 +117,8 @@ class Pending:
         self.entry = entry
         self.tid: str = entry.transition_id
         self.kind = TransitionKind(entry.kind)
-        self.root_index = root_index
+        self.root_index = root_index  # the ListTransitions token it was read at
+        self.source_index: int = entry.source_token.index  # the plan's own root index
         self.payload = _payload(entry)
         self.name = _KIND_NAMES[self.kind]
 
@@ -157,21 +193,46 @@ class Compensator:
 
     # ---- fence -----------------------------------------------------------------------------
 
-    async def fence(self, rid: int, tid: str) -> RegionDescriptor:
+    async def fence(self, rid: int, tid: str, stamp: int = 0) -> tuple[RegionDescriptor, int]:
         """Propose a fence in region `rid`'s log and wait until it applies; returns the
-        descriptor after it. Raises RemoteError(NOT_LEADER) when not the leader."""
+        descriptor after it and the fence's log index. With `stamp` (compensation) the fence
+        makes every forward step of plans rooted at or before `stamp` impossible (see the
+        module docstring); without it (drive forward) it is a barrier only. Raises
+        RemoteError(NOT_LEADER) when not the leader."""
         peer = self.store.peers.get(rid)
         group = peer.group if peer is not None else None
         if group is None or not group.is_leader or peer.descriptor is None:
             raise RemoteError("rejected", R.NOT_LEADER.name,
                               f"store {self.store.store_id} cannot fence region {rid}: not its "
                               "leader", {"leader_store_id": peer.leader_store_id() if peer else 0})
-        data = admin_command("fence", rid, peer.descriptor.epoch, tid)
+        self.mark_fenced(tid, stamp)  # synchronously before the proposal is queued
+        data = admin_command("fence", rid, peer.descriptor.epoch, tid, stamp or None)
         with trio.fail_after(FENCE_TIMEOUT):
             index, _ = await self.store.driver.propose_at(group, data)
             await self.store.driver.wait_applied(group, index)
-        self.rt.counters["fences"] += 1
-        return peer.descriptor
+        self.rt.counters["fences_stamped" if stamp else "fences"] += 1
+        return peer.descriptor, index
+
+    def mark_fenced(self, tid: str, stamp: int) -> None:
+        """Stop a local executor of `tid` at once (before the fence is even proposed): its
+        next proposal checks this mark (raftstore.topology.Topology.check_not_fenced)."""
+        if stamp:
+            fenced = self.rt.fenced_here
+            fenced[tid] = max(fenced.get(tid, 0), stamp)
+
+    def executor_state(self, p: Pending) -> str:
+        """What the executor of `p` on this store was doing when the fence was decided."""
+        rec = self.rt.lifecycle.get(p.tid)
+        if rec is None or rec.role != "executor" or rec.stage in (S.COMPENSATED,
+                                                                  S.COMPENSATION_FAILED):
+            return (f"no executor of it was running on store {self.store.store_id}; an "
+                    "executor elsewhere can no longer propose it (a leader applies the fence "
+                    "before proposing)")
+        if rec.stage in (S.PLANNED, S.PLANNED_PUBLISHED):
+            return (f"its executor on store {self.store.store_id} had not proposed yet "
+                    f"({rec.stage.name}): stopped, its proposal will be refused")
+        return (f"its executor on store {self.store.store_id} was at {rec.stage.name} "
+                f"({rec.outcome.name}): any later step will be refused")
 
     # ---- compensate ------------------------------------------------------------------------
 
@@ -196,23 +257,73 @@ class Compensator:
                     return await rt._forward(AdminRequest("compensate", rid, transition_id=tid,
                                                           reason=evidence), lead)
                 raise
+        executor = self.executor_state(p)
         lc.track(tid, rid, p.name, "compensator" if lc.get(tid) is None else "executor",
                  S.PLANNED, "compensation requested")
-        desc = await self.fence(rid, tid)
+        # 1. fence: make the plan impossible to execute, here and on every replica
+        stamp = 0 if unsafe_compensation() else max(p.root_index, p.source_index)
+        desc, index = await self.fence(rid, tid, stamp)
         if applied_locally(p, desc):
             return await self._refuse_applied(p, desc, evidence)
-        undone = await self._undo_local(p, desc)
+        undone = [f"{tid} fenced at index {index} of region {rid}'s log (revision stamp "
+                  f"{stamp}): {executor}" if stamp else
+                  f"barrier fence at index {index} of region {rid}'s log (nothing stamped)"]
         try:
-            await rt.publish(p.event(1), fenced=False)
-        except RemoteError as exc:
-            return await self._cancel_refused(p, desc, evidence, exc)
+            if isinstance(p.payload, RangeMerge):
+                undone.append(await self._fence_merge_source(p, stamp))
+            # 2. tell root, which cancels only a fenced plan (metaroot.state's cancel guard)
+            await self._witness(p, desc, evidence, index, stamp, executor)
+            # 3. undo what applied locally short of the transition, then withdraw it in root
+            await self._undo_local(p, desc, undone)
+            try:
+                await rt.publish(p.event(1), fenced=False)
+            except RemoteError as exc:
+                return await self._cancel_refused(p, desc, evidence, exc, undone)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            # stopped half way: say exactly what was undone so far, then let the caller fail
+            await self.record(p, "compensation_interrupted",
+                              f"{evidence}; interrupted: {describe(exc)}",
+                              undone="; ".join(undone), remained="the plan stays pending in "
+                              "root and fenced; a later compensation resumes it",
+                              epoch=desc.epoch, key=f"{rid}.{index}")
+            rt.counters["compensation_interrupted"] += 1
+            raise
+        undone.append(f"root: planned targets {[t.region_id for t in p.entry.targets]} "
+                      f"withdrawn, bases {[b.region_id for b in p.entry.bases]} restored")
         lc.move(tid, S.COMPENSATED, "cancel event published: root restored the base",
                 outcome=OUT.FAILED)
-        await self.record(p, "compensated", evidence, undone=undone, remained=self._remained(p),
-                          epoch=desc.epoch)
+        await self.record(p, "compensated", evidence, undone="; ".join(undone),
+                          remained=self._remained(p), epoch=desc.epoch)
         rt.counters["compensated"] += 1
         log.info("store %d: %s compensated (%s)", self.store.store_id, tid, evidence)
         return rt.reply(tid, "compensated: base descriptors restored in root")
+
+    async def _fence_merge_source(self, p: Pending, stamp: int) -> str:
+        """A merge freezes its source in the source's own log: fence that log too."""
+        x = p.payload
+        src_id = x.right_region_id if x.left_region_id == p.region_id else x.left_region_id
+        if not await self.rt.ensure_leader(src_id):
+            raise RemoteError("rejected", R.NOT_LEADER.name,
+                              f"cannot lead source region {src_id} to fence it; the target "
+                              f"{p.region_id} is fenced, the plan stays pending in root")
+        _, index = await self.fence(src_id, p.tid, stamp)
+        return f"source region {src_id} fenced at index {index} of its log"
+
+    async def _witness(self, p: Pending, desc: RegionDescriptor, evidence: str, index: int,
+                       stamp: int, executor: str) -> None:
+        """Record the fence in root before the cancel (synchronously: the cancel is refused
+        without it). A failure leaves the plan pending and fenced: the scheduler retries."""
+        rec = RecoveryRecord(p.tid, FENCE_ACTION, evidence[:500],
+                             "nothing yet: fenced, the cancel follows",
+                             (f"fence at index {index} of region {p.region_id}'s log, stamp "
+                              f"{stamp}: the plan from root index {p.source_index} can no "
+                              f"longer apply; {executor}")[:500], p.root_index, desc.epoch)
+        request_id = f"fenced:{p.tid}:{p.source_index}:{self.store.store_id}:{index}"
+        await self.rt.publish(RootEvent(EventKind.RECOVERY_RECORDED, rec, request_id),
+                              fenced=False)
+        self.rt.counters["fence_witnesses"] += 1
 
     def _remained(self, p: Pending) -> str:
         bases = p.entry.bases
@@ -220,10 +331,9 @@ class Compensator:
                          f"stores {sorted(q.store_id for q in b.peers)} keeps serving"
                          for b in bases)
 
-    async def _undo_local(self, p: Pending, desc: RegionDescriptor) -> str:
-        """Undo what applied locally short of the transition (a learner, a frozen source)."""
-        undone = [f"root: planned targets {[t.region_id for t in p.entry.targets]} withdrawn, "
-                  f"bases {[b.region_id for b in p.entry.bases]} restored"]
+    async def _undo_local(self, p: Pending, desc: RegionDescriptor, undone: list[str]) -> None:
+        """Undo what applied locally short of the transition (a learner, a frozen source);
+        appends one line to `undone` per step once it is done."""
         x = p.payload
         rid = p.region_id
         if p.kind == TransitionKind.PEER_ADDITION:
@@ -250,7 +360,6 @@ class Compensator:
                     "rollback_merge", src_id, src.descriptor.epoch, p.tid, payload),
                     note=f"compensation: rollback_merge of source {src_id} proposed")
                 undone.append(f"source region {src_id} unfrozen (rollback_merge)")
-        return "; ".join(undone)
 
     async def _refuse_applied(self, p: Pending, desc: RegionDescriptor,
                               evidence: str) -> AdminReply:
@@ -274,7 +383,7 @@ class Compensator:
                              "forward")
 
     async def _cancel_refused(self, p: Pending, desc: RegionDescriptor, evidence: str,
-                              exc: RemoteError) -> AdminReply:
+                              exc: RemoteError, undone: list[str]) -> AdminReply:
         rt = self.rt
         tid = p.tid
         err = describe(exc)
@@ -282,7 +391,8 @@ class Compensator:
         remained = ("root keeps its own truth (the transition completed or was superseded "
                     "there); the store adopts it through heartbeats")
         await self.record(p, "compensation_failed", f"{evidence}; cancel refused: {err}",
-                          undone="nothing in root", remained=remained, epoch=desc.epoch)
+                          undone="; ".join([*undone, "nothing in root"]), remained=remained,
+                          epoch=desc.epoch)
         rt.counters["compensation_failed"] += 1
         return rt.reply(tid, f"compensation failed: {err}")
 
@@ -303,7 +413,7 @@ class Compensator:
                 return await rt._forward(AdminRequest("drive_forward", rid, transition_id=tid,
                                                       reason=evidence), lead)
             raise
-        desc = await self.fence(rid, tid)
+        desc, _ = await self.fence(rid, tid)
         if not applied_locally(p, desc):
             raise RemoteError("rejected", R.EPOCH_MISMATCH.name,
                               f"{tid} has not applied on the leader of region {rid} "
@@ -342,10 +452,12 @@ class Compensator:
     # ---- recovery records ------------------------------------------------------------------
 
     async def record(self, p: Pending, action: str, evidence: str, *, undone: str,
-                     remained: str, epoch: Any) -> None:
+                     remained: str, epoch: Any, key: str = "") -> None:
         rec = RecoveryRecord(p.tid, action, evidence[:500], undone[:500], remained[:500],
                              p.root_index, epoch)
         request_id = f"recovery:{p.tid}:{action}:{self.store.store_id}:{p.root_index}"
+        if key:  # an action that may repeat at the same root index (one per fence)
+            request_id += f":{key}"
         await self.rt.publisher.enqueue(OutboxEntry(
             p.tid, RootEvent(EventKind.RECOVERY_RECORDED, rec, request_id), "primary",
             "recovery", p.region_id))

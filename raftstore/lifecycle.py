@@ -116,6 +116,15 @@ class Lifecycle:
         if rec is not None:
             rec.detail = detail
 
+    def remark(self, tid: str, detail: str) -> None:
+        """Add `detail` to the history of `tid` at its current stage (a settled record too:
+        e.g. its executor's later proposal refused by the compensation's fence)."""
+        rec = self.get(tid)
+        if rec is not None:
+            rec.detail = detail
+            self._history(rec, rec.stage, detail)
+            rec.updated_at = _now()
+
     def _set(self, rec: TrackedTransition, stage: TopologyStage, note: str) -> None:
         rec.stage = stage
         rec.publish_state = _PUBLISH[stage]

@@ -17,7 +17,10 @@ Pipeline of one transition (TransitionID from `metaroot.state.transition_id`):
      outbox in the same batch; the publisher takes it to TERMINAL_PUBLISHED.
 A failure after the planned publish and before apply (proposal dropped, leadership lost,
 refused at apply, deadline) is handed to the compensator, which fences the log and cancels
-the plan only if the region leader has not applied it.
+the plan only if the region leader has not applied it. Every forward step carries its plan's
+root index (the instance) and passes `fence_barrier` right before it is queued: the leader
+first applies every entry committed before its term, then refuses a plan a compensation
+fenced (raftstore.compensation), so no step of a cancelled plan reaches the log.
 
 Executors: split, leader transfer and tombstone here; peer addition / removal in
 raftstore.topology_membership; merge (freeze the source in its own log, confirm the freeze
@@ -42,6 +45,7 @@ from nokvpy import failpoints
 from nokvpy.protocol import (
     AdmissionClass,
     AdmissionReason,
+    AssessmentDecision,
     EventKind,
     ExecutionOutcome,
     PeerMeta,
@@ -54,6 +58,7 @@ from nokvpy.protocol import (
 )
 from nokvpy.protocol.coordinator_rpc import (
     AllocIdRequest,
+    ListTransitionsRequest,
     PublishRootEventRequest,
     RemoveRegionRequest,
     SchedulerOperation,
@@ -71,7 +76,7 @@ from nokvpy.rpc import RemoteError, RpcError
 from nokvpy.storage import WriteBatch
 from nokvpy.wire import decode
 from raftstore.commands import admin_command
-from raftstore.compensation import Compensator
+from raftstore.compensation import Compensator, fence_refuses, unsafe_compensation
 from raftstore.lifecycle import Lifecycle
 from raftstore.outbox import Publisher, describe
 from raftstore.topology_apply import INIT_INDEX, INIT_TERM, ApplyHandlers
@@ -101,6 +106,9 @@ class Topology(MembershipExecutor, MergeExecutor):
         self.compensator = Compensator(self)
         self.cluster_epoch: int | None = None
         self.busy: dict[int, str] = {}  # region id -> transition executing on it here
+        # TransitionID -> stamp of a compensating fence proposed here: plans rooted at or
+        # before the stamp are never proposed again from this store (check_not_fenced)
+        self.fenced_here: dict[str, int] = {}
         self.ops_in_flight: set[tuple[str, int, str]] = set()
         self.counters: Counter[str] = Counter()
         self.nursery: trio.Nursery | None = None
@@ -324,11 +332,23 @@ class Topology(MembershipExecutor, MergeExecutor):
         raise RuntimeError("unreachable")
 
     async def publish_planned(self, tid: str, event: RootEvent) -> Any:
+        """Publish the plan; returns its root token (the plan's instance: a fence stamps
+        against it). A publish root skipped (the same plan is already pending) answers with
+        the pending entry's own source token, never the coordinator's current one."""
         await failpoints.acheck("store.publish_planned")
         if self.cluster_epoch is None:
             self.counters["planned_without_epoch"] += 1
         reply = await self.publish(event, fenced=self.cluster_epoch is not None)
-        return reply.token
+        a = reply.assessment
+        if getattr(a, "decision", None) != AssessmentDecision.SKIP:
+            return reply.token
+        listed = await self.link.call(ListTransitionsRequest(False))
+        for e in listed.entries:
+            if getattr(e, "transition_id", None) == tid:
+                self.counters["planned_already_pending"] += 1
+                return e.source_token
+        raise RuntimeError(f"{tid} is not pending in root after its planned publish was "
+                           f"skipped ({getattr(a, 'reason', '')}): nothing to execute")
 
     # ---- the pipeline --------------------------------------------------------------------
 
@@ -407,18 +427,26 @@ class Topology(MembershipExecutor, MergeExecutor):
             lc.note(tid, f"compensation deferred to the scheduler: {describe(cexc)}")
 
     async def propose(self, rid: int, tid: str, data: bytes, *, conf_change: bool = False,
-                      timeout: float = PROPOSE_TIMEOUT, note: str = "proposed") -> Any:
+                      timeout: float = PROPOSE_TIMEOUT, note: str = "proposed",
+                      instance: int = 0) -> Any:
         """Propose on the local leader, wait until applied and durable; raise
-        ExecutionFailedError (known not applied unless the deadline passed)."""
+        ExecutionFailedError (known not applied unless the deadline passed). A forward step
+        of a plan passes its plan's root index as `instance`: it is refused, never proposed,
+        once a compensation fenced the plan (`fence_barrier`)."""
         peer = self.store.peers.get(rid)
         group = peer.group if peer is not None else None
         if group is None or not group.is_leader:
             raise ExecutionFailedError(f"not the leader of region {rid} any more")
+        if instance:
+            await self.fence_barrier(rid, tid, instance, timeout)
         self.lifecycle.move(tid, S.EXECUTING, note, outcome=OUT.PROPOSED)
         driver = self.store.driver
         for attempt in range(20):
             try:
                 with trio.fail_after(timeout):
+                    if instance and attempt:
+                        await self.fence_barrier(rid, tid, instance, timeout)
+                    # no checkpoint between the barrier's last check and the queueing
                     index, result = await driver.propose_at(group, data, conf_change)
                     await driver.wait_applied(group, index)
                 break
@@ -434,6 +462,48 @@ class Topology(MembershipExecutor, MergeExecutor):
         if isinstance(result, KvResult) and not result.ok:
             raise ExecutionFailedError(f"refused at apply: {result.error}")
         return result
+
+    async def fence_barrier(self, rid: int, tid: str, instance: int, timeout: float) -> None:
+        """Return (without a checkpoint after the last check) when this store leads region
+        `rid`, has applied every entry committed before its term began, and no compensation
+        fenced the plan rooted at `instance`; raise ExecutionFailedError otherwise.
+
+        Why it suffices: a fence committed in an earlier term is in this leader's log below
+        its first own-term entry, so it is applied (the descriptor stamped) before the check;
+        a fence of this term was proposed by this store, which marked `fenced_here` first."""
+        if unsafe_compensation():
+            return
+        driver = self.store.driver
+        with trio.move_on_after(timeout) as scope:
+            while True:
+                peer = self.store.peers.get(rid)
+                group = peer.group if peer is not None else None
+                if group is None or not group.is_leader:
+                    raise ExecutionFailedError(f"not the leader of region {rid} any more")
+                raft = group.node.raft
+                if raft.committed_entry_in_current_term():
+                    term = raft.term
+                    await driver.wait_applied(group, raft.raft_log.committed)
+                    if group.is_leader and raft.term == term:
+                        break
+                    continue
+                await trio.sleep(0.02)
+        if scope.cancelled_caught:
+            raise ExecutionFailedError(f"region {rid}'s leader did not commit an entry of its "
+                                       f"term within {timeout:.0f}s; not proposed")
+        self.check_not_fenced(rid, tid, instance)
+
+    def check_not_fenced(self, rid: int, tid: str, instance: int) -> None:
+        peer = self.store.peers.get(rid)
+        desc = peer.descriptor if peer is not None else None
+        mark = self.fenced_here.get(tid, 0)
+        if mark >= instance or (desc is not None and fence_refuses(desc, instance)):
+            self.counters["fenced_proposals_refused"] += 1
+            why = (f"refused: {tid} (planned at root index {instance}) was fenced by a "
+                   f"compensation (stamp {max(mark, desc.revision if desc else 0)} on region "
+                   f"{rid}); not proposed")
+            self.lifecycle.remark(tid, why)
+            raise ExecutionFailedError(why)
 
     # ---- split ---------------------------------------------------------------------------
 
@@ -465,7 +535,7 @@ class Topology(MembershipExecutor, MergeExecutor):
                                    replace(right, revision=rev), base, me)
             data = admin_command("split", desc.region_id, desc.epoch, tid, payload)
             proposed.set()
-            await self.propose(desc.region_id, tid, data)
+            await self.propose(desc.region_id, tid, data, instance=rev)
 
         return await self.run_transition(tid, desc.region_id, "split", planned, execute,
                                          req.wait)
@@ -545,6 +615,7 @@ class Topology(MembershipExecutor, MergeExecutor):
 
     def status(self) -> dict[str, Any]:
         return {"busy": {str(k): v for k, v in sorted(self.busy.items())},
+                "fenced_here": dict(sorted(self.fenced_here.items())),
                 "cluster_epoch": self.cluster_epoch,
                 "operations_in_flight": sorted(f"{k}:{r}:{t}" for k, r, t in self.ops_in_flight),
                 "outbox": self.publisher.status(),

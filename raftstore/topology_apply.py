@@ -17,7 +17,13 @@ Commands:
   rollback_merge  (source log) unfreezes it (compensation before the commit)
   commit_merge    (target log) the target becomes the merged descriptor; the local source
                   replica is torn down in the same batch (its data stays: the target owns it)
-  fence           no-op: once applied, every earlier entry of the log has applied
+  fence           once applied, every earlier entry of the log has applied; a compensating
+                  fence (payload: an int stamp) also raises the descriptor's revision to the
+                  stamp, after which split, prepare_merge and commit_merge of a plan rooted
+                  at or before it are refused ("fenced", nothing changes: see
+                  raftstore.compensation). Conf changes cannot be refused at apply (raft
+                  applies the membership regardless): their steps are stopped before
+                  proposing (raftstore.topology.fence_barrier)
   conf change     with a PeerChangePayload context: add_learner / remove_learner (no epoch
                   bump), promote / remove (conf_ver + 1, terminal)
 
@@ -66,6 +72,7 @@ from nokvpy.raft.types import (
 from nokvpy.storage import WriteBatch
 from nokvpy.wire import DecodeError, decode, encode
 from raftstore.apply import encode_descriptor
+from raftstore.compensation import fence_refuses, unsafe_compensation
 
 log = logging.getLogger("nokvpy.raftstore.topology")
 
@@ -100,7 +107,7 @@ def apply_peer_change(desc: RegionDescriptor, cc_type: ConfChangeType,
     elif cc_type == ConfChangeType.REMOVE_NODE:
         peers = [q for q in peers if q.peer_id != p.peer_id]
         if p.step == "remove_learner":
-            revision = p.base.revision or desc.revision
+            revision = desc.revision  # (compensation: keeps the fence's stamp)
         else:
             conf_ver += 1
     return replace(desc, peers=tuple(peers), epoch=RegionEpoch(desc.epoch.version, conf_ver),
@@ -148,6 +155,22 @@ class ApplyHandlers:
 
         batch.on_commit(applied)
 
+    def _fenced(self, batch: WriteBatch, desc: RegionDescriptor, cmd: AdminCommand,
+                instance: int) -> KvResult | None:
+        """The refusal of a forward step whose plan a compensation fenced (None: not
+        fenced). Deterministic: it reads the descriptor the log produced."""
+        if not fence_refuses(desc, instance):
+            return None
+        tid, rid, stamp = cmd.transition_id, desc.region_id, desc.revision
+        self.store.counters["fenced_applies_refused"] += 1
+
+        def note() -> None:
+            self.rt.lifecycle.remark(tid, f"{cmd.op} of {tid} (plan at root index {instance}) "
+                                     f"refused at apply in region {rid}: fenced (stamp {stamp})")
+
+        batch.on_commit(note)
+        return refused("fenced")
+
     def _stage_teardown(self, batch: WriteBatch, rid: int, reason: str) -> None:
         """Stage removing replica `rid` from this store without touching KV data (a merged
         source: the target owns its range now). The group stops at once (its Ready of this
@@ -185,6 +208,9 @@ class ApplyHandlers:
             return refused("epoch_mismatch")
         if desc.state != RegionState.RUNNING:
             return refused("region_frozen")
+        fenced = self._fenced(batch, desc, cmd, p.left.revision)
+        if fenced is not None:
+            return fenced
         left = p.left
         sm.staged_descriptor = left
         try:
@@ -244,6 +270,9 @@ class ApplyHandlers:
         if desc.epoch != p.source.epoch or (desc.start_key, desc.end_key) != (
                 p.source.start_key, p.source.end_key):
             return refused("epoch_mismatch")
+        fenced = self._fenced(batch, desc, cmd, p.merged.revision)
+        if fenced is not None:
+            return fenced
         sm.staged_descriptor = replace(desc, state=RegionState.MERGING)
         tid = cmd.transition_id
         rid = sm.region_id
@@ -275,6 +304,9 @@ class ApplyHandlers:
         if desc.epoch != p.target.epoch or (desc.start_key, desc.end_key) != (
                 p.target.start_key, p.target.end_key):
             return refused("epoch_mismatch")
+        fenced = self._fenced(batch, desc, cmd, p.merged.revision)
+        if fenced is not None:
+            return fenced
         store = self.store
         src = p.source.region_id
         local_src = store.peers.get(src)
@@ -299,6 +331,12 @@ class ApplyHandlers:
         return OK
 
     def apply_fence(self, sm: Any, batch: WriteBatch, e: Entry, cmd: AdminCommand) -> KvResult:
+        stamp = cmd.payload
+        desc = sm.staged_descriptor or sm.descriptor
+        if type(stamp) is int and stamp > 0 and desc is not None and stamp > desc.revision \
+                and not unsafe_compensation():
+            sm.staged_descriptor = replace(desc, revision=stamp)
+            self.store.counters["fences_stamped"] += 1
         return KvResult(True, current=str(e.index).encode())
 
     # ---- membership ----------------------------------------------------------------------

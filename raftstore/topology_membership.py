@@ -77,12 +77,14 @@ class MembershipExecutor:
             proposed.set()
             await self.propose(rid, tid, self._conf_change(ConfChangeType.ADD_LEARNER, rid,
                                                            tid, learner), conf_change=True,
-                               note=f"learner {pid} on store {sid} proposed")
+                               note=f"learner {pid} on store {sid} proposed",
+                               instance=t.revision)
             await self.wait_caught_up(rid, tid, pid)
             promote = replace(learner, step="promote")
             await self.propose(rid, tid, self._conf_change(ConfChangeType.ADD_NODE, rid, tid,
                                                            promote), conf_change=True,
-                               note=f"promotion of learner {pid} proposed")
+                               note=f"promotion of learner {pid} proposed",
+                               instance=t.revision)
 
         return await self.run_transition(tid, rid, "add_peer", planned, execute, req.wait)
 
@@ -145,7 +147,8 @@ class MembershipExecutor:
             payload = PeerChangePayload("remove", victim.store_id, victim.peer_id, desc, t, me)
             proposed.set()
             await self.propose(rid, tid, self._conf_change(ConfChangeType.REMOVE_NODE, rid,
-                                                           tid, payload), conf_change=True)
+                                                           tid, payload), conf_change=True,
+                               instance=t.revision)
 
         return await self.run_transition(tid, rid, "remove_peer", planned, execute, req.wait)
 

@@ -75,11 +75,12 @@ class MergeExecutor:
             try:
                 await self.propose(sdesc.region_id, tid, admin_command(
                     "prepare_merge", sdesc.region_id, sdesc.epoch, tid, payload),
-                    note=f"prepare_merge (freeze) of source {sdesc.region_id} proposed")
+                    note=f"prepare_merge (freeze) of source {sdesc.region_id} proposed",
+                    instance=m.revision)
                 await self.wait_frozen(tid, sdesc)
                 await self.propose(tid_rid, tid, admin_command(
                     "commit_merge", tid_rid, tdesc.epoch, tid, payload),
-                    note=f"commit_merge into target {tid_rid} proposed")
+                    note=f"commit_merge into target {tid_rid} proposed", instance=m.revision)
             finally:
                 if self.busy.get(sdesc.region_id) == tid:
                     del self.busy[sdesc.region_id]

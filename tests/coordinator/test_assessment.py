@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from coordinator.assessment import TABLE, assess, list_transitions
-from metaroot.state import RootEventRejected, RootState
+from metaroot.state import RootEventRejected, RootState, transition_id
 from nokvpy.protocol.enums import (
     AssessmentDecision,
     EventKind,
@@ -23,6 +23,7 @@ from nokvpy.protocol.records import (
     PeerMeta,
     RangeMerge,
     RangeSplit,
+    RecoveryRecord,
     RegionDescriptor,
     RegionEpoch,
     RegionRemoval,
@@ -127,13 +128,21 @@ EXPECTED = {
 }
 
 
+def _fenced(state, planned):
+    return run(state, RootEvent(EventKind.RECOVERY_RECORDED, RecoveryRecord(
+        transition_id(planned), "fenced", "leader fenced its log",
+        observed_root_index=state.token.index)))
+
+
 def situation_state(family: str, situation: str):
     init, plan, _, terminal, _, conflicting, other = FAMILIES[family]
     s0 = init()
     planned = plan(s0)
     state = {
         "open": lambda: s0,
-        "matching": lambda: run(s0, planned),
+        # the region leader recorded its fence: the root's cancel guard lets a cancel through
+        # (unfenced cancels: tests/metaroot/test_cancel_guard.py)
+        "matching": lambda: _fenced(run(s0, planned), planned),
         "completed": lambda: run(s0, planned, replace(planned, kind=terminal)),
         "conflicting": lambda: run(s0, conflicting(s0)),
         "superseded": lambda: run(s0, other(s0)),

@@ -91,6 +91,13 @@ def with_kind(event, kind) -> RootEvent:
     return replace(event, kind=kind)
 
 
+def fence_witness(state, tid) -> RootEvent:
+    """The record a region leader appends once its log fenced pending plan `tid` (the cancel
+    guard of DESIGN 7 lets a cancel through only after it)."""
+    return ev(EventKind.RECOVERY_RECORDED,
+              RecoveryRecord(tid, "fenced", "test", observed_root_index=state.token.index))
+
+
 def run(state: RootState, *events, term=1) -> RootState:
     for e in events:
         state = state.apply(RootToken(term, state.token.index + 1), e)
@@ -253,6 +260,7 @@ def test_split_cancel_restores_base_and_bumps_epoch():
     s = cluster()
     plan = split(s, 1, b"m", 2)
     s1 = run(s, plan)
+    s1 = run(s1, fence_witness(s1, transition_id(plan)))
     s2 = run(s1, with_kind(plan, EventKind.SPLIT_CANCELLED))
     assert s2.descriptor(2) is None and s2.descriptor(1).same_truth(s.descriptor(1))
     assert s2.descriptor(1).revision == s2.token.index and not s2.pending
@@ -286,7 +294,9 @@ def test_merge_and_peer_changes():
     s3 = run(s2, with_kind(a, EventKind.PEER_ADDED))
     r = remove_peer(s3, 1, 1)
     assert transition_id(r) == "peer:1:remove:1:101"
-    s4 = run(s3, r, with_kind(r, EventKind.PEER_REMOVAL_CANCELLED))
+    s3 = run(s3, r)
+    s4 = run(s3, fence_witness(s3, transition_id(r)),
+             with_kind(r, EventKind.PEER_REMOVAL_CANCELLED))
     assert s4.descriptor(1).peer_on(1) and not s4.pending
     rejected(s4, add_peer(s4, 1, 9, 109), "store_not_live")
     rejected(s4, ev(EventKind.REGION_TOMBSTONED, RegionRemoval(1, desc(1, stores=(7,)))),
@@ -439,6 +449,9 @@ def candidate(state: RootState, data, next_id: int) -> RootEvent:
     pending = state.pending_transitions()
     if choice in ("finish", "cancel") and pending:
         p = data.draw(st.sampled_from(pending))
+        if choice == "cancel" and state.fence_witness(p.transition_id,
+                                                      p.source_token.index) is None:
+            return fence_witness(state, p.transition_id)  # the leader fences, then cancels
         ev_kind = {"finish": {EventKind.SPLIT_PLANNED: EventKind.SPLIT_COMMITTED,
                               EventKind.MERGE_PLANNED: EventKind.MERGED,
                               EventKind.PEER_ADDITION_PLANNED: EventKind.PEER_ADDED,
