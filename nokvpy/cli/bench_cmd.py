@@ -3,7 +3,9 @@
 Owns: the closed-loop load generator (N concurrent clients, each with one request in flight),
 pre-splitting into `--regions` regions, and the report (ops/s, p50, p99; JSON keys `ops_s`,
 `p50_ms`, `p99_ms`). Starts a temporary local cluster when neither `--dir` nor
-`--coordinator` is given, and tears it down afterwards.
+`--coordinator` is given, and tears it down afterwards. Never restarts a process of a `--dir`
+cluster that is not running (the user may have killed it on purpose) unless
+`--restart-stopped` says so.
 """
 
 from __future__ import annotations
@@ -52,6 +54,12 @@ def run(args) -> int:
             spec = cluster.load()
             from nokvpy.client.admin import wait_cluster_ready
 
+            stopped = [p.name for p in spec.processes if cluster.pid(p.name) is None]
+            if args.dir and stopped and not args.restart_stopped:
+                raise CliError(f"{', '.join(stopped)} {'is' if len(stopped) == 1 else 'are'} not "
+                               f"running in {root}; bench does not restart processes on its own: "
+                               "pass --restart-stopped, or start them with "
+                               f"`nokv cluster up --dir {args.dir}`")
             progress = Progress("bench", enabled=not args.json)
             for proc in spec.processes:
                 cluster.start(spec, proc)

@@ -1,4 +1,9 @@
-"""`nokv cluster up | down | status | logs | kill | restart | stop | pause | resume`."""
+"""`nokv cluster up | down | status | logs | kill | restart | stop | pause | resume`.
+
+Owns: what these commands print and their exit status (`status` exits 3, like `systemctl
+status`, when a process is down or unhealthy). Never changes an existing cluster's shape:
+`up` on an existing directory refuses flags that disagree with its cluster.json.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,13 @@ from pathlib import Path
 
 from nokvpy.cli.main import CliError
 from nokvpy.cli.output import Progress, print_json, table
-from nokvpy.cluster.local import LocalCluster
+from nokvpy.cluster.local import ClusterSpec, LocalCluster
+
+STATUS_UNHEALTHY = 3  # `cluster status` when a process is down or unhealthy (systemctl's "not running")
+# `cluster up` flags that shape a new cluster: flag -> (process kind, noun, default)
+SHAPE = {"metaroot": ("metaroot", "metaroot peer", 1), "coordinators": ("coordinator", "coordinator", 1),
+         "stores": ("store", "store", 3)}
+DEFAULT_REPLICATION = 3
 
 
 def run(args) -> int:
@@ -51,9 +62,12 @@ def run(args) -> int:
 
 def up(cluster: LocalCluster, args) -> int:
     created = not cluster.exists()
-    spec = cluster.load() if not created else cluster.create(
-        metaroots=args.metaroot, coordinators=args.coordinators, stores=args.stores,
-        replication=args.replication)
+    if created:
+        spec = cluster.create(metaroots=given(args, "metaroot"), coordinators=given(args, "coordinators"),
+                              stores=given(args, "stores"), replication=given(args, "replication"))
+    else:
+        spec = cluster.load()
+        refuse_shape_change(cluster, spec, args)
     progress = Progress("cluster up", enabled=not args.json)
     progress.update(f"{'creating' if created else 'starting'} cluster {spec.cluster_id} in {cluster.root}")
     for proc in spec.processes:
@@ -91,6 +105,31 @@ def up(cluster: LocalCluster, args) -> int:
     return 0
 
 
+def given(args, flag: str) -> int:
+    """A shape flag's value, or its default when it was left out (parsed as None)."""
+    value = getattr(args, flag)
+    if value is not None:
+        return value
+    return DEFAULT_REPLICATION if flag == "replication" else SHAPE[flag][2]
+
+
+def refuse_shape_change(cluster: LocalCluster, spec: ClusterSpec, args) -> None:
+    """`cluster up` on an existing directory starts the cluster its cluster.json describes: a
+    shape flag that disagrees with it is an error, never silently ignored."""
+    conflicts = []
+    for flag, (kind, noun, _) in SHAPE.items():
+        want, have = getattr(args, flag), len(spec.of_kind(kind))
+        if want is not None and want != have:
+            conflicts.append(f"--{flag} {want} but it has {have} {noun}{'' if have == 1 else 's'}")
+    want = args.replication
+    if want is not None and min(want, len(spec.of_kind("store"))) != spec.replication:
+        conflicts.append(f"--replication {want} but it has replication {spec.replication}")
+    if conflicts:
+        raise CliError(f"{cluster.root} already holds cluster {spec.cluster_id}: "
+                       f"{'; '.join(conflicts)} (`cluster up` starts an existing cluster as it is: "
+                       "leave the flag out, or use another --dir)")
+
+
 def down(cluster: LocalCluster, args) -> int:
     spec = cluster.load()
     stopped = cluster.stop_all(spec)
@@ -117,18 +156,39 @@ def process_rows(cluster: LocalCluster, spec) -> list[dict]:
             "name": proc.name, "kind": proc.kind, "role": probe.get("role", "-"), "pid": pid,
             "address": proc.address,
             "health": probe.get("health", "down" if pid is None else "unreachable"),
+            "healthy": healthy(proc.kind, probe),
         })
     return rows
+
+
+def healthy(kind: str, probe: dict) -> bool:
+    """Whether a process serves as it should now: it answered, a coordinator is HEALTHY, a
+    store's current state is READY. (A store's health column shows its restart state as
+    found at start; a store that started DEGRADED and has caught up since is healthy.)"""
+    health = probe.get("health", "")
+    if not health.startswith("up"):
+        return False
+    if kind == "store":
+        status = probe.get("status") or {}
+        current = (status.get("current_state") or {}).get("state")
+        restart = (status.get("restart_state") or {}).get("state")
+        return (current or restart) == "READY"
+    return health == "up"
 
 
 def status(cluster: LocalCluster, args) -> int:
     spec = cluster.load()
     rows = process_rows(cluster, spec)
+    ok = all(r["healthy"] for r in rows)
     if args.json:
-        print_json({"dir": str(cluster.root), "cluster_id": spec.cluster_id, "processes": rows})
+        print_json({"dir": str(cluster.root), "cluster_id": spec.cluster_id, "healthy": ok,
+                    "processes": rows})
     else:
         print(table(rows, ["name", "kind", "role", "pid", "address", "health"]))
-    return 0
+        if not ok:
+            bad = ", ".join(f"{r['name']} {r['health']}" for r in rows if not r["healthy"])
+            print(f"\nnot healthy: {bad}")
+    return 0 if ok else STATUS_UNHEALTHY
 
 
 def logs(cluster: LocalCluster, args) -> int:

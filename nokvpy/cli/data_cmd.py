@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from nokvpy.cli.main import CliError
-from nokvpy.cli.output import kv_lines, parse_key, plain, print_json, show_key, table
+from nokvpy.cli.main import CliError, remote_text
+from nokvpy.cli.output import kv_lines, parse_key, plain, print_json, readable, show_key, table
 from nokvpy.client import Client
 from nokvpy.client.errors import NokvError, RouteRejectedError, UnavailableError
 from nokvpy.cluster.local import ClusterError, LocalCluster
@@ -103,7 +104,7 @@ class Target:
         except RpcUnavailableError as exc:
             raise CliError(f"{name} ({addr}) is unreachable: {exc.reason}") from None
         except RemoteError as exc:
-            raise CliError(f"{name} refused the request: {exc}") from None
+            raise CliError(f"{name} refused the request: {remote_text(exc)}") from None
 
     def explain_unavailable(self, exc: UnavailableError) -> str:
         if self.spec is not None and self.cluster is not None:
@@ -131,7 +132,9 @@ async def _run(args, target: Target) -> int:
         raise CliError(target.explain_unavailable(exc)) from None
     except NokvError as exc:
         raise CliError(f"{type(exc).__name__}: {exc}") from None
-    except (RpcUnavailableError, RpcTimeoutError, RemoteError) as exc:
+    except RemoteError as exc:
+        raise CliError(remote_text(exc)) from None
+    except (RpcUnavailableError, RpcTimeoutError) as exc:
         raise CliError(f"{type(exc).__name__}: {exc}") from None
     finally:
         await client.aclose()
@@ -165,12 +168,17 @@ async def cmd_kv(args, target: Target, client: Client) -> int:
         _done(args, {"key": args.key, "applied_index": index}, "OK")
         return 0
     if action == "scan":
-        pairs = await client.scan(key_arg(args.start), key_arg(args.end), args.limit)
-        rows = [{"key": show_key(k), "value": show_key(v)} for k, v in pairs]
+        # one key past the limit says whether the limit cut the result
+        pairs = await client.scan(key_arg(args.start), key_arg(args.end), args.limit + 1)
+        more = len(pairs) > args.limit
+        rows = [{"key": show_key(k), "value": show_key(v)} for k, v in pairs[:args.limit]]
         if args.json:
-            print_json(rows)
+            print_json({"pairs": rows, "more": more})
         else:
             print(table(rows, ["key", "value"]))
+            if more:
+                print(f"(limit {args.limit} reached: more keys follow {rows[-1]['key']}; "
+                      "raise --limit or scan from there)", file=sys.stderr)
         return 0
     expected = None if args.expected == "-" else key_arg(args.expected)
     new = None if args.new == "-" else key_arg(args.new)
@@ -199,7 +207,7 @@ async def cmd_route(args, target: Target, client: Client) -> int:
     except RouteRejectedError as exc:
         if args.json:
             print_json({"rejected": True, "reason": exc.reason, "witness": exc.witness,
-                        "message": str(exc)})
+                        "message": readable(str(exc))})
             return 1
         raise CliError(f"route rejected ({exc.reason}): {exc}; witness: "
                        f"{witness_summary(exc.witness)}") from None
@@ -346,6 +354,9 @@ async def cmd_admin(args, target: Target, client: Client) -> int:
     except RpcTimeoutError:
         raise CliError(f"{action} sent to store {leader} got no answer within {target.timeout:g}s; "
                        "it may still complete (see `nokv transitions list`)") from None
+    except RemoteError as exc:  # refused before anything was planned: reason and message only
+        raise CliError(f"{action} refused by store {leader} ({exc.reason or exc.kind}): "
+                       f"{readable(exc.message)}") from None
     failed = plain(reply.outcome) in ("FAILED", "REJECTED")
     if args.json:
         print_json(reply)

@@ -1,8 +1,9 @@
 """The `nokv` command.
 
 Owns: argument parsing and turning every failure into one line on stderr with a non-zero exit
-status (2 for usage errors, 1 for everything else). Never prints a traceback for an expected
-failure; set NOKV_DEBUG=1 to see one.
+status (2 for usage errors, 1 for everything else; `cluster status` exits 3 when a process is
+down or unhealthy), without Python reprs. Never prints a traceback for an expected failure;
+set NOKV_DEBUG=1 to see one.
 """
 
 from __future__ import annotations
@@ -61,12 +62,57 @@ def non_negative(text: str) -> int:
     return value
 
 
+def addresses(text: str) -> str:
+    """`--coordinator host:port[,host:port]`: checked while parsing, so `localhost` (no port)
+    is a usage error. The text itself is kept (the commands split it)."""
+    from nokvpy.rpc.identity import parse_addr
+
+    addrs = [a.strip() for a in text.split(",") if a.strip()]
+    if not addrs:
+        raise argparse.ArgumentTypeError("no address given: expected host:port[,host:port]")
+    for addr in addrs:
+        try:
+            parse_addr(addr)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"bad address {addr!r}: expected host:port (for example 127.0.0.1:2379)") from None
+    return text
+
+
+def version() -> str:
+    """The installed package's version (pyproject.toml), from its metadata."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("nokvpy")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed: pip install -e .)"
+
+
+class VersionAction(argparse.Action):
+    """`--version`: reads the package metadata only when asked (it costs ~80 ms)."""
+
+    def __init__(self, option_strings, dest, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"nokv {version()}")
+        parser.exit()
+
+
+def add_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dir", default=DEFAULT_DIR,
+                   help="local cluster directory (default %(default)s; NOKV_DIR changes it)")
+
+
 def add_target(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dir", default=DEFAULT_DIR, help="local cluster directory (default %(default)s)")
-    p.add_argument("--coordinator", default=None,
+    add_dir(p)
+    p.add_argument("--coordinator", default=None, type=addresses,
                    help="coordinator address(es) host:port[,host:port] instead of --dir "
                         "(with NOKV_CLUSTER_ID and NOKV_CLUSTER_SECRET from the environment)")
-    p.add_argument("--timeout", type=positive(float), default=10.0, help="seconds per request")
+    p.add_argument("--timeout", type=positive(float), default=10.0,
+                   help="seconds per request (default %(default)g)")
 
 
 def add_json(p: argparse.ArgumentParser) -> None:
@@ -75,34 +121,43 @@ def add_json(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="nokv", description="nokvpy: a Raft-replicated range-partitioned KV store")
+    parser.add_argument("--version", action=VersionAction, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
     # ---- cluster --------------------------------------------------------------------------
     cl = sub.add_parser("cluster", help="run a local multi-process cluster")
     clsub = cl.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
-    up = clsub.add_parser("up", help="create (if needed) and start a local cluster")
-    up.add_argument("--dir", default=DEFAULT_DIR)
-    up.add_argument("--metaroot", type=int, default=1, choices=[1, 3, 5], help="metaroot peers: 1, 3 or 5")
-    up.add_argument("--coordinators", type=positive(int), default=1)
-    up.add_argument("--stores", type=positive(int), default=3)
-    up.add_argument("--replication", type=positive(int), default=3,
-                    help="replicas per region (at most --stores)")
-    up.add_argument("--wait", type=positive(float), default=60.0, help="seconds to wait until serving")
+    up = clsub.add_parser("up", help="create (if needed) and start a local cluster (an existing "
+                                     "one keeps its shape: conflicting flags are refused)")
+    add_dir(up)
+    # None: not given. A new cluster takes the default; an existing one refuses a different value
+    up.add_argument("--metaroot", type=int, default=None, choices=[1, 3, 5],
+                    help="metaroot peers: 1, 3 or 5 (default 1)")
+    up.add_argument("--coordinators", type=positive(int), default=None,
+                    help="coordinator processes (default 1)")
+    up.add_argument("--stores", type=positive(int), default=None, help="store processes (default 3)")
+    up.add_argument("--replication", type=positive(int), default=None,
+                    help="replicas per region (default 3, at most --stores)")
+    up.add_argument("--wait", type=positive(float), default=60.0,
+                    help="seconds to wait until the cluster serves (default %(default)g)")
     add_json(up)
-    for name, text in (("down", "stop every process"), ("status", "list processes and health")):
+    for name, text in (("down", "stop every process (data and logs stay)"),
+                       ("status", "list processes and health (exit status 3 when one is down "
+                                  "or unhealthy)")):
         p = clsub.add_parser(name, help=text)
-        p.add_argument("--dir", default=DEFAULT_DIR)
+        add_dir(p)
         add_json(p)
     logs = clsub.add_parser("logs", help="print a process's log (default: all, last lines)")
-    logs.add_argument("name", nargs="?")
-    logs.add_argument("--dir", default=DEFAULT_DIR)
-    logs.add_argument("--lines", type=non_negative, default=20)
+    logs.add_argument("name", nargs="?", help="process name, e.g. store-1 (default: every process)")
+    add_dir(logs)
+    logs.add_argument("--lines", type=non_negative, default=20,
+                      help="lines from the end of each log (default %(default)s)")
     for name, text in (("kill", "kill -9 a process"), ("restart", "start a stopped process (or restart)"),
                        ("pause", "SIGSTOP a process"), ("resume", "SIGCONT a process"),
                        ("stop", "stop a process gracefully")):
         p = clsub.add_parser(name, help=text)
-        p.add_argument("name")
-        p.add_argument("--dir", default=DEFAULT_DIR)
+        p.add_argument("name", help="process name, e.g. store-1 or coordinator-1")
+        add_dir(p)
         add_json(p)
 
     # ---- serve ----------------------------------------------------------------------------
@@ -110,25 +165,34 @@ def build_parser() -> ArgumentParser:
         kp = sub.add_parser(kind, help=f"{kind} process")
         ksub = kp.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
         s = ksub.add_parser("serve", help=f"run a {kind}")
-        s.add_argument("--id", type=int, required=True)
-        s.add_argument("--listen", required=True, help="host:port")
-        s.add_argument("--cluster-id", default=os.environ.get("NOKV_CLUSTER_ID", "nokv"))
+        s.add_argument("--id", type=int, required=True, help=f"this {kind}'s id (1, 2, ...)")
+        s.add_argument("--listen", required=True, help="host:port to listen on")
+        s.add_argument("--cluster-id", default=os.environ.get("NOKV_CLUSTER_ID", "nokv"),
+                       help="cluster id every process of the cluster shares "
+                            "(default NOKV_CLUSTER_ID, else nokv)")
         if kind == "metaroot":
-            s.add_argument("--peer", action="append", default=[], help="id=host:port (repeat)")
-            s.add_argument("--data", required=True)
-            s.add_argument("--retained-tail", type=int, default=4096)
+            s.add_argument("--peer", action="append", default=[],
+                           help="id=host:port of every metaroot peer, this one included (repeat)")
+            s.add_argument("--data", required=True, help="data directory (created if missing)")
+            s.add_argument("--retained-tail", type=int, default=4096,
+                           help="rooted events kept after the checkpoint (default %(default)s)")
         elif kind == "coordinator":
             s.add_argument("--metaroot", required=True, help="metaroot addresses, comma separated")
-            s.add_argument("--replication", type=int, default=3)
-            s.add_argument("--grant-ttl", type=float, default=6.0)
-            s.add_argument("--staleness-window", type=float, default=3.0)
+            s.add_argument("--replication", type=int, default=3,
+                           help="replicas per region (default %(default)s)")
+            s.add_argument("--grant-ttl", type=float, default=6.0,
+                           help="seconds an authority grant lasts (default %(default)g)")
+            s.add_argument("--staleness-window", type=float, default=3.0,
+                           help="seconds without hearing from metaroot before routes count as "
+                                "possibly stale (default %(default)g)")
             s.add_argument("--scheduler", default=None,
                            help="scheduler options, e.g. split_keys=1000,repair_after=30,"
                                 "merge_keys=0,stuck_after=15 (also NOKV_SCHEDULER)")
         else:
             s.add_argument("--coordinator", required=True, help="coordinator addresses, comma separated")
-            s.add_argument("--data", required=True)
-            s.add_argument("--tick-ms", type=int, default=100)
+            s.add_argument("--data", required=True, help="data directory (created if missing)")
+            s.add_argument("--tick-ms", type=int, default=100,
+                           help="raft tick in milliseconds (default %(default)s)")
 
     # ---- data -----------------------------------------------------------------------------
     kv = sub.add_parser("kv", help="key-value operations")
@@ -136,16 +200,20 @@ def build_parser() -> ArgumentParser:
     keyhelp = "a key: UTF-8 text, or 0x followed by hex"
     g = kvsub.add_parser("get", help="read a key (exit status 1 when it is absent)")
     g.add_argument("key", type=key_text, help=keyhelp)
-    g.add_argument("--read", choices=["linearizable", "follower", "stale"], default="linearizable")
+    g.add_argument("--read", choices=["linearizable", "follower", "stale"], default="linearizable",
+                   help="linearizable (default: ReadIndex on the leader), follower (ReadIndex "
+                        "through a follower) or stale (a replica's applied state, bounded)")
     p = kvsub.add_parser("put", help="write a key")
     p.add_argument("key", type=key_text, help=keyhelp)
     p.add_argument("value", type=key_text, help="UTF-8 text, or 0x followed by hex")
-    d = kvsub.add_parser("delete", help="delete a key")
+    d = kvsub.add_parser("delete", help="delete a key (the store does not say whether it existed)")
     d.add_argument("key", type=key_text, help=keyhelp)
     sc = kvsub.add_parser("scan", help="keys in [START, END) in order")
     sc.add_argument("start", nargs="?", default="", type=key_text, help="first key (default: the start)")
     sc.add_argument("end", nargs="?", default="", type=key_text, help="end key, exclusive (default: the end)")
-    sc.add_argument("--limit", type=positive(int), default=100)
+    sc.add_argument("--limit", type=positive(int), default=100,
+                    help="at most this many keys (default %(default)s); the output says when "
+                         "more follow")
     cas = kvsub.add_parser("cas", help="compare and swap")
     cas.add_argument("key", type=key_text, help=keyhelp)
     cas.add_argument("expected", type=key_text, help="expected value, or - for absent")
@@ -156,9 +224,13 @@ def build_parser() -> ArgumentParser:
 
     r = sub.add_parser("route", help="which region holds KEY, with the freshness witness")
     r.add_argument("key", type=key_text, help="a key: UTF-8 text, or 0x followed by hex")
-    r.add_argument("--freshness", choices=["strong", "bounded", "best-effort"], default="bounded")
-    r.add_argument("--max-root-lag", type=non_negative, default=None)
-    r.add_argument("--required-root-token", type=non_negative, default=None, help="root index")
+    r.add_argument("--freshness", choices=["strong", "bounded", "best-effort"], default="bounded",
+                   help="how fresh the answer must be (default %(default)s); refused, never "
+                        "downgraded, when the coordinator cannot vouch for it")
+    r.add_argument("--max-root-lag", type=non_negative, default=None,
+                   help="with bounded: at most this many rooted events behind")
+    r.add_argument("--required-root-token", type=non_negative, default=None,
+                   help="the answer must reflect at least this root index")
     add_target(r)
     add_json(r)
 
@@ -171,9 +243,10 @@ def build_parser() -> ArgumentParser:
 
     tr = sub.add_parser("transitions", help="topology transitions")
     trsub = tr.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
-    tl = trsub.add_parser("list")
-    ts = trsub.add_parser("show")
-    ts.add_argument("id")
+    tl = trsub.add_parser("list", help="every transition the coordinator knows, with its phase")
+    ts = trsub.add_parser("show", help="one transition: its entry, recovery records and what "
+                                       "every store knows of it")
+    ts.add_argument("id", help="transition id (from `transitions list` or an admin reply)")
     for q in (tl, ts):
         add_target(q)
         add_json(q)
@@ -189,17 +262,19 @@ def build_parser() -> ArgumentParser:
 
     ad = sub.add_parser("admin", help="topology commands")
     adsub = ad.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
-    a = adsub.add_parser("split")
+    a = adsub.add_parser("split", help="split the region holding KEY at KEY")
     a.add_argument("key", type=key_text, help="split key (the new right region starts here)")
-    a = adsub.add_parser("merge")
+    a = adsub.add_parser("merge", help="merge region RIGHT into its left neighbour LEFT")
     a.add_argument("left", type=int, help="left region id")
     a.add_argument("right", type=int, help="right region id")
-    for name in ("add-peer", "remove-peer", "transfer-leader"):
-        a = adsub.add_parser(name)
-        a.add_argument("region", type=int)
-        a.add_argument("store", type=int)
-    a = adsub.add_parser("tombstone")
-    a.add_argument("region", type=int)
+    for name, text in (("add-peer", "add a replica of REGION on STORE"),
+                       ("remove-peer", "remove the replica of REGION on STORE"),
+                       ("transfer-leader", "move REGION's leadership to its replica on STORE")):
+        a = adsub.add_parser(name, help=text)
+        a.add_argument("region", type=int, help="region id")
+        a.add_argument("store", type=int, help="store id")
+    a = adsub.add_parser("tombstone", help="retire a region")
+    a.add_argument("region", type=int, help="region id")
     for a in adsub.choices.values():
         add_target(a)
         add_json(a)
@@ -207,39 +282,53 @@ def build_parser() -> ArgumentParser:
 
     fp = sub.add_parser("failpoint", help="failpoints of a running process")
     fpsub = fp.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
-    f = fpsub.add_parser("set")
+    f = fpsub.add_parser("set", help="arm a failpoint")
     f.add_argument("process", help="process name (store-1) or address")
     f.add_argument("name", help="a failpoint name (docs/operations.md lists them)")
     f.add_argument("spec", help="off | raise | panic | sleep(MS) | delay(MS) | drop | exit[(CODE)] "
                                 "| return[(VALUE)], each with optional N* (times) or P%% "
                                 "(probability) prefixes, joined by ->")
-    f = fpsub.add_parser("clear")
-    f.add_argument("process")
-    f.add_argument("name", nargs="?", default="")
-    f = fpsub.add_parser("list")
-    f.add_argument("process")
+    f = fpsub.add_parser("clear", help="disarm one failpoint, or every one")
+    f.add_argument("process", help="process name (store-1) or address")
+    f.add_argument("name", nargs="?", default="", help="failpoint name (default: every one)")
+    f = fpsub.add_parser("list", help="armed failpoints and their hits")
+    f.add_argument("process", help="process name (store-1) or address")
     for f in fpsub.choices.values():
         add_target(f)
         add_json(f)
 
     b = sub.add_parser("bench", help="benchmark a cluster (starts one when none is given)")
-    b.add_argument("workload", choices=["puts", "gets", "routes"])
-    b.add_argument("--clients", type=positive(int), default=16)
-    b.add_argument("--duration", type=positive(float), default=10.0)
-    b.add_argument("--regions", type=positive(int), default=1)
-    b.add_argument("--value-size", type=non_negative, default=100)
-    b.add_argument("--dir", default=None)
-    b.add_argument("--coordinator", default=None)
-    b.add_argument("--timeout", type=positive(float), default=10.0)
+    b.add_argument("workload", choices=["puts", "gets", "routes"],
+                   help="puts, gets (of 1,000 loaded keys) or routes (BOUNDED route reads)")
+    b.add_argument("--clients", type=positive(int), default=16,
+                   help="concurrent clients, one request in flight each (default %(default)s)")
+    b.add_argument("--duration", type=positive(float), default=10.0,
+                   help="seconds of load (default %(default)g)")
+    b.add_argument("--regions", type=positive(int), default=1,
+                   help="split the bench keyspace into this many regions first (default %(default)s)")
+    b.add_argument("--value-size", type=non_negative, default=100,
+                   help="bytes per value (default %(default)s)")
+    b.add_argument("--dir", default=None,
+                   help="bench this local cluster (default: a temporary one, removed afterwards)")
+    b.add_argument("--restart-stopped", action="store_true",
+                   help="with --dir: start the cluster's processes that are not running "
+                        "(otherwise bench refuses)")
+    b.add_argument("--coordinator", default=None, type=addresses,
+                   help="bench the cluster at these coordinator address(es) host:port[,host:port] "
+                        "(with NOKV_CLUSTER_ID and NOKV_CLUSTER_SECRET from the environment)")
+    b.add_argument("--timeout", type=positive(float), default=10.0,
+                   help="seconds per request (default %(default)g)")
     add_json(b)
 
     dm = sub.add_parser("demo", help="a narrated tour of a local cluster")
     dm.add_argument("--keep", action="store_true", help="leave the cluster running")
-    dm.add_argument("--dir", default=None)
+    dm.add_argument("--dir", default=None,
+                    help="cluster directory (default: a temporary one, removed afterwards)")
 
     jp = sub.add_parser("jepsen", help="fault injection with a history checker "
                         "(`nokv jepsen --help` is jepsen-lite's own help)", add_help=False)
-    jp.add_argument("args", nargs=argparse.REMAINDER)
+    jp.add_argument("args", nargs=argparse.REMAINDER,
+                    help="jepsen-lite's command and arguments (see `nokv jepsen --help`)")
     return parser
 
 
@@ -270,12 +359,36 @@ def dispatch(args: argparse.Namespace) -> int:
 
 def run_jepsen(argv: list[str]) -> int:
     try:
-        from jepsen_lite.cli import main as jepsen_main
+        import jepsen_lite.cli as jepsen_cli
     except ImportError:  # not installed (`pip install -e .`): use the source tree
         sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jepsen-lite"))
-        from jepsen_lite.cli import main as jepsen_main
+        import jepsen_lite.cli as jepsen_cli
 
-    return jepsen_main(argv)
+    build = jepsen_cli.build_parser
+
+    def build_as_nokv_jepsen() -> argparse.ArgumentParser:  # `usage: nokv jepsen run ...`
+        parser = build()
+        rename_prog(parser, parser.prog, "nokv jepsen")
+        return parser
+
+    jepsen_cli.build_parser = build_as_nokv_jepsen
+    try:
+        return jepsen_cli.main(argv)
+    finally:
+        jepsen_cli.build_parser = build
+
+
+def rename_prog(parser: argparse.ArgumentParser, old: str, new: str) -> None:
+    """Replace the leading `old` of the program name of `parser` and its subcommands."""
+    if parser.prog.startswith(old):
+        parser.prog = new + parser.prog[len(old):]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            prefix = action._prog_prefix
+            if prefix.startswith(old):
+                action._prog_prefix = new + prefix[len(old):]
+            for sub in action.choices.values():
+                rename_prog(sub, old, new)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,12 +414,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def describe(exc: BaseException) -> str:
+    """One line for a failure: the message of an expected error, else `Type: message`; no
+    Python reprs (a remote error's details dict, byte strings, enum members)."""
     if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         return describe(exc.exceptions[0])
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    from nokvpy.cli.output import readable
+    from nokvpy.rpc import RemoteError
+
+    text = remote_text(exc) if isinstance(exc, RemoteError) else str(exc).strip()
+    text = readable(text.splitlines()[0]) if text else ""
     name = type(exc).__name__
     known = ("CliError", "ClusterError")
     return text if name in known and text else f"{name}: {text}" if text else name
+
+
+def remote_text(exc) -> str:
+    """A remote error as `kind/reason: message`, without its details (machine hints)."""
+    text = exc.kind + (f"/{exc.reason}" if exc.reason else "")
+    return text + (f": {exc.message}" if exc.message else "")
 
 
 if __name__ == "__main__":

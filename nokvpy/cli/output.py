@@ -6,9 +6,11 @@ progress line printed while a command waits. Never decides what to print.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import enum
 import json
+import re
 import sys
 import textwrap
 import time
@@ -40,6 +42,24 @@ def show_key(key: bytes) -> str:
     if text.isprintable() and not text.startswith("0x"):
         return text
     return "0x" + key.hex()
+
+
+# a Python bytes literal (b'm1', b"it's") and an enum member's repr (<AdmissionClass.TOPOLOGY: 3>)
+_BYTES_LITERAL = re.compile(r"""\bb('(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")""")
+_ENUM_REPR = re.compile(r"<[A-Z]\w*\.(\w+): [^<>]*>")
+
+
+def readable(text: str) -> str:
+    """A message for people: byte-string literals become keys as `show_key` prints them
+    (`""` when empty), enum reprs their member name."""
+    def key(match: re.Match) -> str:
+        try:
+            value = ast.literal_eval(match.group(0))
+        except (ValueError, SyntaxError):
+            return match.group(0)
+        return show_key(value) or '""'
+
+    return _ENUM_REPR.sub(r"\1", _BYTES_LITERAL.sub(key, text))
 
 
 def parse_key(text: str) -> bytes:

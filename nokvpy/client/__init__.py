@@ -1,4 +1,7 @@
-"""The nokvpy client: async `Client`, blocking `SyncClient`, typed errors."""
+"""The nokvpy client: async `Client` (trio), blocking `SyncClient`, `connect`, typed errors.
+
+docs/client.md shows them in scripts, trio and asyncio programs.
+"""
 
 from nokvpy.client.errors import (
     DeadlineExceededError,
@@ -10,9 +13,13 @@ from nokvpy.client.errors import (
     UnavailableError,
 )
 from nokvpy.client.kv import Client
-from nokvpy.client.sync import SyncClient
+from nokvpy.client.loopcheck import WrongEventLoopError
+from nokvpy.client.sync import SyncClient, connect
+from nokvpy.protocol import Freshness
+from nokvpy.protocol.store_rpc import ReadMode
 
 __all__ = [
-    "Client", "SyncClient", "NokvError", "RejectedError", "RouteRejectedError",
+    "Client", "SyncClient", "connect", "NokvError", "RejectedError", "RouteRejectedError",
     "OutcomeUnknownError", "UnavailableError", "DeadlineExceededError", "InvalidRequestError",
+    "WrongEventLoopError", "Freshness", "ReadMode",
 ]

@@ -43,6 +43,7 @@ coordinator; unreachable or timed-out coordinators are suspect and tried last.
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,7 @@ from nokvpy.client.errors import (
     UnavailableError,
 )
 from nokvpy.client.failover import SUSPECT_BASE, Suspects, next_voter, pick_store
+from nokvpy.client.loopcheck import require_trio
 from nokvpy.protocol import Freshness, RegionDescriptor, RootToken
 from nokvpy.protocol.coordinator_rpc import (
     DiagnosticsRequest,
@@ -138,10 +140,20 @@ class Client:
         self.stats = {"route_refreshes": 0, "retries": 0, "not_leader": 0, "timeouts": 0,
                       "unreachable": 0}
 
+    @classmethod
+    def from_cluster_dir(cls, path: str | os.PathLike[str], **kwargs: Any) -> Client:
+        """A client of the local cluster in `path` (`nokv cluster up --dir path`): its
+        coordinators, cluster id and secret come from path/cluster.json; `kwargs` as for
+        `Client(...)`."""
+        from nokvpy.client.settings import cluster_dir_settings
+
+        return cls(**(cluster_dir_settings(path) | kwargs))
+
     async def aclose(self) -> None:
         await self.rpc.aclose()
 
     async def __aenter__(self) -> Client:
+        require_trio()
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -155,6 +167,7 @@ class Client:
         A read-only request (`COORDINATOR_READS`) shares one deadline of `timeout` and gives
         each coordinator but the last at most `attempt_timeout`; any other request gives each
         coordinator a whole `timeout`, as it always did."""
+        require_trio()
         timeout = timeout or self.timeout
         read_only = isinstance(request, COORDINATOR_READS)
         deadline = trio.current_time() + timeout
@@ -303,6 +316,7 @@ class Client:
 
     async def _execute(self, key: bytes, build, *, write: bool, read_mode: ReadMode = ReadMode.LINEARIZABLE,
                        timeout: float | None = None) -> Any:
+        require_trio()
         deadline = trio.current_time() + (timeout or self.timeout)
         backoff = 0.01
         last_reason = ""

@@ -1,31 +1,59 @@
-"""A blocking wrapper around the async client, for scripts and notebooks.
+"""A blocking client for scripts, notebooks and asyncio programs.
 
-Owns: one background thread running a trio loop and the portal calls into it. Never changes
-the client's semantics: every method is the async one, awaited on that loop.
+Owns: one background thread running a trio loop with one async `Client` in it, and the calls
+into that loop (`trio.from_thread.run`). Never changes the client's semantics: every method
+is the async one, awaited on that loop, with the same deadlines, retries and typed errors.
+Calls may come from several threads at once; each blocks only its caller.
 """
 
 from __future__ import annotations
 
+import os
 import threading
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import trio
 
 from nokvpy.client.kv import Client
+from nokvpy.client.settings import cluster_dir_settings, target_settings
+from nokvpy.protocol import Freshness, RootToken
+from nokvpy.protocol.coordinator_rpc import RouteReply, ScanRegionsReply
+from nokvpy.protocol.store_rpc import ReadMode
+
+T = TypeVar("T")
 
 
 class SyncClient:
+    """Blocking counterpart of `Client`: the same arguments, methods and errors.
+
+    `with SyncClient.from_cluster_dir("./c") as c: c.put(b"k", b"v")`. `close()` (or the
+    `with` block) stops the background thread; a closed client raises RuntimeError."""
+
     def __init__(self, coordinators: list[str], **kwargs: Any):
         self._token: trio.lowlevel.TrioToken | None = None
-        self._ready = threading.Event()
         self._stop: trio.Event | None = None
         self._client: Client | None = None
+        self._error: BaseException | None = None
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+        self._closed = False
         self._thread = threading.Thread(target=self._run, args=(coordinators, kwargs),
-                                        name="nokv-client", daemon=True)
+                                        name="nokv-sync-client", daemon=True)
         self._thread.start()
         self._ready.wait()
+        if self._error is not None:  # Client(...) refused its arguments
+            self._thread.join()
+            self._closed = True
+            raise self._error
 
-    def _run(self, coordinators, kwargs) -> None:
+    @classmethod
+    def from_cluster_dir(cls, path: str | os.PathLike[str], **kwargs: Any) -> SyncClient:
+        """A client of the local cluster in `path` (`nokv cluster up --dir path`): its
+        coordinators, cluster id and secret come from path/cluster.json."""
+        return cls(**(cluster_dir_settings(path) | kwargs))
+
+    def _run(self, coordinators: list[str], kwargs: dict[str, Any]) -> None:
         async def main() -> None:
             self._token = trio.lowlevel.current_trio_token()
             self._stop = trio.Event()
@@ -34,42 +62,98 @@ class SyncClient:
             try:
                 await self._stop.wait()
             finally:
-                await self._client.aclose()
+                with trio.CancelScope(shield=True):
+                    await self._client.aclose()
 
-        trio.run(main)
+        try:
+            trio.run(main)
+        except BaseException as exc:
+            if not self._ready.is_set():  # Client(...) refused its arguments
+                self._error = exc
+            else:
+                raise
+        finally:
+            self._ready.set()
 
-    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        method = getattr(self._client, name)
-        return trio.from_thread.run(lambda: method(*args, **kwargs), trio_token=self._token)
+    # ---- calls into the loop -----------------------------------------------------------
 
-    def get(self, key: bytes, **kw: Any) -> bytes | None:
-        return self._call("get", key, **kw)
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """`await fn(client, *args)` on the client's loop, where `client` is the async
+        `Client`: for anything this class does not wrap. Blocks until it returns."""
+        if self._closed:
+            raise RuntimeError("this SyncClient is closed")
+        if trio.lowlevel.in_trio_task():
+            raise RuntimeError("SyncClient blocks its caller and cannot be used from a trio "
+                               "task: under trio use nokvpy.Client, the async client "
+                               "(or call SyncClient through trio.to_thread.run_sync)")
+        try:
+            return trio.from_thread.run(fn, self._client, *args, trio_token=self._token)
+        except trio.RunFinishedError:
+            raise RuntimeError("this SyncClient is closed") from None
 
-    def batch_get(self, keys: list[bytes], **kw: Any) -> dict[bytes, bytes | None]:
-        return self._call("batch_get", keys, **kw)
+    def get(self, key: bytes, read_mode: ReadMode = ReadMode.LINEARIZABLE,
+            timeout: float | None = None) -> bytes | None:
+        """The value of `key`, None when absent (linearizable unless `read_mode` says)."""
+        return self.call(Client.get, key, read_mode, timeout)
 
-    def scan(self, start: bytes = b"", end: bytes = b"", limit: int = 100, **kw: Any):
-        return self._call("scan", start, end, limit, **kw)
+    def batch_get(self, keys: list[bytes], timeout: float | None = None) -> dict[bytes, bytes | None]:
+        return self.call(Client.batch_get, keys, timeout)
 
-    def put(self, key: bytes, value: bytes, **kw: Any) -> int:
-        return self._call("put", key, value, **kw)
+    def scan(self, start: bytes = b"", end: bytes = b"", limit: int = 100,
+             timeout: float | None = None) -> list[tuple[bytes, bytes]]:
+        """Keys in [start, end) in order, across regions, at most `limit` (b"": unbounded)."""
+        return self.call(Client.scan, start, end, limit, timeout)
 
-    def delete(self, key: bytes, **kw: Any) -> int:
-        return self._call("delete", key, **kw)
+    def put(self, key: bytes, value: bytes, timeout: float | None = None) -> int:
+        """Write `key`; returns the raft index it applied at."""
+        return self.call(Client.put, key, value, timeout)
 
-    def compare_and_swap(self, key: bytes, expected: bytes | None, new: bytes | None, **kw: Any):
-        return self._call("compare_and_swap", key, expected, new, **kw)
+    def delete(self, key: bytes, timeout: float | None = None) -> int:
+        return self.call(Client.delete, key, timeout)
 
-    def route(self, key: bytes, *args: Any, **kw: Any):
-        return self._call("route", key, *args, **kw)
+    def compare_and_swap(self, key: bytes, expected: bytes | None, new: bytes | None,
+                         timeout: float | None = None) -> tuple[bool, bytes | None]:
+        """Set `key` to `new` (None deletes) iff its value is `expected` (None: absent).
+        Returns (succeeded, the value seen when it failed)."""
+        return self.call(Client.compare_and_swap, key, expected, new, timeout)
+
+    def route(self, key: bytes, freshness: Freshness = Freshness.BOUNDED,
+              max_root_lag: int | None = None,
+              required_root_token: RootToken | int | None = None) -> RouteReply:
+        """The region holding `key` with the coordinator's freshness witness."""
+        return self.call(Client.route, key, freshness, max_root_lag, required_root_token)
+
+    def scan_regions(self, start: bytes = b"", end: bytes = b"", limit: int = 1000,
+                     freshness: Freshness = Freshness.BEST_EFFORT) -> ScanRegionsReply:
+        return self.call(Client.scan_regions, start, end, limit, freshness)
+
+    # ---- lifetime ----------------------------------------------------------------------
 
     def close(self) -> None:
-        if self._stop is not None and self._thread.is_alive():
-            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
-            self._thread.join()
+        """Close the connections and stop the background thread (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._thread.is_alive():
+            try:  # (run_sync_soon, not from_thread: close() may be called from a trio task)
+                self._token.run_sync_soon(self._stop.set)
+            except trio.RunFinishedError:
+                pass
+        self._thread.join()
 
     def __enter__(self) -> SyncClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def connect(target: str | os.PathLike[str] | list[str], **kwargs: Any) -> SyncClient:
+    """A blocking client of a cluster.
+
+    `target` is a cluster directory (`nokv cluster up --dir`, or its cluster.json), or
+    coordinator addresses, `"host:port,host:port"` or a list; with addresses, `cluster_id`
+    and `secret` default to NOKV_CLUSTER_ID and NOKV_CLUSTER_SECRET. Other keyword arguments
+    are `Client`'s (`timeout`, `attempt_timeout`, ...)."""
+    return SyncClient(**target_settings(target, **kwargs))

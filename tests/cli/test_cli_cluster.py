@@ -3,6 +3,8 @@ local cluster. The test that runs `cluster down` is ordered last (`cli_last`).""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from cli_harness import nokv, ok, one_line_error, parsed, pid_alive
 
@@ -28,12 +30,39 @@ def test_up_reports_progress_and_where_things_are(cluster):
     assert sorted(cluster.pids()) == sorted(NAMES)
 
 
+def unhealthy(result) -> dict:
+    """The JSON of a `cluster status --json` that found a process down or unhealthy: it
+    still prints the document, with exit status 3 (as `systemctl status` does)."""
+    assert result.returncode == 3, (result.returncode, result.stdout, result.stderr)
+    body = json.loads(result.stdout)
+    assert body["healthy"] is False
+    return body
+
+
 def test_up_again_restarts_only_what_is_not_running(cluster):
     before = cluster.pids()
-    again = cluster.json("cluster", "up", timeout=90)
+    # the flags that shaped the cluster may be repeated; they are checked, not ignored
+    again = cluster.json("cluster", "up", "--stores", "3", "--metaroot", "1", "--replication", "3",
+                         timeout=90)
     assert again["created"] is False and again["cluster_id"] == cluster.spec["cluster_id"]
     assert {p["name"]: p["pid"] for p in again["processes"]} == before
     assert all(p["health"] == "up" for p in again["processes"])
+
+
+def test_up_refuses_flags_that_conflict_with_the_existing_cluster(cluster):
+    before = cluster.pids()
+    stores, several = cluster.many(("cluster", "up", "--stores", "5"),
+                                   ("cluster", "up", "--metaroot", "3", "--coordinators", "2",
+                                    "--replication", "2", "--json"))
+    line = one_line_error(stores, 1)
+    assert f"{cluster.dir} already holds cluster {cluster.spec['cluster_id']}" in line
+    assert "--stores 5 but it has 3 stores" in line and "leave the flag out" in line
+    assert stores.stdout == ""
+    line = one_line_error(several, 1)
+    for part in ("--metaroot 3 but it has 1 metaroot peer", "--coordinators 2 but it has 1 coordinator;",
+                 "--replication 2 but it has replication 3"):
+        assert part in line, line
+    assert cluster.pids() == before and len(cluster.spec["processes"]) == 5
 
 
 def test_status_and_logs(cluster):
@@ -41,14 +70,14 @@ def test_status_and_logs(cluster):
         ("cluster", "status", "--json"), ("cluster", "status"),
         ("cluster", "logs", "store-1", "--lines", "2"), ("cluster", "logs"),
         ("cluster", "logs", "metaroot-1", "--lines", "0"))
-    body = parsed(status_json)
-    assert body["cluster_id"] == cluster.spec["cluster_id"]
+    body = parsed(status_json)  # exit status 0: every process up and healthy
+    assert body["cluster_id"] == cluster.spec["cluster_id"] and body["healthy"] is True
     rows = {p["name"]: p for p in body["processes"]}
     assert list(rows) == NAMES
     assert {n: r["pid"] for n, r in rows.items()} == cluster.pids()
     assert rows["metaroot-1"]["role"] == "leader"
     assert rows["coordinator-1"]["role"].startswith("grant holder")
-    assert all(r["health"] == "up" for r in rows.values())
+    assert all(r["health"] == "up" and r["healthy"] for r in rows.values())
 
     lines = ok(status).splitlines()
     col = lines[0].index("ADDRESS")  # aligned
@@ -69,14 +98,20 @@ def test_kill_a_store_then_restart_it(cluster):
     assert not pid_alive(pid) and "store-1" not in cluster.pids()
 
     # a stopped process: one line that says so and how to start it again
-    execution, failpoints, status, again = cluster.many(
+    execution, failpoints, status, text, again = cluster.many(
         ("execution", "store-1"), ("failpoint", "list", "1"), ("cluster", "status", "--json"),
-        ("cluster", "kill", "store-1", "--json"))
+        ("cluster", "status"), ("cluster", "kill", "store-1", "--json"))
     for result in (execution, failpoints):
         line = one_line_error(result, 1)
         assert "store-1 is not running" in line and "nokv cluster restart store-1" in line
-    health = {p["name"]: p["health"] for p in parsed(status)["processes"]}
-    assert health["store-1"] == "down" and health["store-2"] == "up"
+    rows = {p["name"]: p for p in unhealthy(status)["processes"]}
+    assert rows["store-1"]["health"] == "down" and not rows["store-1"]["healthy"]
+    assert rows["store-2"]["health"] == "up" and rows["store-2"]["healthy"]
+    # the table still prints, then what is wrong; exit status 3
+    assert text.returncode == 3 and text.stderr == ""
+    lines = text.stdout.splitlines()
+    assert lines[0].split()[0] == "NAME" and len(lines) == 1 + len(NAMES) + 2
+    assert lines[-1] == "not healthy: store-1 down"
     assert parsed(again) == {"name": "store-1", "pid": None, "action": "not running"}
 
     # the region keeps serving on the other two replicas (a new leader if store-1 led it)
@@ -104,7 +139,7 @@ def test_stop_pause_resume(cluster):
         execution, status = cluster.many(("execution", "store-2", "--timeout", "1"),
                                          ("cluster", "status", "--json"))
         assert "store-2" in one_line_error(execution, 1) and "did not answer within 1s" in execution.stderr
-        health = {p["name"]: p["health"] for p in parsed(status)["processes"]}
+        health = {p["name"]: p["health"] for p in unhealthy(status)["processes"]}
         assert health["store-2"].startswith("unreachable")
     finally:
         resumed = cluster.json("cluster", "resume", "store-2")
@@ -128,7 +163,7 @@ def test_down_stops_everything_and_up_starts_it_again_from_its_data(cluster):
     assert (cluster.dir / "cluster.json").exists() and (cluster.dir / "data" / "store-1").is_dir()
 
     status, get = cluster.many(("cluster", "status", "--json"), ("kv", "get", "a-cli/durable"))
-    assert {p["health"] for p in parsed(status)["processes"]} == {"down"}
+    assert {p["health"] for p in unhealthy(status)["processes"]} == {"down"}
     line = one_line_error(get, 1)
     assert f"the cluster in {cluster.dir} is not running" in line and "nokv cluster up" in line
 

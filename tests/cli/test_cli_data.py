@@ -43,7 +43,9 @@ def test_kv_put_get_cas_delete_scan(cluster):
         ("kv", "scan", "kvt/", "kvt0", "--json"), ("kv", "scan", "kvt/", "kvt0", "--limit", "3"),
         ("kv", "delete", "kvt/b", "--json"), ("kv", "delete", "kvt/c"))
     assert parsed(del_json)["key"] == "kvt/b" and ok(del_c).strip() == "OK"
-    rows = parsed(scan_json)
+    body = parsed(scan_json)
+    assert body["more"] is False
+    rows = body["pairs"]
     keys = [r["key"] for r in rows]
     # byte order (kvt/\x00\xff first); the deletes ran concurrently, so b and c may be gone
     assert [k for k in keys if k not in ("kvt/b", "kvt/c")] == ["0x6b76742f00ff", "kvt/a", "kvt/h"]
@@ -51,8 +53,26 @@ def test_kv_put_get_cas_delete_scan(cluster):
     table = ok(scan_table).splitlines()
     assert table[0].split() == ["KEY", "VALUE"] and len(table) == 4
     assert table[2].index("carol") == table[0].index("VALUE")  # aligned columns
-    assert [r["key"] for r in cluster.json("kv", "scan", "kvt/", "kvt0")] == [
-        "0x6b76742f00ff", "kvt/a", "kvt/h"]
+    assert cluster.json("kv", "scan", "kvt/", "kvt0") == {
+        "pairs": [{"key": "0x6b76742f00ff", "value": "0x00ff"}, {"key": "kvt/a", "value": "carol"},
+                  {"key": "kvt/h", "value": "hello"}], "more": False}
+
+
+def test_kv_scan_says_when_the_limit_cut_it(cluster):
+    for result in cluster.many(*(("kv", "put", f"lim/{i}", str(i)) for i in range(3))):
+        ok(result)
+    cut, exact, text, whole = cluster.many(
+        ("kv", "scan", "lim/", "lim0", "--limit", "2", "--json"),
+        ("kv", "scan", "lim/", "lim0", "--limit", "3", "--json"),
+        ("kv", "scan", "lim/", "lim0", "--limit", "2"), ("kv", "scan", "lim/", "lim0"))
+    assert parsed(cut) == {"pairs": [{"key": "lim/0", "value": "0"}, {"key": "lim/1", "value": "1"}],
+                           "more": True}
+    assert parsed(exact)["more"] is False and len(parsed(exact)["pairs"]) == 3
+    # for people: the table on stdout, the note on stderr (so a pipe gets only the table)
+    assert [line.split()[0] for line in ok(text).splitlines()] == ["KEY", "lim/0", "lim/1"]
+    assert text.stderr.strip() == ("(limit 2 reached: more keys follow lim/1; raise --limit or "
+                                   "scan from there)")
+    assert whole.stderr == "" and len(ok(whole).splitlines()) == 4
 
 
 def test_route_at_each_freshness_and_rejection(cluster):
@@ -80,6 +100,9 @@ def test_route_at_each_freshness_and_rejection(cluster):
     assert body["rejected"] is True and body["reason"] and body["witness"]["root_lag"] >= 0
     line = one_line_error(rejected_line, 1)
     assert "route rejected" in line and "witness: served" in line
+    # keys print as text, never as Python byte strings
+    assert "route for kvt/a rejected" in line and "b'" not in line
+    assert body["message"].startswith("route for kvt/a rejected")
 
 
 def test_regions_and_stores(cluster):

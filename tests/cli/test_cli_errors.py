@@ -34,6 +34,10 @@ USAGE = [
     (("cluster", "logs", "--lines", "-1"), "must be 0 or more"),
     (("bench", "puts", "--clients", "0"), "must be greater than 0"),
     (("store", "serve", "--listen", "127.0.0.1:1"), "required: --id"),
+    (("kv", "get", "k", "--coordinator", "localhost"),
+     "argument --coordinator: bad address 'localhost': expected host:port"),
+    (("regions", "--coordinator", "127.0.0.1:1,localhost:x"), "bad address 'localhost:x'"),
+    (("bench", "puts", "--coordinator", ","), "argument --coordinator: no address given"),
 ]
 
 
@@ -195,3 +199,34 @@ def test_every_command_has_working_help():
         assert text.startswith("usage:"), path
         seen += 1
     assert seen > 30
+
+
+def test_every_flag_argument_and_subcommand_has_help():
+    """`--help` explains everything: no flag, positional argument or subcommand without a
+    help text."""
+    import argparse
+
+    from nokvpy.cli.main import build_parser
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {a.dest: a.help for a in action._choices_actions}
+                for name, sub in action.choices.items():
+                    if not (helps.get(name) or "").strip():
+                        missing.append(f"{path} {name}")
+                    walk(sub, f"{path} {name}")
+            elif not (action.help or "").strip() or action.help == argparse.SUPPRESS:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "nokv")
+    assert missing == []
+
+
+def test_version_comes_from_the_package_metadata():
+    from importlib.metadata import version
+
+    result = nokv("--version")
+    assert ok(result).strip() == f"nokv {version('nokvpy')}" and result.stderr == ""

@@ -7,7 +7,7 @@ import enum
 import pytest
 
 from nokvpy.cli import output
-from nokvpy.cli.output import Progress, kv_lines, parse_key, show_key, table
+from nokvpy.cli.output import Progress, kv_lines, parse_key, readable, show_key, table
 
 
 class Color(enum.Enum):
@@ -91,3 +91,22 @@ def test_long_values_wrap_under_themselves():
     assert all(len(line) <= output.LINE_WIDTH for line in lines) and len(lines) > 3
     assert lines[3].startswith(" " * len("  last_error    ")) and lines[3].strip()
     assert " ".join(line.strip() for line in lines[2:]).endswith(message.strip())
+
+
+def test_messages_show_keys_and_enum_names_not_python_reprs():
+    assert readable("route for b'm1' rejected") == "route for m1 rejected"
+    assert readable("split key b'' is not inside") == 'split key "" is not inside'
+    assert readable("key b'\\x00\\xff' and b\"it's\"") == "key 0x00ff and it's"
+    assert readable("<AdmissionClass.TOPOLOGY: 3> / <AdmissionReason.INVALID: 1>") == "TOPOLOGY / INVALID"
+    assert readable("Bob's verb's text, <not an enum>") == "Bob's verb's text, <not an enum>"
+
+
+def test_errors_are_described_without_reprs():
+    from nokvpy.cli.main import CliError, describe
+    from nokvpy.rpc import RemoteError
+
+    remote = RemoteError("rejected", "INVALID", "split key b'm1' is not inside region 5",
+                         {"admission": object()})
+    assert describe(remote) == "RemoteError: rejected/INVALID: split key m1 is not inside region 5"
+    assert describe(CliError("no key b'k' here")) == "no key k here"
+    assert describe(ExceptionGroup("x", [ValueError("bad b'\\xff'")])) == "ValueError: bad 0xff"

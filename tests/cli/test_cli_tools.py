@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from cli_harness import TOPOLOGY, admin_split, nokv, nokv_many, ok, parsed
+from cli_harness import (
+    TOPOLOGY,
+    admin_split,
+    nokv,
+    nokv_many,
+    ok,
+    one_line_error,
+    parsed,
+    pid_alive,
+)
 
 
 def test_bench_each_workload(cluster):
@@ -21,11 +30,34 @@ def test_bench_each_workload(cluster):
 
 
 def test_jepsen_is_jepsen_lite():
-    help_text, bad = nokv_many(("jepsen", "--help"), ("jepsen", "nonsense"))
+    help_text, bad, run_help = nokv_many(("jepsen", "--help"), ("jepsen", "nonsense"),
+                                         ("jepsen", "run", "--help"))
     out = ok(help_text)
     for sub in ("check", "check-routes", "check-transitions", "run"):
         assert sub in out
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    # usage lines name the command that was run, not `python -m jepsen_lite`
+    assert out.startswith("usage: nokv jepsen ")
+    assert bad.stderr.startswith("usage: nokv jepsen ") and "jepsen_lite" not in bad.stderr
+    assert ok(run_help).startswith("usage: nokv jepsen run ")
+
+
+def test_bench_does_not_restart_processes_the_user_stopped(cluster):
+    stopped = cluster.json("cluster", "stop", "store-3")
+    try:
+        refused = cluster.run("bench", "puts", "--duration", "1", "--clients", "2")
+        line = one_line_error(refused, 1)
+        assert f"store-3 is not running in {cluster.dir}" in line and "--restart-stopped" in line
+        assert refused.stdout == "" and "store-3" not in cluster.pids()
+        # asked to: it starts the stopped process, then benches
+        report = cluster.json("bench", "puts", "--duration", "1", "--clients", "2",
+                              "--restart-stopped", timeout=90)
+        assert report["ops"] > 0
+        assert pid_alive(cluster.pids()["store-3"]) and cluster.pids()["store-3"] != stopped["pid"]
+    finally:
+        if "store-3" not in cluster.pids():
+            cluster.run("cluster", "restart", "store-3", timeout=60)
+    cluster.wait_all_up(degraded_ok=True)
 
 
 @pytest.mark.cli_last(8)
