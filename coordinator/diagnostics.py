@@ -8,7 +8,7 @@ Top-level keys: coordinator_id, holder_id, served_token, current_token, root_lag
 catch_up_state, degraded_mode, degraded_reasons, root_reachable, heard_within_window,
 last_heard_ago_ms, paused, catch_up_steps, grants_held, grants, counters,
 strong_confirmations, drift, allocators, scheduler_ready, scheduler, store_count,
-region_count, stores, bootstrap_state, subscription, audit.
+region_count, stores, bootstrap_state, subscription, audit, unsafe_holder_pause.
 """
 
 from __future__ import annotations
@@ -115,7 +115,12 @@ def build(svc: Any) -> dict[str, Any]:
         "bootstrap_state": svc.bootstrap_state,
         "subscription": {"connected_to": sub.connected_to, "last_error": sub.last_error,
                          "cluster_epoch": state.cluster_epoch,
-                         "history": len(sub.history)},
+                         "history": len(sub.history),
+                         "last_stall_ms": (int((sub.last_stall[1] - sub.last_stall[0]) * 1000)
+                                           if sub.last_stall is not None else 0),
+                         "suspect_marks_ignored_after_stall": int(getattr(
+                             getattr(svc.meta, "suspects", None), "ignored", 0))},
         "audit": audit_report,
+        "unsafe_holder_pause": bool(getattr(svc, "unsafe_holder_pause", False)),
     }
     return _plain(body)

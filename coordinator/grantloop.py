@@ -10,9 +10,15 @@ Primacy is enforced by metaroot: a standby simply finds the duty held (it does n
 while its mirror shows another holder's live grant) and takes over once that grant expires.
 
 Time: grants are cross-process, so expiry is wall-clock milliseconds (`time.time()`), used
-ONLY here (grant commands and admission). Pacing uses trio.sleep.
-Never: serves a duty without a live, unexpired (beyond the skew margin) grant of its own whose
-era is above the duty's retired-era floor; never lowers a bound.
+ONLY here (grant commands and admission). The holder also keeps each grant's expiry on its
+own monotonic clock (trio.current_time()): `deadline` = the monotonic time the command that
+obtained or renewed it was *sent* + the life metaroot granted, measured from that send (the
+wall `now_ms` it carried). Admission needs both to be more than the skew margin away, so a
+backward step of the wall clock cannot stretch a grant, and a reply that waited (a slow
+round trip, a stopped process) has already used up its share of the grant's life. Pacing
+uses trio.sleep.
+Never: serves a duty without a live, unexpired (beyond the skew margin, on both clocks) grant
+of its own whose era is above the duty's retired-era floor; never lowers a bound.
 """
 
 from __future__ import annotations
@@ -79,6 +85,9 @@ class DutyState:
     acquired_era: int = 0
     acquired_issued: bool = False
     acquired_token: RootToken = ZERO_TOKEN
+    # monotonic (trio) time the grant runs out for this holder; None: not measured (a grant
+    # installed by hand in a unit test), only the wall clock judges it
+    deadline: float | None = None
     last_error: str = ""
     last_result: str = ""
     lock: trio.Lock = field(default_factory=trio.Lock)
@@ -90,7 +99,7 @@ class GrantLoop:
                  duties: tuple[Duty, ...] = ALL_DUTIES,
                  windows: dict[Duty, int] | None = None,
                  usage_of=None, rng: random.Random | None = None,
-                 clock=wall_ms) -> None:
+                 clock=wall_ms, monotonic: bool = True) -> None:
         self.meta = meta
         self.sub = sub
         self.holder = holder
@@ -102,6 +111,7 @@ class GrantLoop:
         self.states = {d: DutyState(d) for d in self.duties}
         self.usage_of = usage_of or (lambda duty, grant: None)
         self.clock = clock
+        self.monotonic = monotonic  # False: the wall clock alone (NOKV_UNSAFE_HOLDER_PAUSE)
         self.counters: Counter[str] = Counter()
         self._rng = rng or random.Random()
         self.stopping = False
@@ -141,6 +151,12 @@ class GrantLoop:
                 raise GateRejected(duty, "grant_expiring",
                                    f"{duty} grant era {g.era} expires within the clock-skew "
                                    f"margin ({g.expires_at_ms - now} ms left)", Violation.PRIMACY)
+            left_ms = self._monotonic_left_ms(st)
+            if left_ms is not None and left_ms <= self.skew_ms:
+                raise GateRejected(duty, "grant_expiring",
+                                   f"{duty} grant era {g.era} expires within the clock-skew "
+                                   f"margin on the monotonic clock ({left_ms} ms left)",
+                                   Violation.PRIMACY)
             floor = self.sub.state.era_floor(duty)
             if g.era <= floor:
                 raise GateRejected(duty, "grant_era_retired",
@@ -157,6 +173,19 @@ class GrantLoop:
                 self.counters[f"gate_rejections.{exc.reason}"] += 1
                 self.counters[f"violations.{exc.violation}"] += 1
             raise
+
+    @staticmethod
+    def _monotonic_left_ms(st: DutyState) -> int | None:
+        if st.deadline is None:
+            return None
+        return int((st.deadline - trio.current_time()) * 1000)
+
+    def _expired(self, st: DutyState, now_ms: int) -> bool:
+        g = st.grant
+        if g is None:
+            return True
+        left = self._monotonic_left_ms(st)
+        return g.expires_at_ms <= now_ms or (left is not None and left <= 0)
 
     @asynccontextmanager
     async def serving(self, duty: Duty):
@@ -205,7 +234,7 @@ class GrantLoop:
         async with st.lock:
             now = self.clock()
             g = st.grant
-            if g is not None and g.expires_at_ms <= now:
+            if g is not None and self._expired(st, now):
                 self._lose(st, "expired")
                 g = None
             if g is not None:
@@ -248,6 +277,7 @@ class GrantLoop:
                      expires_at_ms: int | None = None) -> AuthorityGrant | None:
         duty = st.duty
         now = self.clock()
+        sent = trio.current_time()  # the grant's life is counted from here, not the reply
         expires = expires_at_ms or now + self.ttl_ms
         cmd = GrantCommand(GrantCommandKind.ISSUE, self.holder, grant_id, now, expires,
                            (DutyGrant(duty, bound),))
@@ -260,7 +290,7 @@ class GrantLoop:
             if result.violation:
                 self.counters[f"violations.{result.violation}"] += 1
             if st.grant is not None and (result.status == GrantStatus.HELD
-                                         or st.grant.expires_at_ms <= self.clock()):
+                                         or self._expired(st, self.clock())):
                 self._lose(st, f"refused: {result.reason}")
             st.last_error = result.reason
             return None
@@ -276,6 +306,7 @@ class GrantLoop:
             log.info("%s holds %s at era %d (%s) until %d", self.holder, duty, g.era,
                      result.reason, g.expires_at_ms)
         st.grant = g
+        st.deadline = sent + (g.expires_at_ms - now) / 1000 if self.monotonic else None
         st.serving = SERVING
         st.last_error = ""
         if g.predecessors:
@@ -308,6 +339,7 @@ class GrantLoop:
             log.info("%s lost %s era %d: %s", self.holder, st.duty, st.grant.era, why)
             self.counters["grants_lost"] += 1
         st.grant = None
+        st.deadline = None
         if st.serving == SERVING:
             st.serving = NONE
 
@@ -369,6 +401,7 @@ class GrantLoop:
                 if reply.result.status == GrantStatus.RETIRED:
                     st.serving = SEALED
                     st.grant = None
+                    st.deadline = None
                     self.counters["grants_sealed"] += 1
                     out[str(st.duty)] = f"sealed era {g.era} usage {usages[0].bound if usages else bound}"
                 else:
@@ -392,6 +425,8 @@ class GrantLoop:
                 "grant_id": g.grant_id if g is not None else "",
                 "bound": (g.bound_for(d) or 0) if g is not None else 0,
                 "expires_in_ms": (g.expires_at_ms - now) if g is not None else 0,
+                "monotonic_left_ms": (self._monotonic_left_ms(st) or 0)
+                if st.grant is not None else 0,
                 "serving_state": st.serving,
                 "in_flight": st.in_flight,
                 "era_floor": self.sub.state.era_floor(d),

@@ -14,7 +14,8 @@ Catch-up state (derived, first match wins):
   BOOTSTRAP_REQUIRED  a delta did not continue the served token, or metaroot's retained tail
                       starts after it: only a checkpoint (or a reload) can repair the view
   LAGGING             lag > 0, or lag 0 but root freshness is not confirmed (metaroot not
-                      heard within `staleness_window`, or the last call to it failed)
+                      heard within `staleness_window`, the last call to it failed, or the
+                      process stalled and has not re-confirmed since)
   FRESH               lag 0, heard within the window, last call succeeded
 
 Actions reported in CatchUpStep.catch_up_action:
@@ -28,6 +29,19 @@ Actions reported in CatchUpStep.catch_up_action:
              resubscribes from the reloaded token)
 On REJECT only the latest time seen is recorded (time is monotone); catalog, tokens, flags
 and last-heard are untouched.
+
+When metaroot was heard from ("last heard", which the staleness window is measured from):
+  - a watch input (delta, keepalive, checkpoint) or a reload counts at the time it is handed
+    in, which is only as good as the caller's loop is live: an item that waited in a socket
+    while the process was stopped is as old as the stop;
+  - a leader confirmation (`on_confirmed`) counts at the time the confirmation round was
+    *asked for* (the leader's token covers everything committed before that instant), never
+    at the time its answer was handled;
+  - `on_stall(since, now)`: the caller's loop did not run between `since` and `now` (SIGSTOP,
+    CPU starvation, a long synchronous step). Last heard is pulled back to `since`, the view
+    is unconfirmed (not FRESH), and from then on watch inputs no longer count as hearing
+    from metaroot until a confirmation asked for at or after `now` succeeds: whatever was
+    queued during the stall is handled as data (tokens, catalog), never as freshness.
 
 DegradedMode (first match wins; DESIGN 4.5):
   1. no catalog:      ROOT_UNAVAILABLE if metaroot not heard within the window, else
@@ -93,6 +107,9 @@ class RootView:
         self._last_heard: float | None = now
         self._now: float = now if now is not None else 0.0
         self._reachable = now is not None
+        # Set by on_stall: watch inputs do not count as hearing from metaroot until a
+        # confirmation asked for at or after this time succeeds.
+        self._stalled_at: float | None = None
         self._retained_tail_start = ZERO_TOKEN
         self._bootstrap_needed = False
         self._recovering = False
@@ -116,6 +133,11 @@ class RootView:
         return self._last_heard
 
     @property
+    def stalled_at(self) -> float | None:
+        """When a stall was noticed that no confirmation has covered yet (None: none)."""
+        return self._stalled_at
+
+    @property
     def retained_tail_start(self) -> RootToken:
         return self._retained_tail_start
 
@@ -137,7 +159,8 @@ class RootView:
             return CatchUpState.BOOTSTRAP_REQUIRED
         if self._current.index > self._served.index:
             return CatchUpState.LAGGING
-        if not (self._reachable and self.heard_within_window(now)):
+        if not (self._reachable and self.heard_within_window(now)) or (
+                self._stalled_at is not None):
             return CatchUpState.LAGGING
         return CatchUpState.FRESH
 
@@ -258,6 +281,31 @@ class RootView:
         self._recovering = False
         return self._step(self._served, CatchUpAction.NONE)
 
+    def on_confirmed(self, token: RootToken, asked_at: float, now: float) -> CatchUpStep:
+        """The metaroot leader confirmed `token` as its committed token, in a round asked for
+        at `asked_at` (<= now): root's truth at `asked_at` is at most `token`."""
+        before = self._served
+        self._observe_time(now)
+        if token.index < before.index:
+            # a leader never confirms less than what was committed before: a deposed peer
+            return self._step(before, CatchUpAction.REJECT)
+        if self._stalled_at is not None and asked_at >= self._stalled_at:
+            self._stalled_at = None
+        self._heard(min(asked_at, now), confirmed=True)
+        self._note_current(token)
+        return self._step(before, CatchUpAction.NONE)
+
+    def on_stall(self, since: float, now: float) -> CatchUpStep:
+        """The caller's loop did not run from `since` to `now`: anything handed in from now
+        on may have waited that long, so last heard goes back to `since` at most and only a
+        confirmation asked for at or after `now` makes the view confirmed again."""
+        self._observe_time(now)
+        if self._last_heard is not None and self._last_heard > since:
+            self._last_heard = since
+        self._reachable = False
+        self._stalled_at = now if self._stalled_at is None else max(self._stalled_at, now)
+        return self._step(self._served, CatchUpAction.NONE)
+
     def on_root_unreachable(self, now: float) -> CatchUpStep:
         """A call to metaroot failed. Root becomes *unavailable* only once nothing was heard
         for `staleness_window`; until then it is merely unconfirmed (not FRESH)."""
@@ -275,7 +323,9 @@ class RootView:
     def _observe_time(self, now: float) -> None:
         self._now = max(self._now, now)
 
-    def _heard(self, now: float) -> None:
+    def _heard(self, now: float, confirmed: bool = False) -> None:
+        if self._stalled_at is not None and not confirmed:
+            return  # queued during a stall: data, not freshness (see on_stall)
         self._reachable = True
         if self._last_heard is None or now > self._last_heard:
             self._last_heard = now

@@ -9,8 +9,9 @@ pure `coordinator.assessment`).
 
 Never: holds durable state (everything is rebuilt from metaroot and heartbeats), writes
 rooted truth except through metaroot appends / grant commands, serves a STRONG or BOUNDED
-read at a weaker class, or serves a duty without a live grant. Time: trio.current_time()
-except grant expiry (coordinator.grantloop).
+read at a weaker class, or serves a duty without a live grant (a STRONG read checks its
+region_lookup grant when it is admitted and again when its answer is decided). Time:
+trio.current_time() except grant expiry (coordinator.grantloop).
 
 Route refusals: RemoteError(kind "rejected", reason, detail, {"witness": RouteWitness,
 "retry_class", "try_another_coordinator"}). Duty refusals: kind "not_leader" with reason
@@ -20,6 +21,7 @@ grant_not_held / grant_expiring / grant_draining / ... and the holder hint.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections import Counter
 from typing import Any
@@ -93,6 +95,11 @@ from nokvpy.rpc.errors import RemoteError
 log = logging.getLogger("nokvpy.coordinator")
 
 BOOTSTRAP_REQUEST_ID = "bootstrap:first-region"
+# Test-only: `NOKV_UNSAFE_HOLDER_PAUSE=1` in a coordinator's environment restores the rules
+# that a paused grant holder could fool (no grant check when a STRONG answer is decided, grant
+# expiry on the wall clock only, no stall detection, confirmations timed by their answer), so
+# fault runs can show they catch it ("Grant-holder pauses" in docs/protocols.md).
+UNSAFE_HOLDER_PAUSE_ENV = "NOKV_UNSAFE_HOLDER_PAUSE"
 WRITE_TIMEOUT = 5.0
 DRIFT_INTERVAL = 2.0
 BOOTSTRAP_INTERVAL = 0.5
@@ -106,7 +113,8 @@ class CoordinatorService:
                  store_ttl: float = DEFAULT_STORE_TTL, windows: dict[Duty, int] | None = None,
                  duties: tuple[Duty, ...] = ALL_DUTIES, keepalive_ms: int = 300,
                  clock=wall_ms, rng: random.Random | None = None,
-                 scheduler: SchedulerConfig | None = None) -> None:
+                 scheduler: SchedulerConfig | None = None,
+                 unsafe_holder_pause: bool | None = None) -> None:
         self.coordinator_id = coordinator_id
         self.cluster_id = cluster_id
         self.meta = meta
@@ -117,12 +125,19 @@ class CoordinatorService:
         # serves another incarnation's grant; a restart waits for the old grant to expire.
         self.holder = f"coordinator-{coordinator_id}#{rng.getrandbits(32):08x}"
         windows = dict(DEFAULT_WINDOWS, **(windows or {}))
+        if unsafe_holder_pause is None:
+            unsafe_holder_pause = os.environ.get(UNSAFE_HOLDER_PAUSE_ENV, "") not in ("", "0")
+        self.unsafe_holder_pause = unsafe_holder_pause
+        if unsafe_holder_pause:
+            log.warning("%s is set: grant-holder pause protections are OFF (test only)",
+                        UNSAFE_HOLDER_PAUSE_ENV)
         self.sub = Subscription(meta, staleness_window, keepalive_ms=keepalive_ms,
                                 rng=random.Random(rng.random()))
+        self.sub.unsafe = unsafe_holder_pause
         self.confirmer = ConfirmBatcher(meta)
         self.grants = GrantLoop(meta, self.sub, self.holder, grant_ttl, duties, windows,
                                 usage_of=self._usage_of, rng=random.Random(rng.random()),
-                                clock=clock)
+                                clock=clock, monotonic=not unsafe_holder_pause)
         self.ids = Allocator(AllocatorKind.ID, self.grants, self.sub, windows[Duty.ALLOC_ID])
         self.tso = Allocator(AllocatorKind.TSO, self.grants, self.sub, windows[Duty.TSO])
         self.stores = StoreTracker(store_ttl)
@@ -184,13 +199,14 @@ class CoordinatorService:
     async def sync_with_root(self, timeout: float) -> RootToken:
         """Confirm root's current token with the metaroot leader and wait until the served
         catalog (and mirror) incorporate it."""
+        asked = trio.current_time()
         try:
             token = await self.confirmer.confirm()
         except Exception as exc:  # noqa: BLE001 - mapped to a stable refusal
             raise RemoteError(ErrorKind.UNAVAILABLE, "root_unavailable",
                               f"cannot confirm the root token with the metaroot leader: {exc}",
                               {"retry_class": RetryClass.RETRY.name}) from None
-        self.sub.note_confirmed(token)
+        self.sub.note_confirmed(token, asked)
         if not await self.sub.wait_served(token.index, timeout):
             raise RemoteError(ErrorKind.UNAVAILABLE, "catalog_behind",
                               f"catalog at {self.sub.served_token} has not reached {token}",
@@ -218,13 +234,15 @@ class CoordinatorService:
     # ---- route reads -------------------------------------------------------------------
 
     async def _strong_confirmation(self, ctx) -> RootToken | None:
-        """One batched confirmation round, then wait for the catalog to reach it."""
+        """One batched confirmation round (it starts after this call), then wait for the
+        catalog to reach it."""
+        asked = trio.current_time()
         try:
             token = await self.confirmer.confirm()
         except Exception:  # noqa: BLE001 - the read is refused (strong_not_confirmed)
             self.counters["strong_confirm_failures"] += 1
             return None
-        self.sub.note_confirmed(token)
+        self.sub.note_confirmed(token, asked)
         budget = 1.0
         if ctx is not None:
             budget = max(0.05, min(budget, ctx.remaining() - 0.05))
@@ -239,7 +257,8 @@ class CoordinatorService:
 
     async def _route_gate(self, freshness: Freshness, ctx):
         """(holds_lookup_grant, confirmed token, admission to release) for a route read;
-        STRONG takes a region_lookup duty admission and a confirmation round."""
+        STRONG takes a region_lookup duty admission and a confirmation round. The
+        admission only opens the read: `_holds_at_answer` decides whether it is answered."""
         if freshness != Freshness.STRONG:
             return self.grants.holds(Duty.REGION_LOOKUP), None, None
         cm = self.grants.serving(Duty.REGION_LOOKUP)
@@ -252,6 +271,21 @@ class CoordinatorService:
         except BaseException:
             await cm.__aexit__(None, None, None)
             raise
+
+    def _holds_at_answer(self, freshness: Freshness, admitted: bool) -> bool:
+        """Whether this coordinator holds region_lookup now, as the answer is decided. A
+        STRONG read was admitted before its confirmation round; the round, the catalog wait or
+        a stall of the whole process (SIGSTOP) may have outlived the grant meanwhile, and
+        another coordinator may hold the duty by now: the grant is checked again here (wall
+        and monotonic expiry, with the clock-skew margin: GrantLoop.admit)."""
+        if freshness != Freshness.STRONG or not admitted or self.unsafe_holder_pause:
+            return admitted
+        try:
+            self.grants.admit(Duty.REGION_LOOKUP)
+        except GateRejected:
+            self.counters["strong_grant_lost_before_answer"] += 1
+            return False
+        return True
 
     def _confirmed_for(self, rs, token: RootToken | None) -> RootToken | None:
         if token is None:
@@ -272,6 +306,7 @@ class CoordinatorService:
                       if isinstance(req.freshness, Freshness) else "route_reads.invalid"] += 1
         holds, token, cm = await self._route_gate(req.freshness, ctx)
         try:
+            holds = self._holds_at_answer(req.freshness, holds)
             catalog, rs, _ = self.snapshot_view()
             decision = decide_route_read(
                 RouteRequest(req.key, req.freshness, req.required_root_token, req.max_root_lag,
@@ -294,6 +329,7 @@ class CoordinatorService:
         self.counters["scan_reads"] += 1
         holds, token, cm = await self._route_gate(req.freshness, ctx)
         try:
+            holds = self._holds_at_answer(req.freshness, holds)
             catalog, rs, _ = self.snapshot_view()
             decision = decide_scan_regions(
                 ScanRequest(req.start_key, req.end_key, req.limit, req.freshness,

@@ -5,8 +5,13 @@ pure `RootView` (which swaps immutable Catalogs) and into a `RootState` mirror a
 token; checkpoint installs (bootstrap_required) and snapshot reloads (a gap, or a served token
 behind the retained tail); reconnects with jittered backoff across the metaroot peers; the
 ~100 ms tick that lets an unreachable root turn into ROOT_UNAVAILABLE; the last catch-up
-steps; the transition history seen in the event stream; and the pause switch of the
-PauseCatchUp test control. Waiters block in `wait_served` until a token is incorporated.
+steps; the transition history seen in the event stream; the pause switch of the
+PauseCatchUp test control; and stall detection: every entry point first checks how long ago
+the process last ran one (the tick keeps that under TICK_INTERVAL while the loop is live), and
+a gap over `stall_after` (SIGSTOP, CPU starvation, a long synchronous step) is reported to the
+view (`RootView.on_stall`) before anything queued during it is handled, and starts a root
+probe at once. Leader confirmations are timed by when they were asked for, not answered.
+Waiters block in `wait_served` until a token is incorporated.
 
 Never: moves the served token backward (RootView refuses it), writes to metaroot, or decides
 anything about serving (coordinator.serving does). Time is trio.current_time() only.
@@ -41,6 +46,9 @@ from nokvpy.protocol.records import CatchUpStep, CommittedEvent, RootToken
 log = logging.getLogger("nokvpy.coordinator.subscription")
 
 TICK_INTERVAL = 0.1
+# A gap this long between two entry points means the process was not running (the tick runs
+# every TICK_INTERVAL): what was queued meanwhile is as old as the gap.
+STALL_AFTER = 0.5
 KEEPALIVE_MS = 300
 RECONNECT_MIN = 0.05
 RECONNECT_MAX = 2.0
@@ -94,7 +102,7 @@ class Subscription:
 
     def __init__(self, meta: Any, staleness_window: float, *, keepalive_ms: int = KEEPALIVE_MS,
                  max_steps: int = 64, max_history: int = 256,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, stall_after: float = STALL_AFTER) -> None:
         self.meta = meta
         self.view = RootView(staleness_window)
         # Invariant: state.token == view.served_token whenever view.catalog is not None.
@@ -113,6 +121,13 @@ class Subscription:
         self._changed = trio.Event()
         self._stream_scope: trio.CancelScope | None = None
         self._last_state = None
+        self.stall_after = stall_after
+        # test-only (NOKV_UNSAFE_HOLDER_PAUSE): no stall detection, confirmations count when
+        # answered (the old rules)
+        self.unsafe = False
+        self._last_alive: float | None = None  # last time an entry point ran (monotonic)
+        self.last_stall: tuple[float, float] | None = None  # (since, noticed at)
+        self._probe_kick = trio.Event()
 
     # ---- reads -------------------------------------------------------------------------
 
@@ -129,11 +144,39 @@ class Subscription:
         return self.view.current_token
 
     def snapshot(self, degraded_flags=()) -> tuple[Catalog | None, ReadState, RootState]:
-        catalog, rs = self.view.snapshot(trio.current_time(), degraded_flags)
+        now = self._alive()
+        catalog, rs = self.view.snapshot(now, degraded_flags)
         return catalog, rs, self.state
 
     def read_state(self, degraded_flags=()) -> ReadState:
-        return self.view.read_state(trio.current_time(), degraded_flags)
+        return self.view.read_state(self._alive(), degraded_flags)
+
+    def _alive(self) -> float:
+        """Now; first reports a stall if no entry point ran for `stall_after` seconds."""
+        now = trio.current_time()
+        last = self._last_alive
+        if last is not None and now - last > self.stall_after and not self.unsafe:
+            self.counters["stalls"] += 1
+            self.last_stall = (last, now)
+            log.warning("loop stalled for %.2fs: root freshness must be re-confirmed",
+                        now - last)
+            self._record(self.view.on_stall(last, now))
+            self._forgive_metaroot()
+            self._probe_kick.set()
+        if last is None or now > last:
+            self._last_alive = now
+        return now
+
+    def _forgive_metaroot(self) -> None:
+        """A metaroot call that timed out across a stall of this process says nothing about
+        the peer it went to, yet the metaroot client would avoid that peer, typically the
+        healthy leader, for seconds (nokvpy.client.failover): forgive every peer now and
+        the failures reported until every attempt in flight across the stall has ended."""
+        suspects = getattr(self.meta, "suspects", None)
+        if suspects is None or not hasattr(suspects, "forgive_all"):
+            return
+        suspects.forgive_all(trio.current_time(), float(getattr(self.meta, "attempt_timeout", 3.0)))
+        self.counters["suspects_forgiven"] += 1
 
     async def wait_served(self, index: int, timeout: float) -> bool:
         """Wait until the served catalog incorporates root index `index` (False on timeout)."""
@@ -160,9 +203,13 @@ class Subscription:
         if self._stream_scope is not None:
             self._stream_scope.cancel()
 
-    def note_confirmed(self, token: RootToken) -> None:
-        """The metaroot leader confirmed `token` as its current committed token."""
-        self._record(self.view.on_keepalive(token, trio.current_time()))
+    def note_confirmed(self, token: RootToken, asked_at: float | None = None) -> None:
+        """The metaroot leader confirmed `token` as its current committed token, in a round
+        asked for at `asked_at` (trio time before the confirm call; None: now)."""
+        now = self._alive()
+        if asked_at is None or self.unsafe:
+            asked_at = now
+        self._record(self.view.on_confirmed(token, asked_at, now))
 
     # ---- the task ----------------------------------------------------------------------
 
@@ -185,17 +232,23 @@ class Subscription:
         period = max(0.2, self.view.staleness_window / 3)
         behind_since: float | None = None
         while True:
-            await trio.sleep(period * (0.8 + 0.4 * self._rng.random()))
+            with trio.move_on_after(period * (0.8 + 0.4 * self._rng.random())):
+                await self._probe_kick.wait()  # a stall: re-confirm at once
+            self._probe_kick = trio.Event()
             if self.paused:
                 continue
+            asked = trio.current_time()  # the round starts after this (ConfirmBatcher)
             try:
                 token = await confirm()
             except Exception:  # noqa: BLE001 - recorded as unreachability
                 self.counters["root_probe_failures"] += 1
-                self._record(self.view.on_root_unreachable(trio.current_time()))
+                self._record(self.view.on_root_unreachable(self._alive()))
+                if self.last_stall is not None and asked <= self.last_stall[1]:
+                    # it was in flight across a stall: no verdict on metaroot, ask again now
+                    self._probe_kick.set()
                 continue
             self.counters["root_probes"] += 1
-            self.note_confirmed(token)
+            self.note_confirmed(token, asked)
             now = trio.current_time()
             leader = getattr(self.meta, "leader", None)
             if self.view.served_token.index < token.index and leader \
@@ -210,9 +263,10 @@ class Subscription:
                 behind_since = None
 
     async def _tick_loop(self) -> None:
+        self._alive()
         while True:
             await trio.sleep(TICK_INTERVAL)
-            self._record(self.view.tick(trio.current_time()))
+            self._record(self.view.tick(self._alive()))
 
     def _addrs(self) -> list[str]:
         leader = getattr(self.meta, "leader", None)
@@ -241,7 +295,7 @@ class Subscription:
                 self.counters["watch_errors"] += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 log.debug("watch from %s failed: %s", addr, self.last_error)
-                self._record(self.view.on_root_unreachable(trio.current_time()))
+                self._record(self.view.on_root_unreachable(self._alive()))
                 attempt += 1
             await trio.sleep(backoff * (0.5 + self._rng.random()))
             backoff = min(backoff * 2, RECONNECT_MAX)
@@ -270,7 +324,7 @@ class Subscription:
         raise ConnectionError(f"watch stream from {addr} ended")
 
     def _on_item(self, item: WatchItem) -> bool:
-        now = trio.current_time()
+        now = self._alive()  # a stall is reported before a possibly stale item is handled
         self.counters["watch_items"] += 1
         retained = RootToken(0, max(0, item.retained_from - 1)) if item.retained_from else None
         if self.paused:
@@ -354,8 +408,7 @@ class Subscription:
             self._record(self.view.abort_reload())
             raise
         state = RootState.from_checkpoint(reply.checkpoint)
-        step = self.view.finish_reload(catalog_from_state(state), state.token,
-                                       trio.current_time())
+        step = self.view.finish_reload(catalog_from_state(state), state.token, self._alive())
         self._record(step)
         if step.catch_up_action == CatchUpAction.RELOAD:
             self.state = state

@@ -16,7 +16,10 @@ Rules:
   tried in this round (a NOT_LEADER hint names a leader afresh: the caller forgets that it
   tried it); otherwise the next voter after it, in descriptor order, that is neither;
 - when every voter is suspect, the one whose suspicion ends first; when every voter not
-  suspect was tried, nobody: the round is over.
+  suspect was tried, nobody: the round is over;
+- a caller whose own loop stalled (it was paused or starved) forgives every peer
+  (`forgive_all`): calls in flight across the stall failed because of the caller, so their
+  failures reported within a grace period (one attempt timeout) mark nobody.
 """
 
 from __future__ import annotations
@@ -47,11 +50,17 @@ class Suspects(Generic[K]):
         self.base = base
         self.cap = cap
         self._entries: dict[K, _Suspicion] = {}
+        self._ignore_until = float("-inf")  # see forgive_all
+        self.ignored = 0  # failures not counted because of forgive_all
 
     def mark(self, peer: K, now: float) -> float:
         """`peer` timed out or could not be reached at `now`: returns how long it stays
         suspect. Failures while it is still suspect (concurrent calls, fail-fast reconnects)
-        extend the suspicion without lengthening it."""
+        extend the suspicion without lengthening it. A failure reported while a
+        `forgive_all` grace runs marks nothing (returns 0)."""
+        if now <= self._ignore_until:
+            self.ignored += 1
+            return 0.0
         entry = self._entries.get(peer)
         if entry is None or now > entry.until + self.cap:
             entry = self._entries[peer] = _Suspicion(0, now, now)
@@ -78,6 +87,14 @@ class Suspects(Generic[K]):
             return False
         self.clear(peer)
         return True
+
+    def forgive_all(self, now: float, grace: float) -> None:
+        """The caller's own loop stalled: clear every suspicion, and ignore the failures
+        reported until `now + grace` (attempts in flight across the stall end within one
+        attempt timeout, and their failures measure the stall, not the peer). Forgiving can
+        only send a call to a hung peer again: it costs time, never safety."""
+        self._entries.clear()
+        self._ignore_until = max(self._ignore_until, now + grace)
 
     def clear(self, peer: K) -> None:
         """`peer` answered: it is no longer suspect and its next failure starts from `base`."""

@@ -418,3 +418,16 @@ async def test_unreachable_store_is_suspected_and_skipped(autojump_clock):
     calls = net.calls["s1"]
     await client.put(b"k", b"v2")
     assert net.calls["s1"] == calls and region.data[b"k"] == b"v2"
+
+
+def test_forgive_all_clears_suspects_and_ignores_failures_within_the_grace():
+    """A caller whose own loop stalled forgives every peer: the failures of calls in flight
+    across the stall are its own, not the peer's."""
+    s: Suspects[str] = Suspects(2.0, 16.0)
+    s.mark("a", 10.0)
+    assert s.is_suspect("a", 10.5)
+    s.forgive_all(11.0, grace=3.0)
+    assert not s.is_suspect("a", 11.0)
+    assert s.mark("a", 13.9) == 0.0 and not s.is_suspect("a", 13.9)
+    assert s.ignored == 1
+    assert s.mark("a", 14.1) == pytest.approx(2.0) and s.is_suspect("a", 14.1)  # counts again
