@@ -13,7 +13,9 @@ Drift kinds, per (store, region):
   store_behind_root    the store's epoch is older (the report itself is stale_heartbeat)
   stale_heartbeat      a refused region report (older epoch than the catalog)
   orphan_peer          the store hosts a peer the catalog does not list (region gone, peer
-                       removed, or a different peer id)
+                       removed, or a different peer id; an older peer id than the one the
+                       catalog lists on that store is tombstoned: peer ids only grow, so it
+                       was removed and the region added a replica there again)
   missing_peer         the catalog lists a peer on this store that the store did not report
 Drift is computed passively on every heartbeat, actively by `recompute` on a timer, and for
 the regions of an assessed transition by `drift_for_regions`.
@@ -190,6 +192,13 @@ class StoreTracker:
                 return "tombstone"
             # (a merge source while its merge is pending is in no catalog entry: kept)
             return ""
+        listed = d.peer_on(sid)
+        if listed is not None and 0 < rh.peer_id < listed.peer_id:
+            drift.append(Drift(ORPHAN_PEER, sid, rh.region_id,
+                               f"store hosts peer {rh.peer_id}, root lists the later peer "
+                               f"{listed.peer_id} there: the older one was removed",
+                               _ep(d.epoch), _ep(rh.epoch)))
+            return "tombstone"
         if rh.epoch.is_stale_against(d.epoch):
             drift.append(Drift(STALE_HEARTBEAT, sid, rh.region_id,
                                "region heartbeat epoch older than the catalog's",

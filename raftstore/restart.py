@@ -12,8 +12,10 @@ Rules:
 - DEGRADED: a hosted region has no replay pointer, or a pointer past a raft log that is gone
   (it is not started: its applied state cannot be trusted, it needs a local rebuild from a
   leader snapshot first; it is listed in `missing_replay_pointer`), a hosted region
-  is also tombstoned or names no peer on this store (not started), the publish outbox has a
-  backlog, or blocked events exist (the store must catch up with the coordinator).
+  is also tombstoned at its peer id or a later one (`raftstore.topology_tombstone`: the
+  tombstone of an older peer does not count, the region was added here again) or names no
+  peer on this store (not started), the publish outbox has a backlog, or blocked events
+  exist (the store must catch up with the coordinator).
 - READY otherwise.
 `needs`: "none" (fresh store), "coordinator_catch_up" (report and reconcile only), or
 "local_rebuild" (some region must be rebuilt before it can serve).
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nokvpy.protocol import RegionDescriptor, RestartStateKind
+from nokvpy.protocol.raftstore_cmds import RegionTombstone
 from nokvpy.storage import (
     BlockedEvent,
     CorruptMetadataError,
@@ -34,6 +37,7 @@ from nokvpy.storage import (
     StoreIdentity,
 )
 from nokvpy.wire import DecodeError, decode
+from raftstore.topology_tombstone import blocks, decode_tombstone
 
 NEEDS_NONE = "none"
 NEEDS_CATCH_UP = "coordinator_catch_up"
@@ -48,6 +52,8 @@ class LocalImage:
     regions: dict[int, RegionDescriptor] = field(default_factory=dict)
     replay: dict[int, ReplayPointer] = field(default_factory=dict)
     tombstones: frozenset[int] = frozenset()
+    # the decoded records of `tombstones` (a region without one: every peer is blocked)
+    tombstone_records: dict[int, RegionTombstone] = field(default_factory=dict)
     outbox: tuple[tuple[int, bytes], ...] = ()
     blocked: tuple[BlockedEvent, ...] = ()
     raft_groups: frozenset[int] | None = None  # groups with persisted raft state (None: unknown)
@@ -98,11 +104,13 @@ def load_image(meta: LocalMeta, raftlog: RaftLogStore | None = None) -> LocalIma
                 raise CorruptMetadataError(
                     f"meta_regions[{rid}]: holds a {type(desc).__name__}, not a descriptor")
             regions[rid] = desc
+        tombs = meta.tombstones()
         return LocalImage(
             identity=identity,
             regions=regions,
             replay=meta.replay_pointers(),
-            tombstones=frozenset(meta.tombstones()),
+            tombstones=frozenset(tombs),
+            tombstone_records={rid: decode_tombstone(rid, raw) for rid, raw in tombs.items()},
             outbox=tuple(meta.outbox()),
             blocked=tuple(meta.blocked()),
             raft_groups=frozenset(raftlog.list_groups()) if raftlog is not None else None,
@@ -139,11 +147,14 @@ def derive(image: LocalImage, expected: StoreIdentity | None = None) -> RestartS
     store_id = expected.store_id if expected is not None else (ident.store_id if ident else 0)
     for rid in sorted(image.regions):
         desc = image.regions[rid]
-        if rid in image.tombstones:
+        me = desc.peer_on(store_id) if store_id else None
+        if rid in image.tombstones and blocks(
+                image.tombstone_records.get(rid) or decode_tombstone(rid, None),
+                me.peer_id if me else 0, None):
             not_started.append(rid)
             reasons.append(f"region {rid} is both hosted and tombstoned (tombstone wins)")
             continue
-        if store_id and desc.peer_on(store_id) is None:
+        if store_id and me is None:
             not_started.append(rid)
             reasons.append(f"region {rid} names no peer on store {store_id}")
             continue

@@ -5,7 +5,14 @@ regions, from raft messages for unknown regions, from localmeta on restart), the
 incoming raft traffic (every drop counted by reason), routing outgoing raft messages to
 stores (batched per destination by the `RaftTransport`), admission of every request, the read
 and write paths, region removal (tombstones), execution tracking and the `ExecutionStatus`
-body. Never lets static configuration decide what it hosts, never writes to LMDB outside
+body.
+
+Peers are (region id, peer id): a tombstone keeps out the peer it destroyed and older ones,
+not a later peer of the same region (`raftstore.topology_tombstone`); a leader message for a
+later peer id than the one hosted here means the hosted one was removed without learning it:
+it is destroyed (tombstoned at its id) and the next message creates the new one; the
+coordinator's `tombstoned` answer applies to the peer the heartbeat reported, never to a later
+one. Never lets static configuration decide what it hosts, never writes to LMDB outside
 `env.commit` batches, and never answers a refusal without an `Admission` reason.
 """
 
@@ -67,6 +74,7 @@ from raftstore.peer import Peer
 from raftstore.peer import bootstrap as bootstrap_group
 from raftstore.reads import ReadPoint, ReadRefusedError, read_barrier
 from raftstore.restart import LocalImage, RestartState, derive, load_image
+from raftstore.topology_tombstone import UNKNOWN_EPOCH, blocks, newer
 
 log = logging.getLogger("nokvpy.raftstore")
 
@@ -120,7 +128,13 @@ class Store:
         self.transport = RaftTransport(rpc, self.store_addrs.get, cfg.store_id,
                                        on_unreachable=self._on_unreachable)
         self.peers: dict[int, Peer] = {}
-        self.tombstones: set[int] = set()
+        # region id -> the tombstone of the last peer destroyed here (peer id, epoch, reason)
+        self.tombstones: dict[int, RegionTombstone] = {}
+        # Invariant: a region id is in _destroying from the moment its peer leaves `peers`
+        # until the destroy batch committed; its traffic is dropped meanwhile (a new group of
+        # the same region must not share the raft storage the destroy resets).
+        self._destroying: set[int] = set()
+        self._reported: dict[int, int] = {}  # region id -> peer id of the last heartbeat
         self.tracker = ExecutionTracker()
         self.drops: Counter[str] = Counter()  # incoming raft messages dropped, by reason
         self.counters: Counter[str] = Counter()
@@ -143,7 +157,8 @@ class Store:
     def load(self, image: LocalImage, restart: RestartState) -> None:
         """Start a peer for every region localmeta says this store hosts (restart)."""
         self.restart = restart
-        self.tombstones = set(image.tombstones)
+        self.tombstones = {rid: image.tombstone_records.get(rid) or RegionTombstone(
+            rid, UNKNOWN_EPOCH, 0, "unknown") for rid in image.tombstones}
         self.outbox_backlog = len(image.outbox)
         self.blocked_events = len(image.blocked)
         for rid in restart.hosted:
@@ -261,7 +276,8 @@ class Store:
         region is brand new here and at its initial epoch) its peer."""
         rid = desc.region_id
         me = desc.peer_on(self.store_id)
-        if me is None or rid in self.peers or rid in self.tombstones or rid in self._creating:
+        if me is None or rid in self.peers or rid in self._creating or \
+                rid in self._destroying or self.tombstoned(rid, me.peer_id, desc.epoch):
             return self.peers.get(rid)
         self._creating.add(rid)
         try:
@@ -274,7 +290,8 @@ class Store:
             await self.env.commit(batch)
         finally:
             self._creating.discard(rid)
-        if rid in self.peers or rid in self.tombstones:
+        if rid in self.peers or rid in self._destroying or \
+                self.tombstoned(rid, me.peer_id, desc.epoch):
             return self.peers.get(rid)
         bootstrap = None
         if storage.is_empty() and desc.epoch == INITIAL_EPOCH and (
@@ -321,31 +338,52 @@ class Store:
         self.counters["peers_created_by_message"] += 1
         return self._start_peer(rid, msg.to, None, 0, 0, None)
 
-    async def destroy_region(self, rid: int, reason: str) -> bool:
-        """Remove region `rid` from this store for good: tombstone it (raft traffic for it is
+    def tombstoned(self, rid: int, peer_id: int, epoch: RegionEpoch | None = None) -> str:
+        """Why this store's tombstone of region `rid` keeps peer `peer_id` out ("" if not)."""
+        return blocks(self.tombstones.get(rid), peer_id, epoch)
+
+    async def destroy_region(self, rid: int, reason: str, peer_id: int = 0) -> bool:
+        """Remove region `rid`'s peer from this store for good (only if it is peer `peer_id`,
+        when given): tombstone it at its peer id (raft traffic for it and older peers is
         dropped from now on), drop its raft state, descriptor and replay pointer, and its KV
         data unless another hosted region covers the range."""
-        if rid in self.tombstones:
+        batch = self._stage_destroy(rid, reason, peer_id)
+        if batch is None:
             return False
-        peer = self.peers.pop(rid, None)
+        await self._commit_destroy(rid, batch, reason)
+        return True
+
+    def _stage_destroy(self, rid: int, reason: str, peer_id: int) -> WriteBatch | None:
+        """The in-memory part of a destroy (the peer leaves at once, its traffic is dropped
+        until the batch commits) and its staged batch; None when there is nothing to do."""
+        peer = self.peers.get(rid)
+        if peer is None or rid in self._destroying or (peer_id and peer.peer_id != peer_id):
+            return None
+        del self.peers[rid]
         self.driver.remove_group(rid)
-        self.tombstones.add(rid)
-        desc = peer.descriptor if peer is not None else None
+        self._destroying.add(rid)
+        desc = peer.descriptor
         batch = WriteBatch()
         if desc is not None and not any(
                 _overlaps(desc, p.descriptor) for p in self.peers.values()
                 if p.descriptor is not None):
             self.kv.stage_delete_range(batch, desc.start_key, desc.end_key or None)
-        epoch = desc.epoch if desc is not None else RegionEpoch(0, 0)
-        self.meta.stage_tombstone(batch, rid, encode(RegionTombstone(
-            rid, epoch, peer.peer_id if peer else 0, reason)))
+        epoch = desc.epoch if desc is not None else UNKNOWN_EPOCH
+        tomb = newer(self.tombstones.get(rid), RegionTombstone(rid, epoch, peer.peer_id, reason))
+        self.tombstones[rid] = tomb
+        self.meta.stage_tombstone(batch, rid, encode(tomb))
         self.meta.stage_delete_region(batch, rid)
         self.meta.stage_delete_replay_pointer(batch, rid)
         self.raftlog.stage_destroy_group(batch, rid)
-        await self.env.commit(batch)
+        return batch
+
+    async def _commit_destroy(self, rid: int, batch: WriteBatch, reason: str) -> None:
+        try:
+            await self.env.commit(batch)
+        finally:
+            self._destroying.discard(rid)
         log.info("store %d: region %d removed (%s)", self.store_id, rid, reason)
         self.counters["regions_destroyed"] += 1
-        return True
 
     # ================================================================= raft traffic
 
@@ -368,10 +406,12 @@ class Store:
         if rid <= 0:
             drops["bad_region_id"] += 1
             return
+        if rid in self._destroying:
+            drops["destroying"] += 1
+            return
         peer = self.peers.get(rid)
         if peer is None:
-            if rid in self.tombstones and not (
-                    self.topology is not None and self.topology.may_rehost(env)):
+            if self.tombstoned(rid, msg.to, RegionEpoch(env.epoch_version, env.epoch_conf_ver)):
                 drops["tombstoned"] += 1
                 return
             if msg.type not in LEADER_MESSAGES:
@@ -381,7 +421,10 @@ class Store:
             if peer is None:
                 return
         if msg.to != peer.peer_id:
-            drops["wrong_peer"] += 1
+            if msg.to > peer.peer_id and msg.type in LEADER_MESSAGES:
+                self._replace_stale_peer(peer, env)
+            else:
+                drops["wrong_peer"] += 1
             return
         desc = peer.sm.descriptor
         if desc is not None:
@@ -403,6 +446,32 @@ class Store:
             return
         if not self.driver.step(rid, msg):
             drops["group_stopped"] += 1
+
+    def _replace_stale_peer(self, peer: Peer, env: RaftEnvelope) -> None:
+        """A leader addresses a later peer of this region on this store: the one hosted here
+        was removed from the region without applying its removal (peer ids only grow, one
+        store hosts one peer of a region). Destroy it (tombstoned at its id); the leader's
+        next message creates the new peer, which gets a snapshot or the log."""
+        desc = peer.descriptor
+        ev, ec = env.epoch_version, env.epoch_conf_ver
+        if desc is not None and (ev < desc.epoch.version or ec <= desc.epoch.conf_ver):
+            # Our removal bumped conf_ver: a message that does not carry a later one cannot
+            # prove our peer was removed.
+            self.drops["wrong_peer"] += 1
+            return
+        if self._nursery is None:
+            self.drops["wrong_peer"] += 1
+            return
+        reason = (f"stale peer {peer.peer_id}: store {env.from_store} leads region "
+                  f"{peer.region_id} with peer {env.message.to} here at epoch v{ev}/c{ec}")
+        batch = self._stage_destroy(peer.region_id, reason, peer.peer_id)
+        if batch is None:
+            self.drops["wrong_peer"] += 1
+            return
+        self.drops["stale_peer_replaced"] += 1
+        self.counters["stale_peers_destroyed"] += 1
+        log.info("store %d: %s", self.store_id, reason)
+        self._nursery.start_soon(self._commit_destroy, peer.region_id, batch, reason)
 
     def _snapshot_overlaps(self, rid: int, msg: Message) -> bool:
         snap = msg.snapshot
@@ -646,6 +715,8 @@ class Store:
             hb = peer.heartbeat(keys, size)
             if hb is not None:
                 regions.append(hb)
+        # the reply's `tombstoned` is about these peers, not later ones created meanwhile
+        self._reported = {hb.region_id: hb.peer_id for hb in regions}
         state = self.current_state().kind.name if self.restart is not None else "READY"
         if self.topology is not None:
             regions = self.topology.annotate(regions)
@@ -659,7 +730,8 @@ class Store:
                     self.store_addrs[sid] = addr
         for desc in reply.should_host or ():
             rid = desc.region_id
-            if rid in self.tombstones or desc.peer_on(self.store_id) is None:
+            me = desc.peer_on(self.store_id)
+            if me is None or self.tombstoned(rid, me.peer_id, desc.epoch):
                 continue
             peer = self.peers.get(rid)
             if peer is None:
@@ -670,10 +742,11 @@ class Store:
             elif not peer.initialized:
                 await self.adopt_descriptor(peer, desc)
         for rid in reply.tombstoned or ():
-            if rid in self.peers:
-                await self.destroy_region(rid, "tombstoned by the coordinator")
-            else:
-                self.tombstones.add(rid)  # never hosted here: just gate stray traffic
+            # Only the peer this store reported: a later peer of the region created since
+            # (added here again) is not what the coordinator judged.
+            pid = self._reported.get(rid, 0)
+            if pid and not await self.destroy_region(rid, "tombstoned by the coordinator", pid):
+                self.counters["tombstone_for_a_replaced_peer"] += 1
         if self.topology is not None:
             await self.topology.on_heartbeat_reply(reply)  # scheduler operations, epoch
         elif reply.operations:
@@ -732,6 +805,8 @@ class Store:
             "transitions": tracker["transitions"],
             "outbox": outbox,
             "tombstones": sorted(self.tombstones),
+            "tombstoned_peers": {str(rid): t.peer_id
+                                 for rid, t in sorted(self.tombstones.items())},
             "heartbeats_sent": self.heartbeats_sent,
             "last_heartbeat_error": self.last_heartbeat_error,
             "regions": regions,

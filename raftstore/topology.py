@@ -66,15 +66,11 @@ from nokvpy.protocol.coordinator_rpc import (
 )
 from nokvpy.protocol.raftstore_cmds import (
     KvResult,
-    RegionTombstone,
     SplitPayload,
 )
 from nokvpy.protocol.store_rpc import AdminReply, AdminRequest, KvContext
-from nokvpy.raft.types import MessageType
 from nokvpy.replication.driver import ProposalError
 from nokvpy.rpc import RemoteError, RpcError
-from nokvpy.storage import WriteBatch
-from nokvpy.wire import decode
 from raftstore.commands import admin_command
 from raftstore.compensation import Compensator, fence_refuses, unsafe_compensation
 from raftstore.lifecycle import Lifecycle
@@ -194,39 +190,10 @@ class Topology(MembershipExecutor, MergeExecutor):
                  store.store_id, parent_id, rid, right.start_key[:32], right.end_key[:32],
                  me.peer_id)
 
-    def may_rehost(self, env: Any) -> bool:
-        """A leader message for a region this store tombstoned, addressed to a NEW peer id
-        (never the removed one: peer ids are not reused) at an epoch not older than the
-        tombstone's: the region added a replica here again (replica repair onto a store that
-        once hosted it). The tombstone is lifted; the new replica is filled by its leader."""
-        store = self.store
-        rid, msg = env.group_id, env.message
-        if msg.type not in (MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP):
-            return False
-        try:
-            raw = store.meta.tombstone(rid)
-            tomb = decode(raw) if raw is not None else None
-        except Exception:  # noqa: BLE001 - an unreadable tombstone keeps the region out
-            return False
-        if not isinstance(tomb, RegionTombstone) or msg.to == tomb.peer_id or msg.to <= 0 or \
-                env.epoch_conf_ver < tomb.epoch.conf_ver or tomb.reason.startswith("merged"):
-            return False
-        store.tombstones.discard(rid)
-        self.counters["tombstones_lifted"] += 1
-        log.info("store %d: region %d adds a replica here again (peer %d); tombstone lifted",
-                 store.store_id, rid, msg.to)
+    def on_local_peer_removed(self, rid: int, tid: str, peer_id: int) -> None:
         if self.nursery is not None:
-            self.nursery.start_soon(self._delete_tombstone, rid)
-        return True
-
-    async def _delete_tombstone(self, rid: int) -> None:
-        batch = WriteBatch()
-        self.store.meta.stage_delete_tombstone(batch, rid)
-        await self.store.env.commit(batch)
-
-    def on_local_peer_removed(self, rid: int, tid: str) -> None:
-        if self.nursery is not None:
-            self.nursery.start_soon(self.store.destroy_region, rid, f"removed by {tid}")
+            self.nursery.start_soon(self.store.destroy_region, rid, f"removed by {tid}",
+                                    peer_id)
 
     # ---- the RPC -------------------------------------------------------------------------
 

@@ -180,7 +180,8 @@ class ApplyHandlers:
         epoch = peer.descriptor.epoch if peer is not None and peer.descriptor else RegionEpoch(0, 0)
         peer_id = peer.peer_id if peer is not None else 0
         store.driver.remove_group(rid)
-        store.meta.stage_tombstone(batch, rid, encode(RegionTombstone(rid, epoch, peer_id, reason)))
+        tomb = RegionTombstone(rid, epoch, peer_id, reason)  # "merged ...": blocks every peer
+        store.meta.stage_tombstone(batch, rid, encode(tomb))
         store.meta.stage_delete_region(batch, rid)
         store.meta.stage_delete_replay_pointer(batch, rid)
         store.raftlog.stage_destroy_group(batch, rid)
@@ -188,7 +189,7 @@ class ApplyHandlers:
         def gone() -> None:
             if store.peers.get(rid) is peer:
                 store.peers.pop(rid, None)
-            store.tombstones.add(rid)
+            store.tombstones[rid] = tomb
             store.counters["regions_merged_away"] += 1
 
         batch.on_commit(gone)
@@ -365,8 +366,13 @@ class ApplyHandlers:
             if _tid_of(event) == tid:
                 self._stage_terminal(batch, tid, rid, "add_peer" if adding else "remove_peer",
                                      event, p.executor_store)
-        me = desc.peer_on(store.store_id)
-        if cc.type == ConfChangeType.REMOVE_NODE and me is not None and me.peer_id == p.peer_id:
-            batch.on_commit(lambda: self.rt.on_local_peer_removed(rid, tid))
+        # Our own removal only if it removes the peer applying it: a later peer of the region
+        # on this store (added here again) that replays the log from its start applies the
+        # removal of the older one, which the descriptor of that time lists on this store.
+        local = store.peers.get(rid)
+        if cc.type == ConfChangeType.REMOVE_NODE and local is not None and \
+                local.peer_id == p.peer_id and p.store_id == store.store_id:
+            pid = local.peer_id
+            batch.on_commit(lambda: self.rt.on_local_peer_removed(rid, tid, pid))
         store.counters[f"conf_changes_applied.{p.step}"] += 1
         return KvResult(True)

@@ -2,12 +2,17 @@
 
 Owns: building a PeerChange plan from the leader's descriptor and driving it: addition =
 ADD_LEARNER (no epoch bump), wait until the learner caught up (a region snapshot or the log),
-then ADD_NODE (conf_ver + 1, the terminal step); removal = REMOVE_NODE (conf_ver + 1). The
-leader never removes itself: it hands leadership over and forwards the request. Each conf
-change carries its PeerChangePayload in the entry context, so apply
-(raftstore.topology_apply) derives the descriptor and the terminal event from the log alone.
-A mixin of `raftstore.topology.Topology` (uses its pipeline, proposals and lifecycle); never
-publishes a terminal event itself.
+then ADD_NODE (conf_ver + 1, the terminal step); removal = REMOVE_NODE (conf_ver + 1).
+Caught up is level-triggered and judged on the learner's own store: its status reports the
+learner's peer id, initialized, with an applied index at least the leader's commit index
+when the learner joined (so it holds the region's data and its own addition), and the
+leader's progress agrees (match at least that index: never 0). A guess from the leader's
+progress alone would promote a learner its store never created (dropped traffic), leaving a
+region of three voters of which two exist. The leader never removes itself: it hands
+leadership over and forwards the request. Each conf change carries its PeerChangePayload in
+the entry context, so apply (raftstore.topology_apply) derives the descriptor and the
+terminal event from the log alone. A mixin of `raftstore.topology.Topology` (uses its
+pipeline, proposals and lifecycle); never publishes a terminal event itself.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ from nokvpy.protocol import (
     RootEvent,
 )
 from nokvpy.protocol.raftstore_cmds import AdminCommand, PeerChangePayload
-from nokvpy.protocol.store_rpc import AdminReply, AdminRequest
-from nokvpy.raft import ConfChange, ConfChangeType, ProgressState
-from nokvpy.rpc import RemoteError
+from nokvpy.protocol.store_rpc import AdminReply, AdminRequest, ExecutionStatusRequest
+from nokvpy.raft import ConfChange, ConfChangeType
+from nokvpy.rpc import RemoteError, RpcError
 from nokvpy.wire import encode
 from raftstore.topology_common import (
     CATCH_UP_TIMEOUT,
@@ -79,7 +84,7 @@ class MembershipExecutor:
                                                            tid, learner), conf_change=True,
                                note=f"learner {pid} on store {sid} proposed",
                                instance=t.revision)
-            await self.wait_caught_up(rid, tid, pid)
+            await self.wait_caught_up(rid, tid, pid, sid)
             promote = replace(learner, step="promote")
             await self.propose(rid, tid, self._conf_change(ConfChangeType.ADD_NODE, rid, tid,
                                                            promote), conf_change=True,
@@ -88,9 +93,14 @@ class MembershipExecutor:
 
         return await self.run_transition(tid, rid, "add_peer", planned, execute, req.wait)
 
-    async def wait_caught_up(self, rid: int, tid: str, node: int) -> None:
+    async def wait_caught_up(self, rid: int, tid: str, node: int, store_id: int) -> None:
+        """Return once learner `node` of region `rid` has caught up on store `store_id` (see
+        the module docstring); raise ExecutionFailedError when leadership is lost or the
+        catch-up budget passes."""
         deadline = trio.current_time() + CATCH_UP_TIMEOUT
-        last_note = 0.0
+        target = 0  # the commit index when the learner joined (its own addition included)
+        last_note = last_ask = -CATCH_UP_TIMEOUT
+        report: dict | None = None
         while True:
             peer = self.store.peers.get(rid)
             group = peer.group if peer is not None else None
@@ -98,22 +108,43 @@ class MembershipExecutor:
                 raise ExecutionFailedError(f"lost leadership of region {rid} while peer {node} "
                                            "was catching up")
             raft = group.node.raft
+            target = target or raft.raft_log.committed
             pr = raft.prs.progress.get(node)
-            committed = raft.raft_log.committed
-            if pr is not None and pr.state == ProgressState.REPLICATE and \
-                    pr.match >= committed - 8:
-                self.lifecycle.note(tid, f"learner {node} caught up (match {pr.match})")
-                return
+            match = pr.match if pr is not None else 0
             now = trio.current_time()
+            if match >= target > 0 and now - last_ask >= 0.2:
+                last_ask = now
+                report = await self.replica_report(store_id, rid)
+                if learner_applied(report, node, target):
+                    self.lifecycle.note(tid, f"learner {node} caught up: store {store_id} "
+                                        f"applied {report['applied_index']} (needed {target}), "
+                                        f"leader's match {match}")
+                    return
             if now > deadline:
                 raise ExecutionFailedError(f"learner {node} did not catch up within "
-                                           f"{CATCH_UP_TIMEOUT:.0f}s")
+                                           f"{CATCH_UP_TIMEOUT:.0f}s (match {match} of "
+                                           f"{target}; store {store_id} reports {report})")
             if now - last_note > 1.0:
                 last_note = now
                 state = pr.state.name if pr is not None else "unknown"
-                self.lifecycle.note(tid, f"learner {node} catching up: {state}, match "
-                                    f"{pr.match if pr else 0} of {committed}")
+                self.lifecycle.note(tid, f"learner {node} catching up: {state}, match {match} "
+                                    f"of {target}; store {store_id} reports {report}")
             await trio.sleep(0.05)
+
+    async def replica_report(self, store_id: int, rid: int) -> dict | None:
+        """What store `store_id` itself says of its replica of region `rid` (its execution
+        status: peer id, initialized, applied index); None if it did not answer or hosts
+        none."""
+        addr = self.store.store_addrs.get(store_id)
+        if not addr:
+            return None
+        try:
+            reply = await self.store.rpc.call(addr, ExecutionStatusRequest(rid), timeout=2.0)
+        except (RemoteError, RpcError):
+            return None
+        regions = reply.body.get("regions") if isinstance(reply.body, dict) else None
+        r = regions.get(str(rid)) if isinstance(regions, dict) else None
+        return r if isinstance(r, dict) else None
 
     async def exec_remove_peer(self, req: AdminRequest) -> AdminReply:
         peer = await self.settled_leader_peer(req.region_id)
@@ -152,3 +183,10 @@ class MembershipExecutor:
 
         return await self.run_transition(tid, rid, "remove_peer", planned, execute, req.wait)
 
+
+def learner_applied(report: dict | None, node: int, target: int) -> bool:
+    """A store's report of its replica shows learner `node` initialized and applied up to
+    `target` (> 0)."""
+    return (report is not None and report.get("peer_id") == node
+            and bool(report.get("initialized")) and target > 0
+            and int(report.get("applied_index") or 0) >= target)
