@@ -13,10 +13,10 @@ Catch-up state (derived, first match wins):
                       serves BEST_EFFORT
   BOOTSTRAP_REQUIRED  a delta did not continue the served token, or metaroot's retained tail
                       starts after it: only a checkpoint (or a reload) can repair the view
-  LAGGING             lag > 0, or lag 0 but root freshness is not confirmed (metaroot not
-                      heard within `staleness_window`, the last call to it failed, or the
-                      process stalled and has not re-confirmed since)
-  FRESH               lag 0, heard within the window, last call succeeded
+  LAGGING             lag > 0, or lag 0 but root freshness is not confirmed (no metaroot
+                      *leader* confirmation within `staleness_window`, the last call to it
+                      failed, or the process stalled and has not re-confirmed since)
+  FRESH               lag 0, a leader confirmation within the window, last call succeeded
 
 Actions reported in CatchUpStep.catch_up_action:
   NONE       the input changed no catalog (keepalive, tick, unreachability)
@@ -29,6 +29,21 @@ Actions reported in CatchUpStep.catch_up_action:
              resubscribes from the reloaded token)
 On REJECT only the latest time seen is recorded (time is monotone); catalog, tokens, flags
 and last-heard are untouched.
+
+Heard versus confirmed (DESIGN 4.4; issue 22): any metaroot peer can be *heard* (a watch
+item from a follower proves the peer is alive and gives a token the lag can be measured
+against), but only a metaroot *leader* holding its quorum lease can *confirm* root's truth:
+  - confirmations: `on_confirmed` (a ConfirmToken round, answered by the leader after a
+    ReadIndex), or a watch input handed in with `from_leader=True` (the serving peer marked
+    it: it was the leader and its quorum lease was valid when it sent it);
+  - a watch input from a follower, or from a leader without its lease (`from_leader=False`,
+    the default, and what a peer that does not know the field sends), updates last heard and
+    the current token only. It never sets the "reachable" flag, never clears a failed call,
+    and never makes the view FRESH: a view whose last leader confirmation is older than the
+    window is LAGGING (served at most BOUNDED_STALE, with the lag the tokens it has seen can
+    prove), even while follower keepalives keep arriving.
+"Reachable" (ReadState.root_reachable) means: a leader confirmed within the window and no
+call to metaroot failed since.
 
 When metaroot was heard from ("last heard", which the staleness window is measured from):
   - a watch input (delta, keepalive, checkpoint) or a reload counts at the time it is handed
@@ -79,7 +94,7 @@ class ReadState:
     root_lag: int
     catch_up_state: CatchUpState
     degraded_mode: DegradedMode
-    root_reachable: bool  # the last call to metaroot succeeded
+    root_reachable: bool  # a leader confirmed within the window, no call failed since
     heard_within_window: bool  # metaroot heard from within the staleness window
     has_catalog: bool = True
     degraded_reasons: frozenset[str] = frozenset()
@@ -105,6 +120,9 @@ class RootView:
         # Invariant: current >= served; never decreases.
         self._current = self._served
         self._last_heard: float | None = now
+        # Last confirmation by a metaroot leader holding its quorum (FRESH needs it within the
+        # window). A view built with `now` is taken as confirmed at `now` by its caller.
+        self._last_confirmed: float | None = now
         self._now: float = now if now is not None else 0.0
         self._reachable = now is not None
         # Set by on_stall: watch inputs do not count as hearing from metaroot until a
@@ -146,8 +164,17 @@ class RootView:
         """The next useful input is a checkpoint (also true with no catalog at all)."""
         return self._bootstrap_needed or self._catalog is None
 
+    @property
+    def last_confirmed(self) -> float | None:
+        """When a metaroot leader with its quorum last confirmed root's truth (None: never)."""
+        return self._last_confirmed
+
     def heard_within_window(self, now: float) -> bool:
         return self._last_heard is not None and now - self._last_heard <= self.staleness_window
+
+    def confirmed_within_window(self, now: float) -> bool:
+        return (self._last_confirmed is not None
+                and now - self._last_confirmed <= self.staleness_window)
 
     def state(self, now: float | None = None) -> CatchUpState:
         now = self._now if now is None else now
@@ -159,7 +186,7 @@ class RootView:
             return CatchUpState.BOOTSTRAP_REQUIRED
         if self._current.index > self._served.index:
             return CatchUpState.LAGGING
-        if not (self._reachable and self.heard_within_window(now)) or (
+        if not (self._reachable and self.confirmed_within_window(now)) or (
                 self._stalled_at is not None):
             return CatchUpState.LAGGING
         return CatchUpState.FRESH
@@ -182,7 +209,8 @@ class RootView:
             mode = DegradedMode.ROOT_LAGGING
         else:
             mode = DegradedMode.HEALTHY
-        return ReadState(self._served, self._current, lag, state, mode, self._reachable, heard,
+        reachable = self._reachable and self.confirmed_within_window(now)
+        return ReadState(self._served, self._current, lag, state, mode, reachable, heard,
                          self._catalog is not None, reasons)
 
     def snapshot(self, now: float,
@@ -193,8 +221,9 @@ class RootView:
     # ---- inputs ----
 
     def on_delta(self, events: list[CommittedEvent], current_token: RootToken,
-                 now: float) -> CatchUpStep:
-        """A watch delta: committed events after some token, plus root's current token."""
+                 now: float, *, from_leader: bool = False) -> CatchUpStep:
+        """A watch delta: committed events after some token, plus root's current token
+        (`from_leader`: sent by a leader holding its quorum lease; see the module doc)."""
         before = self._served
         self._observe_time(now)
         newest = max([current_token, *(ce.token for ce in events)], key=lambda t: t.index)
@@ -202,7 +231,7 @@ class RootView:
         if not fresh or self._recovering:
             # wholly old (duplicate or replayed) delta, or a reload owns the next catalog
             return self._step(before, CatchUpAction.REJECT)
-        self._heard(now)
+        self._heard_watch(now, from_leader)
         self._note_current(newest)
         base = self._catalog if self._catalog is not None else (
             Catalog.empty() if before.index == 0 else None)
@@ -218,15 +247,17 @@ class RootView:
         return self._step(before, CatchUpAction.ADVANCE)
 
     def on_keepalive(self, current_token: RootToken, now: float,
-                     retained_tail_start: RootToken | None = None) -> CatchUpStep:
+                     retained_tail_start: RootToken | None = None, *,
+                     from_leader: bool = False) -> CatchUpStep:
         """Root reports its current token (and, optionally, where its retained tail starts:
-        the token just before the oldest retained event)."""
+        the token just before the oldest retained event). Only a keepalive `from_leader` (a
+        leader holding its quorum lease) confirms; any other is heard, never confirming."""
         before = self._served
         self._observe_time(now)
         if current_token.index < before.index:
             # older than what we already serve: a deposed or lagging root peer; ignore it
             return self._step(before, CatchUpAction.REJECT)
-        self._heard(now)
+        self._heard_watch(now, from_leader)
         self._note_current(current_token)
         if retained_tail_start is not None:
             if retained_tail_start.index > self._retained_tail_start.index:
@@ -237,7 +268,7 @@ class RootView:
         return self._step(before, CatchUpAction.NONE)
 
     def on_bootstrap_required(self, checkpoint_catalog: Catalog, checkpoint_token: RootToken,
-                              now: float) -> CatchUpStep:
+                              now: float, *, from_leader: bool = False) -> CatchUpStep:
         """Install a checkpoint (the answer to a watch from behind the retained tail)."""
         before = self._served
         self._observe_time(now)
@@ -245,7 +276,7 @@ class RootView:
             raise ValueError("checkpoint catalog does not reflect the checkpoint token")
         if self._catalog is not None and checkpoint_token.index < before.index:
             return self._step(before, CatchUpAction.REJECT)
-        self._heard(now)
+        self._heard_watch(now, from_leader)
         self._note_current(checkpoint_token)
         self._install(checkpoint_catalog)
         self._bootstrap_needed = False
@@ -302,6 +333,8 @@ class RootView:
         self._observe_time(now)
         if self._last_heard is not None and self._last_heard > since:
             self._last_heard = since
+        if self._last_confirmed is not None and self._last_confirmed > since:
+            self._last_confirmed = since
         self._reachable = False
         self._stalled_at = now if self._stalled_at is None else max(self._stalled_at, now)
         return self._step(self._served, CatchUpAction.NONE)
@@ -323,12 +356,22 @@ class RootView:
     def _observe_time(self, now: float) -> None:
         self._now = max(self._now, now)
 
+    def _heard_watch(self, now: float, from_leader: bool) -> None:
+        """A watch input: during an unconfirmed stall it is data only, even from a leader
+        (only a confirmation asked for after the stall ends it; see on_stall)."""
+        self._heard(now, confirmed=from_leader and self._stalled_at is None)
+
     def _heard(self, now: float, confirmed: bool = False) -> None:
+        """Metaroot was heard at `now`; `confirmed`: by a leader holding its quorum."""
         if self._stalled_at is not None and not confirmed:
             return  # queued during a stall: data, not freshness (see on_stall)
-        self._reachable = True
         if self._last_heard is None or now > self._last_heard:
             self._last_heard = now
+        if not confirmed:
+            return  # a follower (or a leader without its lease): heard, never confirming
+        self._reachable = True
+        if self._last_confirmed is None or now > self._last_confirmed:
+            self._last_confirmed = now
 
     def _note_current(self, token: RootToken) -> None:
         if token.index > self._current.index:

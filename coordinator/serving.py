@@ -39,8 +39,11 @@ Witness derivation (explicit; reference 2.3 made stricter):
   serving_class  DEGRADED       no catalog, state BOOTSTRAP_REQUIRED / RECOVERING /
                                 UNAVAILABLE, metaroot not heard within the window, or
                                 degraded_mode VIEW_ONLY / ROOT_UNAVAILABLE
-                 AUTHORITATIVE  state FRESH (lag 0, heard within the window, last call ok)
-                 BOUNDED_STALE  otherwise (lag > 0, or lag 0 not currently confirmed)
+                 AUTHORITATIVE  state FRESH (lag 0, a metaroot *leader* holding its quorum
+                                confirmed within the window, no call failed since:
+                                `root_reachable`); follower keepalives never qualify
+                 BOUNDED_STALE  otherwise (lag > 0, or lag 0 not currently confirmed by a
+                                leader: a view kept alive by followers only, issue 22)
                  A served STRONG answer is AUTHORITATIVE (lag 0, confirmed with the leader);
                  a BEST_EFFORT answer on a pending range change is DEGRADED.
   sync_health    ROOT_UNAVAILABLE (not heard within window, or no catalog) >

@@ -11,6 +11,11 @@ the process last ran one (the tick keeps that under TICK_INTERVAL while the loop
 a gap over `stall_after` (SIGSTOP, CPU starvation, a long synchronous step) is reported to the
 view (`RootView.on_stall`) before anything queued during it is handled, and starts a root
 probe at once. Leader confirmations are timed by when they were asked for, not answered.
+Watch items confirm root's truth only when the serving peer marked them `from_leader` (the
+leader, holding its quorum lease); a follower's items are heard (tokens, catalog, "heard
+within the window"), never confirming, so a lone follower cannot keep the view FRESH
+(issue 22). Test-only: NOKV_UNSAFE_FOLLOWER_KEEPALIVE=1 treats every watch item as the
+leader's (the old, unsafe rule), to show the process tests catch it.
 Waiters block in `wait_served` until a token is incorporated.
 
 Never: moves the served token backward (RootView refuses it), writes to metaroot, or decides
@@ -20,6 +25,7 @@ anything about serving (coordinator.serving does). Time is trio.current_time() o
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections import Counter, deque
 from typing import Any
@@ -128,6 +134,12 @@ class Subscription:
         self._last_alive: float | None = None  # last time an entry point ran (monotonic)
         self.last_stall: tuple[float, float] | None = None  # (since, noticed at)
         self._probe_kick = trio.Event()
+        # test-only (NOKV_UNSAFE_FOLLOWER_KEEPALIVE=1): every watch item confirms (old rule)
+        self.unsafe_follower_keepalive = (
+            os.environ.get("NOKV_UNSAFE_FOLLOWER_KEEPALIVE") == "1")
+        if self.unsafe_follower_keepalive:
+            log.warning("NOKV_UNSAFE_FOLLOWER_KEEPALIVE=1: follower keepalives confirm root "
+                        "freshness (unsafe, test only)")
 
     # ---- reads -------------------------------------------------------------------------
 
@@ -327,21 +339,25 @@ class Subscription:
         now = self._alive()  # a stall is reported before a possibly stale item is handled
         self.counters["watch_items"] += 1
         retained = RootToken(0, max(0, item.retained_from - 1)) if item.retained_from else None
+        leader = bool(getattr(item, "from_leader", False)) or self.unsafe_follower_keepalive
+        self.counters["watch_items_leader" if leader else "watch_items_follower"] += 1
         if self.paused:
             # Note root's token and where its retained tail starts: a view that fell behind
             # the tail is BOOTSTRAP_REQUIRED (DESIGN 4.3), not LAGGING. No reload is started
             # while paused (resume re-subscribes and installs the checkpoint), so the step is
             # recorded as NONE rather than RELOAD.
-            step = self.view.on_keepalive(item.current_token, now, retained)
+            step = self.view.on_keepalive(item.current_token, now, retained,
+                                          from_leader=leader)
             if step.catch_up_action == CatchUpAction.RELOAD:
                 step = CatchUpStep(step.root_token_before, step.root_token_after,
                                    step.catch_up_state, CatchUpAction.NONE)
             self._record(step)
             return False
         if item.bootstrap_required and item.checkpoint is not None:
-            return self._install_checkpoint(item, now)
+            return self._install_checkpoint(item, now, leader)
         if item.events:
-            step = self.view.on_delta(list(item.events), item.current_token, now)
+            step = self.view.on_delta(list(item.events), item.current_token, now,
+                                      from_leader=leader)
             self._record(step)
             if step.catch_up_action == CatchUpAction.ADVANCE:
                 if not self._advance_mirror(item.events):
@@ -350,21 +366,21 @@ class Subscription:
             elif step.catch_up_action == CatchUpAction.RELOAD:
                 return True
             return False
-        step = self.view.on_keepalive(item.current_token, now, retained)
+        step = self.view.on_keepalive(item.current_token, now, retained, from_leader=leader)
         self._record(step)
         return step.catch_up_action == CatchUpAction.RELOAD
 
-    def _install_checkpoint(self, item: WatchItem, now: float) -> bool:
+    def _install_checkpoint(self, item: WatchItem, now: float, leader: bool = False) -> bool:
         state = RootState.from_checkpoint(item.checkpoint)
         token = item.checkpoint_token or state.token
         catalog = catalog_from_state(state)
-        step = self.view.on_bootstrap_required(catalog, token, now)
+        step = self.view.on_bootstrap_required(catalog, token, now, from_leader=leader)
         self._record(step)
         self.counters["checkpoint_installs"] += 1
         if step.catch_up_action == CatchUpAction.BOOTSTRAP:
             self.state = state
             self._installed()
-        self._record(self.view.on_keepalive(item.current_token, now))
+        self._record(self.view.on_keepalive(item.current_token, now, from_leader=leader))
         return False
 
     def _advance_mirror(self, events: list[CommittedEvent]) -> bool:

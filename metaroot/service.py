@@ -332,7 +332,23 @@ class MetarootService:
         await self.driver.wait_applied(self.group, index)
         return ConfirmTokenReply(self.sm.state.token)
 
+    def _leader_with_quorum(self) -> bool:
+        """This peer is the leader, holds its quorum lease (a majority answered a heartbeat
+        within the lease), has committed an entry in its term and applied up to its commit
+        index: its current token is root's truth, so its watch items may confirm it."""
+        group = self.group
+        if not group.is_leader or getattr(group, "stopped", False):
+            return False
+        try:
+            r = group.node.raft
+            return bool(r.lease_valid() and r.committed_entry_in_current_term()
+                        and group.applied >= r.raft_log.committed)
+        except AttributeError:  # no raft node to ask (a test double): never confirming
+            return False
+
     async def on_watch(self, req: WatchRequest, ctx):
+        """Deltas from `req.after`, then keepalives; every item says whether it comes from
+        a leader holding its quorum (`from_leader`), decided when it is sent."""
         after = req.after.index
         keepalive = max(0.05, req.keepalive_ms / 1000)
         while True:
@@ -342,20 +358,23 @@ class MetarootService:
             if after < state.token.index and after + 1 < sm.first_retained:
                 yield WatchItem(state.token, [], bootstrap_required=True,
                                 checkpoint=state.to_checkpoint(), checkpoint_token=state.token,
-                                retained_from=sm.first_retained)
+                                retained_from=sm.first_retained,
+                                from_leader=self._leader_with_quorum())
                 after = state.token.index
                 continue
             if after < state.token.index:
                 events = rootlog.events_after(self.env, after, WATCH_BATCH)
                 if events and events[0].token.index == after + 1:
-                    yield WatchItem(sm.state.token, events, retained_from=sm.first_retained)
+                    yield WatchItem(sm.state.token, events, retained_from=sm.first_retained,
+                                    from_leader=self._leader_with_quorum())
                     after = events[-1].token.index
                     continue
             changed = sm.changed
             with trio.move_on_after(keepalive):
                 await changed.wait()
                 continue
-            yield WatchItem(sm.state.token, [], retained_from=sm.first_retained)
+            yield WatchItem(sm.state.token, [], retained_from=sm.first_retained,
+                            from_leader=self._leader_with_quorum())
 
     async def on_status(self, req: MetarootStatusRequest, ctx) -> MetarootStatus:
         state = self.sm.state

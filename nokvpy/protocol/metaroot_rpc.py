@@ -64,7 +64,11 @@ class WatchItem:
     """One delta (or keepalive when `events` is empty) and the current committed token.
 
     `bootstrap_required`: `after` is older than the retained tail; `checkpoint` and
-    `checkpoint_token` hold the state to install before later deltas apply."""
+    `checkpoint_token` hold the state to install before later deltas apply.
+    `from_leader`: the sending peer was the metaroot leader, its quorum lease valid and its
+    state applied up to its commit index, when it sent the item; only such an item confirms
+    root's truth to a subscriber (a follower's item is heard, never confirming). Trailing and
+    defaulted: an older peer omits it and is treated as a follower."""
 
     current_token: RootToken
     events: list[CommittedEvent]
@@ -72,6 +76,7 @@ class WatchItem:
     checkpoint: object | None = None
     checkpoint_token: RootToken | None = None
     retained_from: int = 0
+    from_leader: bool = False
 
 
 @wire_type(206)

@@ -1,7 +1,9 @@
 """RootView: the catch-up state machine (DESIGN 4.3) and DegradedMode derivation (4.5).
 
 Every state x input pair is checked against an explicit table; random input sequences never
-move the served token backward; Advance cost follows the delta, not the catalog."""
+move the served token backward; Advance cost follows the delta, not the catalog. Watch items
+here come from a metaroot leader holding its quorum (`from_leader=True`); what follower items
+may and may not do is in test_root_quorum_witness.py."""
 
 from __future__ import annotations
 
@@ -57,25 +59,25 @@ NOW = 10.0
 
 def in_unavailable() -> RootView:
     rv = RootView(WINDOW)
-    rv.on_keepalive(tok(5), NOW)
+    rv.on_keepalive(tok(5), NOW, from_leader=True)
     return rv
 
 
 def in_fresh() -> RootView:
     rv = RootView(WINDOW)
-    rv.on_bootstrap_required(checkpoint(5), tok(5), NOW)
+    rv.on_bootstrap_required(checkpoint(5), tok(5), NOW, from_leader=True)
     return rv
 
 
 def in_lagging() -> RootView:
     rv = in_fresh()
-    rv.on_keepalive(tok(8), NOW)
+    rv.on_keepalive(tok(8), NOW, from_leader=True)
     return rv
 
 
 def in_bootstrap_required() -> RootView:
     rv = in_fresh()
-    rv.on_delta(events(9, 10), tok(10), NOW)
+    rv.on_delta(events(9, 10), tok(10), NOW, from_leader=True)
     return rv
 
 
@@ -105,17 +107,17 @@ def test_setups_reach_their_state():
 INPUTS = {
     "delta_contiguous": lambda rv: rv.on_delta(events(rv.served_token.index + 1,
                                                       rv.served_token.index + 2),
-                                               tok(rv.served_token.index + 2), NOW + 0.1),
+                                               tok(rv.served_token.index + 2), NOW + 0.1, from_leader=True),
     "delta_gap": lambda rv: rv.on_delta(events(rv.served_token.index + 3,
                                                rv.served_token.index + 4),
-                                        tok(20), NOW + 0.1),
-    "delta_old": lambda rv: rv.on_delta(events(1, rv.served_token.index), tok(20), NOW + 0.1),
-    "keepalive_same": lambda rv: rv.on_keepalive(rv.served_token, NOW + 0.1),
-    "keepalive_ahead": lambda rv: rv.on_keepalive(tok(rv.served_token.index + 3), NOW + 0.1),
-    "keepalive_behind": lambda rv: rv.on_keepalive(tok(2), NOW + 0.1),
-    "keepalive_tail_truncated": lambda rv: rv.on_keepalive(tok(30), NOW + 0.1, tok(20)),
-    "bootstrap_newer": lambda rv: rv.on_bootstrap_required(checkpoint(12), tok(12), NOW + 0.1),
-    "bootstrap_older": lambda rv: rv.on_bootstrap_required(checkpoint(3), tok(3), NOW + 0.1),
+                                        tok(20), NOW + 0.1, from_leader=True),
+    "delta_old": lambda rv: rv.on_delta(events(1, rv.served_token.index), tok(20), NOW + 0.1, from_leader=True),
+    "keepalive_same": lambda rv: rv.on_keepalive(rv.served_token, NOW + 0.1, from_leader=True),
+    "keepalive_ahead": lambda rv: rv.on_keepalive(tok(rv.served_token.index + 3), NOW + 0.1, from_leader=True),
+    "keepalive_behind": lambda rv: rv.on_keepalive(tok(2), NOW + 0.1, from_leader=True),
+    "keepalive_tail_truncated": lambda rv: rv.on_keepalive(tok(30), NOW + 0.1, tok(20), from_leader=True),
+    "bootstrap_newer": lambda rv: rv.on_bootstrap_required(checkpoint(12), tok(12), NOW + 0.1, from_leader=True),
+    "bootstrap_older": lambda rv: rv.on_bootstrap_required(checkpoint(3), tok(3), NOW + 0.1, from_leader=True),
     "begin_reload": lambda rv: rv.begin_reload(),
     "finish_reload_newer": lambda rv: rv.finish_reload(checkpoint(11), tok(11), NOW + 0.1),
     "finish_reload_older": lambda rv: rv.finish_reload(checkpoint(2), tok(2), NOW + 0.1),
@@ -267,7 +269,7 @@ def test_degraded_mode_precedence():
     rs = rv.read_state(NOW + 0.5)
     assert (rs.degraded_mode, rs.catch_up_state, rs.root_reachable) == (D.HEALTHY, L, False)
     assert rv.read_state(NOW + WINDOW + 0.1).degraded_mode == D.VIEW_ONLY
-    rv.on_keepalive(tok(5), NOW + WINDOW + 0.2)
+    rv.on_keepalive(tok(5), NOW + WINDOW + 0.2, from_leader=True)
     assert rv.read_state(NOW + WINDOW + 0.2).catch_up_state == F
 
 
@@ -284,7 +286,7 @@ def test_recovering_keeps_previous_catalog_serving():
     old = rv.catalog
     rv.begin_reload()
     assert rv.catalog is old and rv.state(NOW) == R
-    rv.on_delta(events(6, 7), tok(7), NOW + 0.1)
+    rv.on_delta(events(6, 7), tok(7), NOW + 0.1, from_leader=True)
     assert rv.catalog is old and rv.served_token == tok(5)  # the reload owns what comes next
     step = rv.finish_reload(checkpoint(7), tok(7), NOW + 0.2)
     assert step == rv._step(tok(5), A.RELOAD)
@@ -294,7 +296,7 @@ def test_recovering_keeps_previous_catalog_serving():
 def test_mismatched_checkpoint_token_is_a_caller_bug():
     rv = RootView(WINDOW)
     with pytest.raises(ValueError):
-        rv.on_bootstrap_required(checkpoint(3), tok(4), NOW)
+        rv.on_bootstrap_required(checkpoint(3), tok(4), NOW, from_leader=True)
 
 
 def test_time_moving_backward_does_not_rewind_state():
@@ -307,7 +309,7 @@ def test_non_region_events_advance_the_token():
     rv = RootView(WINDOW)
     step = rv.on_delta([CommittedEvent(tok(1), RootEvent(EventKind.STORE_JOINED,
                                                          StoreMembership(1, "a:1")))],
-                       tok(1), NOW)
+                       tok(1), NOW, from_leader=True)
     assert (step.catch_up_action, step.catch_up_state) == (A.ADVANCE, F)
     assert rv.catalog.stores()[1].address == "a:1"
 
@@ -331,25 +333,25 @@ def test_served_token_never_moves_backward(ops):
         root = max(root, served) + (n if op in ("delta", "keepalive", "bootstrap") else 0)
         catalog, state_before = rv.catalog, rv.state(now)
         if op == "delta":
-            step = rv.on_delta(events(served + 1, served + n), tok(root), now)
+            step = rv.on_delta(events(served + 1, served + n), tok(root), now, from_leader=True)
         elif op == "delta_gap":
-            step = rv.on_delta(events(served + 2, served + 2 + n), tok(served + 2 + n), now)
+            step = rv.on_delta(events(served + 2, served + 2 + n), tok(served + 2 + n), now, from_leader=True)
         elif op == "delta_dup":
-            step = rv.on_delta(events(max(1, served - n), served), tok(root), now)
+            step = rv.on_delta(events(max(1, served - n), served), tok(root), now, from_leader=True)
         elif op == "keepalive":
-            step = rv.on_keepalive(tok(root), now)
+            step = rv.on_keepalive(tok(root), now, from_leader=True)
         elif op == "keepalive_old":
-            step = rv.on_keepalive(tok(max(0, served - n - 1)), now)
+            step = rv.on_keepalive(tok(max(0, served - n - 1)), now, from_leader=True)
         elif op == "tail":
-            step = rv.on_keepalive(tok(root + n), now, tok(served + n))
+            step = rv.on_keepalive(tok(root + n), now, tok(served + n), from_leader=True)
         elif op in ("bootstrap", "finish"):
             target = max(served, root - n)
-            step = (rv.on_bootstrap_required(checkpoint(target), tok(target), now)
+            step = (rv.on_bootstrap_required(checkpoint(target), tok(target), now, from_leader=True)
                     if op == "bootstrap" else rv.finish_reload(checkpoint(target), tok(target),
                                                                now))
         elif op in ("bootstrap_old", "finish_old"):
             target = max(0, served - n - 1)
-            step = (rv.on_bootstrap_required(checkpoint(target), tok(target), now)
+            step = (rv.on_bootstrap_required(checkpoint(target), tok(target), now, from_leader=True)
                     if op == "bootstrap_old" else rv.finish_reload(checkpoint(target),
                                                                    tok(target), now))
         elif op == "begin":
@@ -406,7 +408,7 @@ def test_advance_touches_entries_in_proportion_to_the_delta(delta):
                                    epoch=type(d.epoch)(1, 2 + i))
             batch.append(CommittedEvent(tok(2 + i), RootEvent(
                 EventKind.REGION_DESCRIPTOR_PUBLISHED, RegionUpsert(new))))
-        step = rv.on_delta(batch, tok(1 + delta), 0.1)
+        step = rv.on_delta(batch, tok(1 + delta), 0.1, from_leader=True)
         assert step.catch_up_action == A.ADVANCE
         stats = rv.catalog.last_advance
         assert stats.events == delta
