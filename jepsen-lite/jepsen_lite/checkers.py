@@ -3,7 +3,9 @@
 This module owns three history checks that need no search:
 
 * :func:`check_route_reads`: every ``route`` reply honours the freshness contract it was
-  asked for, and no coordinator's served root token goes backward;
+  asked for, no coordinator's served root token goes backward, and STRONG route reads and
+  ``root-confirm`` reads (``ConfirmToken`` at a metaroot peer) cover every root index seen
+  committed before they were invoked;
 * :func:`check_transitions`: every transition reached exactly one outcome and none finished
   without a plan (or a recovery record that explains it);
 * :func:`check_acknowledged_writes`: no acknowledged write is missing from the final state.
@@ -63,14 +65,30 @@ def check_route_reads(history: History | Iterable[dict] | Iterable[Operation]) -
       AUTHORITATIVE;
     * ``root_lag_mismatch``: ``root_lag != current_root_token - served_root_token``;
     * ``token_regression``: a reply served a lower root token than an earlier reply of the
-      same coordinator that completed before this one was invoked.
+      same coordinator that completed before this one was invoked;
+    * ``strong_stale`` / ``confirm_stale``: a STRONG reply's served root token, or a
+      ``root-confirm`` operation's confirmed index (its ok value), is below a root index that
+      an operation completed before it was invoked had already seen committed (any route
+      reply's served token, any root-confirm's index): a linearizable read of the root that
+      missed a committed event (a deposed metaroot leader trusting its lease, a coordinator
+      serving STRONG without a current confirmation).
 
     ``fail`` and ``info`` route operations promise nothing and are skipped.
     """
     violations: list[dict] = []
     replies: list[tuple[Operation, dict]] = []
+    confirms: list[Operation] = []
     checked = 0
-    for op in operations_of(history):
+    all_ops = operations_of(history)
+    for op in all_ops:
+        if op.f == "root-confirm" and op.status == OK:
+            checked += 1
+            if isinstance(op.output, int) and not isinstance(op.output, bool):
+                confirms.append(op)
+            else:
+                violations.append({"kind": "malformed", "op": op.id,
+                                   "detail": f"root-confirm value {op.output!r} is not an index"})
+            continue
         if op.f != "route" or op.status != OK:
             continue
         checked += 1
@@ -116,8 +134,41 @@ def check_route_reads(history: History | Iterable[dict] | Iterable[Operation]) -
             )
         replies.append((op, reply))
     violations.extend(_token_regressions(replies))
+    violations.extend(_stale_root_reads(replies, confirms))
     violations.sort(key=lambda v: v["op"])
     return _result(violations, checked=checked)
+
+
+def _stale_root_reads(replies: list[tuple[Operation, dict]], confirms: list[Operation]
+                      ) -> list[dict]:
+    """STRONG replies and root-confirms must cover every root index some operation completed
+    before their invocation had seen committed (a served token is a committed index)."""
+    seen: list[tuple[int, int, Operation]] = []  # (ret, index, op)
+    for op, reply in replies:
+        seen.append((op.ret, reply["served_root_token"], op))
+    for op in confirms:
+        seen.append((op.ret, op.output, op))
+    seen.sort(key=lambda item: item[0])
+    completions = [ret for ret, _, _ in seen]
+    best: list[tuple[int, Operation]] = []  # prefix maximum of seen indexes
+    for _, index, op in seen:
+        best.append((index, op) if not best or index > best[-1][0] else best[-1])
+    checks = [(op, reply["served_root_token"], "strong_stale") for op, reply in replies
+              if reply.get("freshness") == STRONG]
+    checks += [(op, op.output, "confirm_stale") for op in confirms]
+    out = []
+    for op, index, kind in checks:
+        earlier = bisect.bisect_left(completions, op.call)  # completed strictly before
+        if earlier == 0:
+            continue
+        high, high_op = best[earlier - 1]
+        if index < high:
+            what = ("STRONG route read served" if kind == "strong_stale"
+                    else "root-confirm confirmed")
+            out.append({"kind": kind, "op": op.id, "earlier_op": high_op.id,
+                        "detail": f"{what} root index {index} after op {high_op.id} "
+                                  f"({high_op.f}) had seen index {high} committed"})
+    return out
 
 
 def _token_regressions(replies: list[tuple[Operation, dict]]) -> list[dict]:

@@ -202,12 +202,16 @@ register_subcommand(
 
 
 def _load_extensions() -> None:
-    """Register subcommands that live in other modules (``run``: :mod:`.run_cli`) unless a
-    subcommand of that name is registered already."""
+    """Register subcommands that live in other modules (``run``: :mod:`.run_cli`, ``soak``:
+    :mod:`.soak`) unless a subcommand of that name is registered already."""
     if "run" not in SUBCOMMANDS:
         from . import run_cli
 
         run_cli.register()
+    if "soak" not in SUBCOMMANDS:
+        from . import soak
+
+        soak.register()
 
 
 def build_parser() -> argparse.ArgumentParser:

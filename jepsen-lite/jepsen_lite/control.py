@@ -32,12 +32,14 @@ from nokvpy.cluster.local import ClusterSpec, LocalCluster
 from nokvpy.protocol import Freshness
 from nokvpy.protocol.admin import FailpointClearRequest, FailpointListRequest, FailpointSetRequest
 from nokvpy.protocol.coordinator_rpc import (
+    DiagnosticsRequest,
     GetRegionByKeyRequest,
     ListStoresRequest,
     ListTransitionsRequest,
     ScanRegionsRequest,
 )
-from nokvpy.protocol.store_rpc import AdminRequest
+from nokvpy.protocol.metaroot_rpc import ConfirmTokenRequest, MetarootStatusRequest
+from nokvpy.protocol.store_rpc import AdminRequest, ExecutionStatusRequest
 from nokvpy.rpc import Identity, RemoteError, RpcClient
 from nokvpy.wire import FaultRule, SetFaultRules
 
@@ -82,6 +84,7 @@ class ClusterControl:
         self.log = log or (lambda msg: None)
         self.spec: ClusterSpec | None = None
         self._rpc: RpcClient | None = None
+        self._probe_rpc: RpcClient | None = None
         self._rules: dict[str, list[FaultRule]] = {}
         self._rules_version = 0
         self._rules_applied: dict[str, int] = {}
@@ -104,10 +107,20 @@ class ClusterControl:
             self._rpc = RpcClient(Identity(self.spec.cluster_id, "jepsen", 0, secret), seed=self.seed)
         return self._rpc
 
+    @property
+    def probe_rpc(self) -> RpcClient:
+        """A client-identity connection pool for operations the nemesis records as client
+        operations (direct reads at a resumed leader): kept apart from the control calls."""
+        if self._probe_rpc is None:
+            self._probe_rpc = RpcClient(self.client_identity(900), seed=self.seed + 900)
+        return self._probe_rpc
+
     async def aclose(self) -> None:
-        if self._rpc is not None:
-            await self._rpc.aclose()
-            self._rpc = None
+        for attr in ("_rpc", "_probe_rpc"):
+            rpc = getattr(self, attr)
+            if rpc is not None:
+                setattr(self, attr, None)
+                await rpc.aclose()
 
     def client_identity(self, index: int) -> Identity:
         assert self.spec is not None
@@ -215,6 +228,11 @@ class ClusterControl:
         if pid is not None:
             await self._push_rules_to(name, attempts=5)
         return {"pid": pid, "action": "SIGCONT" if pid else "not running"}
+
+    def sigcont(self, name: str) -> int | None:
+        """SIGCONT only, at once (no await): the lease nemesis sends its reads right after;
+        call :meth:`resume` afterwards for the bookkeeping (fault rules)."""
+        return self.cluster.signal(name, signal.SIGCONT)
 
     # -- network fault rules --------------------------------------------------------------
 
@@ -436,6 +454,85 @@ class ClusterControl:
                     "transition_id": tid, "source_index": source, "kind": kind,
                     "phase": phase, "coordinator": addr})
         return list(seen.values())
+
+    # -- lookups for the lease nemesis ---------------------------------------------------
+
+    def node_id(self, name: str) -> int:
+        assert self.spec is not None
+        return self.spec.get(name).node_id
+
+    def address(self, name: str) -> str:
+        return self._addr(name)
+
+    async def ping(self, name: str, rpc: RpcClient | None = None, timeout: float = 1.0) -> bool:
+        """One cheap call (FailpointList) so that ``rpc`` holds an open connection to
+        ``name`` before a fault: a request sent right after SIGCONT then needs no handshake."""
+        try:
+            await (rpc or self.rpc).call(self._addr(name), FailpointListRequest(), timeout=timeout)
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+
+    async def route_of(self, key: bytes) -> tuple[Any, str | None]:
+        """(descriptor, leader store name) of ``key``'s region as a coordinator sees it
+        (BEST_EFFORT); (None, None) when no coordinator knows."""
+        reply = await self._call_coordinator(GetRegionByKeyRequest(key, Freshness.BEST_EFFORT))
+        if reply.descriptor is None:
+            return None, None
+        leader = await self.store_name(reply.leader_store_id) if reply.leader_store_id else None
+        return reply.descriptor, leader
+
+    async def leads_region(self, name: str, region_id: int, timeout: float = 0.5) -> bool | None:
+        """Whether store ``name`` says it leads ``region_id`` (None: no answer)."""
+        try:
+            reply = await self.rpc.call(self._addr(name), ExecutionStatusRequest(region_id),
+                                        timeout=timeout)
+        except Exception:  # noqa: BLE001
+            return None
+        region = (reply.body.get("regions") or {}).get(str(region_id)) or {}
+        return bool(region.get("leader"))
+
+    async def region_leader(self, region_id: int, names: Sequence[str]) -> str | None:
+        """The first of the stores ``names`` that says it leads ``region_id``."""
+        for name in names:
+            if await self.leads_region(name, region_id):
+                return name
+        return None
+
+    async def metaroot_status(self, name: str, timeout: float = 0.5) -> Any | None:
+        try:
+            return await self.rpc.call(self._addr(name), MetarootStatusRequest(), timeout=timeout)
+        except Exception:  # noqa: BLE001
+            return None
+
+    async def metaroot_leader(self, exclude: Sequence[str] = ()) -> str | None:
+        """The metaroot peer that says it is the leader (skipping ``exclude``)."""
+        for name in self.names("metaroot"):
+            if name in exclude:
+                continue
+            status = await self.metaroot_status(name)
+            if status is not None and status.is_leader:
+                return name
+        return None
+
+    async def confirm_token(self, name: str, rpc: RpcClient | None = None,
+                            timeout: float | None = None) -> int:
+        """``ConfirmToken`` straight at metaroot peer ``name``: the root index it confirms
+        as committed (a linearizable read of the root's commit point). Raises on refusal."""
+        reply = await (rpc or self.rpc).call(self._addr(name), ConfirmTokenRequest(),
+                                             timeout=timeout or self.rpc_timeout)
+        return int(reply.token.index)
+
+    async def lookup_grant_holder(self) -> str | None:
+        """The coordinator that says it holds the ``region_lookup`` duty grant."""
+        for name in self.names("coordinator"):
+            try:
+                reply = await self.rpc.call(self._addr(name), DiagnosticsRequest(), timeout=1.0)
+            except Exception:  # noqa: BLE001, S112 - paused or down: ask the next
+                continue
+            if "region_lookup" in (reply.body.get("grants_held") or []):
+                return name
+        return None
 
     # -- healing ---------------------------------------------------------------------------
 

@@ -14,8 +14,12 @@ a sequence of windows separated by quiet periods; each window carries one fault,
 a seeded shuffled deck of the enabled faults (so every fault gets its turn). ``churn``
 (topology changes) runs on its own track and may overlap the others. The same seed, fault
 list, time limit and process names always give the same schedule; targets are concrete
-process names, or ``":leader"`` (resolved when the window opens to the store leading the
-region of a workload key; the resolved name is recorded in the history).
+process names, or symbolic: ``":leader"`` (resolved when the window opens to the store leading
+the region of a workload key), ``":metaroot-leader"``, ``":lookup-holder"`` (the coordinator
+holding the ``region_lookup`` grant); the resolved name is recorded in the history.
+
+``lease`` and ``tick-stretch`` windows run the sequences of :mod:`jepsen_lite.lease`, which
+also send (and record, as ordinary client operations) reads straight at the resumed process.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import trio
+
+from . import lease
+from .lease import LOOKUP_HOLDER, METAROOT_LEADER, Prober
 
 # -- vocabulary ----------------------------------------------------------------------------
 
@@ -41,6 +48,11 @@ FAULTS: dict[str, str] = {
     "slow-fsync": "sleep in the storage commit (slow fsync) on one store",
     "crash-point": "crash one store (exit) at a named code point, restart it at the end",
     "churn": "topology churn: splits, merges and leader transfers",
+    "lease": "SIGSTOP a leader (region leader store, metaroot leader or region_lookup grant "
+    "holder) until it is replaced, write through the new one, SIGCONT and read straight at "
+    "the old one at once",
+    "tick-stretch": "driver.tick failpoint: stall a store's loop (sleep) a few times and read "
+    "at it as it wakes, or skew a process's tick rate (return(f)), restored at the end",
 }
 ALIASES: dict[str, list[str]] = {
     "all": [f for f in FAULTS],
@@ -48,6 +60,7 @@ ALIASES: dict[str, list[str]] = {
     "net": ["partition", "lossy", "slow-net"],
     "process": ["kill", "pause"],
     "failpoints": ["publish-fail", "slow-fsync", "crash-point"],
+    "clock": ["lease", "tick-stretch"],
 }
 PUBLISH_FAILPOINTS = ("store.publish_terminal", "store.publish_planned")
 CRASH_POINTS = (
@@ -116,6 +129,11 @@ class ScheduleOptions:
     """Share of kill/pause/partition windows that target the leader of a key's region."""
     churn_every: tuple[float, float] = (0.5, 2.0)
     """Time between two topology commands inside a churn window."""
+    lease_modes: tuple[str, ...] = ("store", "metaroot", "coordinator")
+    """Which leaders ``lease`` windows pause (stores 3x as often as the others)."""
+    lease_isolate: float = 0.5
+    """Share of ``lease`` windows that also cut the paused leader off from the other
+    servers until the reads at it are done."""
 
 
 def _process_names(processes: Sequence[str] | dict[str, Sequence[str]]) -> dict[str, list[str]]:
@@ -182,6 +200,10 @@ def _window_params(
         }
     if fault == "churn":
         return "topology", {"seed": rng.randrange(2**31), "every": list(opts.churn_every)}
+    if fault == "lease":
+        return lease.lease_params(rng, by_kind, opts.lease_modes, opts.lease_isolate)
+    if fault == "tick-stretch":
+        return lease.tick_stretch_params(rng, by_kind, opts.leader_share)
     raise NemesisError(f"unknown fault {fault!r}")
 
 
@@ -261,6 +283,37 @@ class ControlProtocol(Protocol):
 
     async def heal(self) -> dict: ...
 
+    # used by the lease and tick-stretch windows (jepsen_lite.lease)
+
+    probe_rpc: Any
+
+    def sigcont(self, name: str) -> int | None: ...
+
+    def node_id(self, name: str) -> int: ...
+
+    def address(self, name: str) -> str: ...
+
+    async def ping(self, name: str, rpc: Any = None, timeout: float = 1.0) -> bool: ...
+
+    async def route_of(self, key: bytes) -> tuple[Any, str | None]: ...
+
+    async def store_name(self, store_id: int) -> str | None: ...
+
+    async def leads_region(self, name: str, region_id: int) -> bool | None: ...
+
+    async def region_leader(self, region_id: int, names: Sequence[str]) -> str | None: ...
+
+    async def metaroot_status(self, name: str) -> Any | None: ...
+
+    async def metaroot_leader(self, exclude: Sequence[str] = ()) -> str | None: ...
+
+    async def confirm_token(self, name: str, rpc: Any = None, timeout: float | None = None
+                            ) -> int: ...
+
+    async def lookup_grant_holder(self) -> str | None: ...
+
+    async def failpoint_hits(self, name: str) -> dict[str, int]: ...
+
 
 # -- running -------------------------------------------------------------------------------
 
@@ -292,7 +345,9 @@ class Nemesis:
     """Runs a schedule against ``control``, recording windows in ``recorder``.
 
     ``keys`` are workload keys (bytes) for ``:leader`` targets and split points.
-    ``clock`` returns seconds since the run started.
+    ``clock`` returns seconds since the run started. ``workload`` (optional) lets the lease
+    and tick-stretch windows record their own reads and writes as client operations (each
+    with the client deadline ``op_timeout``).
     """
 
     def __init__(
@@ -304,6 +359,8 @@ class Nemesis:
         seed: int = 0,
         clock: Callable[[], float] | None = None,
         log: Callable[[str], None] | None = None,
+        workload: Any = None,
+        op_timeout: float = 2.0,
     ):
         self.control = control
         self.recorder = recorder
@@ -316,10 +373,14 @@ class Nemesis:
         self.intervals: list[IntervalRecord] = []
         self.events: list[dict] = []  # churn steps and other point events
         self._records: dict[int, IntervalRecord] = {}
+        self.prober = Prober(recorder, workload, op_timeout, self.clock)
+        self._plans: dict[tuple[str, str | None], lease.StorePlan] = {}
 
     # -- one window ---------------------------------------------------------------------
 
     async def _resolve(self, target: str | None) -> str | None:
+        if target in (METAROOT_LEADER, LOOKUP_HOLDER):
+            return await self._resolve_role(target)
         if target != LEADER:
             return target
         key = self.rng.choice(self.keys)
@@ -333,11 +394,45 @@ class Nemesis:
             name = self.rng.choice(stores) if stores else None
         return name
 
+    async def _resolve_role(self, target: str) -> str | None:
+        kind = "metaroot" if target == METAROOT_LEADER else "coordinator"
+        try:
+            if target == METAROOT_LEADER:
+                name = await self.control.metaroot_leader()
+            else:
+                name = await self.control.lookup_grant_holder()
+        except Exception as exc:  # noqa: BLE001 - fall back to any process of the kind
+            self.log(f"{target} lookup failed: {exc}")
+            name = None
+        if name is None:
+            names = self.control.names(kind)
+            name = self.rng.choice(names) if names else None
+        return name
+
+    async def _plan_lease(self, window: Window) -> str | None:
+        """Resolve a store ``lease`` window: a region with a leader and the workload keys in
+        it (the plan is kept for ``_inject``)."""
+        if not self.prober.kv:
+            return await self._resolve(window.target)
+        try:
+            target, plan = await lease.plan_store(self.control, self.prober.workload.keys(),
+                                                  self.rng)
+        except Exception as exc:  # noqa: BLE001
+            self.log(f"lease plan failed: {exc}")
+            target, plan = None, None
+        if target is None or plan is None:
+            return await self._resolve(window.target)
+        self._plans[(window.fault, target)] = plan
+        return target
+
     async def start(self, window: Window) -> ActiveFault:
         """Inject ``window``'s fault; records a nemesis ``start`` event first."""
         record = IntervalRecord(window.fault, window.target, window.start, window.stop)
         self.intervals.append(record)
-        target = await self._resolve(window.target)
+        if window.fault == "lease" and window.params.get("mode") == "store":
+            target = await self._plan_lease(window)
+        else:
+            target = await self._resolve(window.target)
         ident = (window.fault, target)
         if ident in self.active:  # the same fault is already on that target: skip
             record.errors.append("already active")
@@ -346,6 +441,8 @@ class Nemesis:
         details: dict = {"planned": [window.start, window.stop], **window.params}
         if window.target == LEADER:
             details["leader_of"] = True
+        elif window.target in (METAROOT_LEADER, LOOKUP_HOLDER):
+            details["role"] = window.target
         record.target = target
         record.start = self.clock()
         self.recorder.nemesis_start(window.fault, target, **_json_safe(details))
@@ -408,7 +505,34 @@ class Nemesis:
             return {"set": out}
         if fault == "churn":
             return {}  # steps run in the window loop (see run_window)
+        if fault == "lease":
+            return await self._inject_lease(target, params)
+        if fault == "tick-stretch":
+            if params.get("mode") == "skew":
+                return {"set": await c.set_failpoint(target, lease.TICK_FAILPOINT,
+                                                     f"return({params['factor']})")}
+            return {}  # stalls run in the window loop (see run_window)
         raise NemesisError(f"unknown fault {fault!r}")
+
+    async def _inject_lease(self, target: str | None, params: dict) -> dict:
+        if target is None:
+            return {"skipped": "no target"}
+        mode = params.get("mode", "store")
+        if mode == "metaroot":
+            return await lease.metaroot_window(self.control, self.prober, target, params,
+                                               self.clock)
+        if mode == "coordinator":
+            return await lease.coordinator_window(self.control, self.prober, target, params,
+                                                  self.clock)
+        plan = self._plans.pop(("lease", target), None)
+        if plan is None:  # no region to read: a plain pause of the replaced length
+            paused = await self.control.pause(target)
+            await trio.sleep(params.get("min_pause", 2.5))
+            self.control.sigcont(target)
+            return {"mode": "store", "pause": paused, "resume": await self.control.resume(target),
+                    "note": "no region planned: no reads"}
+        return await lease.store_window(self.control, self.prober, target, plan, params,
+                                        self.clock)
 
     def _fp_targets(self, target: str | None) -> list[str]:
         if target in ("stores", None):
@@ -442,6 +566,22 @@ class Nemesis:
             return {"cleared": out}
         if fault == "churn":
             return {"steps": active.details.get("steps", 0)}
+        if fault == "lease":
+            if not target:
+                return {}
+            out = {"resume": await c.resume(target)}
+            if params.get("isolate"):
+                out["unisolate"] = await c.remove_fault_rules(lease.isolation_label(target))
+            return out
+        if fault == "tick-stretch":
+            if target is None:
+                return {}
+            if params.get("mode") == "skew":
+                return await lease.restore_rate(c, target)
+            if not c.alive(target):
+                return {"process": "down", "stalls": len(active.details.get("stalls", []))}
+            cleared = await c.clear_failpoint(target, lease.TICK_FAILPOINT)
+            return {"stalls": len(active.details.get("stalls", [])), **cleared}
         raise NemesisError(f"unknown fault {fault!r}")
 
     async def run_window(self, window: Window) -> None:
@@ -476,8 +616,33 @@ class Nemesis:
             result = _json_safe({"at": round(self.clock(), 3), "for": "publish-fail", **result})
             self.events.append(result)
             self.recorder.nemesis("event", "churn", "topology", **result)
+        elif (window.fault == "tick-stretch" and window.params.get("mode") == "stall"
+              and active.target is not None):
+            await self._stall_loop(window, active)
         await self._sleep_until(window.stop)
         await self.stop(active)
+
+    async def _stall_loop(self, window: Window, active: ActiveFault) -> None:
+        """Stall the target's loop once, read at it as it wakes, rest, repeat while another
+        stall fits in the window (each stall is recorded as a nemesis ``event``)."""
+        srng = random.Random(f"stall-{window.start}")
+        ms = int(window.params.get("ms", 800))
+        every = tuple(window.params.get("every", (1.0, 2.5)))
+        stalls: list[dict] = active.details.setdefault("stalls", [])
+        while not stalls or self.clock() + ms / 1000 < window.stop:  # at least one
+            try:
+                result = await lease.stall_once(self.control, self.prober, active.target, ms,
+                                                int(window.params.get("reads", 8)), srng,
+                                                self.clock)
+            except Exception as exc:  # noqa: BLE001 - recorded, the window goes on
+                result = {"ms": ms, "error": f"{type(exc).__name__}: {exc}"}
+            result = _json_safe(result)
+            stalls.append(result)
+            self.recorder.nemesis("event", "tick-stretch", active.target, **result)
+            await self._sleep_until(min(window.stop, self.clock() + srng.uniform(*every)))
+        record = self._records.get(id(active))
+        if record is not None:
+            record.details["stalls"] = _json_safe(stalls)
 
     async def run(self, schedule: Sequence[Window]) -> None:
         """Run every window of ``schedule`` (windows of one track never overlap; churn

@@ -36,6 +36,16 @@ def _env(text: str) -> tuple[str, str]:
     return name, value
 
 
+def _lease_modes(text: str) -> tuple[str, ...]:
+    from .lease import LEASE_MODES
+
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in modes if m not in LEASE_MODES]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"lease modes are {','.join(LEASE_MODES)}, got {text!r}")
+    return modes
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     from .workloads import WORKLOADS
 
@@ -67,6 +77,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="quiet time between fault windows (default 2,5)")
     parser.add_argument("--leader-share", type=float, default=0.35, metavar="P",
                         help="share of kill/pause/partition windows aimed at a region leader")
+    parser.add_argument("--lease-modes", type=_lease_modes,
+                        default=("store", "metaroot", "coordinator"), metavar="MODES",
+                        help="which leaders lease windows pause: store,metaroot,coordinator "
+                             "(default all three)")
+    parser.add_argument("--lease-isolate", type=float, default=0.5, metavar="P",
+                        help="share of lease windows that also cut the paused leader off from "
+                             "the other servers until the reads at it are done (default 0.5)")
     parser.add_argument("--check-time-limit", type=float, default=120.0, metavar="S",
                         help="search budget of the linearizability checker")
     parser.add_argument("--ready-timeout", type=float, default=60.0, metavar="S")
@@ -102,6 +119,8 @@ def config_from_args(args: argparse.Namespace):
         fault_duration=args.fault_duration,
         fault_quiet=args.fault_quiet,
         leader_share=args.leader_share,
+        lease_modes=tuple(args.lease_modes),
+        lease_isolate=args.lease_isolate,
         keep_cluster=args.keep_cluster,
     )
 

@@ -74,6 +74,8 @@ class RunConfig:
     fault_duration: tuple[float, float] = (3.0, 8.0)
     fault_quiet: tuple[float, float] = (2.0, 5.0)
     leader_share: float = 0.35
+    lease_modes: tuple[str, ...] = ("store", "metaroot", "coordinator")
+    lease_isolate: float = 0.5
     keep_cluster: bool = False
 
     def schedule_options(self) -> ScheduleOptions:
@@ -83,6 +85,8 @@ class RunConfig:
             quiet=tuple(self.fault_quiet),
             tail=tail,
             leader_share=self.leader_share,
+            lease_modes=tuple(self.lease_modes),
+            lease_isolate=self.lease_isolate,
             first_fault=(min(2.0, self.time_limit * 0.1), min(4.0, self.time_limit * 0.2)),
         )
 
@@ -106,6 +110,10 @@ class RunConfig:
             "--fault-quiet", ",".join(f"{x:g}" for x in self.fault_quiet),
             "--dir", f"{self.dir.rstrip('/')}-repro",
         ]
+        if tuple(self.lease_modes) != RunConfig.lease_modes:
+            args += ["--lease-modes", ",".join(self.lease_modes)]
+        if self.lease_isolate != RunConfig.lease_isolate:
+            args += ["--lease-isolate", f"{self.lease_isolate:g}"]
         for k, v in sorted(self.env.items()):
             args += ["--env", f"{k}={v}"]
         return " ".join(shlex.quote(a) for a in args)
@@ -228,7 +236,8 @@ async def _run_async(
     until = t0 + config.time_limit
     nemesis = Nemesis(
         control, recorder, keys=workload.split_keys(), seed=config.seed,
-        clock=lambda: trio.current_time() - t0, log=log,
+        clock=lambda: trio.current_time() - t0, log=log, workload=workload,
+        op_timeout=config.op_timeout,
     )
     state["nemesis"] = nemesis
     state["t0_ns"] = time.monotonic_ns()
@@ -387,7 +396,7 @@ def run_checks(workload_name: str, history: History, final: dict | None,
                 lost["valid"] = False if lost["violations"] else "unknown"
                 lost["note"] = f"{len(missing)} keys could not be read"
             checks["lost_writes"] = lost
-    if any(op.f == "route" for op in ops):
+    if any(op.f in ("route", "root-confirm") for op in ops):
         checks["routes"] = check_route_reads(history)
     if transitions:
         checks["transitions"] = check_transitions(transitions)
@@ -428,7 +437,12 @@ def _check_and_report(
             for iv in summary:
                 queue = records.get((iv["fault"], iv["target"]))
                 if queue:
-                    iv["errors"] = queue.pop(0).errors
+                    record = queue.pop(0)
+                    iv["errors"] = record.errors
+                    # what the injection itself reported (pids, the lease sequence's reads)
+                    result = {k: v for k, v in record.details.items() if k not in iv["details"]}
+                    if result:
+                        iv["result"] = result
             results["churn_steps"] = nemesis.events[:500]
             if nemesis.events:
                 results["churn"] = {

@@ -113,6 +113,11 @@ class Workload:
     async def final_read(self, client: Any, key: str, timeout: float) -> Outcome:
         return await self.invoke(client, Op(self.read_f, key, None, False), timeout)
 
+    def probe_write(self, key: str) -> Op | None:
+        """A write of ``key`` with a fresh unique value, for the nemesis's own writes (the
+        lease nemesis writes through a new leader); None when the workload has none."""
+        return None
+
 
 # -- register ------------------------------------------------------------------------------
 
@@ -168,6 +173,9 @@ class RegisterWorkload(Workload):
 
     def final_keys(self) -> list[str]:
         return sorted(set(self.keys()) | self.touched)
+
+    def probe_write(self, key: str) -> Op | None:
+        return Op("write", key, self.next_value(), True)
 
     @staticmethod
     def observe(state: dict, op: Op, outcome: Outcome) -> None:
@@ -226,6 +234,10 @@ class AppendWorkload(Workload):
 
     def split_keys(self) -> list[bytes]:
         return [f"a{i}".encode() for i in range(0, self.n_keys * 8, 2)]
+
+    def probe_write(self, key: str) -> Op | None:
+        self._appends[key] = self._appends.get(key, 0) + 1
+        return Op("append", key, self.next_value(), True)
 
     def next_op(self, rng: random.Random, state: dict) -> Op:
         slot = rng.randrange(len(self._active))

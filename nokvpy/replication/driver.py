@@ -324,6 +324,7 @@ class Driver:
         # "Leader leases" in docs/protocols.md).
         # (origin set when the loop starts: see run)
         self._clock = ElapsedTicks(tick_interval, 0.0, unsafe=unsafe_lease_from_env())
+        self._ticker_woke = False  # the ticker found ticks due since the last _feed
         # Read contexts are unique across restarts too: a READ_INDEX_RESP meant for a read of
         # this node's previous process (late, from a leader) must not answer a new read, and
         # the follower matches answers by context. A random start per process does that.
@@ -454,7 +455,10 @@ class Driver:
         first answer must come from a turn that fed the elapsed ticks). Same rule as the
         core's LEASE_BASED ReadIndex; only reads the raw node."""
         r = group.node.raft
-        if (group.stopped or self._clock.due(trio.current_time()) or r.state != StateType.LEADER
+        # NOKV_UNSAFE_LEASE: the old check, a flag only the ticker task raises (a read handled
+        # after a pause but before that task ran was answered from the lease).
+        unfed = self._ticker_woke if self._clock.unsafe else self._clock.due(trio.current_time())
+        if (group.stopped or unfed or r.state != StateType.LEADER
                 or r.read_only.option != ReadOnlyOption.LEASE_BASED):
             return None
         if not r.committed_entry_in_current_term() or not r.lease_valid():
@@ -552,6 +556,7 @@ class Driver:
                 await trio.sleep(max(0.0, (clock.fed + 1) * clock.interval * clock.stretch
                                      - (now - clock.origin)) + 1e-4)
                 continue
+            self._ticker_woke = True
             self._wake.set()
             await trio.sleep(clock.interval * clock.stretch / 2)
 
@@ -574,6 +579,7 @@ class Driver:
         return self._clock.take(now)
 
     def _feed(self) -> None:
+        self._ticker_woke = False
         ticks = self._take_ticks()
         if ticks:
             self.counters["ticks_fed"] += ticks
