@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import trio
+from test_coordinator_processes import poll
 
 from coordinator.grantloop import GateRejected, GrantLoop
 from coordinator.rootview import RootView
@@ -195,21 +196,6 @@ class Cluster:
             return None
 
         return await poll(find, timeout, f"a coordinator holding {duty}")
-
-
-async def poll(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            last = await pred()
-            if last:
-                return last
-        except Exception as exc:  # noqa: BLE001 - converging
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out ({timeout}s) waiting for {what}: last={last!r}")
-        await trio.sleep(0.05)
 
 
 # ---- the read burst and its checks ---------------------------------------------------------

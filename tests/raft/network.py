@@ -263,3 +263,19 @@ class Network:
 
     def conf(self, node_id: int) -> ConfState:
         return self.nodes[node_id].raft.prs.conf_state()
+
+
+def elected(ids=(1, 2, 3), leader=1, **cfg) -> Network:
+    """A network of `ids` in which `leader` won an election."""
+    net = Network(list(ids), **cfg)
+    net.campaign(leader)
+    assert net.leader() == leader
+    return net
+
+
+def change(net: Network, at: int, kind, node: int) -> None:
+    """Propose a single-step conf change on node `at` and let it settle."""
+    from nokvpy.raft.types import ConfChange
+
+    net.nodes[at].rn.propose_conf_change(ConfChange(kind, node))
+    net.stabilize()

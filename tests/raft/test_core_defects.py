@@ -18,21 +18,11 @@ from nokvpy.raft import (
 )
 from nokvpy.raft.progress import Progress
 
-from .network import Network
+from .network import change, elected
 
 MT = MessageType
 
 
-def elected(ids=(1, 2, 3), leader=1, **cfg) -> Network:
-    net = Network(list(ids), **cfg)
-    net.campaign(leader)
-    assert net.leader() == leader
-    return net
-
-
-def change(net: Network, at: int, kind: ConfChangeType, node: int) -> None:
-    net.nodes[at].rn.propose_conf_change(ConfChange(kind, node))
-    net.stabilize()
 
 
 # -- removing the last voter -----------------------------------------------------------------

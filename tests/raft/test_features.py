@@ -16,21 +16,11 @@ from nokvpy.raft import (
     StateType,
 )
 
-from .network import Network
+from .network import Network, change, elected
 
 MT = MessageType
 
 
-def elected(ids=(1, 2, 3), leader=1, **cfg) -> Network:
-    net = Network(list(ids), **cfg)
-    net.campaign(leader)
-    assert net.leader() == leader
-    return net
-
-
-def change(net: Network, at: int, kind: ConfChangeType, node: int) -> None:
-    net.nodes[at].rn.propose_conf_change(ConfChange(kind, node))
-    net.stabilize()
 
 
 # -- pre-vote and check-quorum ---------------------------------------------------------------

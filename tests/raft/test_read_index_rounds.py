@@ -13,16 +13,10 @@ import pytest
 from nokvpy.raft import MessageType, StateType, read_only
 from nokvpy.raft.read_only import decode_round
 
-from .network import Network
+from .network import Network, elected
 
 MT = MessageType
 
-
-def elected(ids=(1, 2, 3), leader=1, **cfg) -> Network:
-    net = Network(list(ids), **cfg)
-    net.campaign(leader)
-    assert net.leader() == leader
-    return net
 
 
 def depose_with_delayed_ack(net: Network) -> tuple[int, int]:
