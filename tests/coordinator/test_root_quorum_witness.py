@@ -181,6 +181,7 @@ async def test_quorum_loss_never_labelled_authoritative(tmp_path):
 
 
 @pytest.mark.cluster
+@pytest.mark.slow  # the switch is caught in the slow tier (python -m pytest -m slow)
 async def test_unsafe_follower_keepalive_switch_is_caught(tmp_path):
     counts, bad = await _labels_after_quorum_loss(tmp_path, {"NOKV_UNSAFE_FOLLOWER_KEEPALIVE": "1"})
     print("labels (unsafe):", counts, "bad:", len(bad))

@@ -611,12 +611,14 @@ async def test_paused_metaroot_leader_and_holder_never_serve_stale_strong(tmp_pa
 
 
 @cluster
+@pytest.mark.slow  # the default run keeps one scenario of this kind
 async def test_paused_and_isolated_metaroot_leader_never_serves_stale_strong(tmp_path):
     await repeat(tmp_path, lambda p: scenario_metaroot_leader_paused(p, UNSAFE, True,
                                                                      LEADER_GAP, True))
 
 
 @cluster
+@pytest.mark.slow  # the default run keeps one scenario of this kind
 async def test_paused_metaroot_leader_never_serves_stale_strong(tmp_path):
     await repeat(tmp_path, lambda p: scenario_metaroot_leader_paused(p, UNSAFE, False))
 
@@ -627,6 +629,7 @@ async def test_holder_paused_mid_read_never_claims_an_expired_grant(tmp_path):
 
 
 @cluster
+@pytest.mark.slow  # the default run keeps one scenario of this kind
 async def test_holder_paused_past_its_grant_never_serves_stale(tmp_path):
     await repeat(tmp_path, lambda p: scenario_holder_paused(p, UNSAFE))
 

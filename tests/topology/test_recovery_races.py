@@ -147,6 +147,7 @@ async def test_compensation_fences_a_held_executor(clusters):
         assert await client.get(b"q/8") == b"after"
 
 
+@pytest.mark.slow  # the switch is caught in the slow tier (python -m pytest -m slow)
 async def test_unsafe_compensation_is_caught(clusters):
     """The old fence (records nothing): the executor proposes after the cancel and splits."""
     c = await clusters(store_env={UNSAFE_ENV: "1"})
@@ -214,6 +215,7 @@ async def test_root_refuses_a_raw_cancel_of_an_applied_split(clusters):
         assert route.descriptor.start_key == b"r/5"
 
 
+@pytest.mark.slow  # the switch is caught in the slow tier (python -m pytest -m slow)
 async def test_root_without_its_guard_is_caught(clusters):
     c = await clusters(root_env={UNSAFE_CANCEL_ENV: "1"})
     async with c.client(timeout=10.0) as client:
