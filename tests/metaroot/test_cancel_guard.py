@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from test_state import cluster, run
 
 from coordinator.assessment import assess
 from metaroot.state import RootEventRejected, RootState, set_cancel_guard, transition_id
@@ -26,29 +27,11 @@ from nokvpy.protocol.records import (
     RecoveryRecord,
     RegionDescriptor,
     RegionEpoch,
-    RegionUpsert,
     RootEvent,
     RootToken,
-    StoreMembership,
 )
 
-# ---- builders ---------------------------------------------------------------------------------
-
-
-def desc(rid, start=b"", end=b"", stores=(1, 2, 3)) -> RegionDescriptor:
-    return RegionDescriptor(rid, start, end, RegionEpoch(1, 1),
-                            tuple(PeerMeta(s, rid * 100 + s) for s in stores))
-
-
-def run(state: RootState, *events) -> RootState:
-    for e in events:
-        state = state.apply(RootToken(1, state.token.index + 1), e)
-    return state
-
-
-def cluster() -> RootState:
-    joins = [RootEvent(EventKind.STORE_JOINED, StoreMembership(s, f"s{s}")) for s in (1, 2, 3, 4)]
-    return run(RootState(), *joins, RootEvent(EventKind.REGION_BOOTSTRAP, RegionUpsert(desc(1))))
+# ---- builders (desc, run, cluster: the state tests' own) ---------------------------------------
 
 
 def split(s, kind=EventKind.SPLIT_PLANNED) -> RootEvent:
