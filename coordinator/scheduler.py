@@ -11,6 +11,10 @@ each one to the store leading its region in that store's next heartbeat reply:
 - replica repair: a region with a replica on a store DOWN for longer than `repair_after`
   gets a peer added on a live store that has none (least loaded first), then the dead
   replica removed (only once enough live replicas exist: never below the replication);
+- replica count: a region with every replica on a live store but fewer (more) peers than
+  the replication for longer than `replica_after` (a removal with no re-add, a move cut
+  short by a fault) gets a peer added on the least loaded live store lacking one (the
+  replica on the most loaded store other than the leader's removed);
 - size split: a region whose leader reports more than `split_keys` keys is split at its
   median key (the leader picks it); off when 0;
 - cold merge: two adjacent regions with the same stores, both under `merge_keys` keys and
@@ -53,6 +57,7 @@ class SchedulerConfig:
     merge_keys: int = 0  # merge cold adjacent regions both under this many keys (0: off)
     merge_cold_heartbeats: int = 5
     repair_after: float = 30.0  # move replicas off a store DOWN this long (0: off)
+    replica_after: float = 30.0  # restore the replication of a region short/over this long
     stuck_after: float = 15.0  # a pending transition without progress this long is stuck
     op_timeout: float = 10.0  # an operation not reflected by then may be issued again
     refresh: float = 0.5  # recompute the plan at most this often
@@ -112,6 +117,7 @@ class Scheduler:
         self.inflight: dict[int, InFlight] = {}  # region id -> its one operation
         self.pending_seen: dict[str, float] = {}  # transition id -> last progress seen
         self.cold: Counter[int] = Counter()  # region id -> consecutive cold leader reports
+        self.off_count: dict[int, float] = {}  # region id -> since when its peer count is off
         self.counters: Counter[str] = Counter()
         self.last_plan = -1e9
         self.history: list[dict[str, Any]] = []
@@ -180,6 +186,8 @@ class Scheduler:
         busy = set(self.inflight) | set(state.pending_by_region.keys())
         if self.config.repair_after > 0:
             self._repair(catalog, obs, busy, now)
+        if self.config.replica_after > 0:
+            self._replica_count(catalog, obs, busy, now)
         if self.config.split_keys > 0:
             self._split(catalog, obs, busy, now)
         if self.config.merge_keys > 0:
@@ -272,6 +280,55 @@ class Scheduler:
                 self.counters["repair_blocked_no_store"] += 1
                 continue
             busy.add(rid)
+
+    def _replica_count(self, catalog: Any, obs: dict, busy: set[int], now: float) -> None:
+        """Level-triggered: a region whose peer count differs from the replication, all of
+        its peers on UP stores and its leader at the catalog epoch, for `replica_after`
+        seconds in a row, gets one peer added (removed)."""
+        tracker = self.svc.stores
+        want = self.svc.replication
+        up = [sid for sid, sv in catalog.stores().items()
+              if sv.state != StoreState.RETIRED and tracker.is_up(sid, now)]
+        load = Counter(q.store_id for d in catalog.regions() for q in d.peers)
+        live_ids = set()
+        for d in catalog.regions():
+            rid = d.region_id
+            live_ids.add(rid)
+            off = len(d.peers) != want and all(tracker.is_up(q.store_id, now) for q in d.peers)
+            if not off:
+                self.off_count.pop(rid, None)
+                continue
+            since = self.off_count.setdefault(rid, now)
+            if now - since < self.config.replica_after or rid in busy or rid not in obs:
+                continue
+            sid, rh = obs[rid]
+            if rh.epoch != d.epoch:
+                continue  # the leader has not caught up with root yet
+            if len(d.peers) < want:
+                candidates = sorted((s for s in up if d.peer_on(s) is None),
+                                    key=lambda s: (load[s], s))
+                if not candidates:
+                    self.counters["replica_blocked_no_store"] += 1
+                    continue
+                target = candidates[0]
+                load[target] += 1
+                op = SchedulerOperation("add_peer", rid, store_id=target)
+                why = (f"{len(d.peers)} peers < replication {want} for "
+                       f"{now - since:.1f}s: add one on store {target}")
+            else:
+                others = [q for q in d.peers if q.store_id != sid]
+                victim = max(others, key=lambda q: (q.learner, load[q.store_id], q.store_id))
+                op = SchedulerOperation("remove_peer", rid, store_id=victim.store_id,
+                                        peer_id=victim.peer_id)
+                why = (f"{len(d.peers)} peers > replication {want} for {now - since:.1f}s: "
+                       f"remove the one on store {victim.store_id}")
+            self.counters[f"replica_count.{op.kind}"] += 1
+            self.off_count.pop(rid, None)
+            self._issue(rid, op, sid, now, d.epoch, why)
+            busy.add(rid)
+        for rid in list(self.off_count):
+            if rid not in live_ids:
+                del self.off_count[rid]
 
     def _split(self, catalog: Any, obs: dict, busy: set[int], now: float) -> None:
         for rid, (sid, rh) in sorted(obs.items()):

@@ -1,0 +1,94 @@
+"""The operator sequence that once left a cluster unable to recover (issue 15, sequence 2),
+on real processes: writes under load, a split, a leader transfer of the new region, a merge
+of the two halves back into one, removing a replica and adding it back on the same store.
+Then the level-triggered end state: every region serves with 3 voters on 3 live stores,
+each store hosts exactly the catalog's peers at the catalog's epoch, every acknowledged key
+reads back, with any one store killed too; and all of it again after the whole cluster is
+stopped (SIGTERM, as `nokv cluster down`) and started again.
+
+Every process is killed by pid in `finally` (the `topo` fixture); files only under tmp_path.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from recovery_helpers import unreadable
+from topo_harness import Topo
+from topology_checks import admin, check_whole, diagnose, lacks, region_of, settled, wait_until
+
+from nokvpy.protocol.store_rpc import AdminRequest
+
+pytestmark = pytest.mark.cluster
+
+
+async def load(c: Topo, seconds: float, prefix: bytes) -> dict[bytes, bytes]:
+    """Acknowledged puts from 8 concurrent writers for `seconds` (as `nokv bench puts`)."""
+    data: dict[bytes, bytes] = {}
+
+    async def writer(w: int) -> None:
+        async with c.client(timeout=20) as client:
+            i = 0
+            while True:
+                key, value = prefix + b"%d/%05d" % (w, i), b"v%d" % i
+                await client.put(key, value)
+                data[key] = value
+                i += 1
+
+    with trio.move_on_after(seconds):
+        async with trio.open_nursery() as nursery:
+            for w in range(8):
+                nursery.start_soon(writer, w)
+    return data
+
+
+async def restart_cluster(c: Topo) -> None:
+    """Every process stopped gracefully (stores first, metaroot last), then all started."""
+    c.cluster.stop_all(c.spec)
+    await c.astart(timeout=90)
+
+
+async def test_split_transfer_merge_then_readd_recovers(topo):
+    c = await topo(stores=3)
+    async with c.client(timeout=20) as client:
+        data = {b"a": b"1"}
+        await client.put(b"a", b"1")
+        data.update(await load(c, 4.0, b"user/"))
+        assert len(data) > 20, len(data)
+        left = (await region_of(c, client, b"user/5")).region_id
+        split = await c.split(client, b"user/5")
+        assert split.outcome == "APPLIED", split
+        right = (await region_of(c, client, b"user/5")).region_id
+        assert right != left
+        moved = await admin(c, client, AdminRequest("transfer_leader", right, store_id=2))
+        assert moved.outcome == "APPLIED", moved
+        await wait_until(lambda: _leads(c, client, b"user/5", 2), 30, 0.2,
+                         "store 2 to lead the right half")
+        merged = await admin(c, client, AdminRequest("merge", left, other_region_id=right))
+        assert merged.outcome == "APPLIED", (merged, await diagnose(c, client, left))
+        await wait_until(lambda: _one_region(c, client, left, right), 30, 0.2,
+                         f"region {right} to be merged into {left}")
+        removed = await admin(c, client, AdminRequest("remove_peer", left, store_id=3))
+        assert removed.outcome == "APPLIED", removed
+        await wait_until(lambda: lacks(c, client, left, 3), 30, 0.2,
+                         f"store 3 to leave region {left}")
+        added = await admin(c, client, AdminRequest("add_peer", left, store_id=3))
+        assert added.outcome == "APPLIED", (added, await diagnose(c, client, left))
+        await settled(c, client, left)
+        await check_whole(c, client, data)
+    await restart_cluster(c)
+    async with c.client(timeout=20) as client:
+        for d in await c.regions(client):
+            await settled(c, client, d.region_id, timeout=60)
+        assert await unreadable(client, data) == []
+        await client.put(b"after-restart", b"x")
+        assert await client.get(b"after-restart") == b"x"
+
+
+async def _leads(c: Topo, client, key: bytes, store_id: int) -> bool:
+    return await c.leader_store(client, key, timeout=5) == store_id
+
+
+async def _one_region(c: Topo, client, left: int, right: int) -> bool:
+    ids = {d.region_id for d in await c.regions(client)}
+    return left in ids and right not in ids
