@@ -220,7 +220,21 @@ class Topology(MembershipExecutor, MergeExecutor):
                               f"store {self.store.store_id} does not lead region "
                               f"{req.region_id}", {"leader_store_id": leader_store})
         self.counters["admin_forwarded"] += 1
-        return await self.store.rpc.call(addr, replace(req, forwarded=True), timeout=60.0)
+        try:
+            return await self.store.rpc.call(addr, replace(req, forwarded=True), timeout=60.0)
+        except RemoteError:
+            raise
+        except RpcError as exc:
+            # the leader's store was not reached, or did not answer: say which, and whether
+            # the request may have been executed (a forwarded request is never resent here)
+            unknown = getattr(exc, "sent", False) or getattr(exc, "outcome_unknown", False)
+            self.counters["admin_forward_failed"] += 1
+            raise RemoteError(
+                "timeout" if unknown else "unavailable", R.NOT_LEADER.name,
+                f"store {self.store.store_id} does not lead region {req.region_id}; "
+                f"forwarding to its leader, store {leader_store}, failed: {exc}"
+                + ("; outcome UNKNOWN" if unknown else "; request not executed"),
+                {"leader_store_id": leader_store}) from None
 
     async def settled_leader_peer(self, rid: int, *, degraded_ok: bool = False,
                                   wait: float = 3.0):

@@ -61,6 +61,12 @@ class MergeExecutor:
         planned = RootEvent(EventKind.MERGE_PLANNED, RangeMerge(left.region_id, right.region_id,
                                                                  merged, left, right))
         tid = transition_id(planned)
+        missing = await self.replicas_not_ready(tdesc, sdesc)
+        if missing:
+            raise self.store._refuse(
+                AdmissionClass.TOPOLOGY, R.INVALID,
+                "merge needs every replica of both regions live and caught up, and "
+                + "; ".join(missing) + ": nothing was planned", peer)
         if not await self.ensure_leader(sdesc.region_id):
             raise RemoteError("rejected", R.NOT_LEADER.name,
                               f"could not lead source region {sdesc.region_id} here")
@@ -111,6 +117,41 @@ class MergeExecutor:
                 while not peer.is_leader:
                     await trio.sleep(0.05)
         return peer.is_leader
+
+    async def replicas_not_ready(self, tdesc: RegionDescriptor,
+                                 sdesc: RegionDescriptor) -> list[str]:
+        """Before a merge is planned: every other store of the two regions answers within
+        2 s and hosts both, initialized, at least at these epochs. A merge planned without
+        that would wait FREEZE_TIMEOUT for a freeze a down store cannot apply, then be
+        compensated; refusing first gives the operator the reason at once."""
+        store = self.store
+        problems: list[str] = []
+
+        async def check(sid: int) -> None:
+            addr = store.store_addrs.get(sid)
+            if not addr:
+                problems.append(f"store {sid} has no known address")
+                return
+            try:
+                body = (await store.rpc.call(addr, ExecutionStatusRequest(0),
+                                             timeout=2.0)).body
+            except (RemoteError, RpcError) as exc:
+                problems.append(f"store {sid} did not answer ({type(exc).__name__})")
+                return
+            regions = body.get("regions") or {}
+            for d in (tdesc, sdesc):
+                r = regions.get(str(d.region_id)) or {}
+                epoch = r.get("epoch") or [0, 0]
+                if not r.get("initialized") or epoch[0] < d.epoch.version or \
+                        epoch[1] < d.epoch.conf_ver:
+                    problems.append(f"store {sid} has region {d.region_id} at "
+                                    f"{epoch[0]}/{epoch[1]}, not {d.epoch}")
+
+        async with trio.open_nursery() as nursery:
+            for p in tdesc.peers:
+                if p.store_id != store.store_id:
+                    nursery.start_soon(check, p.store_id)
+        return sorted(problems)
 
     async def wait_frozen(self, tid: str, sdesc: RegionDescriptor) -> None:
         """Every replica of the source must have applied prepare_merge: then each store's

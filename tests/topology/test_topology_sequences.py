@@ -18,6 +18,7 @@ from topo_harness import Topo
 from topology_checks import admin, check_whole, diagnose, lacks, region_of, settled, wait_until
 
 from nokvpy.protocol.store_rpc import AdminRequest
+from nokvpy.rpc import RemoteError
 
 pytestmark = pytest.mark.cluster
 
@@ -92,3 +93,57 @@ async def _leads(c: Topo, client, key: bytes, store_id: int) -> bool:
 async def _one_region(c: Topo, client, left: int, right: int) -> bool:
     ids = {d.region_id for d in await c.regions(client)}
     return left in ids and right not in ids
+
+
+@pytest.mark.parametrize("fault", ["kill", "pause"])
+async def test_a_replica_that_missed_a_split_a_merge_and_its_removal_catches_up(topo, fault):
+    """Store 3 is down (killed, or paused) while the survivors split a region; a merge of
+    the halves is refused at once, naming store 3 (a merge needs every replica to freeze the
+    source); store 3's replicas of both halves are removed, and the halves merged on stores
+    1 and 2. Back, store 3 learns the newer epochs: it drops the replica of the region it
+    missed the split, merge and removal of (tombstoned), and once its replica is added back
+    it hosts exactly the catalog's peers at the catalog's epoch."""
+    import signal
+
+    c = await topo(stores=3)
+    async with c.client(timeout=20) as client:
+        data = await load(c, 2.0, b"m/")
+        left = (await region_of(c, client, b"m/")).region_id
+        if fault == "kill":
+            c.kill("store-3")
+        else:
+            c.cluster.signal("store-3", signal.SIGSTOP)
+        try:
+            split = await admin(c, client, AdminRequest("split", left, split_key=b"m/4"))
+            assert split.outcome == "APPLIED", split
+            right = (await region_of(c, client, b"m/4")).region_id
+            data.update(await load(c, 1.0, b"m/"))
+            leader = await c.leader_store(client, b"m/")
+            with pytest.raises(RemoteError) as refused:
+                await c.admin(client, AdminRequest("merge", left, other_region_id=right),
+                              leader, timeout=15)
+            assert "store 3" in refused.value.message, refused.value
+            for rid in (left, right):
+                removed = await admin(c, client, AdminRequest("remove_peer", rid, store_id=3))
+                assert removed.outcome == "APPLIED", removed
+            merged = await admin(c, client, AdminRequest("merge", left, other_region_id=right))
+            assert merged.outcome == "APPLIED", (merged, await diagnose(c, client, left))
+            data.update(await load(c, 1.0, b"m/"))
+        finally:
+            if fault == "kill":
+                c.start_process("store-3")
+            else:
+                c.cluster.signal("store-3", signal.SIGCONT)
+
+        async def store3_dropped_both():
+            body = await c.status(client, "store-3")
+            return not ({str(left), str(right)} & set(body["regions"]))
+
+        try:
+            await wait_until(store3_dropped_both, 30, 0.2,
+                             f"store-3 to drop regions {left} and {right}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{await diagnose(c, client, left)}") from None
+        added = await admin(c, client, AdminRequest("add_peer", left, store_id=3))
+        assert added.outcome == "APPLIED", (added, await diagnose(c, client, left))
+        await check_whole(c, client, data)
