@@ -9,6 +9,7 @@ from typing import Any
 
 import trio
 
+from nokvpy.cli import admin_wait
 from nokvpy.cli.main import CliError, remote_text
 from nokvpy.cli.output import kv_lines, parse_key, plain, print_json, readable, show_key, table
 from nokvpy.client import Client
@@ -329,6 +330,8 @@ async def cmd_diag(args, target: Target, client: Client) -> int:
 
 
 async def cmd_admin(args, target: Target, client: Client) -> int:
+    """Send the request to the region's leader store, print its reply, then (unless
+    --no-wait) wait for the end state it causes and print that (admin_wait)."""
     action = args.action
     if action == "split":
         key = key_arg(args.key)
@@ -338,34 +341,70 @@ async def cmd_admin(args, target: Target, client: Client) -> int:
         req = AdminRequest("split", route.descriptor.region_id, split_key=key)
         # no leader known yet: any replica forwards the request to its leader
         leader = route.leader_store_id or route.descriptor.voters()[0].store_id
+        goal = admin_wait.Goal("split", route.descriptor.region_id, split_key=key)
     elif action == "merge":
         req = AdminRequest("merge", args.left, other_region_id=args.right)
         leader = await _leader_of(client, args.left)
+        goal = await admin_wait.merge_goal(client, args.left, args.right)
     elif action == "tombstone":
         req = AdminRequest("tombstone", args.region)
         leader = await _leader_of(client, args.region)
+        goal = admin_wait.Goal("tombstone", args.region)
     else:
         op = action.replace("-", "_")
         req = AdminRequest(op, args.region, store_id=args.store)
         leader = await _leader_of(client, args.region)
+        goal = admin_wait.Goal(action, args.region, store_id=args.store)
+    wait = not args.no_wait
     addr = await client._store_addr(leader)
+    reply = None
+    no_answer = ""
     try:
         reply = await client.rpc.call(addr, req, timeout=target.timeout)
     except RpcTimeoutError:
-        raise CliError(f"{action} sent to store {leader} got no answer within {target.timeout:g}s; "
-                       "it may still complete (see `nokv transitions list`)") from None
+        no_answer = f"{action} sent to store {leader} got no answer within {target.timeout:g}s"
+        if not wait:
+            raise CliError(f"{no_answer}; it may still complete (see `nokv transitions list`)") from None
     except RemoteError as exc:  # refused before anything was planned: reason and message only
         raise CliError(f"{action} refused by store {leader} ({exc.reason or exc.kind}): "
                        f"{readable(exc.message)}") from None
-    failed = plain(reply.outcome) in ("FAILED", "REJECTED")
+    if reply is not None:
+        failed = plain(reply.outcome) in ("FAILED", "REJECTED")
+        if args.json:
+            if failed or not wait:
+                print_json(reply if not wait else {"reply": reply, "end_state": None})
+                return 1 if failed else 0
+        elif failed:
+            raise CliError(f"{action} {reply.outcome} at stage {reply.stage}: {reply.detail or '-'} "
+                           f"(transition {reply.transition_id or '-'})")
+        else:
+            print(kv_lines(plain(reply)), flush=True)
+            if not wait:
+                return 0
+    elif not args.json:
+        print(f"reply  none: {no_answer}; waiting for the end state", flush=True)
+    try:
+        state = await admin_wait.wait_end_state(client, goal, spec=target.spec,
+                                                not_running=target.not_running,
+                                                timeout=args.wait_timeout)
+    except CliError as exc:
+        state = getattr(exc, "end_state", None)
+        if state is not None:
+            if args.json:
+                print_json({"reply": reply, "end_state": state})
+            else:
+                print(admin_wait.end_state_text(state))
+        if no_answer and state is not None:
+            raise CliError(f"{no_answer}, and its end state was not reached within "
+                           f"{args.wait_timeout:g}s: {'; '.join(state['missing'])}") from None
+        raise
+    if no_answer:
+        state["notes"].insert(0, f"{no_answer}; the end state was reached anyway")
     if args.json:
-        print_json(reply)
-    elif failed:
-        raise CliError(f"{action} {reply.outcome} at stage {reply.stage}: {reply.detail or '-'} "
-                       f"(transition {reply.transition_id or '-'})")
+        print_json({"reply": reply, "end_state": state})
     else:
-        print(kv_lines(plain(reply)))
-    return 1 if failed else 0
+        print(admin_wait.end_state_text(state))
+    return 0
 
 
 async def _leader_of(client: Client, region_id: int) -> int:

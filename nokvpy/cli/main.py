@@ -279,6 +279,11 @@ def build_parser() -> ArgumentParser:
         add_target(a)
         add_json(a)
         a.set_defaults(timeout=30.0)  # a topology change waits for its transition to apply
+        a.add_argument("--no-wait", action="store_true",
+                       help="print the store's reply only; do not wait for the end state")
+        a.add_argument("--wait-timeout", type=positive(float), default=30.0, metavar="S",
+                       help="seconds to wait for the end state (catalog and stores) after the "
+                            "reply (default %(default)g); exit status 1 when it is not reached")
 
     fp = sub.add_parser("failpoint", help="failpoints of a running process")
     fpsub = fp.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)

@@ -15,7 +15,10 @@ from cli_harness import TOPOLOGY, UNSUPPORTED, admin_split, ok, one_line_error, 
 
 
 def split(cluster, key: str) -> dict:
-    return admin_split(cluster, key)
+    """The store's reply to `nokv admin split KEY --json` (which has the end state beside it)."""
+    body = admin_split(cluster, key)
+    assert body["end_state"]["reached"], body
+    return body["reply"]
 
 
 def require_admin(cluster) -> None:
@@ -76,7 +79,7 @@ def test_transfer_leader(cluster):
     leader = wait_for(lambda: regions(cluster)["leaders"].get(rid), 20, f"a leader of region {rid}")
     target = next(s for s in voters(right) if s != leader)
     reply = cluster.json("admin", "transfer-leader", rid, target, "--timeout", "20", timeout=60)
-    assert reply["outcome"]
+    assert reply["reply"]["outcome"] and reply["end_state"]["reached"]
     wait_for(lambda: regions(cluster)["leaders"].get(rid) == target, 30,
              f"store {target} to lead region {rid}")
 
@@ -106,7 +109,7 @@ def test_merge(cluster):
     left = next(r for r in before["by_id"].values() if r["end_key"] == "adm/m")
     reply = cluster.json("admin", "merge", left["region_id"], right["region_id"], "--timeout", "20",
                          timeout=60)
-    assert reply["transition_id"]
+    assert reply["reply"]["transition_id"] and reply["end_state"]["reached"]
     wait_for(lambda: "adm/m" not in regions(cluster)["by_start"], 30, "the merged region to go")
     cluster.wait_kv("adm/z", "ADM/Z")
     assert [r["key"] for r in cluster.json("kv", "scan", "adm/", "adm0")["pairs"]] == ["adm/a", "adm/z"]
@@ -118,7 +121,7 @@ def test_tombstone(cluster):
     split(cluster, "zz/tomb")
     rid = region_at(cluster, "zz/tomb")["region_id"]
     reply = cluster.json("admin", "tombstone", rid, "--timeout", "20", timeout=60)
-    assert reply["transition_id"]
+    assert reply["reply"]["transition_id"] and reply["end_state"]["reached"]
 
     def gone() -> bool:
         region = regions(cluster)["by_id"].get(rid)
