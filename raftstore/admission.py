@@ -29,6 +29,7 @@ from nokvpy.protocol.store_rpc import MAX_KEY_SIZE, MAX_VALUE_SIZE, KvContext, R
 R = AdmissionReason
 
 DEFAULT_QUEUE_LIMIT = 4096
+KV_CLASSES = frozenset({AdmissionClass.READ, AdmissionClass.WRITE})
 MAX_SCAN_LIMIT = 10_000
 MAX_BATCH_KEYS = 10_000
 
@@ -106,8 +107,13 @@ def admit(
         return refuse(cls, R.NOT_HOSTED, f"region {ctx.region_id} is being initialized on store "
                       f"{store_id} (waiting for a snapshot)",
                       leader_peer_id=view.leader_peer_id, leader_store_id=view.leader_store_id)
-    # 4. Epoch and keys.
-    if ctx.epoch != desc.epoch:
+    # 4. Epoch and keys. Reads and writes are checked against the version (the range) only,
+    # as the apply path checks them: a peer change moves conf_ver, never which keys the
+    # region holds, and a client routed by a catalog that already shows a planned peer
+    # change (or one that has not seen an applied one) is served at the leader's epoch.
+    # Topology commands must match the whole epoch.
+    if (ctx.epoch.version != desc.epoch.version if cls in KV_CLASSES
+            else ctx.epoch != desc.epoch):
         return refuse(cls, R.EPOCH_MISMATCH,
                       f"region {desc.region_id} is at epoch {desc.epoch}, request carries "
                       f"{ctx.epoch}", current_epoch=desc.epoch, descriptor=desc,

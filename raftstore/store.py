@@ -580,7 +580,7 @@ class Store:
         if self.peers.get(kvctx.region_id) is not peer or desc is None:
             raise self._refuse(AdmissionClass.READ, R.NOT_HOSTED,
                                f"region {kvctx.region_id} was removed during the read")
-        if desc.epoch != kvctx.epoch:
+        if desc.epoch.version != kvctx.epoch.version:  # the range moved (see admission)
             raise self._refuse(AdmissionClass.READ, R.EPOCH_MISMATCH,
                                f"region {desc.region_id} moved to epoch {desc.epoch} during "
                                "the read", peer)
@@ -647,7 +647,9 @@ class Store:
         try:
             with trio.move_on_at(deadline):
                 tracker.advance(target, OUT.PROPOSED)
-                index, result = await self.driver.propose_at(peer.group, data)
+                index, result = await self.driver.propose_at(
+                    peer.group, data,
+                    on_commit=lambda _index: tracker.advance(target, OUT.COMMITTED))
         except ProposalError as exc:
             tracker.advance(target, OUT.FAILED, f"{exc.reason}: {exc}")
             if exc.reason == "stopped":

@@ -105,6 +105,7 @@ class _Waiter:
     done: trio.Event = field(default_factory=trio.Event)
     result: Any = None
     error: Exception | None = None
+    on_commit: Any = None  # called once with the index when the entry is known committed
 
     def resolve(self, result: Any) -> None:
         self.result = result
@@ -419,12 +420,15 @@ class Driver:
         _, result = await self.propose_at(group, data, conf_change)
         return result
 
-    async def propose_at(self, group: Group, data: bytes, conf_change: bool = False) -> tuple[int, Any]:
-        """`propose`, also returning the log index the proposal applied at."""
+    async def propose_at(self, group: Group, data: bytes, conf_change: bool = False,
+                         on_commit: Any = None) -> tuple[int, Any]:
+        """`propose`, also returning the log index the proposal applied at. `on_commit(index)`
+        is called once when the entry is known committed (a quorum holds it), before it is
+        applied; never for an entry a new leader replaced."""
         if not group.is_leader:
             raise ProposalError("not_leader", f"node {group.node_id} is not the leader of "
                                 f"group {group.group_id}", group.leader_id)
-        waiter = _Waiter(term=0)
+        waiter = _Waiter(term=0, on_commit=on_commit)
         self._proposals.append((group, data, waiter, conf_change))
         self.mark(group)
         await waiter.done.wait()
@@ -682,6 +686,8 @@ class Driver:
                 self.counters["snapshots_installed"] += 1
             self.raftlog.stage_ready(batch, group.group_id, rd.hard_state, rd.entries, rd.snapshot)
             ents = rd.committed_entries
+            if ents:
+                _note_committed(group, ents)
             results = group.sm.stage_apply(batch, ents) if ents else []
             if ents:
                 self._stage_conf_state(batch, group, rd, ents)
@@ -765,6 +771,7 @@ class Driver:
             ents = rd.committed_entries
             if not ents:
                 continue
+            _note_committed(group, ents)
             results = group.sm.stage_apply(abatch, ents)
             self._stage_conf_state(abatch, group, rd, ents)
             self._ack_durable(group, rd, ents, results, persisted=True)
@@ -1059,3 +1066,15 @@ class Driver:
                 self.after_apply()
         group._notify_applied()
 
+
+def _note_committed(group: Group, ents: list[Entry]) -> None:
+    """Tell the proposers of `ents` (those still waiting, of the same term) that their entry
+    committed; apply comes later in the same turn or the next one."""
+    waiters = group.waiters
+    if not waiters:
+        return
+    for e in ents:
+        w = waiters.get(e.index)
+        if w is not None and w.on_commit is not None and w.term == e.term:
+            callback, w.on_commit = w.on_commit, None
+            callback(e.index)

@@ -87,7 +87,20 @@ def test_epoch_mismatch_carries_current_epoch_and_descriptor():
     adm = run(c=ctx(epoch=RegionEpoch(1, 3)))
     assert adm.reason == R.EPOCH_MISMATCH
     assert adm.current_epoch == EPOCH and adm.descriptor == DESC
-    assert run(c=ctx(epoch=RegionEpoch(2, 4))).reason == R.EPOCH_MISMATCH
+    assert run(c=ctx(epoch=RegionEpoch(3, 3))).reason == R.EPOCH_MISMATCH
+    assert run(cls=TOPO, c=ctx(epoch=RegionEpoch(2, 4))).reason == R.EPOCH_MISMATCH
+
+
+@pytest.mark.parametrize("cls", [READ, WRITE])
+@pytest.mark.parametrize("conf_ver", [1, 2, 4, 9])
+def test_reads_and_writes_ignore_a_conf_ver_difference(cls, conf_ver):
+    """A peer change moves conf_ver, never the range: a KV request routed by a catalog that
+    shows a planned (or misses an applied) peer change is served (the apply path checks the
+    version only, too); a topology command is not."""
+    epoch = RegionEpoch(EPOCH.version, conf_ver)
+    assert run(cls=cls, c=ctx(epoch=epoch)).accepted
+    if conf_ver != EPOCH.conf_ver:
+        assert run(cls=TOPO, c=ctx(epoch=epoch)).reason == R.EPOCH_MISMATCH
 
 
 def test_key_not_in_region():
@@ -143,7 +156,7 @@ def test_every_reason_is_reachable():
     seen = {
         run(cancelled=True).reason, run(deadline=0.0).reason, run(keys=(b"",)).reason,
         run(c=ctx(store_id=3)).reason, run(view=None).reason,
-        run(c=ctx(epoch=RegionEpoch())).reason, run(keys=(b"z",)).reason,
+        run(c=ctx(epoch=RegionEpoch(1, 3))).reason, run(keys=(b"z",)).reason,
         run(view=FOLLOWER).reason,
         run(view=RegionView(DESC, 11, True, 11, 1, queue_depth=9), limits=Limits(1)).reason,
         run(cls=TOPO, limits=Limits(scheduler_degraded=True)).reason,

@@ -104,6 +104,8 @@ async def test_kill_9_leader_keeps_acknowledged_writes(tmp_path):
             body = await status(rpc, addrs[new_leader])
             assert body["restart_state"]["state"] == "READY"
             assert body["outcomes"]["APPLIED"] >= 30
+            # each of the 30 writes the new leader applied was first reported committed
+            assert body["outcomes"].get("COMMITTED", 0) >= 30, body["outcomes"]
 
 
 async def test_sigterm_stops_gracefully_and_identity_mismatch_refuses(tmp_path):

@@ -79,7 +79,8 @@ class Node:
 
 
 async def start_cluster(nursery: trio.Nursery, root, *,
-                        flush_delay: float) -> tuple[Node, dict[int, Node]]:
+                        flush_delay: float,
+                        heartbeat_tick: int = 1) -> tuple[Node, dict[int, Node]]:
     nodes: dict[int, Node] = {}
 
     def sender(frm: int):
@@ -97,7 +98,8 @@ async def start_cluster(nursery: trio.Nursery, root, *,
                         commit_flush_delay=flush_delay)
         sm = Register(env)
         group = driver.add_group(GROUP, nid, raftlog.group(GROUP), sm, route=lambda p: p,
-                                 election_tick=10, lazy_commit_broadcast=True)
+                                 election_tick=max(10, 3 * heartbeat_tick),
+                                 heartbeat_tick=heartbeat_tick, lazy_commit_broadcast=True)
         group.early_ack = True
         group.node.bootstrap([1, 2, 3])
         nodes[nid] = Node(nid, env, driver, group, sm)
@@ -192,7 +194,8 @@ async def test_another_writer_commits_after_the_held_apply(quiet_cluster):
 
 
 async def test_the_flush_delay_releases_held_applies_and_tells_followers(nursery, tmp_path):
-    leader, nodes = await start_cluster(nursery, tmp_path, flush_delay=0.01)
+    # heartbeats 1 s apart: none carries the commit index first, even on a loaded host
+    leader, nodes = await start_cluster(nursery, tmp_path, flush_delay=0.01, heartbeat_tick=50)
     index, _ = await leader.driver.propose_at(leader.group, b"quiet")
     # No reader, no further write: the delay alone flushes the leader's apply and sends the
     # commit index to the followers, which then apply too.
@@ -246,3 +249,16 @@ def test_only_an_apply_of_a_held_group_forces_the_held_batch_out():
     assert not Driver._needs_held_durable(held, [(ahead, plain)])
     assert Driver._needs_held_durable(held, [(ahead, snap)])
     assert Driver._needs_held_durable(held, [(other, snap)])
+
+
+async def test_on_commit_reports_each_entry_once_before_its_result(quiet_cluster):
+    """`propose_at(on_commit=...)`: called exactly once per proposal, with the entry's index,
+    no later than the proposal's result (ExecutionOutcome.COMMITTED before APPLIED)."""
+    leader = quiet_cluster
+    seen: list[tuple[str, int]] = []
+    for i in range(5):
+        index, _ = await leader.driver.propose_at(
+            leader.group, b"c%d" % i, on_commit=lambda idx: seen.append(("commit", idx)))
+        seen.append(("result", index))
+    assert [kind for kind, _ in seen] == ["commit", "result"] * 5
+    assert all(seen[i][1] == seen[i + 1][1] for i in range(0, 10, 2)), seen

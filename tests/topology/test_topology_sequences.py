@@ -147,3 +147,42 @@ async def test_a_replica_that_missed_a_split_a_merge_and_its_removal_catches_up(
         added = await admin(c, client, AdminRequest("add_peer", left, store_id=3))
         assert added.outcome == "APPLIED", (added, await diagnose(c, client, left))
         await check_whole(c, client, data)
+
+
+async def test_kv_keeps_serving_while_a_peer_addition_is_pending(topo):
+    """A peer addition is planned in root (the catalog shows its target epoch at once) long
+    before the region's leader applies it: here the new replica's store is paused, so the
+    learner cannot catch up. Reads and writes of the region must go on at the leader's own
+    epoch meanwhile (a peer change moves conf_ver, never the range: KV requests are checked
+    against the version only, as the apply path always did)."""
+    import signal
+
+    c = await topo(stores=3)
+    async with c.client(timeout=20) as client:
+        data = await load(c, 1.0, b"p/")
+        rid = (await region_of(c, client, b"p/")).region_id
+        removed = await admin(c, client, AdminRequest("remove_peer", rid, store_id=3))
+        assert removed.outcome == "APPLIED", removed
+        await wait_until(lambda: lacks(c, client, rid, 3), 30, 0.2, "store 3 to leave")
+        c.cluster.signal("store-3", signal.SIGSTOP)
+        try:
+            async with trio.open_nursery() as nursery:
+                leader = await c.leader_store(client, b"p/")
+                nursery.start_soon(lambda: c.admin(client, AdminRequest(
+                    "add_peer", rid, store_id=3), leader, timeout=60))
+
+                async def planned():
+                    return not await lacks(c, client, rid, 3)
+
+                await wait_until(planned, 20, 0.1, "the addition to be planned")
+                async with c.client(timeout=8) as kv:
+                    for i in range(10):
+                        key = b"p/during/%d" % i
+                        await kv.put(key, b"x%d" % i)
+                        assert await kv.get(key) == b"x%d" % i
+                        data[key] = b"x%d" % i
+                c.cluster.signal("store-3", signal.SIGCONT)
+        finally:
+            c.cluster.signal("store-3", signal.SIGCONT)
+        await settled(c, client, rid, timeout=60)
+        assert await unreadable(client, data) == []
