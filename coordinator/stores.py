@@ -5,7 +5,8 @@ host with epoch and leadership), store liveness (UP while heartbeats arrive with
 then DOWN; UNKNOWN if never heard; RETIRED from rooted membership), the current leader of each
 region (the most recent claim wins; a store's claims it no longer makes are cleared), the
 stale-heartbeat refusal (a region report whose epoch is older than the catalog's is not
-recorded), drift detection (DESIGN 7), and `scheduler_ready` (most catalog regions reported
+recorded; only its leader claim counts, when it is the base of a peer change pending on the
+region: the catalog shows the change's target before the leader applies it), drift detection (DESIGN 7), and `scheduler_ready` (most catalog regions reported
 again since this coordinator started: PD's rule of not acting on an unconfirmed catalog).
 
 Drift kinds, per (store, region):
@@ -153,6 +154,13 @@ class StoreTracker:
             if kind == STALE_HEARTBEAT:
                 stale.append(rh.region_id)
                 self.counters["stale_heartbeats"] += 1
+                if rh.is_leader and self._executing_peer_change(rh, d):
+                    # the catalog shows a planned peer change's target; the leader executing
+                    # it still reports the base epoch until it applies: it is the leader
+                    # (routes need it), though its report is not recorded as the region's
+                    claims.add(rh.region_id)
+                    self.leaders[rh.region_id] = (sid, rh.epoch, now)
+                    self.counters["pending_change_leader_claims"] += 1
                 continue
             if kind == "tombstone":
                 tombstoned.append(rh.region_id)
@@ -180,6 +188,13 @@ class StoreTracker:
         self.drift[sid] = drift
         self._update_ready(catalog)
         return HeartbeatOutcome(should_host, tombstoned, stale, drift)
+
+    def _executing_peer_change(self, rh: RegionHeartbeat, d: RegionDescriptor | None) -> bool:
+        """Is `rh` (older than the catalog's `d`) the base of a peer change pending on the
+        region: same range (version), older conf_ver, a transition pending?"""
+        return (d is not None and rh.epoch.version == d.epoch.version
+                and rh.epoch.conf_ver < d.epoch.conf_ver
+                and self.is_pending is not None and bool(self.is_pending(rh.region_id)))
 
     def _compare(self, sid: int, rh: RegionHeartbeat, d: RegionDescriptor | None,
                  catalog_fresh: bool, drift: list[Drift]) -> str:
