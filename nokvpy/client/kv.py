@@ -21,6 +21,8 @@ neither suspect nor tried in this round):
 | store unreachable (never sent)      | suspect the store, next peer's store, backoff           |
 | read attempt timed out (either side)| suspect the store, next peer's store at once            |
 | INVALID, CANCELED, TIMED_OUT, STALE | raise                                                   |
+| BOUNDED route refused: root_unavail-| route by BEST_EFFORT (counted in `stats`, logged at most |
+| able, root lag, revision, pending   | every 10 s); the store's epoch check guards the route    |
 | write sent, reply lost / deadline   | suspect the store, raise OutcomeUnknownError            |
 | operation deadline passed           | raise DeadlineExceededError                             |
 
@@ -43,6 +45,7 @@ coordinator; unreachable or timed-out coordinators are suspect and tried last.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -90,7 +93,13 @@ from nokvpy.protocol.store_rpc import (
     WriteReply,
 )
 from nokvpy.rpc import Identity, RemoteError, RpcClient, RpcTimeoutError, RpcUnavailableError
+from nokvpy.rpc.logthrottle import LogThrottle
 
+# a BOUNDED route refused for one of these is retried as BEST_EFFORT (metaroot unreachable
+# included: the coordinator's last catalog still routes; the store checks the epoch)
+BEST_EFFORT_FALLBACK = frozenset({"required_descriptor", "root_lag_exceeded",
+                                  "range_change_pending", "root_unavailable"})
+_throttle = LogThrottle(logging.getLogger("nokvpy.client"), 10.0)
 REROUTE_REASONS = {"EPOCH_MISMATCH", "KEY_NOT_IN_REGION", "NOT_HOSTED", "STORE_NOT_MATCH"}
 BACKOFF_REASONS = {"QUEUE_SATURATED", "SCHEDULER_DEGRADED"}
 # coordinator requests that change nothing: safe to resend to another coordinator early
@@ -138,7 +147,7 @@ class Client:
         self.coordinator_suspects: Suspects[str] = Suspects(suspect_base, 8 * suspect_base)
         self.rng = rng or random.Random()
         self.stats = {"route_refreshes": 0, "retries": 0, "not_leader": 0, "timeouts": 0,
-                      "unreachable": 0}
+                      "unreachable": 0, "best_effort_routes": 0}
 
     @classmethod
     def from_cluster_dir(cls, path: str | os.PathLike[str], **kwargs: Any) -> Client:
@@ -276,8 +285,13 @@ class Client:
         try:
             reply = await self.route(key, Freshness.BOUNDED, required_descriptor_revision=floor)
         except RouteRejectedError as exc:
-            if exc.reason not in ("required_descriptor", "root_lag_exceeded", "range_change_pending"):
+            if exc.reason not in BEST_EFFORT_FALLBACK:
                 raise
+            # the route may be stale: the store's epoch check refuses it if the range moved
+            # (then the client re-routes), so reads and writes stay correct on it
+            self.stats["best_effort_routes"] += 1
+            _throttle.log(logging.WARNING, exc.reason, "routing %r by a BEST_EFFORT route: "
+                          "the coordinator refused BOUNDED (%s)", key[:64], exc)
             reply = await self.route(key, Freshness.BEST_EFFORT)
         if reply.descriptor is None:
             raise NokvError(f"no region holds key {key!r} yet (cluster not bootstrapped?)",
