@@ -102,6 +102,7 @@ def build(svc: Any) -> dict[str, Any]:
             for at, s in list(sub.steps)
         ],
         "grants_held": svc.grants.held_duties(),
+        "standby_for": svc.grants.standby_duties(),
         "grants": svc.grants.describe(),
         "counters": dict(sorted(counters.items())),
         "strong_confirmations": confirm,

@@ -128,6 +128,18 @@ class GrantLoop:
     def held_duties(self) -> list[str]:
         return [str(d) for d in self.duties if self.holds(d)]
 
+    def standby_for(self, duty: Duty) -> bool:
+        """Another coordinator holds `duty` under a grant root lists as active: this one is
+        its standby (a healthy state, not a degraded one)."""
+        if self.holds(duty):
+            return False
+        other = self.sub.state.duty_grant(duty)
+        return other is not None and other.holder != self.holder and \
+            other.active_at(self.clock())
+
+    def standby_duties(self) -> list[str]:
+        return [str(d) for d in self.duties if self.standby_for(d)]
+
     def admit(self, duty: Duty, count: bool = True) -> AuthorityGrant:
         """The own grant that may serve `duty` now, or GateRejected."""
         st = self.states.get(duty)

@@ -63,8 +63,9 @@ DegradedMode (first match wins; DESIGN 4.5):
                       COORDINATOR_DEGRADED (alive, waiting for a catalog)
   2. VIEW_ONLY        catalog exists but metaroot not heard within the window, or
                       BOOTSTRAP_REQUIRED: only a stale view can be exposed
-  3. COORDINATOR_DEGRADED  RECOVERING, or the caller passed degraded flags (no grant for a
-                      duty, scheduler paused, ...)
+  3. COORDINATOR_DEGRADED  RECOVERING, or the caller passed degraded flags (a duty nobody
+                      holds, scheduler paused, ...; a standby of a duty another
+                      coordinator holds is not degraded)
   4. ROOT_LAGGING     lag > 0
   5. HEALTHY
 """

@@ -191,7 +191,11 @@ class CoordinatorService:
     # ---- shared helpers ----------------------------------------------------------------
 
     def degraded_flags(self) -> list[str]:
-        return [f"no_grant:{d}" for d in self.grants.duties if not self.grants.holds(d)]
+        """Why this coordinator serves degraded: a duty neither held here nor by another
+        coordinator under an active grant. A standby (another holds it) is not degraded: its
+        witnesses say `served_by_leader=False` and the mode its view really is in."""
+        return [f"no_grant:{d}" for d in self.grants.duties
+                if not self.grants.holds(d) and not self.grants.standby_for(d)]
 
     def snapshot_view(self):
         return self.sub.snapshot(self.degraded_flags())

@@ -165,10 +165,20 @@ async def test_strong_is_served_only_by_the_region_lookup_grant_holder(tmp_path)
         diag2 = await env.diag(2)
         assert diag2["grants_held"] == []
         assert diag2["grants"]["duties"]["region_lookup"]["holder"].startswith("coordinator-1#")
-        assert diag2["degraded_mode"] == "COORDINATOR_DEGRADED"
+        # a standby reports the mode its view is in, and that it is a standby: never a
+        # degraded mode it is not in (clients tell it from a sick coordinator)
+        assert sorted(diag2["standby_for"]) == ["alloc_id", "region_lookup", "tso"]
+        healthy = await wait_until(lambda: _mode_is(env, 2, "HEALTHY"), 5, what="HEALTHY")
+        assert healthy["degraded_mode"] == "HEALTHY"
+        assert bounded.witness.degraded_mode != DegradedMode.COORDINATOR_DEGRADED
         strong = await env.call(1, GetRegionByKeyRequest(b"k", Freshness.STRONG))
         assert strong.witness.served_by_leader
         assert sorted((await env.diag(1))["grants_held"]) == ["alloc_id", "region_lookup", "tso"]
+
+
+async def _mode_is(env, cid, mode):
+    diag = await env.diag(cid)
+    return diag if diag["degraded_mode"] == mode else None
 
 
 async def _served_at(env, cid, d):
