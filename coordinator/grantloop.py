@@ -318,7 +318,10 @@ class GrantLoop:
             log.info("%s holds %s at era %d (%s) until %d", self.holder, duty, g.era,
                      result.reason, g.expires_at_ms)
         st.grant = g
-        st.deadline = sent + (g.expires_at_ms - now) / 1000 if self.monotonic else None
+        # root stamps the grant with its own clock (keeping the lifetime asked for): the
+        # lifetime counted here from the send is never more than what was asked
+        life_ms = min(g.expires_at_ms - now, expires - now)
+        st.deadline = sent + life_ms / 1000 if self.monotonic else None
         st.serving = SERVING
         st.last_error = ""
         if g.predecessors:

@@ -13,7 +13,8 @@ once, in order.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
@@ -34,7 +35,7 @@ from nokvpy.protocol import (
     RootEvent,
     RootToken,
 )
-from nokvpy.protocol.grants import AppendFences
+from nokvpy.protocol.grants import AppendFences, GrantCommand, GrantCommandKind
 from nokvpy.protocol.metaroot_rpc import (
     AppendReply,
     AppendRequest,
@@ -253,6 +254,17 @@ def _check_fence_request(cmd: FenceAllocatorRequest) -> Rejection | None:
     return None
 
 
+MAX_GRANT_TTL_MS = 60_000  # the longest lifetime an ISSUE may ask for
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 class MetarootService:
     def __init__(self, node_id: int, cluster_id: str, peers: dict[int, str], env: Env,
                  driver: Driver, raftlog: RaftLogStore, retained_tail: int = 4096):
@@ -313,7 +325,44 @@ class MetarootService:
         return await self._propose(req)
 
     async def on_grant(self, req: GrantRequest, ctx) -> GrantReply:
-        return await self._propose(req)
+        cmd = req.command
+        if not isinstance(cmd, GrantCommand):
+            raise RemoteError(ErrorKind.INVALID_ARGUMENT, "invalid_command",
+                              "GrantRequest.command is not a GrantCommand")
+        peer = getattr(ctx, "peer", None)
+        server = getattr(ctx, "server", None)
+        authenticated = bool(getattr(getattr(server, "identity", None), "secret", None))
+        if authenticated and peer is not None and \
+                not str(cmd.holder).startswith(f"{peer.name}#"):
+            # a holder is "<coordinator name>#<nonce>": only that coordinator may issue,
+            # renew, seal or inherit for it (its name is proven by the role handshake)
+            self.counters["grant_holder_mismatch"] = \
+                self.counters.get("grant_holder_mismatch", 0) + 1
+            raise RemoteError(ErrorKind.PERMISSION_DENIED, "not_the_holder",
+                              f"{peer.name} may not act for holder {cmd.holder!r}")
+        return await self._propose(GrantRequest(self.stamp_grant(cmd)))
+
+    def stamp_grant(self, cmd: GrantCommand) -> GrantCommand:
+        """Judge the command by root's clock, not the caller's: `now_ms` becomes root time
+        (this leader's wall clock, never below any time root already recorded), and an
+        ISSUE keeps its requested lifetime (expires - now), at most MAX_GRANT_TTL_MS."""
+        root_now = max(self.root_time_floor(), wall_ms())
+        if cmd.kind != GrantCommandKind.ISSUE:
+            return replace(cmd, now_ms=root_now)
+        ttl = cmd.expires_at_ms - cmd.now_ms if _is_int(cmd.expires_at_ms) and \
+            _is_int(cmd.now_ms) else 0
+        if ttl <= 0:
+            return cmd  # refused by the state machine as an invalid command
+        ttl = min(ttl, MAX_GRANT_TTL_MS)
+        if ttl != cmd.expires_at_ms - cmd.now_ms:
+            self.counters["grant_ttl_capped"] = self.counters.get("grant_ttl_capped", 0) + 1
+        return replace(cmd, now_ms=root_now, expires_at_ms=root_now + ttl)
+
+    def root_time_floor(self) -> int:
+        """The latest time root has recorded (issue times of grants): root time never goes
+        back when leadership moves to a peer whose clock is behind."""
+        grants = self.sm.state.grants.values()
+        return max((g.issued_at_ms for g in grants), default=0)
 
     async def on_snapshot(self, req: SnapshotRequest, ctx) -> SnapshotReply:
         state = self.sm.state

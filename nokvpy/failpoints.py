@@ -253,6 +253,20 @@ def reset_hits() -> None:
         _hits.clear()
 
 
+_remote_enabled = True  # the serve commands set it from --enable-failpoints
+
+
+def set_remote_enabled(on: bool) -> None:
+    """May failpoints and fault rules be set over the wire in this process? (The RPC server
+    asks `remote_enabled()` for FailpointSet / FailpointClear / SetFaultRules.)"""
+    global _remote_enabled
+    _remote_enabled = bool(on)
+
+
+def remote_enabled() -> bool:
+    return _remote_enabled
+
+
 def enabled() -> bool:
     return bool(_active)
 

@@ -8,7 +8,8 @@ shutdown on SIGTERM / SIGINT. Never holds execution logic (raftstore.store does)
 
 Static flags give addresses (`--listen`, `--coordinator`) and seed a fresh data directory
 with its identity (`--id`, `--cluster-id`); what the store hosts after a restart comes from
-localmeta only.
+localmeta only. `NOKV_QUEUE_LIMIT=N` in the environment sets the per-region proposal queue
+limit (default 4096; writes beyond it wait for a slot, see raftstore.store).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from raftstore.topology import Topology
 
 WAL_DIR = "raftwal"  # the raft log's write-ahead log, inside the data directory
 WAL_INLINE_STALL = 0.02  # fdatasync on the event loop unless the disk stalls (see Wal)
+QUEUE_LIMIT_ENV = "NOKV_QUEUE_LIMIT"  # per-region proposal queue limit (StoreConfig)
 
 log = logging.getLogger("nokvpy.raftstore")
 
@@ -63,6 +65,13 @@ async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
         host, port = parse_addr(listen)
     except ValueError as exc:
         raise StartupError(str(exc)) from None
+    options = dict(options or {})
+    queue_limit = os.environ.get(QUEUE_LIMIT_ENV, "").strip()
+    if queue_limit:
+        if not queue_limit.isdigit() or int(queue_limit) <= 0:
+            raise StartupError(f"{QUEUE_LIMIT_ENV} must be a positive integer, got "
+                               f"{queue_limit!r}")
+        options.setdefault("queue_limit", int(queue_limit))
     env = Env.open(data)
     rpc: RpcClient | None = None
     raftlog: RaftLogStore | None = None
@@ -88,7 +97,6 @@ async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
         identity = Identity(cluster_id, "store", store_id, secret)
         rpc = RpcClient(identity)
         server = RpcServer(identity)
-        options = dict(options or {})
         for var, field_name in (("NOKV_UNSAFE_READS", "unsafe_reads"),
                                 ("NOKV_UNSAFE_ACK", "unsafe_ack")):
             if os.environ.get(var) == "1":

@@ -15,13 +15,27 @@ sequence order through `PublishRootEvent`:
   (0.2 s doubling to 5 s, +-20 %).
 
 While any entry is failing, the store's topology admission reports SCHEDULER_DEGRADED.
+
+The operator path (`OutboxRequest`, `nokv outbox list|retry|resolve`): a blocked entry stays
+until an operator decides. `retry` moves it back into the outbox under a new seq (after the
+cause was fixed; the lifecycle goes TERMINAL_BLOCKED -> TERMINAL_PENDING and the publisher
+tries again). `resolve` removes it for good and, in the SAME local write, stages a "recovery"
+outbox entry holding a RecoveryRecord (`operator_resolved_published`: root already holds the
+event or it was published out of band; `operator_abandoned`: this store will never publish
+it) with the blocked error as its failure evidence and the operator's reason, so the decision
+becomes rooted when the publisher drains it; the lifecycle leaves TERMINAL_BLOCKED for
+TERMINAL_PUBLISHED (nothing left for this store to publish; the history note says which
+resolution). A request naming no blocked entry, an unknown resolution or no reason raises
+`OutboxRefusal` and writes nothing. The store's current (restart) state is derived from the
+outbox and blocked tables, so it is READY again once both are empty.
 Backup copies (a replica that applied a transition it did not plan) wait a grace period
 before their first attempt, so the executor normally publishes first; a backup refused
 because root moved past it (`superseded_before_apply`) is obsolete, not blocked: another
 replica published the transition and root went on.
 
 Never: publishes planned events (the executor does, before proposing), drops an entry
-without a terminal state, or reads a wall clock.
+without a terminal state (or, for a blocked one, without a rooted operator record), or reads a
+wall clock.
 """
 
 from __future__ import annotations
@@ -35,11 +49,11 @@ from typing import Any
 import trio
 
 from nokvpy import failpoints
-from nokvpy.protocol import EventKind, TopologyStage
+from nokvpy.protocol import EventKind, RecoveryRecord, RootEvent, TopologyStage
 from nokvpy.protocol.coordinator_rpc import PublishRootEventRequest
 from nokvpy.protocol.raftstore_cmds import OutboxEntry
 from nokvpy.rpc import RemoteError, RpcError
-from nokvpy.storage import WriteBatch
+from nokvpy.storage import BlockedEvent, WriteBatch
 from nokvpy.wire import DecodeError, decode, encode
 from raftstore.lifecycle import Lifecycle
 
@@ -50,6 +64,13 @@ BACKOFF_MIN = 0.2
 BACKOFF_MAX = 5.0
 BACKUP_GRACE = 3.0
 PERMANENT_KINDS = frozenset({"invalid_argument", "protocol_violation", "corruption"})
+# operator resolutions of a blocked entry -> the action of the rooted RecoveryRecord
+RESOLUTIONS = {"published": "operator_resolved_published", "abandoned": "operator_abandoned"}
+MAX_REASON = 400
+
+
+class OutboxRefusal(ValueError):
+    """An operator request on the outbox that cannot be carried out (nothing was changed)."""
 
 
 class PermanentPublishError(Exception):
@@ -93,6 +114,7 @@ class Publisher:
         self._retry: dict[int, tuple[int, float, str]] = {}
         self._first_seen: dict[int, float] = {}
         self.failing = False
+        self._operator = trio.Lock()  # one operator action at a time (check, then commit)
 
     # ---- staging (called inside apply / executor batches) ---------------------------------
 
@@ -267,6 +289,95 @@ class Publisher:
         if limits.scheduler_degraded != failing:
             self.store.limits = replace(limits, scheduler_degraded=failing)
 
+    # ---- the operator path ---------------------------------------------------------------
+
+    def _blocked_entry(self, seq: int) -> BlockedEvent:
+        blocked = self.meta.blocked()
+        for b in blocked:
+            if b.seq == seq:
+                return b
+        if any(s == seq for s, _ in self.meta.outbox()):
+            raise OutboxRefusal(f"outbox entry {seq} is pending, not blocked: only a blocked "
+                                "entry can be retried or resolved")
+        known = ", ".join(str(b.seq) for b in blocked[:20]) or "none"
+        raise OutboxRefusal(f"no blocked outbox entry with seq {seq} on store "
+                            f"{self.store.store_id} (blocked: {known})")
+
+    async def retry_blocked(self, seq: int) -> str:
+        """Move blocked entry `seq` back into the outbox (a new seq); returns what was done."""
+        async with self._operator:
+            blocked = self._blocked_entry(seq)
+            entry = _decode_entry(blocked.event)
+            if entry is None:
+                raise OutboxRefusal(f"blocked entry {seq} does not decode: it cannot be "
+                                    "published; resolve it as abandoned")
+            batch = WriteBatch()
+            self.meta.stage_blocked_remove(batch, seq)
+            new_seq = self.meta.stage_outbox_append(batch, blocked.event)
+            batch.on_commit(self.kick)
+            await self.env.commit(batch)
+            self.counters["operator_retries"] += 1
+            self._refresh_counts()
+            what = (f"blocked entry {seq} ({_event_kind(entry)} of {entry.transition_id}) moved "
+                    f"back into the outbox as entry {new_seq}")
+            if entry.purpose == "terminal":
+                _leave_blocked(self.lifecycle, entry.transition_id, S.TERMINAL_PENDING,
+                               f"operator retry: {what}")
+            log.warning("store %d: operator retry: %s", self.store.store_id, what)
+            return what
+
+    async def resolve_blocked(self, seq: int, resolution: str, reason: str) -> str:
+        """Remove blocked entry `seq` for good and, in the same write, queue the rooted
+        RecoveryRecord of that decision; returns what was done."""
+        action = RESOLUTIONS.get(resolution)
+        if action is None:
+            raise OutboxRefusal(f"unknown resolution {resolution!r}: expected "
+                                + " or ".join(RESOLUTIONS))
+        reason = " ".join((reason or "").split())
+        if not reason:
+            raise OutboxRefusal("a resolution needs a reason (it is recorded in root)")
+        reason = reason[:MAX_REASON]
+        async with self._operator:
+            blocked = self._blocked_entry(seq)
+            entry = _decode_entry(blocked.event)
+            sid = self.store.store_id
+            tid = entry.transition_id if entry is not None else ""
+            kind = _event_kind(entry) or "an undecodable event"
+            what = ((f"{kind} of {tid}" if tid else kind)
+                    + f" (blocked outbox entry {seq} of store {sid})")
+            if resolution == "published":
+                undone = ""
+                remained = (f"{what}: not published by this store; the operator resolved it as "
+                            f"published (root holds it, or it was published out of band): "
+                            f"{reason}")
+            else:
+                undone = (f"{what}: dropped from the outbox without being published: "
+                          f"{reason}")
+                remained = ("the local apply stays; root keeps what it holds for the "
+                            "transition")
+            rec = RecoveryRecord(tid, action, blocked.error[:500], undone[:500], remained[:500])
+            request_id = f"recovery:{tid}:{action}:{sid}:blocked-{seq}"
+            batch = WriteBatch()
+            self.meta.stage_blocked_remove(batch, seq)
+            new_seq = self.stage(batch, OutboxEntry(
+                tid, RootEvent(EventKind.RECOVERY_RECORDED, rec, request_id), "primary",
+                "recovery", entry.region_id if entry is not None else 0))
+            await self.env.commit(batch)
+            self.counters[f"operator_{resolution}"] += 1
+            self._refresh_counts()
+            done = (f"blocked entry {seq} resolved as {resolution}; recovery record {action} "
+                    f"queued as outbox entry {new_seq}")
+            if entry is not None and entry.purpose == "terminal":
+                _leave_blocked(self.lifecycle, entry.transition_id, S.TERMINAL_PUBLISHED,
+                               f"operator resolved the blocked terminal event as {resolution} "
+                               f"({action} queued for root): {reason}")
+            log.warning("store %d: operator resolve: %s: %s", sid, done, reason)
+            return done
+
+    def _refresh_counts(self) -> None:
+        self.store.outbox_backlog = len(self.meta.outbox())
+        self.store.blocked_events = len(self.meta.blocked())
+
     # ---- status --------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -287,16 +398,37 @@ class Publisher:
             })
         blocked = []
         for b in self.meta.blocked()[:100]:
-            try:
-                entry = decode(b.event)
-            except DecodeError:
-                entry = None
+            entry = _decode_entry(b.event)
             blocked.append({"seq": b.seq, "error": b.error,
-                            "transition_id": getattr(entry, "transition_id", ""),
-                            "event": _event_kind(entry if isinstance(entry, OutboxEntry)
-                                                 else None)})
+                            "transition_id": entry.transition_id if entry else "",
+                            "event": _event_kind(entry),
+                            "purpose": entry.purpose if entry else "undecodable",
+                            "role": entry.role if entry else "",
+                            "region_id": entry.region_id if entry else 0})
         return {"pending": pending, "blocked": blocked, "failing": self.failing,
                 "counters": dict(sorted(self.counters.items()))}
+
+
+def _decode_entry(raw: bytes) -> OutboxEntry | None:
+    try:
+        entry = decode(raw)
+    except DecodeError:
+        return None
+    return entry if isinstance(entry, OutboxEntry) else None
+
+
+def _leave_blocked(lifecycle: Lifecycle, tid: str, stage: TopologyStage, note: str) -> None:
+    """Move `tid` out of TERMINAL_BLOCKED on an operator's decision. TERMINAL_BLOCKED is a
+    settled stage `Lifecycle.move` never leaves on its own: an operator's retry or resolve is
+    the one way out, so it sets the stage directly (history and publish state kept right)."""
+    rec = lifecycle.get(tid)
+    if rec is None:
+        return
+    if rec.stage != S.TERMINAL_BLOCKED:
+        lifecycle.move(tid, stage, note)
+        return
+    lifecycle._set(rec, stage, note)  # noqa: SLF001 - the operator exit from a settled stage
+    rec.detail = note
 
 
 def _event_kind(entry: OutboxEntry | None) -> str:

@@ -3,9 +3,11 @@
 Owns: the hosted peer table (created from the coordinator's `should_host` for initial
 regions, from raft messages for unknown regions, from localmeta on restart), the gate on
 incoming raft traffic (every drop counted by reason), routing outgoing raft messages to
-stores (batched per destination by the `RaftTransport`), admission of every request, the read
-and write paths, region removal (tombstones), execution tracking and the `ExecutionStatus`
-body.
+stores (batched per destination by the `RaftTransport`), admission of every request (a write
+finding its region's proposal queue full waits for a slot, in a bounded first-come line, until
+just before its deadline: `_admit_write`), the read and write paths, region removal
+(tombstones), execution tracking, the `ExecutionStatus` body and the outbox operator RPC
+(`OutboxRequest`, carried out by raftstore.outbox).
 
 Peers are (region id, peer id): a tombstone keeps out the peer it destroyed and older ones,
 not a later peer of the same region (`raftstore.topology_tombstone`); a leader message for a
@@ -19,9 +21,9 @@ one. Never lets static configuration decide what it hosts, never writes to LMDB 
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
@@ -54,6 +56,8 @@ from nokvpy.protocol.store_rpc import (
     GetReply,
     GetRequest,
     KvContext,
+    OutboxReply,
+    OutboxRequest,
     PutRequest,
     ReadMode,
     ScanReply,
@@ -70,6 +74,7 @@ from raftstore.admission import AdmissionRequest, Limits, RegionView
 from raftstore.apply import COMPACT_KEEP, COMPACT_SLACK, RegionStateMachine, encode_descriptor
 from raftstore.commands import kv_command
 from raftstore.execution import ExecutionTracker
+from raftstore.outbox import OutboxRefusal
 from raftstore.peer import Peer
 from raftstore.peer import bootstrap as bootstrap_group
 from raftstore.reads import ReadPoint, ReadRefusedError, read_barrier
@@ -82,6 +87,9 @@ INITIAL_EPOCH = RegionEpoch(1, 1)
 LEADER_MESSAGES = frozenset({MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP})
 OUT = ExecutionOutcome
 R = AdmissionReason
+# A write waiting for a proposal slot gives up this long (at most 10 % of its budget) before
+# the caller's deadline, so its TIMED_OUT answer still reaches the caller.
+REPLY_MARGIN = 0.1
 
 
 @dataclass(slots=True)
@@ -151,6 +159,9 @@ class Store:
         self.topology: Any = None  # raftstore.topology.Topology (wired by main)
         self.heartbeat_wake = trio.Event()  # set: heartbeat now rather than at the interval
         self._current_state: tuple[float, RestartState] | None = None
+        # region id -> writes waiting for a proposal slot, first come first served (bounded
+        # by the queue limit; see _admit_write)
+        self._waiting: dict[int, deque[_Waiter]] = {}
 
     # ================================================================= lifecycle
 
@@ -190,6 +201,7 @@ class Store:
         server.register(DeleteRequest, self.on_delete)
         server.register(CasRequest, self.on_cas)
         server.register(ExecutionStatusRequest, self.on_execution_status)
+        server.register(OutboxRequest, self.on_outbox)
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -519,6 +531,7 @@ class Store:
 
     def _on_role_change(self, group: Any) -> None:
         self.counters["role_changes"] += 1
+        self._wake_waiter(group.group_id)  # a write waiting for a slot may now be NOT_LEADER
         if group.is_leader:
             self.heartbeat_wake.set()  # tell the coordinators about a new leader early
 
@@ -528,14 +541,103 @@ class Store:
         peer = self.peers.get(rid)
         return {} if peer is None else {rid: peer.view(now)}
 
+    def _decide(self, cls: AdmissionClass, kvctx: KvContext | None, deadline: float, *,
+                keys: tuple[bytes, ...] = (), values: tuple[bytes | None, ...] = (),
+                scan_start: bytes | None = None, scan_limit: int | None = None,
+                ahead: int = 0) -> Admission:
+        """The admission decision now, not recorded. `ahead`: writes waiting for a slot of
+        the region before this one (they count against its queue limit)."""
+        now = trio.current_time()
+        rid = kvctx.region_id if isinstance(kvctx, KvContext) else 0
+        views = self._views(rid, now)
+        if ahead and rid in views:
+            views = {rid: replace(views[rid], queue_depth=views[rid].queue_depth + ahead)}
+        req = AdmissionRequest(cls, kvctx, keys, values, scan_start, scan_limit, deadline)
+        return adm_mod.admit(req, self.store_id, views, now, self.limits)
+
     def admit(self, cls: AdmissionClass, kvctx: KvContext | None, deadline: float, *,
               keys: tuple[bytes, ...] = (), values: tuple[bytes | None, ...] = (),
               scan_start: bytes | None = None, scan_limit: int | None = None) -> Admission:
-        now = trio.current_time()
+        return self.tracker.admitted(self._decide(
+            cls, kvctx, deadline, keys=keys, values=values, scan_start=scan_start,
+            scan_limit=scan_limit))
+
+    async def _admit_write(self, kvctx: KvContext, deadline: float, keys: tuple[bytes, ...],
+                           values: tuple[bytes | None, ...]) -> Admission:
+        """Admission of a write. When the region has `queue_limit` proposals in flight the
+        write waits for a slot, first come first served, in a line of at most `queue_limit`
+        writes per region (a write finding the line full is QUEUE_SATURATED at once). A
+        waiting write is answered TIMED_OUT shortly before its deadline (so the answer still
+        reaches the caller), and recorded CANCELED when the caller cancels it."""
         rid = kvctx.region_id if isinstance(kvctx, KvContext) else 0
-        req = AdmissionRequest(cls, kvctx, keys, values, scan_start, scan_limit, deadline)
-        adm = adm_mod.admit(req, self.store_id, self._views(rid, now), now, self.limits)
-        return self.tracker.admitted(adm)
+        line = self._waiting.get(rid)
+        ahead = len(line) if line else 0
+        adm = self._decide(AdmissionClass.WRITE, kvctx, deadline, keys=keys, values=values,
+                           ahead=ahead)
+        if adm.reason != R.QUEUE_SATURATED:
+            return self.tracker.admitted(adm)
+        limit = self.limits.queue_limit
+        if ahead >= limit:
+            return self.tracker.admitted(replace(
+                adm, detail=f"region {rid} has {self._in_flight(rid)} proposals in flight and "
+                            f"{ahead} writes waiting for a slot (limit {limit} each)"))
+        return await self._wait_for_slot(rid, kvctx, deadline, keys, values)
+
+    async def _wait_for_slot(self, rid: int, kvctx: KvContext, deadline: float,
+                             keys: tuple[bytes, ...], values: tuple[bytes | None, ...]
+                             ) -> Admission:
+        start = trio.current_time()
+        end = deadline if deadline != float("inf") else start + self.cfg.default_write_timeout
+        give_up = end - min(REPLY_MARGIN, max(0.0, end - start) * 0.1)
+        line = self._waiting.setdefault(rid, deque())
+        me = _Waiter()
+        line.append(me)
+        self.counters["writes_waited_for_slot"] += 1
+        try:
+            while True:
+                with trio.move_on_at(give_up):
+                    await me.wake.wait()
+                    me.wake = trio.Event()
+                    adm = self._decide(AdmissionClass.WRITE, kvctx, deadline, keys=keys,
+                                       values=values, ahead=line.index(me))
+                    if adm.reason != R.QUEUE_SATURATED:
+                        return self.tracker.admitted(adm)
+                    continue
+                waited = trio.current_time() - start
+                return self.tracker.admitted(Admission(
+                    AdmissionClass.WRITE, R.TIMED_OUT,
+                    f"waited {waited:.2f}s behind {self._in_flight(rid)} proposals in flight "
+                    f"on region {rid} (queue limit {self.limits.queue_limit}); answered "
+                    "before the request's deadline", **self._leader_hints(rid)))
+        except trio.Cancelled:
+            waited = trio.current_time() - start
+            self.tracker.admitted(Admission(
+                AdmissionClass.WRITE, R.CANCELED,
+                f"the caller cancelled the write after it waited {waited:.2f}s for a "
+                f"proposal slot on region {rid}"))
+            raise
+        finally:
+            line.remove(me)
+            if not line and self._waiting.get(rid) is line:
+                del self._waiting[rid]
+            self._wake_waiter(rid)
+
+    def _wake_waiter(self, rid: int) -> None:
+        """A slot of region `rid` may be free (or its leadership changed): the first write
+        waiting for one looks again."""
+        line = self._waiting.get(rid)
+        if line:
+            line[0].wake.set()
+
+    def _in_flight(self, rid: int) -> int:
+        peer = self.peers.get(rid)
+        return peer.in_flight if peer is not None else 0
+
+    def _leader_hints(self, rid: int) -> dict[str, int]:
+        peer = self.peers.get(rid)
+        if peer is None:
+            return {}
+        return {"leader_peer_id": peer.leader_peer_id, "leader_store_id": peer.leader_store_id()}
 
     def set_scheduler_degraded(self, degraded: bool) -> None:
         """The publish outbox is failing (or recovered): topology admissions follow."""
@@ -622,7 +724,7 @@ class Store:
     async def _write(self, kvctx: KvContext, ctx: Any, keys: tuple[bytes, ...],
                      values: tuple[bytes | None, ...], ops: list[KvOp]) -> WriteReply:
         deadline = _deadline(ctx)
-        adm = self.admit(AdmissionClass.WRITE, kvctx, deadline, keys=keys, values=values)
+        adm = await self._admit_write(kvctx, deadline, keys, values)
         if not adm.accepted:
             self.tracker.outcomes["REJECTED"] += 1
             raise self.rejection(adm)
@@ -658,6 +760,7 @@ class Store:
             raise self._refuse(AdmissionClass.WRITE, R.NOT_LEADER, str(exc), peer) from None
         finally:
             peer.in_flight -= 1
+            self._wake_waiter(rid)
         if result is None:
             tracker.advance(target, OUT.FAILED, "deadline passed after proposing")
             self.counters["writes_outcome_unknown"] += 1
@@ -695,11 +798,18 @@ class Store:
         """The restart state derived again from localmeta now: what a restart would find.
         `restart` keeps the state found at start; this one clears once the causes are gone
         (outbox drained, blocked events resolved, a region rebuilt). Re-read at most once a
-        second."""
+        second, and at once when the outbox or blocked table changed size (level-triggered:
+        a drained outbox or a resolved blocked entry shows in the next answer)."""
         now = trio.current_time()
         cached = self._current_state
         if cached is not None and now - cached[0] < 1.0:
-            return cached[1]
+            try:
+                same = (len(self.meta.outbox()), len(self.meta.blocked())) == (
+                    cached[1].outbox_backlog, cached[1].blocked_events)
+            except Exception:  # noqa: BLE001 - a sick store re-derives (and reports why)
+                same = False
+            if same:
+                return cached[1]
         try:
             state = derive(load_image(self.meta, self.raftlog))
         except Exception as exc:  # status must answer even on a sick store
@@ -798,6 +908,8 @@ class Store:
             "queue_depths": {str(rid): p.in_flight for rid, p in sorted(self.peers.items())
                              if p.in_flight},
             "queue_limit": self.limits.queue_limit,
+            "queue_waiters": {str(rid): len(line) for rid, line in sorted(self._waiting.items())
+                              if line},
             "proposal_queue": len(self.driver._proposals),
             "drops": dict(sorted(self.drops.items())),
             "counters": dict(sorted(self.counters.items())),
@@ -840,6 +952,42 @@ class Store:
             body["transitions"] = {k: v for k, v in body["transitions"].items()
                                    if k == req.transition_id}
         return ExecutionStatusReply(body)
+
+    async def on_outbox(self, req: OutboxRequest, ctx: Any) -> OutboxReply:
+        """The operator path of the publish outbox (raftstore.outbox): list, retry or
+        resolve a blocked entry. A request that cannot be carried out is refused INVALID and
+        changes nothing."""
+        publisher = getattr(self.topology, "publisher", None)
+        if publisher is None:
+            raise self._refuse(AdmissionClass.TOPOLOGY, R.INVALID,
+                               f"store {self.store_id} runs no outbox publisher")
+        detail = ""
+        try:
+            if req.action == "retry":
+                detail = await publisher.retry_blocked(req.seq)
+            elif req.action == "resolve":
+                detail = await publisher.resolve_blocked(req.seq, req.resolution, req.reason)
+            elif req.action != "list":
+                raise OutboxRefusal(f"unknown outbox action {req.action!r}: expected list, "
+                                    "retry or resolve")
+        except OutboxRefusal as exc:
+            raise self._refuse(AdmissionClass.TOPOLOGY, R.INVALID, str(exc)) from None
+        if req.action != "list":
+            self._current_state = None  # the tables changed: derive the state again now
+        body: dict[str, Any] = dict(publisher.status())
+        body["store_id"] = self.store_id
+        body["current_state"] = (self.current_state().as_dict() if self.restart is not None
+                                 else {})
+        return OutboxReply(req.action, detail, body)
+
+
+class _Waiter:
+    """A write waiting for a proposal slot of its region."""
+
+    __slots__ = ("wake",)
+
+    def __init__(self) -> None:
+        self.wake = trio.Event()
 
 
 async def _propose_quietly(driver: Driver, group: Any, data: bytes) -> None:

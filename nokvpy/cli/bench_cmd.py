@@ -113,7 +113,8 @@ async def presplit(client: Client, regions: int, keyspace: int) -> int:
 async def bench(args, coordinators: list[str], cluster_id: str, secret: bytes | None) -> dict:
     keyspace = 10_000
     value = b"v" * args.value_size
-    async with Client(coordinators, cluster_id=cluster_id, secret=secret, timeout=args.timeout) as client:
+    async with Client(coordinators, cluster_id=cluster_id, secret=secret, timeout=args.timeout,
+                      role="admin") as client:
         await client.route(b"", Freshness.BEST_EFFORT)  # fail at once when nothing answers
         regions = await presplit(client, args.regions, keyspace)
         if args.workload == "gets":  # load the keys first

@@ -57,11 +57,12 @@ class Target:
         self.timeout = args.timeout
 
     def identity(self) -> Identity:
-        return Identity(self.cluster_id, "client", 0, self.secret)
+        return Identity(self.cluster_id, "admin", 0, self.secret)
 
     def client(self) -> Client:
+        # the CLI is the operator's tool: it holds the cluster secret and acts as admin
         return Client(self.coordinators, cluster_id=self.cluster_id, secret=self.secret,
-                      timeout=self.timeout)
+                      timeout=self.timeout, role="admin")
 
     def process_addr(self, name: str) -> str:
         return self.resolve(name)[1]

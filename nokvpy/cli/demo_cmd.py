@@ -85,7 +85,7 @@ def run(args) -> int:
 async def tour(cluster: LocalCluster, spec) -> None:
     coord = spec.coordinator_addrs()[0]
     async with Client(spec.coordinator_addrs(), cluster_id=spec.cluster_id,
-                      secret=spec.secret.encode(), timeout=15.0) as client:
+                      secret=spec.secret.encode(), timeout=15.0, role="admin") as client:
         step("write and read keys (linearizable reads through ReadIndex on the region leader)")
         for i in range(10):
             await client.put(b"user/%02d" % i, b"value-%d" % i)

@@ -170,6 +170,9 @@ def build_parser() -> ArgumentParser:
         s.add_argument("--cluster-id", default=os.environ.get("NOKV_CLUSTER_ID", "nokv"),
                        help="cluster id every process of the cluster shares "
                             "(default NOKV_CLUSTER_ID, else nokv)")
+        s.add_argument("--enable-failpoints", action="store_true",
+                       help="accept failpoint and fault-rule requests from the admin role "
+                            "(testing only; off by default; `nokv cluster up` passes it)")
         if kind == "metaroot":
             s.add_argument("--peer", action="append", default=[],
                            help="id=host:port of every metaroot peer, this one included (repeat)")
@@ -302,6 +305,27 @@ def build_parser() -> ArgumentParser:
         add_target(f)
         add_json(f)
 
+    ob = sub.add_parser("outbox", help="a store's publish outbox: list it, retry or resolve a "
+                                       "blocked (TERMINAL_BLOCKED) entry")
+    obsub = ob.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
+    o = obsub.add_parser("list", help="pending and blocked entries of STORE's outbox")
+    o.add_argument("store", help="store name (store-2), id (2) or address")
+    o = obsub.add_parser("retry", help="move blocked entry SEQ back into the outbox (after its "
+                                       "cause was fixed): the store publishes it again")
+    o.add_argument("store", help="store name (store-2), id (2) or address")
+    o.add_argument("seq", type=positive(int), help="the blocked entry's seq (`outbox list`)")
+    o = obsub.add_parser("resolve", help="remove blocked entry SEQ for good; the decision is "
+                                         "recorded in root as a recovery record")
+    o.add_argument("store", help="store name (store-2), id (2) or address")
+    o.add_argument("seq", type=positive(int), help="the blocked entry's seq (`outbox list`)")
+    o.add_argument("--as", dest="resolution", required=True, choices=["published", "abandoned"],
+                   help="published: root holds the event already (or it was published out of "
+                        "band); abandoned: it will never be published from this store")
+    o.add_argument("--reason", required=True, help="why (recorded in root with the decision)")
+    for o in obsub.choices.values():
+        add_target(o)
+        add_json(o)
+
     b = sub.add_parser("bench", help="benchmark a cluster (starts one when none is given)")
     b.add_argument("workload", choices=["puts", "gets", "routes"],
                    help="puts, gets (of 1,000 loaded keys) or routes (BOUNDED route reads)")
@@ -357,6 +381,10 @@ def dispatch(args: argparse.Namespace) -> int:
         return demo_cmd.run(args)
     if cmd == "jepsen":
         return run_jepsen(args.args)
+    if cmd == "outbox":
+        from nokvpy.cli import outbox_cmd
+
+        return outbox_cmd.run(args)
     from nokvpy.cli import data_cmd
 
     return data_cmd.run(args)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 
 def run(args) -> int:
+    from nokvpy import failpoints
+
+    # failpoints and fault rules over the wire only with --enable-failpoints (the RPC
+    # servers of this process refuse FailpointSet / FailpointClear / SetFaultRules otherwise)
+    failpoints.set_remote_enabled(bool(getattr(args, "enable_failpoints", False)))
     if args.command == "metaroot":
         from metaroot.main import main
 

@@ -19,8 +19,9 @@ from nokvpy.protocol.store_rpc import ExecutionStatusRequest
 from nokvpy.rpc import Identity, RemoteError, RpcClient, RpcTimeoutError, RpcUnavailableError
 
 
-def identity_for(spec) -> Identity:
-    return Identity(spec.cluster_id, "client", 0, spec.secret.encode() if spec.secret else None)
+def identity_for(spec, role: str = "admin") -> Identity:
+    """The identity of a local operator of the cluster `spec` (it holds the secret)."""
+    return Identity(spec.cluster_id, role, 0, spec.secret.encode() if spec.secret else None)
 
 
 async def probe_one(rpc: RpcClient, proc, timeout: float) -> dict[str, Any]:

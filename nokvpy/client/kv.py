@@ -125,6 +125,8 @@ class Client:
         *,
         cluster_id: str = "nokv",
         secret: bytes | None = None,
+        credential: bytes | None = None,
+        role: str = "client",
         timeout: float = 10.0,
         attempt_timeout: float | None = 1.0,
         suspect_base: float = SUSPECT_BASE,
@@ -138,7 +140,9 @@ class Client:
         self.coordinators = list(coordinators)
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
-        self.rpc = rpc or RpcClient(Identity(cluster_id, "client", 0, secret))
+        # `role`: "client" (KV and routes) or "admin" (also topology commands, failpoints);
+        # `secret` (the cluster secret) proves any role, `credential` only its own role's
+        self.rpc = rpc or RpcClient(Identity(cluster_id, role, 0, secret, credential))
         self._routes: SortedDict = SortedDict()  # start_key -> CachedRoute
         self._floors: dict[bytes, int] = {}  # region start key -> min descriptor revision
         self._stores: dict[int, str] = {}

@@ -139,7 +139,7 @@ class LocalCluster:
 
     def command(self, spec: ClusterSpec, proc: ProcessSpec) -> list[str]:
         base = [sys.executable, "-m", "nokvpy.cli.main", proc.kind, "serve", "--id", str(proc.node_id),
-                "--listen", proc.address, "--cluster-id", spec.cluster_id]
+                "--listen", proc.address, "--cluster-id", spec.cluster_id, "--enable-failpoints"]
         if proc.kind == "metaroot":
             for peer in spec.of_kind("metaroot"):
                 base += ["--peer", f"{peer.node_id}={peer.address}"]

@@ -229,3 +229,4 @@ class ErrorKind(StrEnum):
     PROTOCOL = "protocol_violation"
     CORRUPTION = "corruption"
     INTERNAL = "internal"
+    PERMISSION_DENIED = "permission_denied"  # the caller's role may not call this RPC

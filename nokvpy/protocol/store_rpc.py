@@ -158,3 +158,29 @@ class AdminReply:
     outcome: str
     stage: str
     detail: str = ""
+
+
+@wire_type(504)
+@dataclass(slots=True, frozen=True)
+class OutboxRequest:
+    """The operator path of a store's publish outbox (raftstore.outbox, `nokv outbox`).
+
+    `action`: "list" (pending and blocked entries), "retry" (move blocked entry `seq` back
+    into the outbox: the publisher tries it again), or "resolve" (remove blocked entry `seq`
+    for good; `resolution` "published" | "abandoned" and a `reason` are required; the
+    resolution itself is queued, in the same local write, as a rooted RecoveryRecord). A
+    request that cannot be carried out is refused `rejected` / `INVALID` and changes nothing.
+    """
+
+    action: str
+    seq: int = 0
+    resolution: str = ""
+    reason: str = ""
+
+
+@wire_type(505)
+@dataclass(slots=True, frozen=True)
+class OutboxReply:
+    action: str
+    detail: str  # what was done, one line ("" for list)
+    body: dict[str, object]  # the outbox after the action (pending, blocked, current_state)

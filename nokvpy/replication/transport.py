@@ -35,6 +35,15 @@ def make_sender(driver_ref: list[Driver], transport: RaftTransport, local_id: in
     return send
 
 
+def impersonated(batch: RaftBatch, ctx) -> bool:
+    """Does an authenticated sender claim to send for another node? (Its node id is proven
+    by the role handshake only as far as the role goes; the batch must at least name it.)"""
+    server = getattr(ctx, "server", None)
+    if not getattr(getattr(server, "identity", None), "secret", None):
+        return False  # no authentication: nothing was proven
+    return batch.from_store != ctx.peer.node_id
+
+
 def bind_transport(rpc: RpcClient, server: RpcServer, env, raftlog, local_id: int,
                    resolve: Callable[[int], str | None], tick_interval: float = 0.1,
                    ) -> tuple[RaftTransport, Driver]:
@@ -46,7 +55,13 @@ def bind_transport(rpc: RpcClient, server: RpcServer, env, raftlog, local_id: in
     drops: Counter[str] = driver.counters
 
     async def on_batch(batch: RaftBatch, ctx) -> None:
+        if impersonated(batch, ctx):
+            drops["raft_drop_impersonated_sender"] += len(batch.envelopes)
+            return
         for env_ in batch.envelopes:
+            if env_.from_store != batch.from_store or env_.message.frm != batch.from_store:
+                drops["raft_drop_impersonated_sender"] += 1  # node ids are the peer ids here
+                continue
             if env_.to_store != local_id:
                 drops["raft_drop_wrong_destination"] += 1
                 continue

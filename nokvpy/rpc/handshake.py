@@ -1,11 +1,16 @@
 """The connection handshake: cluster membership, protocol version, mutual authentication.
 
 Owns: the four-message exchange (Handshake, HandshakeReply, HandshakeProof, HandshakeResult)
-and the HMAC transcript. Each side sends a fresh 32-byte nonce and proves knowledge of the
-cluster secret with HMAC-SHA256(secret, role | nonce-of-the-other-side | cluster id | own
-node name), so a proof cannot be replayed on another connection or reflected to the other
-role. With no secret configured on both sides the proofs are empty and skipped; a secret on
-only one side is refused. Never sends requests; does not encrypt (run on a private network).
+and the HMAC transcript. The connecting side claims a role (its node kind: metaroot,
+coordinator, store, client, admin); the key of the exchange is that role's credential,
+`role_key(cluster secret, role)`. Each side sends a fresh 32-byte nonce and proves the key with
+HMAC-SHA256(key, direction | nonce-of-the-other-side | cluster id | own node name), so a proof
+cannot be replayed on another connection or reflected to the other direction, and a peer
+holding one role's credential cannot claim another role (a client cannot be `store-2`). The
+server derives every role's credential from the secret; a client needs only its own. With no
+secret configured on both sides the proofs are empty and skipped (roles are then unproven); a
+secret on only one side is refused. Never sends requests; does not encrypt (run on a private
+network).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections.abc import Callable
 
 from nokvpy.rpc.errors import HandshakeRefusedError
 from nokvpy.rpc.framed import FramedStream
-from nokvpy.rpc.identity import Identity, PeerIdentity
+from nokvpy.rpc.identity import ROLES, Identity, PeerIdentity
 from nokvpy.wire import Handshake, HandshakeProof, HandshakeReply, HandshakeResult
 
 PROTOCOL_VERSION = 1
@@ -75,10 +80,14 @@ async def server_handshake(framed: FramedStream, me: Identity, remote: str,
     if len(hello.nonce) != NONCE_SIZE:
         await refuse("bad_nonce", f"nonce of {len(hello.nonce)} bytes")
     peer = PeerIdentity(hello.cluster_id, hello.node_kind, hello.node_id, remote)
+    key = me.key_for(hello.node_kind)
+    if me.secret and key is None:
+        await refuse("unknown_role", f"{peer.name} claims the role {hello.node_kind!r}; roles "
+                     f"are {', '.join(ROLES)}")
     my_nonce = secrets.token_bytes(NONCE_SIZE)
     my_proof = b""
-    if me.secret:
-        my_proof = proof(me.secret, "server", hello.nonce, me.cluster_id, me.name)
+    if key:
+        my_proof = proof(key, "server", hello.nonce, me.cluster_id, me.name)
     await framed.send_now(
         HandshakeReply(
             True, "", me.cluster_id, me.node_kind, me.node_id, PROTOCOL_VERSION, my_nonce, my_proof
@@ -91,12 +100,13 @@ async def server_handshake(framed: FramedStream, me: Identity, remote: str,
             final=True,
         )
     assert isinstance(answer, HandshakeProof)
-    if me.secret:
-        expected = proof(me.secret, "client", my_nonce, me.cluster_id, peer.name)
+    if key:
+        expected = proof(key, "client", my_nonce, me.cluster_id, peer.name)
         if not answer.hmac:
-            await refuse("missing_hmac", f"{peer.name} sent no cluster-secret proof", final=True)
+            await refuse("missing_hmac", f"{peer.name} sent no credential proof", final=True)
         if not hmac.compare_digest(expected, answer.hmac):
-            await refuse("bad_hmac", f"{peer.name} failed the cluster-secret proof", final=True)
+            await refuse("bad_hmac", f"{peer.name} failed the proof of the "
+                         f"{hello.node_kind} credential", final=True)
     elif answer.hmac:
         await refuse(
             "secret_mismatch",
@@ -131,13 +141,14 @@ async def client_handshake(framed: FramedStream, me: Identity, addr: str) -> Pee
     if len(reply.nonce) != NONCE_SIZE:
         raise HandshakeRefusedError(addr, "bad_nonce", f"{len(reply.nonce)} bytes")
     server = PeerIdentity(reply.cluster_id, reply.node_kind, reply.node_id, addr)
-    if me.secret:
-        expected = proof(me.secret, "server", my_nonce, me.cluster_id, server.name)
+    key = me.own_key()
+    if key:
+        expected = proof(key, "server", my_nonce, me.cluster_id, server.name)
         if not reply.hmac:
-            raise HandshakeRefusedError(addr, "missing_hmac", "server sent no cluster-secret proof")
+            raise HandshakeRefusedError(addr, "missing_hmac", "server sent no credential proof")
         if not hmac.compare_digest(expected, reply.hmac):
-            raise HandshakeRefusedError(addr, "bad_hmac", "server failed the cluster-secret proof")
-        my_proof = proof(me.secret, "client", reply.nonce, me.cluster_id, me.name)
+            raise HandshakeRefusedError(addr, "bad_hmac", "server failed the credential proof")
+        my_proof = proof(key, "client", reply.nonce, me.cluster_id, me.name)
     else:
         if reply.hmac:
             raise HandshakeRefusedError(

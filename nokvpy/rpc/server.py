@@ -33,6 +33,8 @@ from typing import Any
 
 import trio
 
+from nokvpy import failpoints
+from nokvpy.protocol import roles
 from nokvpy.protocol.base import TAGS
 from nokvpy.protocol.enums import ErrorKind
 from nokvpy.rpc.errors import RemoteError, sole_error
@@ -147,8 +149,15 @@ class RpcServer:
         max_connections: int = 1024,
         idle_timeout: float = 300.0,
         log_interval: float = 10.0,
+        enable_failpoints: bool | None = None,
+        policy: Callable[[str, str, str], bool] | None = roles.allowed,
     ) -> None:
         self.identity = identity
+        # failpoints and fault rules over the wire (FAULT_RPCS); None: as the process says
+        # (nokvpy.failpoints.remote_enabled: the serve commands' --enable-failpoints)
+        self.enable_failpoints = enable_failpoints
+        # policy(server kind, caller role, request type name) -> allowed; None: any role
+        self.policy = policy
         self.max_frame_size = max_frame_size
         self.limits = limits
         self.network: Network = network if network is not None else TCP
@@ -426,6 +435,17 @@ class RpcServer:
                            f"{self.identity.name} has no handler for {type(body).__name__}"),
             )
             return
+        denied = self._authorize(conn.peer, type(body).__name__)
+        if denied is not None:
+            reason, detail = denied
+            self.counters.inc("permission_denied", role=conn.peer.node_kind,
+                              rpc=type(body).__name__)
+            self._log.warning(reason, "refused %s from %s: %s", type(body).__name__,
+                              conn.peer.name, detail)
+            self._reply(conn, rid, ErrorReply(
+                rid, ErrorKind.PERMISSION_DENIED, reason, detail,
+                {"role": conn.peer.node_kind, "rpc": type(body).__name__}))
+            return
         if conn.in_flight >= self.max_in_flight:
             self.counters.inc("rejected_requests", reason="too_many_in_flight")
             self._reply(
@@ -586,6 +606,22 @@ class RpcServer:
             self.counters.inc("replies_lost")
 
     # ---- built-in handlers ----------------------------------------------------------------
+
+    def _authorize(self, peer: PeerIdentity, rpc: str) -> tuple[str, str] | None:
+        """None, or (reason, detail) refusing `rpc` from `peer` (nokvpy.protocol.roles). Roles
+        are enforced when this server authenticates (a cluster secret): without one a role is
+        only a claim. Fault injection also needs enable_failpoints, whoever asks."""
+        enabled = failpoints.remote_enabled() if self.enable_failpoints is None \
+            else self.enable_failpoints
+        if rpc in roles.FAULT_RPCS and not enabled:
+            return ("failpoints_disabled", f"{rpc} refused: {self.identity.name} was started "
+                    "without --enable-failpoints")
+        if self.identity.secret and self.policy is not None and \
+                not self.policy(self.identity.node_kind, peer.node_kind, rpc):
+            return ("permission_denied", f"role {peer.node_kind!r} may not call {rpc} on "
+                    f"{self.identity.name} (allowed: "
+                    f"{', '.join(sorted(roles.allowed_roles(self.identity.node_kind, rpc))) or 'none'})")
+        return None
 
     async def _on_ping(self, req: Ping, ctx: CallContext) -> Pong:
         return Pong(req.payload, self.identity.name)

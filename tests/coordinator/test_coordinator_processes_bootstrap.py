@@ -33,13 +33,14 @@ import trio
 from test_coordinator_processes import Calls, _diag_if, _other, _teardown, duty_call, poll
 from test_coordinator_processes import _start_cluster as _start_processes_cluster
 
-from nokvpy.client.admin import wait_cluster_ready
+from nokvpy.client.admin import identity_for, wait_cluster_ready
 from nokvpy.client.meta import MetaClient
 from nokvpy.protocol import Freshness
 from nokvpy.protocol.coordinator_rpc import PauseCatchUpRequest, TsoRequest
 from nokvpy.protocol.enums import CatchUpState, EventKind, ServingClass, SyncHealth
 from nokvpy.protocol.metaroot_rpc import AppendRequest, MetarootStatusRequest
 from nokvpy.protocol.records import RecoveryRecord, RootEvent
+from nokvpy.rpc import RpcClient
 
 pytestmark = pytest.mark.cluster
 
@@ -102,7 +103,8 @@ class Served:
 
 
 async def _check_bootstrap_cycle(c: Calls, spec) -> None:
-    meta = MetaClient(c.rpc, spec.metaroot_addrs())
+    # appends to metaroot come from coordinators only: the test appends as one
+    meta = MetaClient(RpcClient(identity_for(spec, "coordinator")), spec.metaroot_addrs())
     name = await c.holder("region_lookup")  # STRONG then meets the catch-up state gate
     other = _other(spec, name)
     served = Served(c, name)

@@ -102,6 +102,8 @@ class Cluster:
                     "store": {}}
         self.pids: dict[str, int] = {}
         self.rpc = RpcClient(identity_for(self.spec))
+        # appends to metaroot come from coordinators only: the test appends as one
+        self.as_coordinator = RpcClient(identity_for(self.spec, "coordinator"))
         self.addr = {p.name: p.address for p in self.spec.processes}
 
     def start(self) -> None:
@@ -117,6 +119,7 @@ class Cluster:
     async def close(self) -> None:
         try:
             await self.rpc.aclose()
+            await self.as_coordinator.aclose()
         finally:
             for pid in self.pids.values():
                 if pid_alive(pid):
@@ -299,7 +302,7 @@ async def append_probe_events(c: Cluster, leader: str, n: int) -> int:
         ev = RootEvent(EventKind.RECOVERY_RECORDED,
                        RecoveryRecord("test:pause-probe", "probe", f"pause test event {i}"),
                        f"test:pause-probe:{time.monotonic_ns()}:{i}")
-        reply = await c.call(leader, AppendRequest([ev]), timeout=5.0)
+        reply = await c.as_coordinator.call(c.addr[leader], AppendRequest([ev]), timeout=5.0)
         last = reply.last_token.index
     return last
 

@@ -220,3 +220,29 @@ async def test_confirm_token_is_linearizable_and_followers_redirect(cluster):
             n.start_soon(writer, k)
         n.start_soon(confirmer)
     await rpc.aclose()
+
+
+async def test_grants_are_judged_by_root_clock_not_the_callers(cluster):
+    """A caller whose clock is an hour ahead cannot retire a live holder: root stamps every
+    grant command with its own time. An ISSUE keeps the lifetime it asked for, at most
+    MAX_GRANT_TTL_MS, counted from root time."""
+    import time
+
+    from metaroot.service import MAX_GRANT_TTL_MS
+
+    rpc = cluster.rpc(905)
+    meta = cluster.meta(rpc)
+    wall = int(time.time() * 1000)
+    ga = await meta.call(_issue("coord-c", wall, Duty.ALLOC_ID, 1_000, ttl=10 * 3_600_000))
+    assert ga.result.status == GrantStatus.GRANTED
+    g = ga.result.grant
+    assert g.expires_at_ms - g.issued_at_ms == MAX_GRANT_TTL_MS  # 10 h asked, 60 s given
+    assert abs(g.issued_at_ms - wall) < 30_000  # root time, not the caller's
+    ahead = wall + 3_600_000
+    gb = await meta.call(_issue("coord-d", ahead, Duty.ALLOC_ID, 2_000, ttl=5_000))
+    assert gb.result.status == GrantStatus.HELD, gb.result
+    assert gb.result.grant.grant_id == g.grant_id
+    retire = await meta.call(GrantRequest(GrantCommand(
+        GrantCommandKind.RETIRE_EXPIRED, "coord-d", grant_id=g.grant_id, now_ms=ahead)))
+    assert retire.result.status != GrantStatus.RETIRED, retire.result
+    await rpc.aclose()

@@ -29,7 +29,7 @@ def start_store(sid: int, port: int, coord: str, data: Path, log: Path) -> subpr
     env.pop("NOKV_FAILPOINTS", None)
     cmd = [sys.executable, "-m", "nokvpy.cli.main", "store", "serve", "--id", str(sid),
            "--listen", f"127.0.0.1:{port}", "--coordinator", coord, "--data", str(data),
-           "--tick-ms", "50"]
+           "--tick-ms", "50", "--enable-failpoints"]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("ab"),
                             stderr=subprocess.STDOUT)
 

@@ -95,8 +95,8 @@ class RawPeer:
         reply = await self.receive()
         assert isinstance(reply, HandshakeReply) and reply.ok, reply
         if hmac is None:
-            hmac = proof(me.secret, "client", reply.nonce, me.cluster_id, me.name) if me.secret \
-                else b""
+            key = me.own_key()
+            hmac = proof(key, "client", reply.nonce, me.cluster_id, me.name) if key else b""
         await self.send(HandshakeProof(hmac))
         result = await self.receive()
         assert isinstance(result, HandshakeResult)

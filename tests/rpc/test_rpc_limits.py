@@ -42,7 +42,7 @@ class Served:
 
 async def serve(nursery: trio.Nursery, **limits) -> Served:
     net = MemoryNetwork()
-    server = RpcServer(ident("store", 1, SECRET), network=net, **limits)
+    server = RpcServer(ident("store", 1, SECRET), network=net, policy=None, **limits)
     host, port = await nursery.start(server.serve, "node-1", 0)
     return Served(server, net, f"{host}:{port}")
 

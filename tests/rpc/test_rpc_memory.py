@@ -21,7 +21,7 @@ from nokvpy.wire import Ping, RaftBatch
 async def test_memory_network_under_mock_clock(autojump_clock):
     net = MemoryNetwork()
     faults = FaultRules(seed=3)
-    server = RpcServer(ident("store", 1, b"s"), network=net, faults=faults)
+    server = RpcServer(ident("store", 1, b"s"), network=net, faults=faults, policy=None)
 
     async def slow_add(req: Add, ctx) -> Sum:
         await trio.sleep(10)  # ten virtual seconds

@@ -67,9 +67,10 @@ async def _send(c, client, signal, rid, tid, leader, cancel) -> list[object]:
                               reason="spoofed: the split failed (it did not)")
         await call(follower, forged)
     else:
-        try:
-            answers.append(await client.rpc.call(c.addr("metaroot-1"), AppendRequest([cancel]),
-                                                 timeout=10.0))
+        try:  # with the coordinator credential: root's own guard must refuse it
+            async with c.rpc_as("coordinator") as rpc:
+                answers.append(await rpc.call(c.addr("metaroot-1"), AppendRequest([cancel]),
+                                              timeout=10.0))
         except RemoteError as exc:
             answers.append(exc)
     return answers

@@ -182,11 +182,17 @@ async def raw_cancel_while_terminal_held(c: Topo, client, prefix: bytes):
     left, right = sorted(entry.targets, key=lambda d: d.start_key)
     cancel = RootEvent(EventKind.SPLIT_CANCELLED,
                        RangeSplit(rid, right.start_key, left, right, entry.bases[0]))
-    try:
-        answer: object = await client.rpc.call(c.addr("metaroot-1"), AppendRequest([cancel]),
-                                               timeout=10.0)
-    except RemoteError as exc:
-        answer = exc
+    # an admin (or client) may not append to root at all
+    with pytest.raises(RemoteError) as denied:
+        await client.rpc.call(c.addr("metaroot-1"), AppendRequest([cancel]), timeout=10.0)
+    assert denied.value.kind == "permission_denied", denied.value
+    # a caller with the coordinator credential may: root's own guard is what refuses it
+    async with c.rpc_as("coordinator") as rpc:
+        try:
+            answer: object = await rpc.call(c.addr("metaroot-1"), AppendRequest([cancel]),
+                                            timeout=10.0)
+        except RemoteError as exc:
+            answer = exc
     return data, tid, answer
 
 

@@ -21,7 +21,7 @@ from nokvpy.protocol import Freshness
 from nokvpy.protocol.admin import FailpointClearRequest, FailpointSetRequest
 from nokvpy.protocol.coordinator_rpc import ListTransitionsRequest, ScanRegionsRequest
 from nokvpy.protocol.store_rpc import AdminRequest, ExecutionStatusRequest
-from nokvpy.rpc import RpcError
+from nokvpy.rpc import Identity, RpcClient, RpcError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -123,7 +123,12 @@ class Topo:
 
     def client(self, timeout: float = 20.0) -> Client:
         return Client(self.spec.coordinator_addrs(), cluster_id=self.spec.cluster_id,
-                      secret=self.spec.secret.encode(), timeout=timeout)
+                      secret=self.spec.secret.encode(), timeout=timeout, role="admin")
+
+    def rpc_as(self, role: str, node_id: int = 99) -> RpcClient:
+        """A raw RPC client proving `role` (e.g. "coordinator": what a coordinator could send
+        to metaroot, for tests of root's own guards)."""
+        return RpcClient(Identity(self.spec.cluster_id, role, node_id, self.spec.secret.encode()))
 
     async def status(self, client: Client, name: str, tid: str = "") -> dict[str, Any]:
         reply = await client.rpc.call(self.addr(name), ExecutionStatusRequest(0, tid),
