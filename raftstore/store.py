@@ -66,6 +66,7 @@ from nokvpy.protocol.store_rpc import (
 )
 from nokvpy.raft.types import Message, MessageType
 from nokvpy.replication.driver import Driver, ProposalError
+from nokvpy.replication.transport import impersonated
 from nokvpy.rpc import RaftTransport, RemoteError, RpcClient
 from nokvpy.storage import KV, Env, LocalMeta, RaftLogStore, WriteBatch
 from nokvpy.wire import DecodeError, RaftBatch, RaftEnvelope, decode, encode
@@ -404,7 +405,13 @@ class Store:
         if batch.to_store != self.store_id:
             self.drops["wrong_store"] += len(batch.envelopes)
             return None
+        if impersonated(batch, ctx):  # a store sending as another store
+            self.drops["impersonated_sender"] += len(batch.envelopes)
+            return None
         for env in batch.envelopes:
+            if env.from_store != batch.from_store:
+                self.drops["impersonated_sender"] += 1
+                continue
             self.on_envelope(env)
         return None
 
