@@ -32,6 +32,7 @@ from nokvpy import failpoints
 from nokvpy.raft import ConfChange, Config, RawNode, ReadOnlyOption
 from nokvpy.raft.ticks import MAX_FEED, ElapsedTicks
 from nokvpy.raft.types import (
+    CompactedError,
     ConfChangeType,
     ConfState,
     Entry,
@@ -128,6 +129,11 @@ class SnapshotStorage:
         return self._inner.initial_state()
 
     def entries(self, lo, hi, max_size=None):
+        floor = getattr(self._group.sm, "replay_floor", 0)
+        if floor and lo <= floor:
+            # not for replay by another replica: the leader sends a snapshot instead
+            raise CompactedError(f"entries up to {floor} of group {self._group.group_id} are "
+                                 "not replayed (the state machine's replay floor)")
         return self._inner.entries(lo, hi, max_size)
 
     def term(self, index):
