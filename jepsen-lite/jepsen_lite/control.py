@@ -6,8 +6,11 @@ restart, SIGSTOP / SIGCONT, the cluster-wide network fault rules (``SetFaultRule
 rule set goes to every process, and is pushed again to a process that was paused or
 restarted), failpoints (``FailpointSet`` / ``FailpointClear``; a restarted process gets its
 wanted failpoints through ``NOKV_FAILPOINTS``), topology commands for churn (split, merge,
-leader transfer through ``AdminRequest`` to the region leader's store), and healing
-everything at the end.
+leader transfer, peer removal and re-addition, replica moves, and a remove/re-add around a
+paused or killed store, through ``AdminRequest`` to the region leader's store; the choice
+itself is :func:`jepsen_lite.topology.plan_churn`), bringing every region back to the
+replication factor after a run, every store's view of its replicas for the topology
+recovery check, and healing everything at the end.
 
 Implements :class:`jepsen_lite.nemesis.ControlProtocol`. Never decides which fault to inject
 or when (that is :mod:`jepsen_lite.nemesis`), and never records history events.
@@ -43,7 +46,13 @@ from nokvpy.protocol.store_rpc import AdminRequest, ExecutionStatusRequest
 from nokvpy.rpc import Identity, RemoteError, RpcClient
 from nokvpy.wire import FaultRule, SetFaultRules
 
+from .topology import applied, plan_churn, repair_plan
+
 UNSUPPORTED_REASONS = {"unhandled_request_type", "unsupported", "not_implemented"}
+MEMBERSHIP_TIMEOUT = 25.0
+"""Deadline of an add_peer / remove_peer admin call (an addition waits for the learner)."""
+CATALOG_SETTLE = 5.0
+"""How long a membership step waits for the coordinator catalog to show its result."""
 
 
 class ControlError(RuntimeError):
@@ -92,6 +101,7 @@ class ClusterControl:
         self._paused: set[str] = set()
         self._fresh: set[str] = set()  # started by us, no rules pushed since
         self._store_names: dict[int, str] = {}
+        self._removed: dict[int, int] = {}  # region id -> store a churn removal took it from
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -104,7 +114,7 @@ class ClusterControl:
         if self._rpc is None:
             assert self.spec is not None
             secret = self.spec.secret.encode() if self.spec.secret else None
-            self._rpc = RpcClient(Identity(self.spec.cluster_id, "jepsen", 0, secret), seed=self.seed)
+            self._rpc = RpcClient(Identity(self.spec.cluster_id, "admin", 0, secret), seed=self.seed)
         return self._rpc
 
     @property
@@ -354,9 +364,12 @@ class ClusterControl:
             return None
         return await self.store_name(reply.leader_store_id)
 
-    async def regions(self) -> list[dict]:
+    async def regions(self, freshness: Freshness = Freshness.BEST_EFFORT) -> list[dict]:
+        """The coordinator catalog (ScanRegions, BEST_EFFORT unless ``freshness`` says
+        otherwise), sorted by start key: region id, range, leader store id (0: unknown),
+        voter and learner store ids, peers and epoch ``[version, conf_ver]``."""
         reply = await self._call_coordinator(
-            ScanRegionsRequest(b"", b"", 100000, Freshness.BEST_EFFORT)
+            ScanRegionsRequest(b"", b"", 100000, freshness)
         )
         leaders = reply.leaders or {}
         return [
@@ -366,9 +379,43 @@ class ClusterControl:
                 "end": d.end_key,
                 "leader": leaders.get(d.region_id, 0),
                 "voters": [p.store_id for p in d.voters()],
+                "learners": [p.store_id for p in d.peers if p.learner],
+                "peers": [{"store_id": p.store_id, "peer_id": p.peer_id, "learner": p.learner}
+                          for p in d.peers],
+                "epoch": [d.epoch.version, d.epoch.conf_ver],
             }
             for d in sorted(reply.descriptors, key=lambda d: d.start_key)
         ]
+
+    @property
+    def replication(self) -> int:
+        """The cluster's replication factor (as the coordinators were started with it)."""
+        if self.spec is not None:
+            return int(self.spec.replication)
+        return int(self.shape["replication"])
+
+    def live_store_ids(self) -> list[int]:
+        """Store ids of the stores that are running and not paused by us."""
+        return sorted(self.node_id(n) for n in self.names("store")
+                      if self.alive(n) and n not in self._paused)
+
+    async def store_views(self) -> dict[int, dict]:
+        """Every store's own view of its replicas: ``{store_id: {"name", "live", "regions"
+        (ExecutionStatus body["regions"]) or "error"}}``; a dead or paused store is not
+        asked (``live`` False)."""
+        out: dict[int, dict] = {}
+        for name in self.names("store"):
+            view: dict[str, Any] = {"name": name,
+                                    "live": self.alive(name) and name not in self._paused}
+            if view["live"]:
+                try:
+                    reply = await self.rpc.call(self._addr(name), ExecutionStatusRequest(0),
+                                                timeout=self.rpc_timeout)
+                    view["regions"] = dict(reply.body.get("regions") or {})
+                except Exception as exc:  # noqa: BLE001 - reported in the view
+                    view["error"] = f"{type(exc).__name__}: {exc}"[:200]
+            out[self.node_id(name)] = view
+        return out
 
     async def admin(self, store_id: int, request: AdminRequest, timeout: float = 15.0) -> dict:
         name = await self.store_name(store_id)
@@ -393,42 +440,216 @@ class ClusterControl:
     async def churn_step(
         self, rng: random.Random, keys: Sequence[bytes], ops: Sequence[str] | None = None
     ) -> dict:
-        """One random topology command: split at a workload key (weight 3), merge two
-        adjacent regions (2), or transfer a region's leadership (2); ``ops`` restricts the
-        choice."""
+        """One random topology command (:func:`jepsen_lite.topology.plan_churn`): split at a
+        workload key, merge two adjacent regions, transfer a region's leadership, remove a
+        peer, add one back (on the store it was removed from when possible) or move one;
+        ``ops`` restricts the choice."""
         regions = await self.regions()
-        boundaries = {r["start"] for r in regions}
-        candidates = [k for k in keys if k and k not in boundaries]
-        adjacent = [(a, b) for a, b in zip(regions, regions[1:], strict=False) if a["end"] == b["start"]]
-        choices = []
-        if candidates:
-            choices += ["split"] * 3
-        if adjacent:
-            choices += ["merge"] * 2
-        if any(len(r["voters"]) > 1 and r["leader"] for r in regions):
-            choices += ["transfer_leader"] * 2
-        if ops is not None:
-            choices = [c for c in choices if c in ops]
-        if not choices:
-            return {"op": "none", "regions": len(regions)}
-        op = rng.choice(choices)
+        present = {r["region_id"] for r in regions}
+        for rid in [rid for rid in self._removed if rid not in present]:
+            del self._removed[rid]  # merged away
+        plan = plan_churn(rng, regions, keys, live=self.live_store_ids(),
+                          replication=self.replication, removed=self._removed, ops=ops)
+        return await self.execute_churn(plan)
+
+    async def execute_churn(self, plan: dict) -> dict:
+        """Send the admin request(s) of a :func:`plan_churn` / :func:`repair_plan` command
+        to the region leader's store; the result keeps the plan's fields plus the reply
+        (``transition_id``, ``outcome``, ``stage``, ``detail``) or ``error``."""
+        op = plan["op"]
+        if op == "none":
+            return dict(plan)
+        rid, send_to = plan["region"], plan["send_to"]
         if op == "split":
-            key = rng.choice(sorted(candidates))
-            region = next(r for r in regions if r["start"] <= key and (not r["end"] or key < r["end"]))
-            leader = region["leader"] or region["voters"][0]
-            out = await self.admin(leader, AdminRequest("split", region["region_id"], split_key=key))
-            return {"op": "split", "region": region["region_id"], "key": key, **out}
+            out = await self.admin(send_to, AdminRequest("split", rid, split_key=plan["key"]))
+            return {"op": "split", "region": rid, "key": plan["key"], **out}
         if op == "merge":
-            left, right = rng.choice(adjacent)
-            leader = left["leader"] or left["voters"][0]
-            request = AdminRequest("merge", left["region_id"], other_region_id=right["region_id"])
-            out = await self.admin(leader, request)
-            return {"op": "merge", "region": left["region_id"], "other": right["region_id"], **out}
-        region = rng.choice([r for r in regions if len(r["voters"]) > 1 and r["leader"]])
-        to = rng.choice([s for s in region["voters"] if s != region["leader"]])
-        request = AdminRequest("transfer_leader", region["region_id"], store_id=to)
-        out = await self.admin(region["leader"], request)
-        return {"op": "transfer_leader", "region": region["region_id"], "to_store": to, **out}
+            request = AdminRequest("merge", rid, other_region_id=plan["other"])
+            out = await self.admin(send_to, request)
+            return {"op": "merge", "region": rid, "other": plan["other"], **out}
+        if op == "transfer_leader":
+            request = AdminRequest("transfer_leader", rid, store_id=plan["to_store"])
+            out = await self.admin(send_to, request)
+            return {"op": "transfer_leader", "region": rid, "to_store": plan["to_store"], **out}
+        if op == "remove_peer":
+            out = await self._remove(send_to, rid, plan["store"], plan.get("mark", True))
+            return {"op": "remove_peer", "region": rid, "store": plan["store"], **out}
+        if op == "add_peer":
+            out = await self._add(send_to, rid, plan["store"])
+            return {"op": "add_peer", "region": rid, "store": plan["store"],
+                    "readd": bool(plan.get("readd")), **out}
+        if op == "move":
+            head = {"op": "move", "region": rid, "to_store": plan["to_store"],
+                    "from_store": plan["from_store"]}
+            add = await self._add(send_to, rid, plan["to_store"])
+            if not applied(add):
+                return {**head, "add": add, "outcome": add.get("outcome", ""),
+                        "error": f"add: {add.get('error') or add.get('outcome') or 'no reply'}"}
+            out = await self._remove(send_to, rid, plan["from_store"], plan.get("mark", False))
+            return {**head, "add": add, **out}
+        raise ValueError(f"unknown churn op {op!r}")
+
+    async def _add(self, send_to: int, rid: int, store: int) -> dict:
+        out = await self.admin(send_to, AdminRequest("add_peer", rid, store_id=store),
+                               timeout=MEMBERSHIP_TIMEOUT)
+        if applied(out):
+            self._removed.pop(rid, None)
+            out["catalog_s"] = await self._catalog_shows(rid, lambda r: store in r["voters"])
+        return out
+
+    async def _remove(self, send_to: int, rid: int, store: int, mark: bool) -> dict:
+        """Remove the peer on ``store``; ``mark``: remember the store for a re-add."""
+        out = await self.admin(send_to, AdminRequest("remove_peer", rid, store_id=store),
+                               timeout=MEMBERSHIP_TIMEOUT)
+        if applied(out):
+            if mark:
+                self._removed[rid] = store
+            out["catalog_s"] = await self._catalog_shows(
+                rid, lambda r: store not in r["voters"] and store not in r["learners"])
+        return out
+
+    async def _catalog_shows(self, rid: int, predicate: Callable[[dict], bool],
+                             timeout: float = CATALOG_SETTLE) -> float | None:
+        """Seconds until the catalog's region ``rid`` satisfies ``predicate`` (None: not
+        within ``timeout``, or the region is gone): the next step plans on a current view."""
+        t0 = trio.current_time()
+        while True:
+            try:
+                region = next((r for r in await self.regions() if r["region_id"] == rid), None)
+                if region is None:
+                    return None
+                if predicate(region):
+                    return round(trio.current_time() - t0, 3)
+            except ControlError:
+                pass
+            if trio.current_time() - t0 > timeout:
+                return None
+            await trio.sleep(0.1)
+
+    async def survivor_leader(self, rid: int, store_ids: Sequence[int],
+                              timeout: float = 15.0) -> int | None:
+        """The first of ``store_ids`` that says it leads region ``rid``, polled until
+        ``timeout`` (None: none did)."""
+        names = {sid: await self.store_name(sid) for sid in store_ids}
+        deadline = trio.current_time() + timeout
+        while True:
+            for sid, name in names.items():
+                if name is not None and await self.leads_region(name, rid):
+                    return sid
+            if trio.current_time() > deadline:
+                return None
+            await trio.sleep(0.2)
+
+    async def _dropped(self, name: str, rid: int, peer_id: int, timeout: float) -> float | None:
+        """Seconds until store ``name`` no longer hosts peer ``peer_id`` of ``rid`` (None:
+        still there after ``timeout``)."""
+        t0 = trio.current_time()
+        while True:
+            try:
+                reply = await self.rpc.call(self._addr(name), ExecutionStatusRequest(rid),
+                                            timeout=1.0)
+                got = (reply.body.get("regions") or {}).get(str(rid))
+                if got is None or got.get("peer_id") != peer_id:
+                    return round(trio.current_time() - t0, 3)
+            except Exception:  # noqa: BLE001, S110 - restarting
+                pass
+            if trio.current_time() - t0 > timeout:
+                return None
+            await trio.sleep(0.2)
+
+    async def churn_store_fault(self, rng: random.Random, mode: str) -> dict:
+        """A membership change around an unreachable replica: pick a region whose voters (at
+        least 3) are all live, ``mode`` = ``pause`` (SIGSTOP) or ``kill`` one of its voter
+        stores (the leader's too), remove that replica through the surviving leader, heal
+        the store (SIGCONT / restart), wait until it dropped its old peer, and add a replica
+        back on the same store. One churn step (op ``fault_readd``); ``remove`` and ``add``
+        hold the two admin results, ``outcome`` / ``error`` summarize (no key may be named
+        ``f``, ``fault`` or ``target``: the result is recorded as a nemesis event)."""
+        regions = await self.regions()
+        live = set(self.live_store_ids())
+        need = max(3, self.replication)
+        candidates = [r for r in regions if len(r["voters"]) >= need and not r["learners"]
+                      and r["leader"] and set(r["voters"]) <= live
+                      and r["region_id"] not in self._removed]
+        if not candidates:
+            return {"op": "fault_readd", "store_fault": mode,
+                    "skipped": f"no region with {need} live voters and a leader"}
+        region = rng.choice(candidates)
+        rid = region["region_id"]
+        victim = rng.choice(sorted(region["voters"]))
+        name = await self.store_name(victim)
+        if name is None:
+            return {"op": "fault_readd", "region": rid, "store": victim, "store_fault": mode,
+                    "error": f"no process for store {victim}"}
+        old = next(p["peer_id"] for p in region["peers"] if p["store_id"] == victim)
+        survivors = [s for s in region["voters"] if s != victim]
+        out: dict[str, Any] = {"op": "fault_readd", "region": rid, "store": victim,
+                               "store_fault": mode, "was_leader": victim == region["leader"],
+                               "old_peer": old, "readd": True}
+        t0 = trio.current_time()
+        out["fault_result"] = await (self.pause(name) if mode == "pause" else self.kill(name))
+        try:
+            leader = await self.survivor_leader(rid, survivors)
+            out["survivor_leader"] = leader
+            if leader is None:
+                out["error"] = f"no survivor of {survivors} leads region {rid}"
+            else:
+                out["remove"] = await self.admin(
+                    leader, AdminRequest("remove_peer", rid, store_id=victim),
+                    timeout=MEMBERSHIP_TIMEOUT)
+        finally:
+            out["heal"] = await (self.resume(name) if mode == "pause" else self.start(name))
+            out["down_s"] = round(trio.current_time() - t0, 3)
+        removed = out.get("remove")
+        if not applied(removed):
+            out.setdefault("error", "remove: " + str((removed or {}).get("error")
+                                                     or (removed or {}).get("outcome")))
+            out["outcome"] = (removed or {}).get("outcome", "")
+            return out
+        self._removed[rid] = victim
+        out["dropped_s"] = await self._dropped(name, rid, old, timeout=30.0)
+        leader = await self.survivor_leader(rid, survivors, timeout=10.0) or survivors[0]
+        add = await self._add(leader, rid, victim)
+        out["add"] = add
+        out.update({k: add.get(k, "") for k in ("transition_id", "outcome", "stage")})
+        if not applied(add):
+            out["error"] = f"add: {add.get('error') or add.get('outcome') or 'no reply'}"
+        return out
+
+    async def restore_replication(self, timeout: float = 30.0) -> dict:
+        """After the run: add (or remove) peers until every region has exactly the
+        replication factor of voters and no learner (:func:`repair_plan`), for at most
+        ``timeout`` seconds. The churn's own damage is undone here, as a killed process is
+        restarted; whether the stores then agree is the recovery check's job. The catalog is
+        read at STRONG freshness (a coordinator that has just reconnected to a restarted
+        metaroot may serve an empty or stale BEST_EFFORT view); an empty one is not trusted."""
+        t0 = trio.current_time()
+        actions: list[dict] = []
+        while True:
+            plan: list[dict] = []
+            try:
+                regions = await self.regions(Freshness.STRONG)
+                if not regions:
+                    raise ControlError("the catalog lists no region")
+                waiting = [r["region_id"] for r in regions if r["learners"]]
+                plan = repair_plan(regions, self.live_store_ids(), self.replication,
+                                   self._removed)
+                last = f"regions with a learner {waiting}, still to do {plan}"
+                if not plan and not waiting:
+                    return {"actions": actions, "seconds": round(trio.current_time() - t0, 3)}
+            except ControlError as exc:  # no (STRONG) catalog yet: try again
+                last = str(exc)
+            for step in plan:
+                if trio.current_time() - t0 > timeout:
+                    break
+                result = await self.execute_churn(step)
+                actions.append({k: v for k, v in result.items()
+                                if k in ("op", "region", "store", "readd", "outcome", "error",
+                                         "transition_id", "catalog_s")})
+            if trio.current_time() - t0 > timeout:
+                return {"actions": actions, "seconds": round(trio.current_time() - t0, 3),
+                        "error": f"replication not restored within {timeout:g}s: {last}"[:500]}
+            await trio.sleep(0.5)
 
     async def list_transitions(self) -> list[dict]:
         """Every coordinator's transitions (pending and the history it saw), deduplicated:

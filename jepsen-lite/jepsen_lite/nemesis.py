@@ -12,7 +12,9 @@ the bookkeeping can be tested with a fake. Never decides whether a history is co
 Schedule. ``--nemesis kill,partition,publish-fail`` enables those faults. The main track is
 a sequence of windows separated by quiet periods; each window carries one fault, taken from
 a seeded shuffled deck of the enabled faults (so every fault gets its turn). ``churn``
-(topology changes) runs on its own track and may overlap the others. The same seed, fault
+(topology changes) runs on its own track and may overlap the others; a share of its windows
+(``churn_store_fault``) starts with a pause or kill of a voter store, its removal through the
+survivors, and its re-addition once the store is back. The same seed, fault
 list, time limit and process names always give the same schedule; targets are concrete
 process names, or symbolic: ``":leader"`` (resolved when the window opens to the store leading
 the region of a workload key), ``":metaroot-leader"``, ``":lookup-holder"`` (the coordinator
@@ -34,6 +36,7 @@ import trio
 
 from . import lease
 from .lease import LOOKUP_HOLDER, METAROOT_LEADER, Prober
+from .topology import MEMBERSHIP_OPS
 
 # -- vocabulary ----------------------------------------------------------------------------
 
@@ -47,7 +50,9 @@ FAULTS: dict[str, str] = {
     "one split or merge is issued in the window so that a publish happens",
     "slow-fsync": "sleep in the storage commit (slow fsync) on one store",
     "crash-point": "crash one store (exit) at a named code point, restart it at the end",
-    "churn": "topology churn: splits, merges and leader transfers",
+    "churn": "topology churn: splits, merges, leader transfers, peer removals and re-adds, "
+    "replica moves; some windows pause or kill a voter store, remove it, heal it and add it "
+    "back",
     "lease": "SIGSTOP a leader (region leader store, metaroot leader or region_lookup grant "
     "holder) until it is replaced, write through the new one, SIGCONT and read straight at "
     "the old one at once",
@@ -134,6 +139,21 @@ class ScheduleOptions:
     lease_isolate: float = 0.5
     """Share of ``lease`` windows that also cut the paused leader off from the other
     servers until the reads at it are done."""
+    churn_store_fault: float = 0.5
+    """Share of ``churn`` windows that begin with a store fault re-add: pause or kill (half
+    each) a voter store of a region, remove that replica through the survivors, heal the
+    store and add the replica back on it (``params["store_fault"]``)."""
+
+
+def churn_store_fault(seed: int, share: float) -> dict:
+    """The store fault of a churn window (drawn from the window's own seed, so that the
+    schedule's other draws do not move): ``{"store_fault": "pause"|"kill"}`` or ``{}``."""
+    if share <= 0:
+        return {}
+    frng = random.Random(f"jepsen-lite-churn-store-fault-{seed}")
+    if frng.random() >= share:
+        return {}
+    return {"store_fault": frng.choice(["pause", "kill"])}
 
 
 def _process_names(processes: Sequence[str] | dict[str, Sequence[str]]) -> dict[str, list[str]]:
@@ -240,6 +260,8 @@ def build_schedule(
         while t < end - 0.5:
             stop = min(round(t + 2 * _uniform(crng, opts.duration), 3), round(end, 3))
             target, params = _window_params("churn", crng, by_kind, opts)
+            if by_kind.get("store"):
+                params.update(churn_store_fault(params["seed"], opts.churn_store_fault))
             windows.append(Window(t, stop, "churn", target, params))
             t = round(stop + _uniform(crng, opts.quiet), 3)
     windows.sort(key=lambda w: (w.start, w.fault))
@@ -282,6 +304,10 @@ class ControlProtocol(Protocol):
     ) -> dict: ...
 
     async def heal(self) -> dict: ...
+
+    # optional (used when present): the churn's membership changes
+    #   async def churn_store_fault(self, rng, mode) -> dict  (a store fault re-add)
+    #   async def restore_replication(self, timeout) -> dict  (after the run, in heal_all)
 
     # used by the lease and tick-stretch windows (jepsen_lite.lease)
 
@@ -347,7 +373,8 @@ class Nemesis:
     ``keys`` are workload keys (bytes) for ``:leader`` targets and split points.
     ``clock`` returns seconds since the run started. ``workload`` (optional) lets the lease
     and tick-stretch windows record their own reads and writes as client operations (each
-    with the client deadline ``op_timeout``).
+    with the client deadline ``op_timeout``). ``restore_timeout`` bounds the re-additions
+    :meth:`heal_all` asks for after churn changed memberships.
     """
 
     def __init__(
@@ -361,8 +388,10 @@ class Nemesis:
         log: Callable[[str], None] | None = None,
         workload: Any = None,
         op_timeout: float = 2.0,
+        restore_timeout: float = 30.0,
     ):
         self.control = control
+        self.restore_timeout = restore_timeout
         self.recorder = recorder
         self.keys = list(keys) or [b""]
         self.rng = random.Random(f"jepsen-lite-nemesis-run-{seed}")
@@ -592,9 +621,14 @@ class Nemesis:
             crng = random.Random(window.params.get("seed", 0))
             every = tuple(window.params.get("every", (0.5, 2.0)))
             steps = 0
+            store_fault = window.params.get("store_fault")
+            fault_step = getattr(self.control, "churn_store_fault", None)
             while self.clock() < window.stop:
                 try:
-                    result = await self.control.churn_step(crng, self.keys)
+                    if store_fault and fault_step is not None and steps == 0:
+                        result = await fault_step(crng, store_fault)
+                    else:
+                        result = await self.control.churn_step(crng, self.keys)
                 except Exception as exc:  # noqa: BLE001
                     result = {"op": "?", "error": f"{type(exc).__name__}: {exc}"}
                 steps += 1
@@ -666,9 +700,16 @@ class Nemesis:
 
     # -- the end -----------------------------------------------------------------------
 
+    def membership_changed(self) -> bool:
+        """Whether the churn tried a peer removal, addition or move (even a failed attempt
+        may have applied)."""
+        return any(e.get("op") in MEMBERSHIP_OPS for e in self.events)
+
     async def heal_all(self) -> dict:
         """Stop every open window (cancelled runs leave some), then ask the control to heal
-        everything it knows of: rules, failpoints, paused and dead processes."""
+        everything it knows of: rules, failpoints, paused and dead processes; and, when the
+        churn changed memberships, to bring every region back to the replication factor
+        (``replication`` in the result; its ``error`` is for the recovery check to judge)."""
         with trio.CancelScope(shield=True):
             for active in list(self.active.values()):
                 await self.stop(active)
@@ -678,6 +719,12 @@ class Nemesis:
                 result = await self.control.heal() or {}
             except Exception as exc:  # noqa: BLE001
                 result = {"error": f"{type(exc).__name__}: {exc}"}
+            restore = getattr(self.control, "restore_replication", None)
+            if restore is not None and self.membership_changed():
+                try:
+                    result["replication"] = await restore(self.restore_timeout)
+                except Exception as exc:  # noqa: BLE001
+                    result["replication"] = {"error": f"{type(exc).__name__}: {exc}"}
             self.recorder.nemesis_stop("heal", "all", **_json_safe(result))
             return result
 
@@ -735,6 +782,7 @@ __all__ = [
     "ScheduleOptions",
     "Window",
     "build_schedule",
+    "churn_store_fault",
     "parse_faults",
     "partition_rules",
 ]

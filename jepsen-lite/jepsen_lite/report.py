@@ -173,9 +173,21 @@ def summary_text(results: Mapping) -> str:
             f"{churn['errors']} errors" + (" (the stores do not implement AdminRequest)"
                                           if churn.get("unsupported") else "")
         )
+        counts = churn.get("membership") or {}
+        if any(counts.values()):
+            lines.append(
+                f"churn membership: {counts.get('remove_peer', 0)} peers removed, "
+                f"{counts.get('add_peer', 0)} added ({counts.get('readds', 0)} re-added on the "
+                f"store they were removed from, {counts.get('fault_readds', 0)} of them around "
+                f"a paused or killed store), {counts.get('moves', 0)} moves")
+    lines += topology_lines((results.get("checks") or {}).get("topology-recovery"))
     heal = results.get("heal") or {}
     if isinstance(heal, dict) and heal.get("error"):
         lines.append(f"heal: {heal['error']}")
+    restored = (heal.get("replication") or {}) if isinstance(heal, dict) else {}
+    if restored.get("actions"):
+        lines.append(f"heal: {len(restored['actions'])} peer changes to restore the "
+                     f"replication factor")
     if results.get("error"):
         lines.append(f"error: {results['error']}")
     lines.append(
@@ -185,6 +197,43 @@ def summary_text(results: Mapping) -> str:
     if results.get("valid") is not True and results.get("reproduce"):
         lines.append(f"reproduce: {results['reproduce']}")
     return "\n".join(lines)
+
+
+def _store_view(view: Any) -> str:
+    if view is None:
+        return "no peer"
+    if isinstance(view, dict):
+        init = "initialized" if view.get("initialized") else "uninitialized"
+        return f"peer {view.get('peer_id')} {init} at epoch {view.get('epoch')}"
+    return str(view)
+
+
+def topology_lines(check: Mapping | None, limit: int = 10) -> list[str]:
+    """The topology recovery check for the summary: one line when it recovered; else every
+    region that differs (catalog vs each store's view) and every extra peer."""
+    if not check:
+        return []
+    if check.get("valid") is True:
+        return [f"topology recovery: {check.get('note', '')}"]
+    lines = [f"topology recovery: {_verdict(check.get('valid'))}: {check.get('note', '')}"]
+    regions = check.get("regions") or {}
+    for rid, entry in list(regions.items())[:limit]:
+        cat = entry.get("catalog") or {}
+        lines.append(f"  region {rid}: catalog voters {cat.get('voters')} learners "
+                     f"{cat.get('learners')} peers {cat.get('peers')} epoch {cat.get('epoch')} "
+                     f"leader {cat.get('leader')}")
+        for store, view in (entry.get("stores") or {}).items():
+            lines.append(f"    {store}: {_store_view(view)}")
+        for problem in entry.get("problems") or []:
+            lines.append(f"    differs: {problem}")
+    if len(regions) > limit:
+        lines.append(f"  ... {len(regions) - limit} more regions in results.json")
+    for e in (check.get("extra") or [])[:limit]:
+        lines.append(f"  extra: {e.get('store')} hosts peer {e.get('peer_id')} of region "
+                     f"{e.get('region')} at epoch {e.get('epoch')} (catalog: {e.get('catalog')})")
+    if check.get("restore_error"):
+        lines.append(f"  restore: {check['restore_error']}")
+    return lines
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -416,6 +465,7 @@ __all__ = [
     "op_counts",
     "render_svg",
     "summary_text",
+    "topology_lines",
     "trim_check",
     "write_json",
     "write_subhistory",

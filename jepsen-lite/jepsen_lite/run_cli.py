@@ -84,6 +84,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lease-isolate", type=float, default=0.5, metavar="P",
                         help="share of lease windows that also cut the paused leader off from "
                              "the other servers until the reads at it are done (default 0.5)")
+    parser.add_argument("--recovery-timeout", type=float, default=30.0, metavar="S",
+                        help="after healing, how long the topology may take to recover: every "
+                             "region with exactly --replication voters on live stores, every "
+                             "store hosting exactly the catalog's peers (default 30)")
+    parser.add_argument("--churn-store-fault", type=float, default=0.5, metavar="P",
+                        help="share of churn windows that pause or kill a voter store, remove "
+                             "its replica through the survivors, heal it and add the replica "
+                             "back (default 0.5; 0 = never)")
     parser.add_argument("--check-time-limit", type=float, default=120.0, metavar="S",
                         help="search budget of the linearizability checker")
     parser.add_argument("--ready-timeout", type=float, default=60.0, metavar="S")
@@ -121,6 +129,8 @@ def config_from_args(args: argparse.Namespace):
         leader_share=args.leader_share,
         lease_modes=tuple(args.lease_modes),
         lease_isolate=args.lease_isolate,
+        recovery_timeout=args.recovery_timeout,
+        churn_store_fault=args.churn_store_fault,
         keep_cluster=args.keep_cluster,
     )
 

@@ -7,8 +7,13 @@ Owns the order of a run (:func:`run`):
 3. run ``concurrency`` client workers for ``time_limit`` seconds while the nemesis opens and
    heals its windows; every operation and nemesis window goes to ``RUN/history.jsonl`` as it
    happens;
-4. heal everything (resume, restart, clear rules and failpoints), wait until the cluster
-   serves, and read every key once (recorded, ``"final": true``);
+4. heal everything (resume, restart, clear rules and failpoints; after churn membership
+   changes, add or remove peers until every region has the replication factor), wait until
+   the cluster serves, check that the topology recovered (every region has exactly
+   ``replication`` voters on live stores and every store hosts exactly the catalog's peers,
+   polled for up to ``recovery_timeout`` seconds:
+   :func:`jepsen_lite.topology.check_topology_recovery`), and read every key once
+   (recorded, ``"final": true``);
 5. stop the cluster (its data and logs stay in ``RUN/cluster``), run the checkers, write
    ``RUN/results.json``, ``RUN/plot.svg`` and, when invalid, ``RUN/failing-subhistory.jsonl``.
 
@@ -47,6 +52,7 @@ from .report import (
     write_json,
     write_subhistory,
 )
+from .topology import check_topology_recovery, membership_counts
 from .workloads import final_reads, make_workload, run_worker
 
 FINAL_PROCESS_BASE = 1_000_000
@@ -76,6 +82,8 @@ class RunConfig:
     leader_share: float = 0.35
     lease_modes: tuple[str, ...] = ("store", "metaroot", "coordinator")
     lease_isolate: float = 0.5
+    recovery_timeout: float = 30.0
+    churn_store_fault: float = 0.5
     keep_cluster: bool = False
 
     def schedule_options(self) -> ScheduleOptions:
@@ -87,6 +95,7 @@ class RunConfig:
             leader_share=self.leader_share,
             lease_modes=tuple(self.lease_modes),
             lease_isolate=self.lease_isolate,
+            churn_store_fault=self.churn_store_fault,
             first_fault=(min(2.0, self.time_limit * 0.1), min(4.0, self.time_limit * 0.2)),
         )
 
@@ -114,6 +123,10 @@ class RunConfig:
             args += ["--lease-modes", ",".join(self.lease_modes)]
         if self.lease_isolate != RunConfig.lease_isolate:
             args += ["--lease-isolate", f"{self.lease_isolate:g}"]
+        if self.recovery_timeout != RunConfig.recovery_timeout:
+            args += ["--recovery-timeout", f"{self.recovery_timeout:g}"]
+        if self.churn_store_fault != RunConfig.churn_store_fault:
+            args += ["--churn-store-fault", f"{self.churn_store_fault:g}"]
         for k, v in sorted(self.env.items()):
             args += ["--env", f"{k}={v}"]
         return " ".join(shlex.quote(a) for a in args)
@@ -237,7 +250,7 @@ async def _run_async(
     nemesis = Nemesis(
         control, recorder, keys=workload.split_keys(), seed=config.seed,
         clock=lambda: trio.current_time() - t0, log=log, workload=workload,
-        op_timeout=config.op_timeout,
+        op_timeout=config.op_timeout, restore_timeout=config.recovery_timeout,
     )
     state["nemesis"] = nemesis
     state["t0_ns"] = time.monotonic_ns()
@@ -270,6 +283,14 @@ async def _run_async(
         state["heal"] = heal
         if heal.get("error"):
             log(f"heal: {heal['error']}")
+        if (heal.get("replication") or {}).get("error"):
+            log(f"heal: {heal['replication']['error']}")
+        topo_t = trio.current_time()
+        state["topology"] = await check_topology_recovery(
+            control, control.replication, config.recovery_timeout)
+        timing["topology_recovery_s"] = round(trio.current_time() - topo_t, 3)
+        log(f"topology recovery: {'ok' if state['topology']['valid'] is True else 'FAILED'}: "
+            f"{state['topology']['note']}")
         reader = new_client(0)
         clients.append(reader)
         final_t = trio.current_time()
@@ -331,12 +352,18 @@ def unlisted_churn(churn_steps: list[dict], entries: list[dict]) -> list[str]:
     listed = {e["transition_id"] for e in entries}
     out: list[str] = []
     for step in churn_steps:
-        tid = step.get("transition_id")
-        stage = str(step.get("stage") or "").rsplit(".", 1)[-1]
-        if step.get("op") == "transfer_leader" or stage in ("", "NOT_REQUIRED", "PLANNED"):
+        if step.get("op") == "transfer_leader":
             continue
-        if tid and tid not in listed and tid not in out:
-            out.append(tid)
+        # a move or a fault re-add holds its admin replies under "add" / "remove"
+        for reply in (step, step.get("add"), step.get("remove")):
+            if not isinstance(reply, dict):
+                continue
+            tid = reply.get("transition_id")
+            stage = str(reply.get("stage") or "").rsplit(".", 1)[-1]
+            if stage in ("", "NOT_REQUIRED", "PLANNED"):
+                continue
+            if tid and tid not in listed and tid not in out:
+                out.append(tid)
     return out
 
 
@@ -447,9 +474,12 @@ def _check_and_report(
             if nemesis.events:
                 results["churn"] = {
                     "steps": len(nemesis.events),
-                    "ok": sum(1 for e in nemesis.events if not e.get("error") and e.get("op") != "none"),
+                    "ok": sum(1 for e in nemesis.events
+                              if not e.get("error") and e.get("op") != "none"
+                              and not e.get("skipped")),
                     "errors": sum(1 for e in nemesis.events if e.get("error")),
                     "unsupported": any(e.get("unsupported") for e in nemesis.events),
+                    "membership": membership_counts(nemesis.events),
                 }
         results["nemesis_intervals"] = summary
         try:
@@ -462,6 +492,14 @@ def _check_and_report(
     heal_error = (state.get("heal") or {}).get("error")
     if heal_error and "recovery" in checks:
         checks["recovery"]["note"] = f"{checks['recovery'].get('note', '')}; heal: {heal_error}"
+    if state.get("topology") is not None:
+        checks["topology-recovery"] = dict(state["topology"])
+        restore = (state.get("heal") or {}).get("replication") or {}
+        if restore.get("error"):
+            checks["topology-recovery"]["restore_error"] = restore["error"]
+    elif checks:
+        checks["topology-recovery"] = {"valid": "unknown",
+                                       "note": "not checked: the run ended before healing"}
     if state.get("transitions") is not None:
         with open(run_dir / "transitions.jsonl", "w", encoding="utf-8") as fh:
             for event in state["transitions"]["events"]:
