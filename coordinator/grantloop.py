@@ -40,6 +40,7 @@ from nokvpy.protocol.grants import (
     DutyGrant,
     GrantCommand,
     GrantCommandKind,
+    GrantEvidence,
     GrantStatus,
     Violation,
 )
@@ -88,6 +89,7 @@ class DutyState:
     # monotonic (trio) time the grant runs out for this holder; None: not measured (a grant
     # installed by hand in a unit test), only the wall clock judges it
     deadline: float | None = None
+    signature: bytes = b""  # metaroot's signature over `grant` (GrantReply.signature)
     last_error: str = ""
     last_result: str = ""
     lock: trio.Lock = field(default_factory=trio.Lock)
@@ -127,6 +129,14 @@ class GrantLoop:
 
     def held_duties(self) -> list[str]:
         return [str(d) for d in self.duties if self.holds(d)]
+
+    def evidence(self, duty: Duty) -> GrantEvidence | None:
+        """This holder's grant for `duty` with metaroot's signature (attached to STRONG
+        answers), or None without a signed grant."""
+        st = self.states.get(duty)
+        if st is None or st.grant is None or not st.signature:
+            return None
+        return GrantEvidence(st.grant, st.signature)
 
     def standby_for(self, duty: Duty) -> bool:
         """Another coordinator holds `duty` under a grant root lists as active: this one is
@@ -318,6 +328,7 @@ class GrantLoop:
             log.info("%s holds %s at era %d (%s) until %d", self.holder, duty, g.era,
                      result.reason, g.expires_at_ms)
         st.grant = g
+        st.signature = bytes(getattr(reply, "signature", b"") or b"")
         # root stamps the grant with its own clock (keeping the lifetime asked for): the
         # lifetime counted here from the send is never more than what was asked
         life_ms = min(g.expires_at_ms - now, expires - now)

@@ -24,6 +24,7 @@ import logging
 import os
 import random
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import trio
@@ -83,6 +84,7 @@ from nokvpy.protocol.enums import (
 from nokvpy.protocol.metaroot_rpc import AppendRequest
 from nokvpy.protocol.records import (
     PeerMeta,
+    RecoveryRecord,
     RegionDescriptor,
     RegionEpoch,
     RegionUpsert,
@@ -144,6 +146,8 @@ class CoordinatorService:
         # a stale replica root no longer lists is tombstoned only when nothing is pending on
         # its region (a planned removal that has not applied yet keeps it)
         self.stores.is_pending = lambda rid: self.sub.state.pending_for_region(rid) is not None
+        self.stores.record_orphan = self._record_orphan
+        self._orphans_in_flight: set[tuple[int, int]] = set()
         self.transitions = Transitions(self)
         self.scheduler = Scheduler(self, scheduler)
         self.counters: Counter[str] = Counter()
@@ -163,7 +167,37 @@ class CoordinatorService:
             await nursery.start(self.grants.run)
             nursery.start_soon(self._drift_loop)
             nursery.start_soon(self._bootstrap_loop)
+            self._nursery = nursery
             task_status.started(self)
+
+    def _record_orphan(self, sid: int, rid: int, seconds: float, reports: int) -> None:
+        """Record in root that store `sid`'s replica of region `rid`, in no rooted entry for
+        `seconds` over `reports` heartbeats, is to be removed; the store is told to tombstone
+        it only once this is rooted (coordinator.stores: `_orphan_gate`)."""
+        key = (sid, rid)
+        nursery = getattr(self, "_nursery", None)
+        if key in self._orphans_in_flight or nursery is None:
+            return
+        self._orphans_in_flight.add(key)
+
+        async def record() -> None:
+            try:
+                ev = RootEvent(EventKind.RECOVERY_RECORDED, RecoveryRecord(
+                    f"orphan:{rid}:store-{sid}", "orphan_region_removed",
+                    f"store {sid} reported region {rid}, which no rooted entry names, for "
+                    f"{seconds:.1f}s over {reports} heartbeats with a fresh catalog",
+                    undone=f"store {sid}'s replica of region {rid} (tombstoned)"))
+                await self.append([ev])
+                self.stores.orphans_recorded.add(key)
+                self.counters["orphan_removals_recorded"] += 1
+            except Exception as exc:  # noqa: BLE001 - retried on a later heartbeat
+                self.counters["orphan_record_errors"] += 1
+                log.warning("recording the removal of store %d's orphan region %d failed: "
+                            "%s", sid, rid, exc)
+            finally:
+                self._orphans_in_flight.discard(key)
+
+        nursery.start_soon(record)
 
     async def shutdown(self, timeout: float = 5.0) -> dict[str, str]:
         """Graceful stop: drain and seal every held grant (exact usages)."""
@@ -321,13 +355,22 @@ class CoordinatorService:
                 await cm.__aexit__(None, None, None)
         if not decision.served:
             raise self._reject(decision, "route")
+        witness = self._with_evidence(req.freshness, decision.witness)
         d = decision.descriptor
         if d is None:
-            return RouteReply(None, decision.witness, 0, {})
+            return RouteReply(None, witness, 0, {})
         now = trio.current_time()
         addrs = {p.store_id: self._store_addr(catalog, p.store_id) for p in d.peers}
-        return RouteReply(d, decision.witness, self.stores.leader_of(d.region_id, now),
+        return RouteReply(d, witness, self.stores.leader_of(d.region_id, now),
                           {k: v for k, v in addrs.items() if v})
+
+    def _with_evidence(self, freshness: Any, witness: Any) -> Any:
+        """A STRONG answer carries this holder's region_lookup grant as metaroot signed it
+        (clients check it: nokvpy.grantsig.verify)."""
+        if freshness != Freshness.STRONG:
+            return witness
+        ev = self.grants.evidence(Duty.REGION_LOOKUP)
+        return witness if ev is None else replace(witness, grant_evidence=ev)
 
     async def on_scan_regions(self, req: ScanRegionsRequest, ctx) -> ScanRegionsReply:
         self.counters["scan_reads"] += 1
@@ -347,7 +390,8 @@ class CoordinatorService:
         now = trio.current_time()
         leaders = {d.region_id: lead for d in decision.regions
                    if (lead := self.stores.leader_of(d.region_id, now))}
-        return ScanRegionsReply(list(decision.regions), decision.witness, leaders)
+        return ScanRegionsReply(list(decision.regions),
+                                self._with_evidence(req.freshness, decision.witness), leaders)
 
     # ---- transitions (coordinator.transitions) ----------------------------------------
 

@@ -18,6 +18,11 @@ Drift kinds, per (store, region):
                        catalog lists on that store is tombstoned: peer ids only grow, so it
                        was removed and the region added a replica there again)
   missing_peer         the catalog lists a peer on this store that the store did not report
+A replica of a region in no rooted entry (`orphan_peer`, "region is not in rooted truth") is
+not dropped on one observation: it is kept (data and all) until it was reported so for
+`orphan_grace` seconds over ORPHAN_REPORTS heartbeats in a row and its removal is recorded in
+root (a RecoveryRecord `orphan_region_removed`, appended by the service); only then is the
+store told to tombstone it (`_orphan_gate`).
 Drift is computed passively on every heartbeat, actively by `recompute` on a timer, and for
 the regions of an assessed transition by `drift_for_regions`.
 
@@ -36,6 +41,9 @@ from nokvpy.protocol.enums import StoreState
 from nokvpy.protocol.records import RegionDescriptor, RegionEpoch
 
 DEFAULT_STORE_TTL = 5.0
+ORPHAN = "orphan"
+ORPHAN_GRACE = 10.0  # seconds a rootless replica is kept before its removal is recorded
+ORPHAN_REPORTS = 3
 
 STORE_AHEAD = "store_ahead_of_root"
 STORE_BEHIND = "store_behind_root"
@@ -99,6 +107,13 @@ class StoreTracker:
         self.counters: Counter[str] = Counter()
         self._hosting: tuple[Catalog | None, dict[int, list[RegionDescriptor]]] = (None, {})
         self.is_pending: Any = None  # region id -> bool: a transition is pending on it
+        # replicas of regions in no rooted entry: (store, region) -> [first seen, reports]
+        self.orphans: dict[tuple[int, int], list] = {}
+        self.orphan_grace = ORPHAN_GRACE
+        self.orphans_recorded: set[tuple[int, int]] = set()
+        # (store, region, seconds orphaned, reports) -> None: record the removal in root
+        # (asynchronously; it adds the key to orphans_recorded once rooted)
+        self.record_orphan: Any = None
 
     # ---- liveness ----------------------------------------------------------------------
 
@@ -162,6 +177,10 @@ class StoreTracker:
                     self.leaders[rh.region_id] = (sid, rh.epoch, now)
                     self.counters["pending_change_leader_claims"] += 1
                 continue
+            if kind == ORPHAN:
+                kind = self._orphan_gate(sid, rh.region_id, now)
+            else:
+                self.orphans.pop((sid, rh.region_id), None)
             if kind == "tombstone":
                 tombstoned.append(rh.region_id)
                 continue
@@ -170,6 +189,10 @@ class StoreTracker:
             if rh.is_leader:
                 claims.add(rh.region_id)
                 self.leaders[rh.region_id] = (sid, rh.epoch, now)
+        reported_now = {rh.region_id for rh in req.regions}
+        for key in [k for k in self.orphans if k[0] == sid and k[1] not in reported_now]:
+            del self.orphans[key]  # no longer reported: a later orphan starts over
+            self.orphans_recorded.discard(key)
         for rid in live.leader_regions - claims:
             claim = self.leaders.get(rid)
             if claim is not None and claim[0] == sid:
@@ -189,6 +212,32 @@ class StoreTracker:
         self._update_ready(catalog)
         return HeartbeatOutcome(should_host, tombstoned, stale, drift)
 
+    def _orphan_gate(self, sid: int, rid: int, now: float) -> str:
+        """A replica of a region in no rooted entry is deleted only on proof, never on one
+        observation: it must be reported so for `orphan_grace` seconds and at least
+        ORPHAN_REPORTS heartbeats in a row (each time with a fresh catalog and nothing
+        pending on the region), and the removal must first be recorded in root
+        (`record_orphan`, a RecoveryRecord appended by the service; recorded at once when no
+        recorder is set). Until then it is kept: it keeps its data and is reported as drift.
+        Returns "tombstone" or "" (keep)."""
+        key = (sid, rid)
+        seen = self.orphans.setdefault(key, [now, 0])
+        seen[1] += 1
+        if now - seen[0] < self.orphan_grace or seen[1] < ORPHAN_REPORTS:
+            self.counters["orphans_waiting"] += 1
+            return ""
+        if key not in self.orphans_recorded:
+            if self.record_orphan is None:
+                self.orphans_recorded.add(key)
+            else:
+                self.counters["orphans_recording"] += 1
+                self.record_orphan(sid, rid, now - seen[0], seen[1])
+                return ""
+        self.counters["orphans_removed"] += 1
+        self.orphans.pop(key, None)
+        self.orphans_recorded.discard(key)
+        return "tombstone"
+
     def _executing_peer_change(self, rh: RegionHeartbeat, d: RegionDescriptor | None) -> bool:
         """Is `rh` (older than the catalog's `d`) the base of a peer change pending on the
         region: same range (version), older conf_ver, a transition pending?"""
@@ -204,7 +253,7 @@ class StoreTracker:
             if catalog_fresh and (self.is_pending is None or not self.is_pending(rh.region_id)):
                 drift.append(Drift(ORPHAN_PEER, sid, rh.region_id,
                                    "region is not in rooted truth", "", _ep(rh.epoch)))
-                return "tombstone"
+                return ORPHAN
             # (a merge source while its merge is pending is in no catalog entry: kept)
             return ""
         listed = d.peer_on(sid)

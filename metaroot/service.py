@@ -22,7 +22,7 @@ import trio
 from metaroot import rootlog
 from metaroot.grants import plan_grant_command
 from metaroot.state import RootEventRejected, RootState
-from nokvpy import failpoints
+from nokvpy import failpoints, grantsig
 from nokvpy.adminsvc import register_failpoint_admin
 from nokvpy.protocol import (
     AllocatorFence,
@@ -35,7 +35,7 @@ from nokvpy.protocol import (
     RootEvent,
     RootToken,
 )
-from nokvpy.protocol.grants import AppendFences, GrantCommand, GrantCommandKind
+from nokvpy.protocol.grants import AppendFences, AuthorityGrant, GrantCommand, GrantCommandKind
 from nokvpy.protocol.metaroot_rpc import (
     AppendReply,
     AppendRequest,
@@ -278,6 +278,7 @@ class MetarootService:
         self.group = driver.add_group(GROUP_ID, node_id, storage, self.sm,
                                       route=lambda peer: peer if peer in peers else None,
                                       election_tick=10, heartbeat_tick=1)
+        self._signing_keys: dict[bytes, object] = {}  # cluster secret -> grant key
         self.counters: dict[str, int] = {}
 
     # -- helpers --------------------------------------------------------------------------
@@ -340,7 +341,16 @@ class MetarootService:
                 self.counters.get("grant_holder_mismatch", 0) + 1
             raise RemoteError(ErrorKind.PERMISSION_DENIED, "not_the_holder",
                               f"{peer.name} may not act for holder {cmd.holder!r}")
-        return await self._propose(GrantRequest(self.stamp_grant(cmd)))
+        reply = await self._propose(GrantRequest(self.stamp_grant(cmd)))
+        secret = getattr(getattr(server, "identity", None), "secret", None)
+        grant = getattr(getattr(reply, "result", None), "grant", None)
+        if secret and isinstance(reply, GrantReply) and isinstance(grant, AuthorityGrant):
+            # evidence a client can check: metaroot granted this (nokvpy.grantsig)
+            key = self._signing_keys.get(secret)
+            if key is None:
+                key = self._signing_keys[secret] = grantsig.signing_key(secret)
+            reply = replace(reply, signature=grantsig.sign(key, self.cluster_id, grant))
+        return reply
 
     def stamp_grant(self, cmd: GrantCommand) -> GrantCommand:
         """Judge the command by root's clock, not the caller's: `now_ms` becomes root time

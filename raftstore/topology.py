@@ -569,8 +569,11 @@ class Topology(MembershipExecutor, MergeExecutor):
         ok = await self.transfer(desc.region_id, to.peer_id)
         self.store.tracker.advance(target, OUT.APPLIED if ok else OUT.FAILED,
                                    "" if ok else "leadership did not move in time")
-        return AdminReply(tid, "APPLIED" if ok else "FAILED", "NOT_REQUIRED",
-                          f"leader of region {desc.region_id} is peer {peer.leader_peer_id}")
+        lead = peer.leader_peer_id
+        detail = (f"leader of region {desc.region_id} is peer {lead}" if ok else
+                  f"leadership of region {desc.region_id} did not move to peer {to.peer_id} "
+                  f"(store {req.store_id}) in time; the leader is peer {lead or '?'}")
+        return AdminReply(tid, "APPLIED" if ok else "FAILED", "NOT_REQUIRED", detail)
 
     # ---- tombstone -----------------------------------------------------------------------
 

@@ -64,12 +64,18 @@ def up(cluster: LocalCluster, args) -> int:
     created = not cluster.exists()
     if created:
         spec = cluster.create(metaroots=given(args, "metaroot"), coordinators=given(args, "coordinators"),
-                              stores=given(args, "stores"), replication=given(args, "replication"))
+                              stores=given(args, "stores"), replication=given(args, "replication"),
+                              tls=bool(getattr(args, "tls", False)))
     else:
         spec = cluster.load()
         refuse_shape_change(cluster, spec, args)
     progress = Progress("cluster up", enabled=not args.json)
     progress.update(f"{'creating' if created else 'starting'} cluster {spec.cluster_id} in {cluster.root}")
+    if spec.tls:
+        if not created and cluster.renew_tls(spec):
+            progress.update(f"TLS certificates were about to expire: issued new ones in {spec.tls['dir']}")
+        else:
+            progress.update(f"TLS with certificates in {spec.tls['dir']}")
     for proc in spec.processes:
         running = cluster.pid(proc.name)
         pid = cluster.start(spec, proc)
@@ -96,11 +102,13 @@ def up(cluster: LocalCluster, args) -> int:
     rows = process_rows(cluster, spec)
     if args.json:
         print_json({"dir": str(cluster.root), "created": created, "cluster_id": spec.cluster_id,
-                    "processes": rows})
+                    "tls": bool(spec.tls), "processes": rows})
     else:
         print(table(rows, ["name", "kind", "role", "pid", "address", "health"]))
         print(f"\ncluster {spec.cluster_id} in {cluster.root} (data in {cluster.root / 'data'}, "
               f"logs in {cluster.root / 'logs'})")
+        if spec.tls:
+            print(f"TLS with mutual authentication: CA and certificates in {spec.tls['dir']}")
         print(f"stop it with `nokv cluster down --dir {args.dir}`")
     return 0
 
@@ -124,6 +132,8 @@ def refuse_shape_change(cluster: LocalCluster, spec: ClusterSpec, args) -> None:
     want = args.replication
     if want is not None and min(want, len(spec.of_kind("store"))) != spec.replication:
         conflicts.append(f"--replication {want} but it has replication {spec.replication}")
+    if getattr(args, "tls", False) and not spec.tls:
+        conflicts.append("--tls but it was created without TLS")
     if conflicts:
         raise CliError(f"{cluster.root} already holds cluster {spec.cluster_id}: "
                        f"{'; '.join(conflicts)} (`cluster up` starts an existing cluster as it is: "
@@ -221,7 +231,7 @@ def wait_serving(cluster: LocalCluster, spec, proc, timeout: float) -> None:
     while True:
         if cluster.pid(proc.name) is None:
             raise CliError(exited_message(cluster, proc.name))
-        one = type(spec)(spec.cluster_id, spec.secret, spec.replication, [proc])
+        one = type(spec)(spec.cluster_id, spec.secret, spec.replication, [proc], tls=spec.tls)
         health = probe_processes(one, timeout=1.0).get(proc.name, {}).get("health", "")
         if health.startswith("up"):
             return

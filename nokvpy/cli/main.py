@@ -113,6 +113,57 @@ def add_target(p: argparse.ArgumentParser) -> None:
                         "(with NOKV_CLUSTER_ID and NOKV_CLUSTER_SECRET from the environment)")
     p.add_argument("--timeout", type=positive(float), default=10.0,
                    help="seconds per request (default %(default)g)")
+    add_tls(p, client=True)
+
+
+TLS_FILES = ("cert", "key", "ca")
+TLS_HELP = {"cert": "PEM certificate this process presents (server and client side)",
+            "key": "PEM private key of --tls-cert",
+            "ca": "PEM CA every peer's certificate must be signed by"}
+
+
+def add_tls(p: argparse.ArgumentParser, client: bool) -> None:
+    """--tls-cert, --tls-key, --tls-ca: all three or none (checked by `tls_flags`)."""
+    for name in TLS_FILES:
+        text = TLS_HELP[name]
+        if client:
+            text = (f"with --coordinator: {text} (default NOKV_TLS_{name.upper()}; a --dir "
+                    "cluster's TLS files are in its cluster.json)")
+        p.add_argument(f"--tls-{name}", default=None, metavar="FILE", help=text)
+
+
+def tls_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Check the --tls-* flags and set `args.tls`: {"cert", "key", "ca"} or None. A client
+    command takes them (or NOKV_TLS_CERT, _KEY, _CA) with --coordinator only."""
+    if not hasattr(args, "tls_ca"):
+        return
+    given = {k: getattr(args, f"tls_{k}") for k in TLS_FILES if getattr(args, f"tls_{k}")}
+    serve = args.command in ("metaroot", "coordinator", "store")
+    if not serve:
+        if given and not args.coordinator:
+            parser.error("--tls-cert, --tls-key and --tls-ca go with --coordinator (a --dir "
+                         "cluster's TLS files are in its cluster.json)")
+        if args.coordinator:
+            for k in TLS_FILES:
+                given.setdefault(k, os.environ.get(f"NOKV_TLS_{k.upper()}", ""))
+            given = {k: v for k, v in given.items() if v}
+    if given and len(given) < len(TLS_FILES):
+        missing = ", ".join(f"--tls-{k}" for k in TLS_FILES if k not in given)
+        parser.error(f"--tls-cert, --tls-key and --tls-ca go together (missing {missing})")
+    args.tls = given or None
+
+
+def use_tls(files: dict[str, str] | None) -> None:
+    """Make `files` the TLS of every RPC server and client of this process (CliError when a
+    file cannot be loaded)."""
+    if not files:
+        return
+    from nokvpy.rpc import tls
+
+    try:
+        tls.configure(files).check()
+    except tls.TlsConfigError as exc:
+        raise CliError(str(exc)) from None
 
 
 def add_json(p: argparse.ArgumentParser) -> None:
@@ -140,6 +191,9 @@ def build_parser() -> ArgumentParser:
                     help="replicas per region (default 3, at most --stores)")
     up.add_argument("--wait", type=positive(float), default=60.0,
                     help="seconds to wait until the cluster serves (default %(default)g)")
+    up.add_argument("--tls", action="store_true",
+                    help="a new cluster talks TLS with mutual authentication: a throwaway CA "
+                         "and certificates in DIR/tls (an existing cluster keeps its setting)")
     add_json(up)
     for name, text in (("down", "stop every process (data and logs stay)"),
                        ("status", "list processes and health (exit status 3 when one is down "
@@ -173,6 +227,7 @@ def build_parser() -> ArgumentParser:
         s.add_argument("--enable-failpoints", action="store_true",
                        help="accept failpoint and fault-rule requests from the admin role "
                             "(testing only; off by default; `nokv cluster up` passes it)")
+        add_tls(s, client=False)
         if kind == "metaroot":
             s.add_argument("--peer", action="append", default=[],
                            help="id=host:port of every metaroot peer, this one included (repeat)")
@@ -347,6 +402,7 @@ def build_parser() -> ArgumentParser:
                         "(with NOKV_CLUSTER_ID and NOKV_CLUSTER_SECRET from the environment)")
     b.add_argument("--timeout", type=positive(float), default=10.0,
                    help="seconds per request (default %(default)g)")
+    add_tls(b, client=True)
     add_json(b)
 
     dm = sub.add_parser("demo", help="a narrated tour of a local cluster")
@@ -371,6 +427,7 @@ def dispatch(args: argparse.Namespace) -> int:
         from nokvpy.cli import serve_cmd
 
         return serve_cmd.run(args)
+    use_tls(getattr(args, "tls", None))  # --coordinator with --tls-* (or NOKV_TLS_*)
     if cmd == "bench":
         from nokvpy.cli import bench_cmd
 
@@ -429,7 +486,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["jepsen"]:  # everything after `jepsen`, --help included, is jepsen-lite's
             return run_jepsen(argv[1:])
-        return dispatch(build_parser().parse_args(argv))
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        tls_flags(parser, args)
+        return dispatch(args)
     except KeyboardInterrupt:
         print("nokv: interrupted", file=sys.stderr)
         return 130

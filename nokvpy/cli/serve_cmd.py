@@ -9,6 +9,11 @@ def run(args) -> int:
     # failpoints and fault rules over the wire only with --enable-failpoints (the RPC
     # servers of this process refuse FailpointSet / FailpointClear / SetFaultRules otherwise)
     failpoints.set_remote_enabled(bool(getattr(args, "enable_failpoints", False)))
+    # --tls-cert/--tls-key/--tls-ca: every RpcServer and RpcClient of this process talks TLS
+    # (nokvpy.rpc.tls.configure; the files are loaded now, so a bad one fails before serving)
+    from nokvpy.cli.main import use_tls
+
+    use_tls(getattr(args, "tls", None))
     if args.command == "metaroot":
         from metaroot.main import main
 

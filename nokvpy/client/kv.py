@@ -48,12 +48,14 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 from sortedcontainers import SortedDict
 
+from nokvpy import grantsig
 from nokvpy.client.errors import (
     DeadlineExceededError,
     InvalidRequestError,
@@ -75,6 +77,7 @@ from nokvpy.protocol.coordinator_rpc import (
     ScanRegionsReply,
     ScanRegionsRequest,
 )
+from nokvpy.protocol.grants import Duty
 from nokvpy.protocol.store_rpc import (
     MAX_KEY_SIZE as MAX_KEY,
 )
@@ -117,7 +120,10 @@ class Client:
     """Async client. `coordinators`: addresses; `timeout`: default deadline per operation;
     `attempt_timeout`: longest read attempt on one store or coordinator before trying
     another (None: the whole deadline); `suspect_base`: seconds a store or coordinator that
-    timed out or was unreachable is tried last (doubles per failure, up to 8x)."""
+    timed out or was unreachable is tried last (doubles per failure, up to 8x); `tls`: a
+    `nokvpy.rpc.tls.TlsConfig` or a mapping of `cert`, `key` and `ca` PEM paths to talk TLS
+    with mutual authentication (None: the process default, `nokvpy.rpc.tls.configure`;
+    False: plain TCP)."""
 
     def __init__(
         self,
@@ -127,11 +133,13 @@ class Client:
         secret: bytes | None = None,
         credential: bytes | None = None,
         role: str = "client",
+        grant_public_key: bytes | None = None,
         timeout: float = 10.0,
         attempt_timeout: float | None = 1.0,
         suspect_base: float = SUSPECT_BASE,
         rpc: RpcClient | None = None,
         rng: random.Random | None = None,
+        tls: Any = None,
     ):
         if not coordinators:
             raise ValueError("at least one coordinator address is needed")
@@ -142,7 +150,12 @@ class Client:
         self.attempt_timeout = attempt_timeout
         # `role`: "client" (KV and routes) or "admin" (also topology commands, failpoints);
         # `secret` (the cluster secret) proves any role, `credential` only its own role's
-        self.rpc = rpc or RpcClient(Identity(cluster_id, role, 0, secret, credential))
+        self.rpc = rpc or RpcClient(Identity(cluster_id, role, 0, secret, credential), tls=tls)
+        self.cluster_id = cluster_id
+        # STRONG answers are trusted only with grant evidence that checks under this key
+        # (derived from the secret when one is given; None: not checked, no key known)
+        self.grant_public_key = grant_public_key or (grantsig.public_key(secret) if secret
+                                                     else None)
         self._routes: SortedDict = SortedDict()  # start_key -> CachedRoute
         self._floors: dict[bytes, int] = {}  # region start key -> min descriptor revision
         self._stores: dict[int, str] = {}
@@ -235,6 +248,7 @@ class Client:
         except RemoteError as exc:
             raise RouteRejectedError(f"route for {key!r} rejected: {exc.reason}: {exc.message}",
                                      exc.reason, exc.details.get("witness"), exc.details) from None
+        self._check_evidence(freshness, reply.witness)
         if reply.store_addrs:
             self._stores.update(reply.store_addrs)
         if reply.descriptor is not None:
@@ -243,7 +257,25 @@ class Client:
 
     async def scan_regions(self, start: bytes = b"", end: bytes = b"", limit: int = 1000,
                            freshness: Freshness = Freshness.BEST_EFFORT) -> ScanRegionsReply:
-        return await self.call_coordinator(ScanRegionsRequest(start, end, limit, freshness))
+        reply = await self.call_coordinator(ScanRegionsRequest(start, end, limit, freshness))
+        self._check_evidence(freshness, reply.witness)
+        return reply
+
+    def _check_evidence(self, freshness: Freshness, witness: Any) -> None:
+        """A STRONG answer claims it comes from the region_lookup grant holder: believe it
+        only if metaroot's signature over that grant checks, names the answering
+        coordinator, and has not expired on this client's clock."""
+        if freshness != Freshness.STRONG or self.grant_public_key is None:
+            return
+        try:
+            grantsig.verify(self.grant_public_key, self.cluster_id,
+                            getattr(witness, "grant_evidence", None),
+                            holder_prefix=f"coordinator-{getattr(witness, 'coordinator_id', 0)}",
+                            duty=Duty.REGION_LOOKUP, now_ms=int(time.time() * 1000))
+        except grantsig.EvidenceError as exc:
+            self.stats["evidence_refused"] = self.stats.get("evidence_refused", 0) + 1
+            raise RouteRejectedError(f"STRONG answer refused: {exc}", exc.reason,
+                                     witness) from None
 
     def _remember(self, d: RegionDescriptor, leader_store_id: int) -> None:
         # drop cached regions overlapping the new one

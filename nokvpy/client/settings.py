@@ -1,7 +1,9 @@
 """Where a client connects: a local cluster directory, or coordinator addresses.
 
 Owns: turning `nokv cluster up`'s directory (its cluster.json) or a list of addresses into the
-`Client(...)` arguments `coordinators`, `cluster_id` and `secret`. Never opens a connection.
+`Client(...)` arguments `coordinators`, `cluster_id`, `secret` and, for a TLS cluster, `tls`
+(cluster.json's admin client certificate, or NOKV_TLS_CERT, NOKV_TLS_KEY and NOKV_TLS_CA with
+addresses). Never opens a connection.
 """
 
 from __future__ import annotations
@@ -23,15 +25,20 @@ def cluster_dir_settings(path: str | os.PathLike[str]) -> dict[str, Any]:
     if path.name == "cluster.json" and path.is_file():
         path = path.parent
     spec = LocalCluster(path).load()
-    return {"coordinators": spec.coordinator_addrs(), "cluster_id": spec.cluster_id,
-            "secret": spec.secret.encode() if spec.secret else None}
+    settings = {"coordinators": spec.coordinator_addrs(), "cluster_id": spec.cluster_id,
+                "secret": spec.secret.encode() if spec.secret else None}
+    tls = spec.tls_files()
+    if tls:  # `nokv cluster up --tls`: the local admin client's certificate
+        settings["tls"] = tls
+    return settings
 
 
 def address_settings(addresses: str | list[str], cluster_id: str | None = None,
                      secret: str | bytes | None = None) -> dict[str, Any]:
     """`coordinators`, `cluster_id` and `secret` from `host:port[,host:port]` (or a list);
     the id and secret default to NOKV_CLUSTER_ID and NOKV_CLUSTER_SECRET, as for the `nokv`
-    command's `--coordinator`. Raises ValueError for an address without a port."""
+    command's `--coordinator`, and `tls` is added when NOKV_TLS_CERT, NOKV_TLS_KEY and
+    NOKV_TLS_CA are set. Raises ValueError for an address without a port."""
     if isinstance(addresses, str):
         addresses = addresses.split(",")
     coordinators = [a.strip() for a in addresses if a.strip()]
@@ -45,7 +52,24 @@ def address_settings(addresses: str | list[str], cluster_id: str | None = None,
         secret = os.environ.get("NOKV_CLUSTER_SECRET") or None
     if isinstance(secret, str):
         secret = secret.encode()
-    return {"coordinators": coordinators, "cluster_id": cluster_id, "secret": secret}
+    settings = {"coordinators": coordinators, "cluster_id": cluster_id, "secret": secret}
+    tls = env_tls()
+    if tls:
+        settings["tls"] = tls
+    return settings
+
+
+def env_tls() -> dict[str, str] | None:
+    """{"cert", "key", "ca"} from NOKV_TLS_CERT, NOKV_TLS_KEY and NOKV_TLS_CA (None when none
+    is set; ValueError when only some are)."""
+    files = {k: os.environ.get(f"NOKV_TLS_{k.upper()}", "") for k in ("cert", "key", "ca")}
+    if not any(files.values()):
+        return None
+    missing = [f"NOKV_TLS_{k.upper()}" for k, v in files.items() if not v]
+    if missing:
+        raise ValueError(f"NOKV_TLS_CERT, NOKV_TLS_KEY and NOKV_TLS_CA go together "
+                         f"(missing {', '.join(missing)})")
+    return files
 
 
 def target_settings(target: str | os.PathLike[str] | list[str], **kwargs: Any) -> dict[str, Any]:

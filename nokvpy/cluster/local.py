@@ -12,6 +12,14 @@ Layout::
     DIR/pids/NAME.pid       pid of a running process (removed when it is stopped)
     DIR/logs/NAME.log       stdout and stderr of the process
     DIR/data/NAME/          LMDB environments of metaroot peers and stores
+    DIR/tls/                with `create(tls=True)` (`nokv cluster up --tls`): ca.pem (a
+                            throwaway CA), NAME.pem + NAME.key for every process and
+                            admin.pem + admin.key for the local CLI and clients (keys 0600)
+
+A TLS cluster records its files in cluster.json (`tls`: dir, ca, and the admin client's cert
+and key); loading it makes them the TLS of every RpcServer / RpcClient of that cluster id in
+this process (`nokvpy.rpc.tls.configure`), so the CLI, `Client.from_cluster_dir` and
+jepsen-lite use TLS without being told.
 """
 
 from __future__ import annotations
@@ -25,12 +33,16 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from nokvpy.cluster.ports import free_ports
 
 KINDS = ("metaroot", "coordinator", "store")
-SECRET_FILE_MODE = 0o600  # files holding the cluster secret (or, later, keys)
+SECRET_FILE_MODE = 0o600  # files holding the cluster secret or a private key
+TLS_VALID_DAYS = 5  # certificates of `cluster up --tls`: a throwaway cluster's
+TLS_RENEW_WITHIN = timedelta(days=1)  # `cluster up` of a stopped cluster reissues them then
+ADMIN_TLS_NAME = "admin"  # the certificate of the local CLI / admin client
 
 
 class ClusterError(Exception):
@@ -53,6 +65,19 @@ class ClusterSpec:
     secret: str
     replication: int
     processes: list[ProcessSpec]
+    # TLS files (absolute paths): {"dir", "ca", "cert", "key"} (cert and key: the admin
+    # client's); None: plain TCP
+    tls: dict[str, str] | None = None
+
+    def tls_files(self, name: str = ADMIN_TLS_NAME) -> dict[str, str] | None:
+        """{"cert", "key", "ca"} of process `name` (default: the admin client), or None."""
+        if not self.tls:
+            return None
+        if name == ADMIN_TLS_NAME:
+            return {"cert": self.tls["cert"], "key": self.tls["key"], "ca": self.tls["ca"]}
+        directory = Path(self.tls["dir"])
+        return {"cert": str(directory / f"{name}.pem"), "key": str(directory / f"{name}.key"),
+                "ca": self.tls["ca"]}
 
     def of_kind(self, kind: str) -> list[ProcessSpec]:
         return [p for p in self.processes if p.kind == kind]
@@ -97,9 +122,11 @@ class LocalCluster:
         try:
             raw = json.loads(self.spec_path.read_text())
             procs = [ProcessSpec(**p) for p in raw.pop("processes")]
-            return ClusterSpec(processes=procs, **raw)
+            spec = ClusterSpec(processes=procs, **raw)
         except (ValueError, TypeError, KeyError) as exc:
             raise ClusterError(f"{self.spec_path} is not a valid cluster file: {exc}") from None
+        use_tls(spec)
+        return spec
 
     def save(self, spec: ClusterSpec) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -108,7 +135,8 @@ class LocalCluster:
     # ---- creation ------------------------------------------------------------------------
 
     def create(
-        self, metaroots: int = 1, coordinators: int = 1, stores: int = 3, replication: int = 3
+        self, metaroots: int = 1, coordinators: int = 1, stores: int = 3, replication: int = 3,
+        tls: bool = False,
     ) -> ClusterSpec:
         if self.exists():
             raise ClusterError(f"a cluster already exists in {self.root}")
@@ -132,8 +160,24 @@ class LocalCluster:
             replication=replication,
             processes=procs,
         )
+        if tls:
+            self.root.mkdir(parents=True, exist_ok=True)
+            spec.tls = issue_tls(self.root / "tls", spec)
         self.save(spec)
+        use_tls(spec)
         return spec
+
+    def renew_tls(self, spec: ClusterSpec, within: timedelta = TLS_RENEW_WITHIN) -> bool:
+        """Issue a new CA and certificates when one of the cluster's expires within `within`
+        (or is missing) and none of its processes runs; True when it did."""
+        if not spec.tls or any(self.pid(p.name) is not None for p in spec.processes):
+            return False
+        if tls_expiry(spec) - datetime.now(UTC) > within:
+            return False
+        spec.tls = issue_tls(self.root / "tls", spec)
+        self.save(spec)
+        use_tls(spec, reload=True)
+        return True
 
     # ---- processes -----------------------------------------------------------------------
 
@@ -149,6 +193,9 @@ class LocalCluster:
                      "--replication", str(spec.replication)]
         else:
             base += ["--coordinator", ",".join(spec.coordinator_addrs()), "--data", proc.data_dir]
+        tls = spec.tls_files(proc.name)
+        if tls:
+            base += ["--tls-cert", tls["cert"], "--tls-key", tls["key"], "--tls-ca", tls["ca"]]
         return base + proc.extra_args
 
     def pid(self, name: str) -> int | None:
@@ -265,6 +312,131 @@ def write_secret_file(path: Path, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def use_tls(spec: ClusterSpec, reload: bool = False) -> None:
+    """Make the admin client's TLS files of `spec` the TLS of every RpcServer and RpcClient of
+    its cluster id in this process (nothing for a plain cluster). `reload`: drop contexts
+    built from the files before they were reissued."""
+    files = spec.tls_files()
+    if files is None:
+        return
+    from nokvpy.rpc import tls
+
+    if reload:
+        tls.configure(None, spec.cluster_id)
+    tls.configure(files, spec.cluster_id)
+
+
+def issue_tls(directory: Path, spec: ClusterSpec) -> dict[str, str]:
+    """A throwaway CA and, signed by it, a certificate and key for every process of `spec`
+    and for the admin client, in `directory` (mode 0700); keys are written 0600 (created with
+    that mode, see write_secret_file). Certificates name 127.0.0.1 (and the host of each
+    process's address) and `localhost`, allow both TLS client and server use, and are valid
+    for TLS_VALID_DAYS. Returns cluster.json's `tls` entry. Files of an earlier issue are
+    replaced (each key by a new file, renamed over the old one)."""
+    import ipaddress
+
+    # certificate generation for local TLS clusters only: the RPC layer uses the standard
+    # library's ssl; `cryptography` is imported here, when `cluster up --tls` needs it
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    not_before, not_after = now - timedelta(minutes=5), now + timedelta(days=TLS_VALID_DAYS)
+
+    def name(common_name: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "nokvpy"),
+                          x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+    def write(path: Path, data: bytes, secret: bool) -> None:
+        if secret:
+            write_secret_file(path, data)
+        else:
+            path.write_bytes(data)
+
+    def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = name(f"nokvpy local CA {spec.cluster_id}")
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca_cert = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(not_before).not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(ca_ski, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path = directory / "ca.pem"
+    write(ca_path, ca_cert.public_bytes(serialization.Encoding.PEM), secret=False)
+
+    hosts = {"127.0.0.1"} | {p.address.rpartition(":")[0].strip("[]") for p in spec.processes}
+    sans: list[x509.GeneralName] = [x509.DNSName("localhost")]
+    for host in sorted(hosts):
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            sans.append(x509.DNSName(host))
+    for holder in [p.name for p in spec.processes] + [ADMIN_TLS_NAME]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder().subject_name(name(f"{holder} {spec.cluster_id}"))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before).not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                         key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, key_cert_sign=False,
+                                         crl_sign=False, encipher_only=False,
+                                         decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        write(directory / f"{holder}.key", key_pem(key), secret=True)
+        write(directory / f"{holder}.pem", cert.public_bytes(serialization.Encoding.PEM),
+              secret=False)
+    return {"dir": str(directory), "ca": str(ca_path),
+            "cert": str(directory / f"{ADMIN_TLS_NAME}.pem"),
+            "key": str(directory / f"{ADMIN_TLS_NAME}.key")}
+
+
+def tls_expiry(spec: ClusterSpec) -> datetime:
+    """When the first of a TLS cluster's certificates expires (now, when one is missing or
+    unreadable: time to issue new ones)."""
+    from cryptography import x509
+
+    now = datetime.now(UTC)
+    paths = [Path(spec.tls["ca"])] + [Path(spec.tls_files(n)["cert"]) for n in
+                                      [p.name for p in spec.processes] + [ADMIN_TLS_NAME]]
+    first = None
+    for path in paths:
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except (OSError, ValueError):
+            return now
+        expires = getattr(cert, "not_valid_after_utc", None) or \
+            cert.not_valid_after.replace(tzinfo=UTC)  # cryptography < 42
+        if first is None or expires < first:
+            first = expires
+    return first or now
 
 
 def _restrict_old_file(path: Path) -> None:

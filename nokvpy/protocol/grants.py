@@ -343,3 +343,13 @@ __all__ = [
     "Violation",
     "bounds_map",
 ]
+
+
+@wire_type(98)
+@dataclass(slots=True, frozen=True)
+class GrantEvidence:
+    """A grant as metaroot issued it and metaroot's signature over it (nokvpy.grantsig): a
+    coordinator attaches its `region_lookup` evidence to STRONG answers."""
+
+    grant: AuthorityGrant
+    signature: bytes

@@ -120,6 +120,7 @@ class GrantRequest:
 class GrantReply:
     result: object  # nokvpy.protocol.grants.GrantCommandResult
     token: RootToken
+    signature: bytes = b""  # metaroot's signature over result.grant (nokvpy.grantsig)
 
 
 @wire_type(212)

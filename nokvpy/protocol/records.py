@@ -230,6 +230,9 @@ class RouteWitness:
     sync_health: SyncHealth
     descriptor_revision: int = 0
     coordinator_id: int = 0
+    # STRONG answers: the answering coordinator's region_lookup grant, signed by metaroot
+    # (nokvpy.protocol.grants.GrantEvidence; clients check it with nokvpy.grantsig.verify)
+    grant_evidence: object = None
 
 
 @wire_type(76)

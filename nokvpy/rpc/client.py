@@ -7,6 +7,11 @@ into a typed error (`RpcTimeoutError`, `RpcUnavailableError`, `HandshakeRefusedE
 `RemoteError`) that says whether the request's outcome is unknown. Never retries a request:
 retry policy belongs to the caller, who knows whether the request is idempotent.
 
+With TLS (`tls=`, default `nokvpy.rpc.tls.configured(cluster id)`), a connection runs the TLS
+handshake (presenting this side's certificate, verifying the server's against the cluster CA)
+and then the cluster-secret handshake, both within `handshake_timeout`; a failed TLS
+handshake is a `HandshakeRefusedError` with reason `tls_handshake_failed`.
+
 Each connection is driven by one background task (reader) plus a writer task; they run in
 the `nursery` given to the constructor, or as trio system tasks when none is given, so a
 client can be created anywhere inside `trio.run`. Call `aclose()` (or use `async with`).
@@ -36,7 +41,8 @@ from nokvpy.rpc.faults import FaultRules
 from nokvpy.rpc.framed import ConnectionClosedError, FramedStream
 from nokvpy.rpc.handshake import client_handshake
 from nokvpy.rpc.identity import Counters, Identity, PeerIdentity, parse_addr
-from nokvpy.rpc.network import TCP, Network
+from nokvpy.rpc.network import TCP, Network, secure, with_tls
+from nokvpy.rpc.tls import TlsConfig, TlsHandshakeError, resolve
 from nokvpy.wire import (
     DEFAULT_LIMITS,
     DEFAULT_MAX_FRAME_SIZE,
@@ -210,9 +216,15 @@ class RpcClient:
         backoff_max: float = 2.0,
         max_stream_buffer: int = 4096,
         seed: int | None = None,
+        tls: TlsConfig | Any = None,
     ) -> None:
         self.identity = identity
-        self.network: Network = network if network is not None else TCP
+        # TLS of every connection: a TlsConfig (or a mapping of cert/key/ca paths); None:
+        # the process default for this cluster (nokvpy.rpc.tls.configure); False: none
+        self.tls: TlsConfig | None = resolve(tls, identity.cluster_id)
+        self.network: Network = with_tls(network if network is not None else TCP, self.tls)
+        if self.tls is not None:
+            self.tls.check()  # TlsConfigError now, not at the first connection
         self.faults = faults if faults is not None else FaultRules()
         self.max_frame_size = max_frame_size
         self.limits = limits
@@ -411,11 +423,17 @@ class RpcClient:
                                       limits=self.limits)
                 try:
                     with trio.fail_after(self.handshake_timeout):
+                        await secure(stream)  # the TLS handshake, if any
                         conn.peer = await client_handshake(framed, self.identity, addr)
                 except trio.TooSlowError:
                     raise RpcUnavailableError(addr, "handshake timed out") from None
+                except TlsHandshakeError as e:
+                    self.counters.inc("tls_handshake_failed")
+                    raise HandshakeRefusedError(addr, "tls_handshake_failed", e.reason) from None
                 except ConnectionClosedError as e:
-                    raise RpcUnavailableError(addr, f"closed during handshake: {e}") from None
+                    hint = (" (the server may have refused this client's certificate)"
+                            if self.tls else " (does the server require TLS? this client uses none)")
+                    raise RpcUnavailableError(addr, f"closed during handshake: {e}{hint}") from None
                 conn.framed = framed
                 conn.state = _READY
                 self._backoff.pop(addr, None)

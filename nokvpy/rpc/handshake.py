@@ -9,8 +9,9 @@ cannot be replayed on another connection or reflected to the other direction, an
 holding one role's credential cannot claim another role (a client cannot be `store-2`). The
 server derives every role's credential from the secret; a client needs only its own. With no
 secret configured on both sides the proofs are empty and skipped (roles are then unproven); a
-secret on only one side is refused. Never sends requests; does not encrypt (run on a private
-network).
+secret on only one side is refused. Never sends requests and never encrypts: with TLS
+configured (nokvpy.rpc.tls) it runs inside the TLS stream; without it, run on a private
+network.
 """
 
 from __future__ import annotations

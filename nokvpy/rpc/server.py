@@ -21,6 +21,12 @@ oldest still in its handshake, so silent connections cannot lock others out). Af
 connection (the next is answered `unavailable/too_many_in_flight`), and a connection with no
 request running (streams included) and no complete frame received for `idle_timeout` seconds
 is closed. Every refusal is counted; its log line is rate-limited per reason.
+
+TLS (`tls=`, default: `nokvpy.rpc.tls.configured(cluster id)`, set by the serve commands'
+--tls-* flags): every accepted stream runs its TLS handshake (a client certificate signed by
+the cluster CA is required) before the cluster-secret handshake, under the same
+`handshake_timeout` and as one of the `max_unauthenticated` connections; a failed TLS
+handshake is counted in `tls_handshake_failed` and logged rate-limited like other refusals.
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ from nokvpy.rpc.framed import ConnectionClosedError, FramedStream, UndecodableFr
 from nokvpy.rpc.handshake import HandshakeRejectedError, server_handshake
 from nokvpy.rpc.identity import Counters, Identity, PeerIdentity, format_addr
 from nokvpy.rpc.logthrottle import LogThrottle
-from nokvpy.rpc.network import TCP, Network
+from nokvpy.rpc.network import TCP, Network, secure, with_tls
+from nokvpy.rpc.tls import TlsConfig, TlsHandshakeError, resolve
 from nokvpy.wire import (
     DEFAULT_LIMITS,
     DEFAULT_MAX_FRAME_SIZE,
@@ -151,8 +158,12 @@ class RpcServer:
         log_interval: float = 10.0,
         enable_failpoints: bool | None = None,
         policy: Callable[[str, str, str], bool] | None = roles.allowed,
+        tls: TlsConfig | Any = None,
     ) -> None:
         self.identity = identity
+        # TLS of every accepted connection: a TlsConfig (or a mapping of cert/key/ca paths);
+        # None: the process default for this cluster (nokvpy.rpc.tls.configure); False: none
+        self.tls: TlsConfig | None = resolve(tls, identity.cluster_id)
         # failpoints and fault rules over the wire (FAULT_RPCS); None: as the process says
         # (nokvpy.failpoints.remote_enabled: the serve commands' --enable-failpoints)
         self.enable_failpoints = enable_failpoints
@@ -160,7 +171,9 @@ class RpcServer:
         self.policy = policy
         self.max_frame_size = max_frame_size
         self.limits = limits
-        self.network: Network = network if network is not None else TCP
+        self.network: Network = with_tls(network if network is not None else TCP, self.tls)
+        if self.tls is not None:
+            self.tls.check()  # TlsConfigError now, not at the first connection
         self.faults = faults if faults is not None else FaultRules()
         self.handshake_timeout = handshake_timeout
         self.max_in_flight = max_in_flight_per_connection
@@ -232,6 +245,7 @@ class RpcServer:
             },
             "connections": {"unauthenticated": self._unauthenticated,
                             "authenticated": self._sessions},
+            "tls": self.tls is not None,
             "counters": dict(sorted(self.counters.items())),
         }
 
@@ -303,6 +317,7 @@ class RpcServer:
             with trio.move_on_after(self.handshake_timeout) as handshake_scope:
                 self._pending[handshake_scope] = None
                 try:
+                    await secure(stream)  # the TLS handshake, if any: same deadline
                     peer = await server_handshake(framed, self.identity, remote, admit)
                 finally:
                     self._pending.pop(handshake_scope, None)
@@ -329,6 +344,11 @@ class RpcServer:
                         nursery.cancel_scope.cancel()
             except BaseExceptionGroup as group:  # strict exception groups (trio >= 0.25)
                 raise sole_error(group) from None
+        except TlsHandshakeError as e:
+            self.counters.inc("tls_handshake_failed")
+            self.counters.inc("rejected_handshake", reason="tls_handshake_failed")
+            self._log.warning("handshake:tls_handshake_failed", "refused TLS handshake from %s: "
+                              "%s", remote, e.reason)
         except HandshakeRejectedError as e:
             self.counters.inc("rejected_handshake", reason=e.reason)
             self._log.warning("handshake:" + e.reason, "refused handshake from %s: reason=%s (%s)",
@@ -643,7 +663,8 @@ def _is_builtin(handler: Callable[..., Any], server: RpcServer) -> bool:
 
 
 def _remote_address(stream: trio.abc.Stream) -> str:
-    sock = getattr(stream, "socket", None)
+    # a TLS stream's address is its transport's
+    sock = getattr(getattr(stream, "transport_stream", stream), "socket", None)
     if sock is None:
         return "memory"
     try:

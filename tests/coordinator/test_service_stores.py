@@ -5,6 +5,7 @@ the diagnostics body."""
 from __future__ import annotations
 
 import pytest
+import trio
 from _coord_harness import bootstrapped, leader_report, open_env, plan_split, wait_until
 
 from nokvpy.protocol import Freshness
@@ -12,6 +13,7 @@ from nokvpy.protocol.coordinator_rpc import (
     AssessRootEventRequest,
     GetRegionByKeyRequest,
     ListStoresRequest,
+    ListTransitionsRequest,
     PublishRootEventRequest,
     RegionHeartbeat,
     StoreJoinRequest,
@@ -54,14 +56,32 @@ async def test_heartbeats_refuse_unknown_stores_and_stale_epochs(tmp_path):
 
 async def test_should_host_tombstoned_liveness_and_drift(tmp_path):
     async with open_env(tmp_path) as env:
-        await env.start_coordinator(1, wait_grants=True, store_ttl=0.6)
+        svc = await env.start_coordinator(1, wait_grants=True, store_ttl=0.6)
         ids, d = await bootstrapped(env)
         diag = await env.diag(1)
         assert diag["scheduler_ready"] is False
-        # store 0 hosts the region and an unknown one; store 1 reports nothing
-        a = await env.heartbeat(1, ids[0], [leader_report(d, ids[0]),
-                                            RegionHeartbeat(999, RegionEpoch(1, 1), 77, True, 0, 3)])
-        assert a.tombstoned == [999] and a.should_host == []
+        # store 0 hosts the region and an unknown one; store 1 reports nothing. The unknown
+        # one is kept (data and all) until it was reported so for the grace period over 3
+        # heartbeats and its removal is recorded in root; only then is it tombstoned
+        svc.stores.orphan_grace = 0.3
+        unknown = RegionHeartbeat(999, RegionEpoch(1, 1), 77, True, 0, 3)
+        a = await env.heartbeat(1, ids[0], [leader_report(d, ids[0]), unknown])
+        assert a.tombstoned == [] and a.should_host == []
+        for _ in range(2):
+            a = await env.heartbeat(1, ids[0], [leader_report(d, ids[0]), unknown])
+            assert a.tombstoned == []
+        await trio.sleep(0.3)  # the grace period itself (nothing else to wait for)
+
+        async def removed():
+            out = await env.heartbeat(1, ids[0], [leader_report(d, ids[0]), unknown])
+            return out if out.tombstoned == [999] else None
+
+        a = await wait_until(removed, 10, what="the orphan's removal to be recorded")
+        assert a.should_host == []
+        records = [r for r in (await env.call(1, ListTransitionsRequest(include_history=True))
+                               ).recovery_records or []
+                   if r.action == "orphan_region_removed"]
+        assert [r.transition_id for r in records] == [f"orphan:999:store-{ids[0]}"]
         b = await env.heartbeat(1, ids[1], [])
         assert [x.region_id for x in b.should_host] == [d.region_id]
         # store 2 reports a newer epoch than root: store ahead of root (drift, still recorded)
