@@ -106,7 +106,10 @@ class ClusterControl:
     # -- set-up --------------------------------------------------------------------------
 
     def create(self) -> ClusterSpec:
-        self.spec = self.cluster.create(**self.shape)
+        shape = dict(self.shape)
+        if os.environ.get("NOKV_TEST_TLS") == "1":
+            shape.setdefault("tls", True)  # a run on a TLS cluster (the smoke run under TLS)
+        self.spec = self.cluster.create(**shape)
         return self.spec
 
     @property

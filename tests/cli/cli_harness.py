@@ -172,6 +172,9 @@ def kill_leftovers(directory: Path, pids: dict[str, int] | None = None) -> list[
 
 
 def start_cluster(directory: Path, *args: object, timeout: float = 90.0) -> subprocess.CompletedProcess:
+    if os.environ.get("NOKV_TEST_TLS") == "1" and "--tls" not in args and \
+            not (Path(directory) / "cluster.json").exists():
+        args = (*args, "--tls")  # the CLI suite on a TLS cluster: NOKV_TEST_TLS=1 pytest tests/cli
     up = nokv("cluster", "up", "--dir", directory, *args, timeout=timeout)
     if up.returncode != 0:
         logs = nokv("cluster", "logs", "--dir", directory, "--lines", "15").stdout
