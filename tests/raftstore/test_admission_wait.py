@@ -8,16 +8,15 @@ client's Cancel travel on the wire."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import trio
 from fake_coordinator import FakeCoordinator
+from test_processes import start_store as start_process_store
 
 from nokvpy.protocol import AdmissionClass, AdmissionReason, PeerMeta, RegionDescriptor, RegionEpoch
 from nokvpy.protocol.admin import FailpointSetRequest
@@ -224,13 +223,8 @@ async def test_a_waiter_learns_of_a_lost_leadership_at_once(store, autojump_cloc
 
 def start_store(sid: int, port: int, coord: str, data: Path, log: Path,
                 queue_limit: int) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), NOKV_QUEUE_LIMIT=str(queue_limit))
-    env.pop("NOKV_FAILPOINTS", None)
-    cmd = [sys.executable, "-m", "nokvpy.cli.main", "store", "serve", "--id", str(sid),
-           "--listen", f"127.0.0.1:{port}", "--coordinator", coord, "--data", str(data),
-           "--tick-ms", "50", "--enable-failpoints"]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("ab"),
-                            stderr=subprocess.STDOUT)
+    return start_process_store(sid, port, coord, data, log,
+                               {"NOKV_QUEUE_LIMIT": str(queue_limit)})
 
 
 async def body_of(rpc: RpcClient, addr: str) -> dict | None:

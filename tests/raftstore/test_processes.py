@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.cluster
 
 
-def start_store(sid: int, port: int, coord: str, data: Path, log: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def start_store(sid: int, port: int, coord: str, data: Path, log: Path,
+                extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(extra_env or {}))
     env.pop("NOKV_FAILPOINTS", None)
     cmd = [sys.executable, "-m", "nokvpy.cli.main", "store", "serve", "--id", str(sid),
            "--listen", f"127.0.0.1:{port}", "--coordinator", coord, "--data", str(data),
