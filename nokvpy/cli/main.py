@@ -224,6 +224,13 @@ def build_parser() -> ArgumentParser:
         s.add_argument("--cluster-id", default=os.environ.get("NOKV_CLUSTER_ID", "nokv"),
                        help="cluster id every process of the cluster shares "
                             "(default NOKV_CLUSTER_ID, else nokv)")
+        s.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                       default=os.environ.get("NOKV_LOG_LEVEL", "info"),
+                       help="least severe log events written (default info, or NOKV_LOG_LEVEL)")
+        s.add_argument("--log-format", choices=["text", "json"],
+                       default=os.environ.get("NOKV_LOG_FORMAT", "text"),
+                       help="text lines, or one JSON object per line with ts, level, "
+                            "process, logger, msg (default text, or NOKV_LOG_FORMAT)")
         s.add_argument("--enable-failpoints", action="store_true",
                        help="accept failpoint and fault-rule requests from the admin role "
                             "(testing only; off by default; `nokv cluster up` passes it)")

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 
 def run(args) -> int:
-    from nokvpy import failpoints
+    from nokvpy import failpoints, logfmt
+
+    # --log-level / --log-format, set before the service starts (its own basicConfig is then
+    # a no-op); every line names the process
+    logfmt.configure(f"{args.command}-{args.id}", getattr(args, "log_level", "info"),
+                     getattr(args, "log_format", "text"))
 
     # failpoints and fault rules over the wire only with --enable-failpoints (the RPC
     # servers of this process refuse FailpointSet / FailpointClear / SetFaultRules otherwise)
