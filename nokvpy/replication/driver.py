@@ -130,10 +130,14 @@ class SnapshotStorage:
 
     def entries(self, lo, hi, max_size=None):
         floor = getattr(self._group.sm, "replay_floor", 0)
-        if floor and lo <= floor:
-            # not for replay by another replica: the leader sends a snapshot instead
-            raise CompactedError(f"entries up to {floor} of group {self._group.group_id} are "
-                                 "not replayed (the state machine's replay floor)")
+        if floor and lo <= 1:
+            # a replica with an empty log (a new or re-added peer) is not built by replaying
+            # the log from its start, written under an older range: the leader sends a
+            # snapshot instead. A lagging replica with data replays from where it is (it
+            # still owns its old range on its store: no other region's snapshot lands there
+            # before it applies the range change, see Store._snapshot_overlaps).
+            raise CompactedError(f"group {self._group.group_id}'s log from its start is not "
+                                 f"replayed (range changed at {floor}): snapshot instead")
         return self._inner.entries(lo, hi, max_size)
 
     def term(self, index):

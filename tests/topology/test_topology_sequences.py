@@ -226,3 +226,35 @@ async def test_a_readded_replica_is_filled_from_a_snapshot_not_an_old_log(topo, 
         await wait_until(lambda: _leads(c, client, b"k3", 2), 30, 0.2, "store 2 to lead k3")
         assert await client.get(b"k3") == b"new"
         assert await client.get(b"k7") == b"new"
+
+
+async def test_a_paused_follower_that_missed_two_splits_catches_up(topo):
+    """Store 1 (a follower) is paused while its region is written to and split twice; once
+    back it must reach every region's catalog epoch (by the log, or by snapshots of the
+    regions' current ranges) and serve as their leader."""
+    import signal
+
+    c = await topo(stores=3)
+    async with c.client(timeout=20) as client:
+        rid = (await region_of(c, client, b"s/")).region_id
+        leader = await c.leader_store(client, b"s/")
+        if leader == 1:
+            moved = await admin(c, client, AdminRequest("transfer_leader", rid, store_id=2))
+            assert moved.outcome == "APPLIED", moved
+        data = await load(c, 1.0, b"s/")
+        c.cluster.signal("store-1", signal.SIGSTOP)
+        try:
+            data.update(await load(c, 3.0, b"s/"))
+            for key in (b"s/3", b"s/6"):
+                split = await c.split(client, key)
+                assert split.outcome == "APPLIED", split
+            data.update(await load(c, 1.0, b"s/"))
+        finally:
+            c.cluster.signal("store-1", signal.SIGCONT)
+        for d in await c.regions(client):
+            await settled(c, client, d.region_id, timeout=30)
+        for d in await c.regions(client):
+            moved = await admin(c, client, AdminRequest("transfer_leader", d.region_id,
+                                                        store_id=1))
+            assert moved.outcome == "APPLIED", (moved, await diagnose(c, client, d.region_id))
+        assert await unreadable(client, data) == []
