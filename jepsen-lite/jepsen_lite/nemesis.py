@@ -22,6 +22,8 @@ holding the ``region_lookup`` grant); the resolved name is recorded in the histo
 
 ``lease`` and ``tick-stretch`` windows run the sequences of :mod:`jepsen_lite.lease`, which
 also send (and record, as ordinary client operations) reads straight at the resumed process.
+``hostile`` windows run :mod:`jepsen_lite.hostile` (attempts recorded as nemesis ``event``s;
+the heal is the check that they changed nothing, recorded in the ``stop`` event).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any, Protocol
 
 import trio
 
-from . import lease
+from . import hostile, lease
 from .lease import LOOKUP_HOLDER, METAROOT_LEADER, Prober
 from .topology import MEMBERSHIP_OPS
 
@@ -58,6 +60,9 @@ FAULTS: dict[str, str] = {
     "the old one at once",
     "tick-stretch": "driver.tick failpoint: stall a store's loop (sleep) a few times and read "
     "at it as it wakes, or skew a process's tick rate (return(f)), restored at the end",
+    "hostile": "an attacker aims at one process: garbage bytes and frames, a replayed "
+    "handshake, a forged role claim and privileged calls with the client credential; at the "
+    "window's end nothing may have changed (checks[\"hostile\"])",
 }
 ALIASES: dict[str, list[str]] = {
     "all": [f for f in FAULTS],
@@ -224,6 +229,8 @@ def _window_params(
         return lease.lease_params(rng, by_kind, opts.lease_modes, opts.lease_isolate)
     if fault == "tick-stretch":
         return lease.tick_stretch_params(rng, by_kind, opts.leader_share)
+    if fault == "hostile":
+        return hostile.hostile_params(rng, by_kind)
     raise NemesisError(f"unknown fault {fault!r}")
 
 
@@ -404,6 +411,7 @@ class Nemesis:
         self._records: dict[int, IntervalRecord] = {}
         self.prober = Prober(recorder, workload, op_timeout, self.clock)
         self._plans: dict[tuple[str, str | None], lease.StorePlan] = {}
+        self._hostile: dict[tuple[str, str | None], hostile.HostileWindow] = {}
 
     # -- one window ---------------------------------------------------------------------
 
@@ -541,6 +549,11 @@ class Nemesis:
                 return {"set": await c.set_failpoint(target, lease.TICK_FAILPOINT,
                                                      f"return({params['factor']})")}
             return {}  # stalls run in the window loop (see run_window)
+        if fault == "hostile":
+            # kept before the attempts: a run that ends mid-window still checks what was done
+            window = hostile.HostileWindow(target, params)
+            self._hostile[(fault, target)] = window
+            return await hostile.open_window(c, self.recorder, window, self.clock, self.log)
         raise NemesisError(f"unknown fault {fault!r}")
 
     async def _inject_lease(self, target: str | None, params: dict) -> dict:
@@ -611,6 +624,15 @@ class Nemesis:
                 return {"process": "down", "stalls": len(active.details.get("stalls", []))}
             cleared = await c.clear_failpoint(target, lease.TICK_FAILPOINT)
             return {"stalls": len(active.details.get("stalls", [])), **cleared}
+        if fault == "hostile":  # nothing to heal: the check (recorded in the stop event)
+            window = self._hostile.pop((fault, target), None)
+            if window is None:
+                return {"skipped": "the window never opened"}
+            # a churn window's store fault (pause / kill) may take a store target down too
+            churn = any(f == "churn" for f, _ in self.active) or any(
+                e.get("at", -1) >= active.started_at for e in self.events
+                if e.get("store_fault"))
+            return await hostile.close_window(c, window, churn_overlap=churn)
         raise NemesisError(f"unknown fault {fault!r}")
 
     async def run_window(self, window: Window) -> None:

@@ -29,6 +29,7 @@ FAULT_COLORS = {
     "slow-fsync": "#bcbd22",
     "crash-point": "#17becf",
     "churn": "#1f77b4",
+    "hostile": "#000000",
     "heal": "#2ca02c",
 }
 
@@ -181,6 +182,7 @@ def summary_text(results: Mapping) -> str:
                 f"store they were removed from, {counts.get('fault_readds', 0)} of them around "
                 f"a paused or killed store), {counts.get('moves', 0)} moves")
     lines += topology_lines((results.get("checks") or {}).get("topology-recovery"))
+    lines += hostile_lines((results.get("checks") or {}).get("hostile"))
     heal = results.get("heal") or {}
     if isinstance(heal, dict) and heal.get("error"):
         lines.append(f"heal: {heal['error']}")
@@ -197,6 +199,26 @@ def summary_text(results: Mapping) -> str:
     if results.get("valid") is not True and results.get("reproduce"):
         lines.append(f"reproduce: {results['reproduce']}")
     return "\n".join(lines)
+
+
+def hostile_lines(check: Mapping | None, limit: int = 10) -> list[str]:
+    """The ``hostile`` check in the summary: attempts made and refused by kind, and every
+    effect (window, target, the attempt that asked for it, what changed)."""
+    if not check:
+        return []
+    kinds = ", ".join(f"{k} {v.get('refused', 0)}/{v.get('made', 0)}"
+                      for k, v in (check.get("by_kind") or {}).items())
+    lines = [f"hostile: {check.get('checked', 0)} of {check.get('windows', 0)} windows checked, "
+             f"{check.get('attempts', 0)} attempts (refused/made: {kinds}), "
+             f"{len(check.get('effects') or [])} effects"]
+    for e in (check.get("effects") or [])[:limit]:
+        lines.append(f"  EFFECT window {e.get('window')} on {e.get('target')}: attempt "
+                     f"{e.get('attempt')}: {e.get('effect')}")
+    for u in (check.get("unchecked") or [])[:limit]:
+        lines.append(f"  unchecked: window {u.get('window')} on {u.get('target')}: {u.get('what')}")
+    for s in (check.get("skipped") or [])[:limit]:
+        lines.append(f"  skipped: window {s.get('window')} on {s.get('target')}: {s.get('why')}")
+    return lines
 
 
 def _store_view(view: Any) -> str:

@@ -38,7 +38,8 @@ from typing import Any
 import trio
 
 from .checkers import check_acknowledged_writes, check_route_reads, check_transitions
-from .history import History, Recorder
+from .history import History, Recorder, is_nemesis
+from .hostile import check_history as check_hostile
 from .linearizable import check_linearizable
 from .nemesis import Nemesis, ScheduleOptions, build_schedule, parse_faults
 from .report import (
@@ -427,6 +428,9 @@ def run_checks(workload_name: str, history: History, final: dict | None,
         checks["routes"] = check_route_reads(history)
     if transitions:
         checks["transitions"] = check_transitions(transitions)
+    if any(is_nemesis(e) and isinstance(e.get("value"), dict)
+           and e["value"].get("fault") == "hostile" for e in history.events):
+        checks["hostile"] = check_hostile(history.events)
     return checks
 
 
