@@ -607,6 +607,7 @@ def _explain(results: dict) -> str:
 
 
 @pytest.mark.cluster
+@pytest.mark.slow  # a 35 s run: the default tier keeps the unit tests and the smoke run
 def test_churn_run_with_readds_is_valid_and_recovers(tmp_path):
     seed = int(os.environ.get("NOKV_JEPSEN_SEED", "2"))
     time_limit = float(os.environ.get("NOKV_JEPSEN_TIME_LIMIT", "35"))

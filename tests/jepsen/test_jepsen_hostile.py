@@ -382,6 +382,7 @@ async def test_a_server_that_does_not_enforce_roles_is_caught():
 # ---- a real cluster --------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a 30 s run (python -m pytest -m slow)
 @pytest.mark.cluster
 def test_a_short_hostile_run_is_refused_everything_and_changes_nothing(tmp_path):
     # seed 4: windows on metaroot-1, coordinator-1, store-1, metaroot-1

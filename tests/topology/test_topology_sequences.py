@@ -95,7 +95,7 @@ async def _one_region(c: Topo, client, left: int, right: int) -> bool:
     return left in ids and right not in ids
 
 
-@pytest.mark.parametrize("fault", ["kill", "pause"])
+@pytest.mark.parametrize("fault", ["kill", pytest.param("pause", marks=pytest.mark.slow)])
 async def test_a_replica_that_missed_a_split_a_merge_and_its_removal_catches_up(topo, fault):
     """Store 3 is down (killed, or paused) while the survivors split a region; a merge of
     the halves is refused at once, naming store 3 (a merge needs every replica to freeze the
