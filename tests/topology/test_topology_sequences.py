@@ -43,6 +43,20 @@ async def load(c: Topo, seconds: float, prefix: bytes) -> dict[bytes, bytes]:
     return data
 
 
+async def transfer_to(c: Topo, client, rid: int, key: bytes, store: int) -> None:
+    """Until `store` leads region `rid` (holding `key`): a transfer waits for the target to
+    have the whole log, and one that does not finish in the store's transfer timeout (a
+    loaded host) is asked again."""
+    async def leads() -> bool:
+        moved = await admin(c, client, AdminRequest("transfer_leader", rid, store_id=store))
+        return moved.outcome == "APPLIED" and await _leads(c, client, key, store)
+
+    try:
+        await wait_until(leads, 60, 0.5, f"store {store} to lead region {rid}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{await diagnose(c, client, rid)}") from None
+
+
 async def restart_cluster(c: Topo) -> None:
     """Every process stopped gracefully (stores first, metaroot last), then all started."""
     c.cluster.stop_all(c.spec)
@@ -61,10 +75,7 @@ async def test_split_transfer_merge_then_readd_recovers(topo):
         assert split.outcome == "APPLIED", split
         right = (await region_of(c, client, b"user/5")).region_id
         assert right != left
-        moved = await admin(c, client, AdminRequest("transfer_leader", right, store_id=2))
-        assert moved.outcome == "APPLIED", moved
-        await wait_until(lambda: _leads(c, client, b"user/5", 2), 30, 0.2,
-                         "store 2 to lead the right half")
+        await transfer_to(c, client, right, b"user/5", 2)
         merged = await admin(c, client, AdminRequest("merge", left, other_region_id=right))
         assert merged.outcome == "APPLIED", (merged, await diagnose(c, client, left))
         await wait_until(lambda: _one_region(c, client, left, right), 30, 0.2,
@@ -220,10 +231,7 @@ async def test_a_readded_replica_is_filled_from_a_snapshot_not_an_old_log(topo, 
         await settled(c, client, target)
         for d in await c.regions(client):
             if d.peer_on(2) is not None:
-                moved = await admin(c, client, AdminRequest("transfer_leader", d.region_id,
-                                                            store_id=2))
-                assert moved.outcome == "APPLIED", moved
-        await wait_until(lambda: _leads(c, client, b"k3", 2), 30, 0.2, "store 2 to lead k3")
+                await transfer_to(c, client, d.region_id, d.start_key, 2)
         assert await client.get(b"k3") == b"new"
         assert await client.get(b"k7") == b"new"
 
@@ -254,7 +262,5 @@ async def test_a_paused_follower_that_missed_two_splits_catches_up(topo):
         for d in await c.regions(client):
             await settled(c, client, d.region_id, timeout=30)
         for d in await c.regions(client):
-            moved = await admin(c, client, AdminRequest("transfer_leader", d.region_id,
-                                                        store_id=1))
-            assert moved.outcome == "APPLIED", (moved, await diagnose(c, client, d.region_id))
+            await transfer_to(c, client, d.region_id, d.start_key, 1)
         assert await unreadable(client, data) == []
