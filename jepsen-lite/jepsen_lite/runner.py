@@ -288,7 +288,8 @@ async def _run_async(
             log(f"heal: {heal['replication']['error']}")
         topo_t = trio.current_time()
         state["topology"] = await check_topology_recovery(
-            control, control.replication, config.recovery_timeout)
+            control, control.replication, config.recovery_timeout,
+            repair=getattr(control, "restore_replication", None))
         timing["topology_recovery_s"] = round(trio.current_time() - topo_t, 3)
         log(f"topology recovery: {'ok' if state['topology']['valid'] is True else 'FAILED'}: "
             f"{state['topology']['note']}")

@@ -589,6 +589,29 @@ async def test_recovery_check_timeout_is_invalid_and_names_the_region(autojump_c
     assert "differs: 2 voters on stores [1, 3], want 3" in text
 
 
+async def test_recovery_check_repairs_a_region_left_short_after_the_heal(autojump_clock):
+    """A removal the churn planned just before the heal leaves a region a voter short after
+    it: the check runs the repair again (level-triggered) instead of waiting out its bound."""
+    topo = FakeTopology(heal_at=None)
+    calls = []
+
+    async def repair(timeout):
+        calls.append(trio.current_time() - topo.t0)
+        topo.heal_at = 0.0  # the repair added the peer back
+
+    check = await check_topology_recovery(topo, 3, timeout=30, repair=repair, repair_every=5)
+    assert check["valid"] is True and len(calls) == 1 and check["elapsed_s"] < 6
+    never = FakeTopology(heal_at=None)
+    tries = []
+
+    async def useless(timeout):
+        tries.append(timeout)
+
+    check = await check_topology_recovery(never, 3, timeout=30, repair=useless,
+                                          repair_every=5)
+    assert check["valid"] is False and 5 <= len(tries) <= 7  # every 5 s, never faster
+
+
 async def test_recovery_check_with_no_coordinator(autojump_clock):
     class Down:
         async def regions(self):
