@@ -73,6 +73,7 @@ def _search(
     n = len(ops)
     steps = [model.compile(op) for op in ops]
     determinate = [not op.indeterminate for op in ops]
+    reads = [model.is_read(op) for op in ops]
     remaining = sum(determinate)
     if remaining == 0:
         return {"valid": True}
@@ -178,10 +179,13 @@ def _search(
             configurations += 1
             if configurations > max_configurations:
                 raise _OutOfTime("configuration limit reached")
-            # A legal determinate op that leaves the state unchanged (a read) can always be
-            # linearized first: every other candidate may follow it. If that fails, so
-            # does every alternative at this level ("forced").
-            frames.append((i, state, cands, idx, unchanged, blocker))
+            # A legal determinate read can always be linearized first: it changes no state,
+            # in any state, so every other candidate may follow it. If that fails, so does
+            # every alternative at this level ("forced"). Not so for a write that merely
+            # leaves the state unchanged here (writing the value already held): placed
+            # later, after another write, it changes the state.
+            forced = unchanged and reads[i]
+            frames.append((i, state, cands, idx, forced, blocker))
             lift(i)
             state = new_state
             det_mask, ind_mask = new_det, new_ind

@@ -191,3 +191,19 @@ def test_list_append_matches_brute_force(events):
 def test_many_histories_match_brute_force(case):
     model, events = case
     assert check_linearizable(events, model, time_limit=10)["valid"] is brute_force(model, events)
+
+
+def test_a_write_of_the_value_already_held_is_not_forced_first():
+    """write 3; then write 3 and write 1 concurrently; then cas(3 -> 1): linearizable as
+    w3, w1, w3, cas. The checker used to linearize the second write 3 at once because it left
+    the state unchanged (a rule that holds for reads only), and then found no place for the
+    cas. Found by test_register_matches_brute_force."""
+    def op(i, t, p, typ, f, v):
+        return {"index": i, "type": typ, "process": p, "f": f, "key": "x", "value": v, "time": t}
+
+    events = [op(0, 0, 1, "invoke", "write", 3), op(1, 1, 1, "ok", "write", 3),
+              op(2, 2, 1, "invoke", "write", 3), op(3, 2, 0, "invoke", "write", 1),
+              op(4, 3, 1, "ok", "write", 3), op(5, 3, 0, "ok", "write", 1),
+              op(6, 6, 1, "invoke", "cas", [3, 1]), op(7, 7, 1, "ok", "cas", [3, 1])]
+    assert brute_force("register", events) is True
+    assert check_linearizable(events, "register", time_limit=10)["valid"] is True
