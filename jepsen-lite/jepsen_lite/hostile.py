@@ -896,7 +896,7 @@ async def open_window(control: Any, recorder: Any, window: HostileWindow,
         entry = {"window": window.marker, "at": round(clock(), 3), **{
             k: v for k, v in attempt.items() if k not in ("bytes_seed",)}, **result}
         window.attempts.append(entry)
-        recorder.nemesis("event", "hostile", window.target, **_json_safe(entry))
+        recorder.nemesis("event", "hostile", window.target, **json_safe(entry))
         if entry["outcome"] != "refused":
             log(f"hostile {window.target} {entry['attempt']} {entry['kind']} {entry['op']}: "
                 f"{entry['outcome']}: {entry['answer']}")
@@ -938,7 +938,7 @@ async def close_window(control: Any, window: HostileWindow, churn_overlap: bool 
                refused=judged["refused"], effects=judged["effects"],
                unchecked=judged["unchecked"], notes=judged["notes"],
                valid=window_verdict(judged))
-    return _json_safe(out)
+    return json_safe(out)
 
 
 # -- the run's check -----------------------------------------------------------------------
@@ -1023,11 +1023,13 @@ def check_history(events: Iterable[dict]) -> dict:
     return result
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """`value` as JSON-serialisable data (bytes decoded, unknown objects as str); shared with
+    the nemesis module."""
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, bytes):
         return value.decode("utf-8", "backslashreplace")
     if value is None or isinstance(value, (bool, int, float, str)):

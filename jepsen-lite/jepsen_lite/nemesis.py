@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import trio
 
 from . import hostile, lease
+from .hostile import json_safe as _json_safe
 from .lease import LOOKUP_HOLDER, METAROOT_LEADER, Prober
 from .topology import MEMBERSHIP_OPS
 
@@ -778,18 +779,6 @@ def partition_rules(
         {"src": sorted(side_a), "dst": sorted(side_b), "drop": 1.0, "label": label},
         {"src": sorted(side_b), "dst": sorted(side_a), "drop": 1.0, "label": label},
     ]
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
 
 
 __all__ = [
