@@ -12,7 +12,7 @@ from topo_harness import wait_until
 from nokvpy.client.errors import RouteRejectedError
 from nokvpy.protocol import Freshness
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]  # 7 s; python -m pytest -m slow
 
 
 async def test_a_client_routes_best_effort_while_metaroot_is_down(topo):
