@@ -148,13 +148,22 @@ def judge(goal: Goal, view: View) -> Verdict:
     return v
 
 
-def _judge_add_peer(goal: Goal, view: View, v: Verdict) -> None:
-    rid, sid = goal.region_id, goal.store_id
+def _shown_region(view: View, rid: int, v: Verdict) -> RegionDescriptor | None:
+    """Region `rid` of the catalog, noted as shown in the end state; None (and a problem)
+    when the catalog does not list it."""
     d = view.regions.get(rid)
     if d is None:
         v.problems.append(f"region {rid} is not in the catalog")
-        return
+        return None
     v.shown.append(rid)
+    return d
+
+
+def _judge_add_peer(goal: Goal, view: View, v: Verdict) -> None:
+    rid, sid = goal.region_id, goal.store_id
+    d = _shown_region(view, rid, v)
+    if d is None:
+        return
     p = d.peer_on(sid)
     if p is None:
         v.problems.append(f"the catalog lists no peer of region {rid} on store {sid} "
@@ -173,11 +182,9 @@ def _judge_add_peer(goal: Goal, view: View, v: Verdict) -> None:
 
 def _judge_remove_peer(goal: Goal, view: View, v: Verdict) -> None:
     rid, sid = goal.region_id, goal.store_id
-    d = view.regions.get(rid)
+    d = _shown_region(view, rid, v)
     if d is None:
-        v.problems.append(f"region {rid} is not in the catalog")
         return
-    v.shown.append(rid)
     p = d.peer_on(sid)
     if p is not None:
         v.problems.append(f"the catalog still lists peer {p.peer_id} on store {sid}"
@@ -224,11 +231,9 @@ def _judge_merge(goal: Goal, view: View, v: Verdict) -> None:
     if gone is not None:
         v.problems.append(f"region {rid} is still in the catalog ({range_text(gone)}, "
                           f"epoch {gone.epoch})")
-    d = view.regions.get(lid)
+    d = _shown_region(view, lid, v)
     if d is None:
-        v.problems.append(f"region {lid} is not in the catalog")
         return
-    v.shown.append(lid)
     if goal.merged_range is not None and (d.start_key, d.end_key) != goal.merged_range:
         start, end = goal.merged_range
         v.problems.append(f"region {lid} covers {range_text(d)}, not yet "
@@ -239,10 +244,8 @@ def _judge_merge(goal: Goal, view: View, v: Verdict) -> None:
 
 def _judge_transfer_leader(goal: Goal, view: View, v: Verdict) -> None:
     rid, sid = goal.region_id, goal.store_id
-    if rid not in view.regions:
-        v.problems.append(f"region {rid} is not in the catalog")
+    if _shown_region(view, rid, v) is None:
         return
-    v.shown.append(rid)
     leader = view.leaders.get(rid, 0)
     if leader != sid:
         now = f"store-{leader}" if leader else "no store"
