@@ -10,7 +10,6 @@ checks."""
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -127,31 +126,24 @@ def test_the_client_refuses_a_strong_answer_whose_evidence_does_not_check(make, 
 
 
 @pytest.mark.cluster
-async def test_strong_answers_of_a_real_cluster_carry_evidence_that_checks(tmp_path):
-    sys.path.insert(0, str(ROOT / "tests" / "topology"))
-    from topo_harness import Topo
+async def test_strong_answers_of_a_real_cluster_carry_evidence_that_checks(local_cluster):
+    c = local_cluster
+    key = grantsig.public_key(c.spec.secret.encode())
+    # a client holding only the client credential and the public key
+    from nokvpy.rpc.identity import role_key
 
-    c = Topo(tmp_path / "cluster", stores=3)
-    try:
-        await c.astart()
-        key = grantsig.public_key(c.spec.secret.encode())
-        # a client holding only the client credential and the public key
-        from nokvpy.rpc.identity import role_key
-
-        async with Client(c.spec.coordinator_addrs(), cluster_id=c.spec.cluster_id,
-                          credential=role_key(c.spec.secret.encode(), "client"),
-                          grant_public_key=key) as client:
-            route = await client.route(b"k", Freshness.STRONG)
-            ev = route.witness.grant_evidence
-            assert isinstance(ev, GrantEvidence)
-            g = grantsig.verify(key, c.spec.cluster_id, ev,
-                                holder_prefix=f"coordinator-{route.witness.coordinator_id}",
-                                duty=Duty.REGION_LOOKUP, now_ms=int(time.time() * 1000))
-            assert g.expires_at_ms - g.issued_at_ms <= 60_000
-            scan = await client.scan_regions(freshness=Freshness.STRONG)
-            assert scan.witness.grant_evidence is not None
-            assert client.stats.get("evidence_refused", 0) == 0
-            bounded = await client.route(b"k", Freshness.BOUNDED)
-            assert bounded.witness.grant_evidence is None
-    finally:
-        c.stop_all()
+    async with Client(c.spec.coordinator_addrs(), cluster_id=c.spec.cluster_id,
+                      credential=role_key(c.spec.secret.encode(), "client"),
+                      grant_public_key=key) as client:
+        route = await client.route(b"k", Freshness.STRONG)
+        ev = route.witness.grant_evidence
+        assert isinstance(ev, GrantEvidence)
+        g = grantsig.verify(key, c.spec.cluster_id, ev,
+                            holder_prefix=f"coordinator-{route.witness.coordinator_id}",
+                            duty=Duty.REGION_LOOKUP, now_ms=int(time.time() * 1000))
+        assert g.expires_at_ms - g.issued_at_ms <= 60_000
+        scan = await client.scan_regions(freshness=Freshness.STRONG)
+        assert scan.witness.grant_evidence is not None
+        assert client.stats.get("evidence_refused", 0) == 0
+        bounded = await client.route(b"k", Freshness.BOUNDED)
+        assert bounded.witness.grant_evidence is None

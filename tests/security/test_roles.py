@@ -165,37 +165,30 @@ async def test_fault_rpcs_need_admin_and_enabled_failpoints(enabled):
 
 
 @pytest.mark.cluster
-async def test_a_client_credential_is_refused_everything_privileged(tmp_path):
-    sys.path.insert(0, str(ROOT / "tests" / "topology"))
-    from topo_harness import Topo
-
-    c = Topo(tmp_path / "cluster", stores=3)
-    try:
-        await c.astart()
-        key = role_key(c.spec.secret.encode(), "client")
-        store = c.addr("store-1")
-        meta = c.spec.of_kind("metaroot")[0].address
-        async with RpcClient(Identity(c.spec.cluster_id, "client", 5, credential=key)) as rpc:
-            attempts = [
-                (store, FailpointSetRequest("store.before_apply", "exit")),
-                (store, SetFaultRules(0, ())),
-                (meta, AppendRequest([])),
-                (meta, GrantRequest(GrantCommand(GrantCommandKind.SEAL, "coordinator-1#x"))),
-                (store, RaftBatch(2, 1, [])),
-            ]
-            for addr, req in attempts:
-                with trio.fail_after(10), pytest.raises(RemoteError) as exc:
-                    await rpc.call(addr, req, 5)
-                assert exc.value.kind == "permission_denied", (req, exc.value)
-            # what a client may do still works
-            await rpc.call(meta, MetarootStatusRequest(), 5)
-            body = (await rpc.call(store, ExecutionStatusRequest(), 5)).body
-            assert body["store_id"] == 1
-        async with c.client() as client:  # the store did not exit, the cluster serves
-            await client.put(b"roles", b"ok")
-            assert await client.get(b"roles") == b"ok"
-    finally:
-        c.stop_all()
+async def test_a_client_credential_is_refused_everything_privileged(local_cluster):
+    c = local_cluster
+    key = role_key(c.spec.secret.encode(), "client")
+    store = c.addr("store-1")
+    meta = c.spec.of_kind("metaroot")[0].address
+    async with RpcClient(Identity(c.spec.cluster_id, "client", 5, credential=key)) as rpc:
+        attempts = [
+            (store, FailpointSetRequest("store.before_apply", "exit")),
+            (store, SetFaultRules(0, ())),
+            (meta, AppendRequest([])),
+            (meta, GrantRequest(GrantCommand(GrantCommandKind.SEAL, "coordinator-1#x"))),
+            (store, RaftBatch(2, 1, [])),
+        ]
+        for addr, req in attempts:
+            with trio.fail_after(10), pytest.raises(RemoteError) as exc:
+                await rpc.call(addr, req, 5)
+            assert exc.value.kind == "permission_denied", (req, exc.value)
+        # what a client may do still works
+        await rpc.call(meta, MetarootStatusRequest(), 5)
+        body = (await rpc.call(store, ExecutionStatusRequest(), 5)).body
+        assert body["store_id"] == 1
+    async with c.client() as client:  # the store did not exit, the cluster serves
+        await client.put(b"roles", b"ok")
+        assert await client.get(b"roles") == b"ok"
 
 
 @pytest.mark.cluster
