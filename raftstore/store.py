@@ -317,8 +317,18 @@ class Store:
 
     async def adopt_descriptor(self, peer: Peer, desc: RegionDescriptor) -> None:
         """An uninitialized peer learns its descriptor from the coordinator (it received raft
-        entries from the start of the log instead of a snapshot)."""
+        entries from the start of the log instead of a snapshot).
+
+        Only for a region whose range never changed (epoch version 1): its log starts at
+        index 1 and replays into the range the descriptor names. A region created by a split
+        or resized by one began its log at the range change with data not in that log; its
+        peer is initialized by a snapshot or by this store's parent replica applying the
+        split, never from the catalog (that gave a peer with no data a range, which then
+        kept out the snapshots of its neighbours, see `_snapshot_overlaps`)."""
         if peer.initialized or desc.peer_on(self.store_id) is None:
+            return
+        if desc.epoch.version > 1:
+            self.counters["adopt_refused_range_changed"] += 1
             return
         if desc.peer_on(self.store_id).peer_id != peer.peer_id:
             return

@@ -355,3 +355,41 @@ async def test_test_only_unsafe_ack_acknowledges_without_quorum(tmp_path):
             reply = await leader.on_put(PutRequest(kctx(leader), b"k", b"lost"), Ctx())
         assert reply.succeeded  # acknowledged, yet it can never commit
         nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_of_a_split_region_waits_for_its_snapshot_not_the_catalog(tmp_path):
+    """A store paused through a split hears the child region's leader (creating peer 11,
+    uninitialized) and the coordinator's should_host for it before its own parent replica
+    has applied the split. The child's log does not start at index 1 (it began at the split
+    with the parent's data), so the peer is not built from the catalog's descriptor: that
+    made it "initialized" with no data at applied 0, whose range then kept out the snapshot
+    of the next child (and that child's the other way), and neither region recovered.
+    It stays uninitialized until a snapshot (or the local split) initializes it."""
+    from nokvpy.protocol import PeerMeta, RegionDescriptor
+    from fake_coordinator import TOKEN
+
+    from nokvpy.protocol.coordinator_rpc import StoreHeartbeatReply
+
+    async with trio.open_nursery() as nursery:
+        cluster = InProcCluster(nursery, tmp_path)
+        await cluster.start()
+        await cluster.wait_leader()
+        s = cluster.store(1)
+        hb = Message(MessageType.HEARTBEAT, to=11, frm=13, term=6)
+        s.on_envelope(RaftEnvelope(10, 3, 1, 3, 3, hb))
+        assert 10 in s.peers and not s.peers[10].initialized
+        child = RegionDescriptor(10, b"k/065", b"k/096", RegionEpoch(3, 3),
+                                 (PeerMeta(1, 11), PeerMeta(2, 12), PeerMeta(3, 13)))
+        reply = StoreHeartbeatReply(True, [child], [], [], {}, TOKEN)
+        await s.on_heartbeat_reply(reply)
+        assert not s.peers[10].initialized and s.meta.region(10) is None
+        assert s.counters["adopt_refused_range_changed"] == 1
+        # a region whose range never changed replays its log from index 1: it adopts
+        fresh = RegionDescriptor(30, b"x", b"y", RegionEpoch(1, 2),
+                                 (PeerMeta(1, 31), PeerMeta(2, 32), PeerMeta(3, 33)))
+        s.on_envelope(RaftEnvelope(30, 3, 1, 1, 2, Message(MessageType.HEARTBEAT, to=31,
+                                                           frm=33, term=2)))
+        await s.on_heartbeat_reply(StoreHeartbeatReply(True, [fresh], [], [], {},
+                                                       TOKEN))
+        assert s.peers[30].initialized and s.peers[30].descriptor == fresh
+        nursery.cancel_scope.cancel()
