@@ -257,6 +257,7 @@ class CoordinatorService:
         reply = await self.meta.call(AppendRequest(events, expected_cluster_epoch),
                                      timeout=WRITE_TIMEOUT, leader=True)
         self.counters["root_appends"] += 1
+        await failpoints.acheck("coordinator.after_root_append")  # appended, not yet answered
         if not await self.sub.wait_served(reply.last_token.index, wait):
             raise RemoteError(ErrorKind.UNAVAILABLE, "catalog_behind",
                               f"appended at {reply.last_token} but the served catalog is at "

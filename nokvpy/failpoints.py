@@ -79,6 +79,7 @@ KNOWN: dict[str, str] = {
     "storage.wal_after_sync": "every WAL write of a store, after its fdatasync",
     "metaroot.before_append": "metaroot's append handler",
     "coordinator.before_root_append": "a coordinator, before appending an event to metaroot",
+    "coordinator.after_root_append": "a coordinator, after appending an event to metaroot and before answering",
     "coordinator.before_grant_issue": "a coordinator, before asking metaroot for a grant",
     "coordinator.after_seal": "a coordinator, after sealing a grant",
     "driver.tick": "every process's raft loop when ticks are due: sleep(MS) stalls the "

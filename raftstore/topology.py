@@ -77,6 +77,7 @@ from raftstore.lifecycle import Lifecycle
 from raftstore.outbox import Publisher, describe
 from raftstore.topology_apply import INIT_INDEX, INIT_TERM, ApplyHandlers
 from raftstore.topology_common import (
+    PLAN_PUBLISH_TIMEOUT,
     PROPOSE_TIMEOUT,
     TRANSFER_TIMEOUT,
     WAIT_TERMINAL,
@@ -319,7 +320,20 @@ class Topology(MembershipExecutor, MergeExecutor):
         await failpoints.acheck("store.publish_planned")
         if self.cluster_epoch is None:
             self.counters["planned_without_epoch"] += 1
-        reply = await self.publish(event, fenced=self.cluster_epoch is not None)
+        deadline = trio.current_time() + PLAN_PUBLISH_TIMEOUT
+        while True:
+            try:
+                reply = await self.publish(event, fenced=self.cluster_epoch is not None)
+                break
+            except RemoteError:
+                raise  # refused: root did not take the plan
+            except RpcError:
+                # no answer: root may have taken the plan (the catalog then shows its
+                # target). Ask again: a plan already pending is found, not planned twice.
+                if trio.current_time() >= deadline:
+                    raise
+                self.counters["planned_publish_retried"] += 1
+                await trio.sleep(0.2)
         a = reply.assessment
         if getattr(a, "decision", None) != AssessmentDecision.SKIP:
             return reply.token
@@ -343,23 +357,29 @@ class Topology(MembershipExecutor, MergeExecutor):
             self.store.tracker.transitions.pop(tid, None)
             rec = lc.track(tid, rid, kind, "executor", S.PLANNED, "planned again")
         lc.move(tid, S.PLANNED, outcome=OUT.QUEUED)
-        try:
-            token = await self.publish_planned(tid, planned)
-        except trio.Cancelled:
-            self.busy.pop(rid, None)
-            raise
-        except Exception as exc:  # noqa: BLE001 - nothing was proposed: the plan failed
-            self.busy.pop(rid, None)
-            err = describe(exc)
-            lc.move(tid, S.PLANNED, "planned publish failed; nothing proposed", error=err,
-                    outcome=OUT.FAILED)
-            return self.reply(tid, f"planned publish failed: {err}")
-        lc.move(tid, S.PLANNED_PUBLISHED, f"planned event in root (token {token})")
         proposed = trio.Event()
         done = trio.Event()
+        failed_plan: list[str] = []
 
         async def body() -> None:
+            # The whole transition runs in the store's nursery, not in the request: a caller
+            # that gives up (deadline, closed connection) after root accepted the plan must
+            # not leave it pending with no executor (the catalog already shows its target).
             try:
+                try:
+                    token = await self.publish_planned(tid, planned)
+                except trio.Cancelled:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - nothing was proposed: plan failed
+                    err = describe(exc)
+                    if isinstance(exc, RpcError) and not isinstance(exc, RemoteError):
+                        err += ("; unanswered, so root may hold the plan: if so the scheduler "
+                                "finds it stuck and has it compensated")
+                    lc.move(tid, S.PLANNED, "planned publish failed; nothing proposed",
+                            error=err, outcome=OUT.FAILED)
+                    failed_plan.append(f"planned publish failed: {err}")
+                    return
+                lc.move(tid, S.PLANNED_PUBLISHED, f"planned event in root (token {token})")
                 await failpoints.acheck("store.before_propose")
                 await execute(token, proposed)
             except ExecutionFailedError as exc:
@@ -385,7 +405,7 @@ class Topology(MembershipExecutor, MergeExecutor):
                     await trio.sleep(0.05)
         else:
             await proposed.wait()
-        return self.reply(tid)
+        return self.reply(tid, failed_plan[0] if failed_plan else "")
 
     def reply(self, tid: str, detail: str = "") -> AdminReply:
         rec = self.lifecycle.get(tid)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 
 PROPOSE_TIMEOUT = 20.0
+# A planned publish whose answer did not come (timeout, coordinator unreachable) may be in
+# root: it is published again (idempotent: the pending plan is found) this long.
+PLAN_PUBLISH_TIMEOUT = 10.0
 # How long a new learner may take to catch up before the addition is compensated
 # (NOKV_CATCH_UP_TIMEOUT seconds overrides it).
 CATCH_UP_TIMEOUT = float(os.environ.get("NOKV_CATCH_UP_TIMEOUT", "120"))

@@ -31,7 +31,9 @@ from recovery_helpers import put_keys
 from topo_harness import Topo, wait_until
 from topology_checks import admin, check_whole, diagnose, lacks, region_of, settled
 
+from nokvpy.protocol.coordinator_rpc import ListTransitionsRequest
 from nokvpy.protocol.store_rpc import AdminRequest
+from nokvpy.rpc import RpcTimeoutError
 
 pytestmark = pytest.mark.cluster
 
@@ -64,6 +66,49 @@ async def test_remove_and_readd_the_same_store_repeatedly(topo):
         elapsed = time.monotonic() - started
         await check_whole(c, client, data)
     print(f"{ROUNDS} remove/add rounds in {elapsed:.1f}s")
+
+
+@pytest.mark.parametrize("case", ["caller_gives_up", "publish_reply_lost"])
+async def test_an_addition_goes_on_once_its_plan_is_rooted(topo, case):
+    """The coordinator roots the plan of an add_peer, then answers late.
+
+    - caller_gives_up: the admin caller's deadline passes before the answer.
+    - publish_reply_lost: the store's own publish call times out (its 2 s link timeout)
+      before the answer, an outcome unknown, not a refusal.
+
+    The plan is in root and its target shown in the catalog: the executor must go on with
+    it. Before, the request's cancellation (or the timeout taken as "nothing planned") left
+    the plan pending with no one executing it until the scheduler called it stuck and
+    compensated 15 s later, and the replica was never added."""
+    c = await topo(stores=3)
+    async with c.client(timeout=20) as client:
+        data = await put_keys(client, b"gu/0", 10)
+        rid = (await region_of(c, client, b"gu/")).region_id
+        await settled(c, client, rid)
+        removed = await admin(c, client, AdminRequest("remove_peer", rid, store_id=3,
+                                                      wait=True))
+        assert removed.outcome == "APPLIED", removed
+        await wait_until(lambda: lacks(c, client, rid, 3), 30, 0.2,
+                         f"store 3 to leave region {rid} in the catalog")
+        hold_ms, deadline = (1500, 0.5) if case == "caller_gives_up" else (3000, 30.0)
+        await c.failpoint(client, "coordinator-1", "coordinator.after_root_append",
+                          f"1*sleep({hold_ms})")
+        leader = await c.leader_store(client, b"gu/")
+        req = AdminRequest("add_peer", rid, store_id=3, wait=True)
+        if case == "caller_gives_up":
+            with pytest.raises((RpcTimeoutError, trio.TooSlowError)):
+                await c.admin(client, req, leader, timeout=deadline)
+        else:
+            reply = await c.admin(client, req, leader, timeout=deadline)
+            assert reply.outcome == "APPLIED", reply
+        started = time.monotonic()
+        after = await settled(c, client, rid, timeout=12)  # under the scheduler's stuck_after
+        assert after.peer_on(3) is not None
+        took = time.monotonic() - started
+        pending = (await client.call_coordinator(ListTransitionsRequest(False))).entries
+        assert not pending, pending
+        await check_whole(c, client, data)
+    print(f"{case}: settled {took:.1f}s after the admin call returned")
 
 
 @pytest.mark.parametrize("role,fault", [
