@@ -4,11 +4,13 @@ admission hints, outcome-unknown writes, ExecutionStatus, failpoints, tombstones
 from __future__ import annotations
 
 import trio
+from fake_coordinator import TOKEN
 from store_cluster import InProcCluster
 
 from nokvpy import failpoints
-from nokvpy.protocol import AdmissionReason, RegionEpoch
+from nokvpy.protocol import AdmissionReason, PeerMeta, RegionDescriptor, RegionEpoch
 from nokvpy.protocol.admin import FailpointClearRequest, FailpointSetRequest
+from nokvpy.protocol.coordinator_rpc import StoreHeartbeatReply
 from nokvpy.protocol.store_rpc import (
     MAX_VALUE_SIZE,
     ExecutionStatusReply,
@@ -365,11 +367,6 @@ async def test_a_peer_of_a_split_region_waits_for_its_snapshot_not_the_catalog(t
     made it "initialized" with no data at applied 0, whose range then kept out the snapshot
     of the next child (and that child's the other way), and neither region recovered.
     It stays uninitialized until a snapshot (or the local split) initializes it."""
-    from nokvpy.protocol import PeerMeta, RegionDescriptor
-    from fake_coordinator import TOKEN
-
-    from nokvpy.protocol.coordinator_rpc import StoreHeartbeatReply
-
     async with trio.open_nursery() as nursery:
         cluster = InProcCluster(nursery, tmp_path)
         await cluster.start()
