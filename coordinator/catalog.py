@@ -55,6 +55,7 @@ from nokvpy.protocol.records import (
     RootToken,
     StoreMembership,
 )
+from nokvpy.protocol.transitions import merge_transition_id, split_transition_id
 
 __all__ = [
     "AdvanceStats",
@@ -266,14 +267,6 @@ class AdvanceStats:
     events: int = 0  # committed events consumed (including non-region kinds)
     entries_touched: int = 0  # index entries written or removed
     nodes_copied: int = 0  # persistent-tree nodes allocated by path copying
-
-
-def split_transition_id(parent_region_id: int, split_key: bytes) -> str:
-    return f"split:{parent_region_id}:{split_key.hex()}"
-
-
-def merge_transition_id(left_region_id: int, right_region_id: int) -> str:
-    return f"merge:{left_region_id}:{right_region_id}"
 
 
 class Catalog:

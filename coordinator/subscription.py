@@ -76,7 +76,7 @@ def catalog_from_state(state: RootState) -> Catalog:
 
 def _history_entry(before: RootState, ce: CommittedEvent) -> TransitionEntry | None:
     """A completed / cancelled transition seen in the stream (None for other events)."""
-    from metaroot.state import shape, transition_id, transition_kind
+    from nokvpy.protocol.transitions import shape, transition_id, transition_kind
 
     kind = ce.event.kind
     if kind in TERMINAL_KINDS:

@@ -40,10 +40,6 @@ from nokvpy.protocol.grants import (
     AppliedRequest,
     AuthorityGrant,
     EraFloor,
-    GrantInherited,
-    GrantIssued,
-    GrantRetired,
-    GrantSealed,
     PendingTransition,
     RootCheckpoint,
     StoreRecord,
@@ -64,6 +60,13 @@ from nokvpy.protocol.records import (
     RootEvent,
     RootToken,
     StoreMembership,
+)
+from nokvpy.protocol.transitions import (  # noqa: F401 - re-exported
+    PAYLOAD_TYPES,
+    TRANSITION_KINDS,
+    shape,
+    transition_id,
+    transition_kind,
 )
 
 DEFAULT_REQUEST_WINDOW = 10_000  # rooted events whose request ids are remembered
@@ -356,86 +359,6 @@ TRANSITION_EFFECTS: dict[tuple[EventClass, Situation], tuple[Effect, RetryClass,
     (EventClass.TOMBSTONE, Situation.SUPERSEDED): (Effect.REJECT, RetryClass.REFRESH,
                                                    "stale_base"),
 }
-
-_TRANSITION_KIND: dict[EventKind, TransitionKind] = {
-    EventKind.SPLIT_PLANNED: TransitionKind.SPLIT,
-    EventKind.SPLIT_COMMITTED: TransitionKind.SPLIT,
-    EventKind.SPLIT_CANCELLED: TransitionKind.SPLIT,
-    EventKind.MERGE_PLANNED: TransitionKind.MERGE,
-    EventKind.MERGED: TransitionKind.MERGE,
-    EventKind.MERGE_CANCELLED: TransitionKind.MERGE,
-    EventKind.PEER_ADDITION_PLANNED: TransitionKind.PEER_ADDITION,
-    EventKind.PEER_ADDED: TransitionKind.PEER_ADDITION,
-    EventKind.PEER_ADDITION_CANCELLED: TransitionKind.PEER_ADDITION,
-    EventKind.PEER_REMOVAL_PLANNED: TransitionKind.PEER_REMOVAL,
-    EventKind.PEER_REMOVED: TransitionKind.PEER_REMOVAL,
-    EventKind.PEER_REMOVAL_CANCELLED: TransitionKind.PEER_REMOVAL,
-    EventKind.REGION_TOMBSTONED: TransitionKind.TOMBSTONE,
-}
-
-PAYLOAD_TYPES: dict[EventKind, type] = {
-    EventKind.STORE_JOINED: StoreMembership,
-    EventKind.STORE_RETIRED: StoreMembership,
-    EventKind.ID_ALLOCATOR_FENCED: AllocatorFence,
-    EventKind.TSO_ALLOCATOR_FENCED: AllocatorFence,
-    EventKind.REGION_BOOTSTRAP: RegionUpsert,
-    EventKind.REGION_DESCRIPTOR_PUBLISHED: RegionUpsert,
-    EventKind.REGION_TOMBSTONED: RegionRemoval,
-    EventKind.GRANT_ISSUED: GrantIssued,
-    EventKind.GRANT_SEALED: GrantSealed,
-    EventKind.GRANT_RETIRED: GrantRetired,
-    EventKind.GRANT_INHERITED: GrantInherited,
-    EventKind.RECOVERY_RECORDED: RecoveryRecord,
-    **{k: RangeSplit for k in (EventKind.SPLIT_PLANNED, EventKind.SPLIT_COMMITTED,
-                               EventKind.SPLIT_CANCELLED)},
-    **{k: RangeMerge for k in (EventKind.MERGE_PLANNED, EventKind.MERGED,
-                               EventKind.MERGE_CANCELLED)},
-    **{k: PeerChange for k in (EventKind.PEER_ADDITION_PLANNED, EventKind.PEER_ADDED,
-                               EventKind.PEER_ADDITION_CANCELLED, EventKind.PEER_REMOVAL_PLANNED,
-                               EventKind.PEER_REMOVED, EventKind.PEER_REMOVAL_CANCELLED)},
-}
-
-
-def transition_kind(event: RootEvent) -> TransitionKind | None:
-    try:
-        return _TRANSITION_KIND.get(EventKind(event.kind))
-    except ValueError:
-        return None
-
-
-def transition_id(event: RootEvent) -> str:
-    """Deterministic TransitionID of a topology event; "" for every other event."""
-    try:
-        kind = EventKind(event.kind)
-    except (ValueError, TypeError):
-        return ""
-    p = event.payload
-    if not isinstance(p, PAYLOAD_TYPES.get(kind, type(None))):
-        return ""
-    if isinstance(p, RangeSplit):
-        key = p.split_key.hex() if isinstance(p.split_key, bytes) else ""
-        return f"split:{p.parent_region_id}:{key}"
-    if isinstance(p, RangeMerge):
-        return f"merge:{p.left_region_id}:{p.right_region_id}"
-    if isinstance(p, PeerChange):
-        op = "add" if _TRANSITION_KIND[kind] == TransitionKind.PEER_ADDITION else "remove"
-        return f"peer:{p.region_id}:{op}:{p.store_id}:{p.peer_id}"
-    if isinstance(p, RegionRemoval):
-        return f"tombstone:{p.region_id}"
-    return ""
-
-
-def shape(event: RootEvent) -> tuple[tuple[RegionDescriptor, ...], tuple[RegionDescriptor, ...]]:
-    """(bases, targets) of a range or peer transition event (payload assumed well typed)."""
-    p = event.payload
-    if isinstance(p, RangeSplit):
-        return (p.base_parent,), (p.left, p.right)
-    if isinstance(p, RangeMerge):
-        return (p.base_left, p.base_right), (p.merged,)
-    if isinstance(p, PeerChange):
-        return (p.base,), (p.target,)
-    raise TypeError(type(p).__name__)
-
 
 def _same_all(a: tuple[RegionDescriptor, ...], b: tuple[RegionDescriptor, ...]) -> bool:
     return len(a) == len(b) and all(x.same_truth(y) for x, y in zip(a, b, strict=True))
@@ -859,7 +782,7 @@ def _check_shape(event: RootEvent) -> EventKind:
     elif isinstance(p, RangeMerge):
         _check_merge(p)
     elif isinstance(p, PeerChange):
-        _check_peer_change(p, _TRANSITION_KIND[kind] == TransitionKind.PEER_ADDITION)
+        _check_peer_change(p, TRANSITION_KINDS[kind] == TransitionKind.PEER_ADDITION)
     elif isinstance(p, StoreMembership):
         _need(_is_int(p.store_id) and p.store_id > 0, "invalid_store", "store_id must be > 0")
     elif isinstance(p, AllocatorFence):
@@ -1143,7 +1066,7 @@ def _on_transition(state: RootState, token: RootToken, event: RootEvent) -> dict
     elif isinstance(p, RangeMerge):
         _check_merge(p)
     else:
-        _check_peer_change(p, _TRANSITION_KIND[kind] == TransitionKind.PEER_ADDITION)
+        _check_peer_change(p, TRANSITION_KINDS[kind] == TransitionKind.PEER_ADDITION)
     cls = event_class(kind)
     effect, situation = _effect(state, event)
     if effect == Effect.NOOP:
@@ -1174,7 +1097,7 @@ def _on_transition(state: RootState, token: RootToken, event: RootEvent) -> dict
         regions.install(t, token.index)
     if cls == EventClass.PLANNED:
         regions.add_pending(PendingTransition(
-            transition_id=tid, kind=_TRANSITION_KIND[kind], planned_kind=kind,
+            transition_id=tid, kind=TRANSITION_KINDS[kind], planned_kind=kind,
             region_ids=_touched_ids(bases, targets),
             targets=tuple(regions.descriptors[t.region_id] for t in targets),
             bases=current_bases, source_token=token))

@@ -6,7 +6,7 @@ follows, the scheduler operations carried by heartbeat replies, the cluster-epoc
 wiring the apply handlers (raftstore.topology_apply), the outbox publisher
 (raftstore.outbox) and the compensator (raftstore.compensation) into the store.
 
-Pipeline of one transition (TransitionID from `metaroot.state.transition_id`):
+Pipeline of one transition (TransitionID from `nokvpy.protocol.transitions.transition_id`):
   1. admission (class TOPOLOGY: leader, epoch, queue, SCHEDULER_DEGRADED while the outbox
      fails) on the leader; a request that reached a follower is forwarded once to the leader;
   2. PLANNED: build the planned event from the local descriptor (base) and ids from the
@@ -40,7 +40,6 @@ from typing import Any
 
 import trio
 
-from metaroot.state import transition_id
 from nokvpy import failpoints
 from nokvpy.protocol import (
     AdmissionClass,
@@ -69,6 +68,7 @@ from nokvpy.protocol.raftstore_cmds import (
     SplitPayload,
 )
 from nokvpy.protocol.store_rpc import AdminReply, AdminRequest, KvContext
+from nokvpy.protocol.transitions import tombstone_transition_id, transition_id
 from nokvpy.replication.driver import ProposalError
 from nokvpy.rpc import RemoteError, RpcError
 from raftstore.commands import admin_command
@@ -599,7 +599,7 @@ class Topology(MembershipExecutor, MergeExecutor):
 
     async def exec_tombstone(self, req: AdminRequest) -> AdminReply:
         rid = req.region_id
-        tid = f"tombstone:{rid}"
+        tid = tombstone_transition_id(rid)
         lc = self.lifecycle
         lc.track(tid, rid, "tombstone", "executor", S.PLANNED, "requested")
         lc.move(tid, S.PLANNED, outcome=OUT.QUEUED)

@@ -37,7 +37,6 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-from metaroot.state import transition_id as _tid_of
 from nokvpy import failpoints
 from nokvpy.protocol import (
     EventKind,
@@ -61,6 +60,7 @@ from nokvpy.protocol.raftstore_cmds import (
     RegionTombstone,
     SplitPayload,
 )
+from nokvpy.protocol.transitions import transition_id as _tid_of
 from nokvpy.raft.types import (
     ConfChange,
     ConfChangeType,

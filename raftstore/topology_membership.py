@@ -21,7 +21,6 @@ from dataclasses import replace
 
 import trio
 
-from metaroot.state import transition_id
 from nokvpy.protocol import (
     AdmissionClass,
     AdmissionReason,
@@ -34,6 +33,7 @@ from nokvpy.protocol import (
 )
 from nokvpy.protocol.raftstore_cmds import AdminCommand, PeerChangePayload
 from nokvpy.protocol.store_rpc import AdminReply, AdminRequest, ExecutionStatusRequest
+from nokvpy.protocol.transitions import transition_id
 from nokvpy.raft import ConfChange, ConfChangeType
 from nokvpy.rpc import RemoteError, RpcError
 from nokvpy.wire import encode

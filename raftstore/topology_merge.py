@@ -18,7 +18,6 @@ from dataclasses import replace
 
 import trio
 
-from metaroot.state import transition_id
 from nokvpy.protocol import (
     AdmissionClass,
     AdmissionReason,
@@ -31,6 +30,7 @@ from nokvpy.protocol import (
 )
 from nokvpy.protocol.raftstore_cmds import MergePayload
 from nokvpy.protocol.store_rpc import AdminReply, AdminRequest, ExecutionStatusRequest
+from nokvpy.protocol.transitions import transition_id
 from nokvpy.rpc import RemoteError, RpcError
 from raftstore.commands import admin_command
 from raftstore.outbox import describe
