@@ -1,11 +1,15 @@
 """Admission: may this store execute this request, and if not, exactly why (DESIGN 5).
 
 Owns: the pure decision `admit(request, store_id, regions, now, limits)` -> `Admission`,
-with the order in which the reasons are checked and the hints each refusal carries (leader
-peer and store for NOT_LEADER, current epoch and descriptor for EPOCH_MISMATCH and
-KEY_NOT_IN_REGION). Every externally visible refusal of a store maps to one of these reasons
-(the admission invariant). Never does I/O, never reads a clock (`now` is an input), never
-looks at raft directly: the store summarizes each region as a `RegionView`.
+with the order in which the reasons are checked; and every refusal a store answers: `refusal`
+attaches the hints a reason carries (the one place they are attached: leader peer and store
+whenever the region is known, current epoch and descriptor for EPOCH_MISMATCH and
+KEY_NOT_IN_REGION), `rejection` turns a recorded refusal into the `RemoteError` the caller
+gets, and `refused` builds that error for the refusals that are not an admission decision (a
+forward to the leader that failed, a transition already running). Every externally visible
+refusal of a store maps to one of these reasons (the admission invariant). Never does I/O,
+never reads a clock (`now` is an input), never records anything (the store's tracker does),
+never looks at raft directly: the store summarizes each region as a `RegionView`.
 
 Order: CANCELED / TIMED_OUT (the caller's context is already done) -> INVALID (shape, sizes)
 -> STORE_NOT_MATCH -> NOT_HOSTED -> EPOCH_MISMATCH -> KEY_NOT_IN_REGION -> NOT_LEADER (writes,
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nokvpy.protocol import (
     Admission,
@@ -25,6 +30,9 @@ from nokvpy.protocol import (
     RegionDescriptor,
 )
 from nokvpy.protocol.store_rpc import MAX_KEY_SIZE, MAX_VALUE_SIZE, KvContext, ReadMode
+
+if TYPE_CHECKING:
+    from nokvpy.rpc.errors import RemoteError
 
 R = AdmissionReason
 
@@ -71,8 +79,36 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-def refuse(cls: AdmissionClass, reason: AdmissionReason, detail: str, **hints) -> Admission:
-    return Admission(cls, reason, detail, **hints)
+# Refusals that also name the region's current epoch and descriptor (the caller re-routes).
+EPOCH_HINTED = frozenset({R.EPOCH_MISMATCH, R.KEY_NOT_IN_REGION})
+
+
+def refusal(cls: AdmissionClass, reason: AdmissionReason, detail: str,
+            view: RegionView | None = None) -> Admission:
+    """The refused `Admission` with the hints `reason` carries: none without the region's
+    `view`; with it the leader peer and store, and for EPOCH_HINTED reasons the current epoch
+    and descriptor (when the peer is initialized)."""
+    if view is None:
+        return Admission(cls, reason, detail)
+    desc = view.descriptor if reason in EPOCH_HINTED else None
+    return Admission(cls, reason, detail, leader_peer_id=view.leader_peer_id,
+                     leader_store_id=view.leader_store_id,
+                     current_epoch=desc.epoch if desc is not None else None, descriptor=desc)
+
+
+def refused(reason: AdmissionReason, detail: str, *, kind: str = "rejected",
+            **details: object) -> RemoteError:
+    """The error a refused request is answered with: `kind` ("rejected" unless the refusal is
+    about a peer that did not answer), the reason's name, the detail and machine hints."""
+    # Imported here: the decision above stays importable without the rpc layer (and trio).
+    from nokvpy.rpc.errors import RemoteError
+
+    return RemoteError(kind, reason.name, detail, details)
+
+
+def rejection(adm: Admission) -> RemoteError:
+    """The error of a refused (and recorded) admission: its hints travel as `admission`."""
+    return refused(adm.reason, adm.detail, admission=adm)
 
 
 def admit(
@@ -85,28 +121,27 @@ def admit(
     cls = req.cls
     # 1. The caller's context.
     if req.cancelled:
-        return refuse(cls, R.CANCELED, "the caller cancelled the request")
+        return refusal(cls, R.CANCELED, "the caller cancelled the request")
     if now >= req.deadline:
-        return refuse(cls, R.TIMED_OUT, "the request's deadline passed before admission")
+        return refusal(cls, R.TIMED_OUT, "the request's deadline passed before admission")
     # 2. Shape.
     ctx = req.ctx
     bad = _invalid(req)
     if bad:
-        return refuse(cls, R.INVALID, bad)
+        return refusal(cls, R.INVALID, bad)
     assert ctx is not None
     # 3. Which store, which region.
     if ctx.store_id != store_id:
-        return refuse(cls, R.STORE_NOT_MATCH,
-                      f"request for store {ctx.store_id} reached store {store_id}")
+        return refusal(cls, R.STORE_NOT_MATCH,
+                       f"request for store {ctx.store_id} reached store {store_id}")
     view = regions.get(ctx.region_id)
     if view is None:
-        return refuse(cls, R.NOT_HOSTED, f"region {ctx.region_id} is not hosted on store "
-                      f"{store_id}")
+        return refusal(cls, R.NOT_HOSTED, f"region {ctx.region_id} is not hosted on store "
+                       f"{store_id}")
     desc = view.descriptor
     if desc is None:
-        return refuse(cls, R.NOT_HOSTED, f"region {ctx.region_id} is being initialized on store "
-                      f"{store_id} (waiting for a snapshot)",
-                      leader_peer_id=view.leader_peer_id, leader_store_id=view.leader_store_id)
+        return refusal(cls, R.NOT_HOSTED, f"region {ctx.region_id} is being initialized on "
+                       f"store {store_id} (waiting for a snapshot)", view)
     # 4. Epoch and keys. Reads and writes are checked against the version (the range) only,
     # as the apply path checks them: a peer change moves conf_ver, never which keys the
     # region holds, and a client routed by a catalog that already shows a planned peer
@@ -114,19 +149,15 @@ def admit(
     # Topology commands must match the whole epoch.
     if (ctx.epoch.version != desc.epoch.version if cls in KV_CLASSES
             else ctx.epoch != desc.epoch):
-        return refuse(cls, R.EPOCH_MISMATCH,
-                      f"region {desc.region_id} is at epoch {desc.epoch}, request carries "
-                      f"{ctx.epoch}", current_epoch=desc.epoch, descriptor=desc,
-                      leader_peer_id=view.leader_peer_id, leader_store_id=view.leader_store_id)
+        return refusal(cls, R.EPOCH_MISMATCH,
+                       f"region {desc.region_id} is at epoch {desc.epoch}, request carries "
+                       f"{ctx.epoch}", view)
     keys = req.keys if req.scan_start is None else (*req.keys, req.scan_start)
     for key in keys:
         if not desc.contains(key):
-            return refuse(cls, R.KEY_NOT_IN_REGION,
-                          f"key {key[:64]!r} is outside region {desc.region_id} "
-                          f"[{desc.start_key[:64]!r}, {desc.end_key[:64]!r})",
-                          current_epoch=desc.epoch, descriptor=desc,
-                          leader_peer_id=view.leader_peer_id,
-                          leader_store_id=view.leader_store_id)
+            return refusal(cls, R.KEY_NOT_IN_REGION,
+                           f"key {key[:64]!r} is outside region {desc.region_id} "
+                           f"[{desc.start_key[:64]!r}, {desc.end_key[:64]!r})", view)
     # 5. Leadership.
     mode = ctx.read_mode
     needs_leader = cls != AdmissionClass.READ or mode == ReadMode.LINEARIZABLE
@@ -134,24 +165,22 @@ def admit(
         hint = ""
         if view.leader_peer_id:
             hint = f"; leader is peer {view.leader_peer_id} on store {view.leader_store_id}"
-        return refuse(cls, R.NOT_LEADER,
-                      f"peer {view.peer_id} of region {desc.region_id} is not the leader" + hint,
-                      leader_peer_id=view.leader_peer_id, leader_store_id=view.leader_store_id)
+        return refusal(cls, R.NOT_LEADER,
+                       f"peer {view.peer_id} of region {desc.region_id} is not the leader" + hint,
+                       view)
     # 6. Capacity.
     if cls != AdmissionClass.READ and view.queue_depth >= limits.queue_limit:
-        return refuse(cls, R.QUEUE_SATURATED,
-                      f"region {desc.region_id} has {view.queue_depth} proposals in flight "
-                      f"(limit {limits.queue_limit})",
-                      leader_peer_id=view.leader_peer_id, leader_store_id=view.leader_store_id)
+        return refusal(cls, R.QUEUE_SATURATED,
+                       f"region {desc.region_id} has {view.queue_depth} proposals in flight "
+                       f"(limit {limits.queue_limit})", view)
     if cls == AdmissionClass.TOPOLOGY and limits.scheduler_degraded:
-        return refuse(cls, R.SCHEDULER_DEGRADED,
-                      "the publish outbox is failing: topology changes are paused")
+        return refusal(cls, R.SCHEDULER_DEGRADED,
+                       "the publish outbox is failing: topology changes are paused")
     # 7. Staleness budget.
     if cls == AdmissionClass.READ and mode == ReadMode.BOUNDED_STALE:
         stale = stale_violation(ctx, view)
         if stale:
-            return refuse(cls, R.STALE, stale, leader_peer_id=view.leader_peer_id,
-                          leader_store_id=view.leader_store_id)
+            return refusal(cls, R.STALE, stale, view)
     return Admission(cls, R.ACCEPTED, leader_peer_id=view.leader_peer_id,
                      leader_store_id=view.leader_store_id)
 

@@ -123,7 +123,7 @@ class RegionStateMachine:
         self.admin_handlers: dict[str, AdminHandler] = {}
         self.conf_change_listener: Callable[[ConfChange, ConfState], None] | None = None
         # Topology: stages the descriptor change a membership conf change entry carries
-        # (raftstore.topology_apply); its result goes to the proposer.
+        # (raftstore.topology.apply); its result goes to the proposer.
         self.conf_change_handler: Callable[[RegionStateMachine, WriteBatch, Entry], Any] | None = None
         self.descriptor_listener: Callable[[RegionDescriptor], None] | None = None
         # Applies staged and not yet durable, oldest first: (last index, term, descriptor,

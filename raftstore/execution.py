@@ -1,14 +1,20 @@
 """Execution tracking: what happened to each execution target, and the last admissions.
 
-Owns: the forward-only `ExecutionOutcome` of every execution target (one read, one write
-proposal, later one peer change / split / merge keyed by its TransitionID), outcome counters,
-the last admission per class, the bounded history of recent targets, and the transition
-table the topology runtime fills (stage + publish state per TransitionID). Never decides
-anything: the store reports, this module remembers and summarizes for `ExecutionStatus`.
+Owns: the one outcome state machine (`advances` over the one ordering `_RANK`) for every
+execution target (one read, one write proposal, one leader transfer) and every topology
+transition (`TransitionRecord`, keyed by its TransitionID: its outcome, stage, publish state
+and history, filled by raftstore.topology.lifecycle), outcome counters, the last admission per
+class, the bounded history of recent targets and the transition table. Never decides
+anything and never reads a clock: the store reports, this module remembers and summarizes
+for `ExecutionStatus`.
 
 Forward-only: QUEUED -> PROPOSED -> COMMITTED -> APPLIED, with REJECTED and FAILED as terminal
-side exits; a report that would move a target backwards (or out of a terminal outcome) is
-ignored and counted as `regressions_ignored`.
+side exits. A report that would move an outcome backwards (or out of a terminal outcome) is
+ignored: counted as `regressions_ignored` for targets, by the lifecycle for transitions. The
+one way out of a terminal outcome: a transition compensated (FAILED) that reconciles forward
+learns it APPLIED. A target reports each outcome once (a repeat is a regression); a
+transition's outcome is reported again by each stage, replica and retry (a repeat is
+recorded again).
 """
 
 from __future__ import annotations
@@ -27,8 +33,25 @@ from nokvpy.protocol import (
 
 OUT = ExecutionOutcome
 
-_RANK = {OUT.QUEUED: 1, OUT.PROPOSED: 2, OUT.COMMITTED: 3, OUT.APPLIED: 4, OUT.FAILED: 4, OUT.REJECTED: 4}
+# The one ordering of outcomes (targets and transitions).
+_RANK = {OUT.QUEUED: 1, OUT.PROPOSED: 2, OUT.COMMITTED: 3, OUT.APPLIED: 4, OUT.FAILED: 4,
+         OUT.REJECTED: 4}
 TERMINAL = frozenset({OUT.APPLIED, OUT.FAILED, OUT.REJECTED})
+RECONCILED = frozenset({(OUT.FAILED, OUT.APPLIED)})  # the moves out of a terminal outcome
+
+
+def advances(current: ExecutionOutcome | None, new: ExecutionOutcome, *,
+             repeat: bool = False) -> bool:
+    """May an outcome move from `current` (None: nothing reported yet) to `new`? Forward in
+    `_RANK` only; out of a terminal outcome only along RECONCILED. `repeat`: a report of the
+    current outcome again is accepted (transitions) instead of ignored (targets)."""
+    if current is None:
+        return True
+    if new == current:
+        return repeat
+    if current in TERMINAL:
+        return (current, new) in RECONCILED
+    return _RANK[new] > _RANK[current]
 
 RECENT_TARGETS = 64
 MAX_TRANSITIONS = 256
@@ -55,22 +78,33 @@ class ExecutionTarget:
 
 @dataclass(slots=True)
 class TransitionRecord:
-    """A topology transition as the executing store sees it (filled by the topology issue)."""
+    """One topology transition as this store sees it (executor, replica or compensator): its
+    outcome, its lifecycle stage and publish state, and the evidence of how it got there."""
 
     transition_id: str
     region_id: int
-    action: str
+    kind: str  # split | merge | add_peer | remove_peer | tombstone
     stage: TopologyStage = TopologyStage.PLANNED
     publish_state: PublishState = PublishState.PENDING
     outcome: ExecutionOutcome = ExecutionOutcome.QUEUED
     last_error: str = ""
     updated_at: float = 0.0
+    role: str = "executor"  # executor | replica (applied it, did not plan it) | compensator
+    publish_attempts: int = 0
+    next_retry_in: float = 0.0
+    detail: str = ""
+    history: list = field(default_factory=list)  # [(time, stage name, note)]
 
     def as_dict(self) -> dict[str, object]:
         return {"transition_id": self.transition_id, "region_id": self.region_id,
-                "action": self.action, "stage": self.stage.name,
+                "action": self.kind, "stage": self.stage.name,
                 "publish_state": self.publish_state.name, "outcome": self.outcome.name,
-                "last_error": self.last_error, "updated_at": round(self.updated_at, 3)}
+                "last_error": self.last_error, "updated_at": round(self.updated_at, 3),
+                "kind": self.kind, "role": self.role,
+                "publish_attempts": self.publish_attempts,
+                "next_retry_in": round(self.next_retry_in, 3), "detail": self.detail,
+                "history": [{"at": round(t, 3), "stage": s, "note": n}
+                            for t, s, n in self.history]}
 
 
 @dataclass(slots=True)
@@ -99,8 +133,7 @@ class ExecutionTracker:
 
     def advance(self, target: ExecutionTarget, outcome: ExecutionOutcome, detail: str = "") -> bool:
         """Move `target` forward to `outcome`; False (and ignored) if that would regress."""
-        current = target.outcome
-        if current is not None and (current in TERMINAL or _RANK[outcome] <= _RANK[current]):
+        if not advances(target.outcome, outcome):
             self.regressions_ignored += 1
             return False
         target.outcome = outcome
@@ -111,7 +144,16 @@ class ExecutionTracker:
             self.recent.append(target)
         return True
 
-    # ---- transitions (topology issue) ------------------------------------------------
+    # ---- transitions -----------------------------------------------------------------
+
+    def advance_transition(self, rec: TransitionRecord, outcome: ExecutionOutcome) -> bool:
+        """Move transition `rec` to `outcome`; False (and ignored) if that would regress it.
+        The caller (the lifecycle) counts the ignored reports."""
+        if not advances(rec.outcome, outcome, repeat=True):
+            return False
+        rec.outcome = outcome
+        self.outcomes[outcome.name] += 1
+        return True
 
     def track_transition(self, rec: TransitionRecord) -> TransitionRecord:
         self.transitions[rec.transition_id] = rec

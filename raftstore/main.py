@@ -9,7 +9,7 @@ shutdown on SIGTERM / SIGINT. Never holds execution logic (raftstore.store does)
 Static flags give addresses (`--listen`, `--coordinator`) and seed a fresh data directory
 with its identity (`--id`, `--cluster-id`); what the store hosts after a restart comes from
 localmeta only. `NOKV_QUEUE_LIMIT=N` in the environment sets the per-region proposal queue
-limit (default 4096; writes beyond it wait for a slot, see raftstore.store).
+limit (default 4096; writes beyond it wait for a slot, see raftstore.kvpath).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from nokvpy.storage import CorruptLogError, Env, LocalMeta, RaftLogStore, StoreI
 from raftstore.heartbeat import CoordinatorLink, JoinRefusedError, heartbeat_loop
 from raftstore.restart import derive, load_image
 from raftstore.store import Store, StoreConfig
-from raftstore.topology import Topology
+from raftstore.topology.service import Topology
 
 WAL_DIR = "raftwal"  # the raft log's write-ahead log, inside the data directory
 WAL_INLINE_STALL = 0.02  # fdatasync on the event loop unless the disk stalls (see Wal)

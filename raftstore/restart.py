@@ -12,7 +12,7 @@ Rules:
 - DEGRADED: a hosted region has no replay pointer, or a pointer past a raft log that is gone
   (it is not started: its applied state cannot be trusted, it needs a local rebuild from a
   leader snapshot first; it is listed in `missing_replay_pointer`), a hosted region
-  is also tombstoned at its peer id or a later one (`raftstore.topology_tombstone`: the
+  is also tombstoned at its peer id or a later one (`raftstore.topology.tombstone`: the
   tombstone of an older peer does not count, the region was added here again) or names no
   peer on this store (not started), the publish outbox has a backlog, or blocked events
   exist (the store must catch up with the coordinator).
@@ -37,7 +37,7 @@ from nokvpy.storage import (
     StoreIdentity,
 )
 from nokvpy.wire import DecodeError, decode
-from raftstore.topology_tombstone import blocks, decode_tombstone
+from raftstore.topology.tombstone import blocks, decode_tombstone
 
 NEEDS_NONE = "none"
 NEEDS_CATCH_UP = "coordinator_catch_up"

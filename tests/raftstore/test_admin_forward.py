@@ -15,7 +15,7 @@ import trio
 from nokvpy.protocol.store_rpc import AdminRequest
 from nokvpy.rpc import RemoteError, RpcClient
 from nokvpy.rpc.identity import Identity
-from raftstore.topology import Topology
+from raftstore.topology.service import Topology
 
 
 def closed_port() -> str:

@@ -30,7 +30,7 @@ from nokvpy.storage import Env, StorageFailedError, WriteBatch
 from nokvpy.wire import decode, encode
 from raftstore.restart import derive, load_image
 from raftstore.store import Store, StoreConfig
-from raftstore.topology import Topology
+from raftstore.topology.service import Topology
 
 S = TopologyStage
 TID = "split:1:6d"

@@ -15,10 +15,10 @@ from nokvpy.protocol import PeerMeta, RegionDescriptor, RegionEpoch, RegionState
 from nokvpy.protocol.raftstore_cmds import AdminCommand, MergePayload, SplitPayload
 from nokvpy.raft.types import Entry
 from nokvpy.storage import WriteBatch
-from raftstore.compensation import UNSAFE_ENV, fence_refuses
 from raftstore.execution import ExecutionTracker
-from raftstore.lifecycle import Lifecycle
-from raftstore.topology_apply import ApplyHandlers
+from raftstore.topology.apply import ApplyHandlers
+from raftstore.topology.compensation import UNSAFE_ENV, fence_refuses
+from raftstore.topology.lifecycle import Lifecycle
 
 PEERS = (PeerMeta(1, 11), PeerMeta(2, 12), PeerMeta(3, 13))
 BASE = RegionDescriptor(7, b"a", b"z", RegionEpoch(3, 2), PEERS, revision=20)

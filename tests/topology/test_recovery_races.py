@@ -30,7 +30,7 @@ from nokvpy.protocol import EventKind, Freshness, RangeSplit, RootEvent
 from nokvpy.protocol.metaroot_rpc import AppendRequest
 from nokvpy.protocol.store_rpc import AdminRequest
 from nokvpy.rpc import RemoteError, RpcError
-from raftstore.compensation import UNSAFE_ENV
+from raftstore.topology.compensation import UNSAFE_ENV
 
 pytestmark = pytest.mark.cluster
 

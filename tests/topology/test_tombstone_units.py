@@ -18,9 +18,9 @@ from nokvpy.raft.types import ConfChange, ConfChangeType, Entry, EntryType
 from nokvpy.storage import ReplayPointer, StoreIdentity, WriteBatch
 from nokvpy.wire import encode
 from raftstore.restart import LocalImage, derive
-from raftstore.topology_apply import ApplyHandlers
-from raftstore.topology_membership import learner_applied
-from raftstore.topology_tombstone import UNKNOWN_EPOCH, blocks, decode_tombstone, newer
+from raftstore.topology.apply import ApplyHandlers
+from raftstore.topology.membership import learner_applied
+from raftstore.topology.tombstone import UNKNOWN_EPOCH, blocks, decode_tombstone, newer
 
 TOMB = RegionTombstone(7, RegionEpoch(2, 3), 14, "removed by peer:7:remove:3:14")
 ME = StoreIdentity(0xC1, 3)

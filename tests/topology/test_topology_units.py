@@ -22,11 +22,11 @@ from nokvpy.protocol import (
 from nokvpy.protocol.raftstore_cmds import PeerChangePayload
 from nokvpy.raft import ConfChangeType
 from nokvpy.rpc import RemoteError, RpcError
-from raftstore.compensation import applied_locally
 from raftstore.execution import ExecutionTracker
-from raftstore.lifecycle import Lifecycle
-from raftstore.outbox import PermanentPublishError, backoff_delay, is_permanent
-from raftstore.topology_apply import apply_peer_change
+from raftstore.topology.apply import apply_peer_change
+from raftstore.topology.compensation import applied_locally
+from raftstore.topology.lifecycle import Lifecycle
+from raftstore.topology.outbox import PermanentPublishError, backoff_delay, is_permanent
 
 S = TopologyStage
 PEERS = (PeerMeta(1, 11), PeerMeta(2, 12), PeerMeta(3, 13))

@@ -1,4 +1,5 @@
-"""The durable publish outbox and its publisher (DESIGN 5: terminal truth after local apply).
+"""The durable publish outbox and its publisher (DESIGN 5: terminal truth after local apply;
+part of the topology runtime).
 
 Owns: turning an `OutboxEntry` (a rooted event this store must still publish: a terminal
 event staged in the SAME write batch as the apply that made it true, or a recovery record)
@@ -33,6 +34,9 @@ before their first attempt, so the executor normally publishes first; a backup r
 because root moved past it (`superseded_before_apply`) is obsolete, not blocked: another
 replica published the transition and root went on.
 
+It uses of its store only what `StoreContext` names (localmeta, env, store id, the limits it
+degrades and the backlog counts it refreshes).
+
 Never: publishes planned events (the executor does, before proposing), drops an entry
 without a terminal state (or, for a blocked one, without a rooted operator record), or reads a
 wall clock.
@@ -55,7 +59,8 @@ from nokvpy.protocol.raftstore_cmds import OutboxEntry
 from nokvpy.rpc import RemoteError, RpcError
 from nokvpy.storage import BlockedEvent, WriteBatch
 from nokvpy.wire import DecodeError, decode, encode
-from raftstore.lifecycle import Lifecycle
+from raftstore.topology.context import RootLink, StoreContext
+from raftstore.topology.lifecycle import Lifecycle
 
 log = logging.getLogger("nokvpy.raftstore.outbox")
 
@@ -100,7 +105,7 @@ def backoff_delay(attempts: int, rng: random.Random) -> float:
 class Publisher:
     """Drains the localmeta outbox into root. `await nursery.start(publisher.run)`."""
 
-    def __init__(self, store: Any, link: Any, lifecycle: Lifecycle,
+    def __init__(self, store: StoreContext, link: RootLink, lifecycle: Lifecycle,
                  rng: random.Random | None = None):
         self.store = store
         self.meta = store.meta
@@ -321,8 +326,8 @@ class Publisher:
             what = (f"blocked entry {seq} ({_event_kind(entry)} of {entry.transition_id}) moved "
                     f"back into the outbox as entry {new_seq}")
             if entry.purpose == "terminal":
-                _leave_blocked(self.lifecycle, entry.transition_id, S.TERMINAL_PENDING,
-                               f"operator retry: {what}")
+                self.lifecycle.reopen(entry.transition_id, S.TERMINAL_PENDING,
+                                      f"operator retry: {what}")
             log.warning("store %d: operator retry: %s", self.store.store_id, what)
             return what
 
@@ -368,9 +373,9 @@ class Publisher:
             done = (f"blocked entry {seq} resolved as {resolution}; recovery record {action} "
                     f"queued as outbox entry {new_seq}")
             if entry is not None and entry.purpose == "terminal":
-                _leave_blocked(self.lifecycle, entry.transition_id, S.TERMINAL_PUBLISHED,
-                               f"operator resolved the blocked terminal event as {resolution} "
-                               f"({action} queued for root): {reason}")
+                self.lifecycle.reopen(entry.transition_id, S.TERMINAL_PUBLISHED,
+                                      f"operator resolved the blocked terminal event as "
+                                      f"{resolution} ({action} queued for root): {reason}")
             log.warning("store %d: operator resolve: %s: %s", sid, done, reason)
             return done
 
@@ -415,20 +420,6 @@ def _decode_entry(raw: bytes) -> OutboxEntry | None:
     except DecodeError:
         return None
     return entry if isinstance(entry, OutboxEntry) else None
-
-
-def _leave_blocked(lifecycle: Lifecycle, tid: str, stage: TopologyStage, note: str) -> None:
-    """Move `tid` out of TERMINAL_BLOCKED on an operator's decision. TERMINAL_BLOCKED is a
-    settled stage `Lifecycle.move` never leaves on its own: an operator's retry or resolve is
-    the one way out, so it sets the stage directly (history and publish state kept right)."""
-    rec = lifecycle.get(tid)
-    if rec is None:
-        return
-    if rec.stage != S.TERMINAL_BLOCKED:
-        lifecycle.move(tid, stage, note)
-        return
-    lifecycle._set(rec, stage, note)  # noqa: SLF001 - the operator exit from a settled stage
-    rec.detail = note
 
 
 def _event_kind(entry: OutboxEntry | None) -> str:

@@ -7,7 +7,9 @@ the epoch it had) blocks its own peer id and every lower one, and anything addre
 epoch older than the tombstone's; a later peer of the same region (a replica added here
 again: peer ids are never reused and only grow) passes. A region merged away, or a
 tombstone that names no peer (unknown), blocks every peer: the region id is dead here.
-Never does I/O, never decides to destroy anything.
+Used by the store's gates (raftstore.store) and restart derivation (raftstore.restart).
+Never does I/O, never decides to destroy anything (the `tombstone` admin
+operation that asks root to remove a region is in raftstore.topology.service).
 """
 
 from __future__ import annotations

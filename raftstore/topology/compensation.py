@@ -1,4 +1,5 @@
-"""Compensation and forward reconciliation of planned transitions (DESIGN 7).
+"""Compensation and forward reconciliation of planned transitions (DESIGN 7; part of the
+topology runtime).
 
 Owns: deciding, on the region leader and from its own log only, whether a transition that is
 still pending in root has applied; then either compensating it (undo the local partial
@@ -34,14 +35,16 @@ undone: the fence, each local rollback step, the root withdrawal.
 NOKV_UNSAFE_COMPENSATION=1 (tests only) restores the old fence that records nothing: no
 stamp, no refusal of a later proposal.
 
-Never: cancels from a follower, from a failure report alone, or without the fence.
+A component over the shared runtime (raftstore.topology.runtime: its leader checks,
+proposals, publishes and lifecycle). Never: cancels from a follower, from a failure report
+alone, or without the fence; never refuses without an admission reason.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -69,8 +72,13 @@ from nokvpy.protocol.store_rpc import AdminReply, AdminRequest
 from nokvpy.raft import ConfChangeType
 from nokvpy.rpc import RemoteError
 from nokvpy.wire import DecodeError, decode
+from raftstore.admission import refused
 from raftstore.commands import admin_command
-from raftstore.outbox import describe
+from raftstore.topology.membership import conf_change
+from raftstore.topology.outbox import describe
+
+if TYPE_CHECKING:
+    from raftstore.topology.runtime import Runtime
 
 log = logging.getLogger("nokvpy.raftstore.compensation")
 
@@ -165,7 +173,9 @@ def applied_locally(p: Pending, desc: RegionDescriptor) -> bool:
 
 
 class Compensator:
-    def __init__(self, rt: Any):
+    """`compensate` and `drive_forward` (and their RPC entry points) over the runtime `rt`."""
+
+    def __init__(self, rt: Runtime):
         self.rt = rt
         self.store = rt.store
 
@@ -202,9 +212,9 @@ class Compensator:
         peer = self.store.peers.get(rid)
         group = peer.group if peer is not None else None
         if group is None or not group.is_leader or peer.descriptor is None:
-            raise RemoteError("rejected", R.NOT_LEADER.name,
-                              f"store {self.store.store_id} cannot fence region {rid}: not its "
-                              "leader", {"leader_store_id": peer.leader_store_id() if peer else 0})
+            raise refused(R.NOT_LEADER, f"store {self.store.store_id} cannot fence region {rid}: "
+                          "not its leader",
+                          leader_store_id=peer.leader_store_id() if peer else 0)
         self.mark_fenced(tid, stamp)  # synchronously before the proposal is queued
         data = admin_command("fence", rid, peer.descriptor.epoch, tid, stamp or None)
         with trio.fail_after(FENCE_TIMEOUT):
@@ -215,7 +225,7 @@ class Compensator:
 
     def mark_fenced(self, tid: str, stamp: int) -> None:
         """Stop a local executor of `tid` at once (before the fence is even proposed): its
-        next proposal checks this mark (raftstore.topology.Topology.check_not_fenced)."""
+        next proposal checks this mark (raftstore.topology.runtime.Runtime.check_not_fenced)."""
         if stamp:
             fenced = self.rt.fenced_here
             fenced[tid] = max(fenced.get(tid, 0), stamp)
@@ -254,8 +264,8 @@ class Compensator:
             except Exception as exc:  # noqa: BLE001 - forward (once) or refuse
                 lead = getattr(exc, "leader_store", 0)
                 if lead and not forwarded:
-                    return await rt._forward(AdminRequest("compensate", rid, transition_id=tid,
-                                                          reason=evidence), lead)
+                    return await rt.forward(AdminRequest("compensate", rid, transition_id=tid,
+                                                         reason=evidence), lead)
                 raise
         executor = self.executor_state(p)
         lc.track(tid, rid, p.name, "compensator" if lc.get(tid) is None else "executor",
@@ -305,9 +315,8 @@ class Compensator:
         x = p.payload
         src_id = x.right_region_id if x.left_region_id == p.region_id else x.left_region_id
         if not await self.rt.ensure_leader(src_id):
-            raise RemoteError("rejected", R.NOT_LEADER.name,
-                              f"cannot lead source region {src_id} to fence it; the target "
-                              f"{p.region_id} is fenced, the plan stays pending in root")
+            raise refused(R.NOT_LEADER, f"cannot lead source region {src_id} to fence it; the "
+                          f"target {p.region_id} is fenced, the plan stays pending in root")
         _, index = await self.fence(src_id, p.tid, stamp)
         return f"source region {src_id} fenced at index {index} of its log"
 
@@ -341,7 +350,7 @@ class Compensator:
             if learner is not None and learner.peer_id == x.peer_id and learner.learner:
                 payload = PeerChangePayload("remove_learner", x.store_id, x.peer_id, x.base,
                                             x.target, self.store.store_id)
-                await self.rt.propose(rid, p.tid, self.rt._conf_change(
+                await self.rt.propose(rid, p.tid, conf_change(
                     ConfChangeType.REMOVE_NODE, rid, p.tid, payload), conf_change=True,
                     note=f"compensation: removal of learner {x.peer_id} proposed")
                 undone.append(f"learner peer {x.peer_id} on store {x.store_id} removed")
@@ -351,8 +360,8 @@ class Compensator:
             if src is not None and src.descriptor is not None and \
                     src.descriptor.state == RegionState.MERGING:
                 if not await self.rt.ensure_leader(src_id):
-                    raise RemoteError("rejected", R.NOT_LEADER.name,
-                                      f"cannot lead frozen source {src_id} to roll it back")
+                    raise refused(R.NOT_LEADER,
+                                  f"cannot lead frozen source {src_id} to roll it back")
                 base_src = x.base_right if src_id == x.right_region_id else x.base_left
                 payload = MergePayload(desc, base_src, x.merged, x.left_region_id,
                                        x.right_region_id, self.store.store_id)
@@ -410,15 +419,14 @@ class Compensator:
         except Exception as exc:  # noqa: BLE001
             lead = getattr(exc, "leader_store", 0)
             if lead and not forwarded:
-                return await rt._forward(AdminRequest("drive_forward", rid, transition_id=tid,
-                                                      reason=evidence), lead)
+                return await rt.forward(AdminRequest("drive_forward", rid, transition_id=tid,
+                                                     reason=evidence), lead)
             raise
         desc, _ = await self.fence(rid, tid)
         if not applied_locally(p, desc):
-            raise RemoteError("rejected", R.EPOCH_MISMATCH.name,
-                              f"{tid} has not applied on the leader of region {rid} "
-                              f"(descriptor {desc.epoch}): it cannot be driven forward",
-                              {"transition_id": tid})
+            raise refused(R.EPOCH_MISMATCH, f"{tid} has not applied on the leader of region "
+                          f"{rid} (descriptor {desc.epoch}): it cannot be driven forward",
+                          transition_id=tid)
         queued = await self.ensure_terminal(p)
         rt.lifecycle.track(tid, rid, p.name, "replica", S.APPLIED, "applied (found by fence)")
         await self.record(p, "reconciled_forward", evidence,

@@ -1,10 +1,13 @@
-"""The topology runtime of a store: transitions executed by the region leader (DESIGN 4.6, 5).
+"""The shared runtime of the topology operations: the pipeline every transition follows
+(DESIGN 4.6, 5).
 
-Owns: the `AdminRequest` RPC (split | merge | add_peer | remove_peer | transfer_leader |
-tombstone | compensate | drive_forward), the execution pipeline every tracked transition
-follows, the scheduler operations carried by heartbeat replies, the cluster-epoch fence, and
-wiring the apply handlers (raftstore.topology_apply), the outbox publisher
-(raftstore.outbox) and the compensator (raftstore.compensation) into the store.
+Owns: the state the operations share (the store context, the coordinator link, the
+lifecycle, the publisher, the compensator, the cluster epoch, which region is busy with
+which transition here, the fences proposed here) and the steps they share: leader and
+admission checks (`leader_peer`, forward to the leader once), claiming a region, root calls
+(`alloc_ids`, `publish`, `publish_planned`), `run_transition`, the fenced `propose`, leader
+transfer (`transfer`, `ensure_leader`), and the apply follow-ups (start a split child,
+destroy a removed replica).
 
 Pipeline of one transition (TransitionID from `nokvpy.protocol.transitions.transition_id`):
   1. admission (class TOPOLOGY: leader, epoch, queue, SCHEDULER_DEGRADED while the outbox
@@ -20,14 +23,12 @@ refused at apply, deadline) is handed to the compensator, which fences the log a
 the plan only if the region leader has not applied it. Every forward step carries its plan's
 root index (the instance) and passes `fence_barrier` right before it is queued: the leader
 first applies every entry committed before its term, then refuses a plan a compensation
-fenced (raftstore.compensation), so no step of a cancelled plan reaches the log.
+fenced (raftstore.topology.compensation), so no step of a cancelled plan reaches the log.
 
-Executors: split, leader transfer and tombstone here; peer addition / removal in
-raftstore.topology_membership; merge (freeze the source in its own log, confirm the freeze
-on every source replica, commit in the target's log) in raftstore.topology_merge.
-
-Never: publishes terminal events itself (the outbox does), decides scheduling (the
-coordinator does), or trusts a failure report without checking the leader's own log.
+Refusals are built by raftstore.admission (through the store's `refuse`, or `refused` for
+the ones that are no admission decision). Never: publishes terminal events itself (the
+outbox does), decides scheduling (the coordinator does), or trusts a failure report without
+checking the leader's own log.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -45,13 +47,8 @@ from nokvpy.protocol import (
     AdmissionClass,
     AdmissionReason,
     AssessmentDecision,
-    EventKind,
     ExecutionOutcome,
-    PeerMeta,
-    RangeSplit,
     RegionDescriptor,
-    RegionEpoch,
-    RegionState,
     RootEvent,
     TopologyStage,
 )
@@ -59,121 +56,68 @@ from nokvpy.protocol.coordinator_rpc import (
     AllocIdRequest,
     ListTransitionsRequest,
     PublishRootEventRequest,
-    RemoveRegionRequest,
-    SchedulerOperation,
-    StoreHeartbeatReply,
 )
-from nokvpy.protocol.raftstore_cmds import (
-    KvResult,
-    SplitPayload,
-)
+from nokvpy.protocol.raftstore_cmds import KvResult
 from nokvpy.protocol.store_rpc import AdminReply, AdminRequest, KvContext
-from nokvpy.protocol.transitions import tombstone_transition_id, transition_id
 from nokvpy.replication.driver import ProposalError
 from nokvpy.rpc import RemoteError, RpcError
-from raftstore.commands import admin_command
-from raftstore.compensation import Compensator, fence_refuses, unsafe_compensation
-from raftstore.lifecycle import Lifecycle
-from raftstore.outbox import Publisher, describe
-from raftstore.topology_apply import INIT_INDEX, INIT_TERM, ApplyHandlers
-from raftstore.topology_common import (
+from raftstore.admission import refused, rejection
+from raftstore.peer import Peer
+from raftstore.topology.apply import INIT_INDEX, INIT_TERM
+from raftstore.topology.compensation import Compensator, fence_refuses, unsafe_compensation
+from raftstore.topology.context import (
     PLAN_PUBLISH_TIMEOUT,
     PROPOSE_TIMEOUT,
     TRANSFER_TIMEOUT,
     WAIT_TERMINAL,
     ExecutionFailedError,
     ForwardToLeaderError,
+    RootLink,
+    StoreContext,
 )
-from raftstore.topology_membership import MembershipExecutor
-from raftstore.topology_merge import MergeExecutor
+from raftstore.topology.lifecycle import Lifecycle
+from raftstore.topology.outbox import Publisher, describe
 
 log = logging.getLogger("nokvpy.raftstore.topology")
 
 S = TopologyStage
 OUT = ExecutionOutcome
 R = AdmissionReason
+# An operation's execution of its plan: (the plan's root token, set once it proposed) -> done
+Execute = Callable[[Any, trio.Event], Awaitable[None]]
 
-class Topology(MembershipExecutor, MergeExecutor):
-    def __init__(self, store: Any, link: Any):
+
+def trio_clock() -> float:
+    """The lifecycle's clock: trio's (0.0 outside a trio run)."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return 0.0
+
+
+class Runtime:
+    """The shared state and steps of the topology operations of one store."""
+
+    def __init__(self, store: StoreContext, link: RootLink):
         self.store = store
         self.link = link
-        self.lifecycle = Lifecycle(store.tracker)
+        self.lifecycle = Lifecycle(store.tracker, trio_clock)
         self.publisher = Publisher(store, link, self.lifecycle)
-        self.handlers = ApplyHandlers(self)
         self.compensator = Compensator(self)
         self.cluster_epoch: int | None = None
         self.busy: dict[int, str] = {}  # region id -> transition executing on it here
         # TransitionID -> stamp of a compensating fence proposed here: plans rooted at or
         # before the stamp are never proposed again from this store (check_not_fenced)
         self.fenced_here: dict[str, int] = {}
-        self.ops_in_flight: set[tuple[str, int, str]] = set()
         self.counters: Counter[str] = Counter()
         self.nursery: trio.Nursery | None = None
-        store.topology = self
 
-    # ---- wiring --------------------------------------------------------------------------
-
-    def attach(self, sm: Any) -> None:
-        self.handlers.install(sm)
-
-    def register(self, server: Any) -> None:
-        server.register(AdminRequest, self.on_admin)
-
-    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            self.publisher.restore()
-            await nursery.start(self.publisher.run)
-            task_status.started()
-
-    def spawn(self, fn, *args) -> None:
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         if self.nursery is None:
             raise RuntimeError("topology runtime is not running")
         self.nursery.start_soon(fn, *args)
 
-    # ---- heartbeats ----------------------------------------------------------------------
-
-    def annotate(self, regions: list[Any]) -> list[Any]:
-        """Heartbeats name the transition this store is executing on each region (the
-        scheduler does not call a transition stuck while its executor reports it)."""
-        if not self.busy:
-            return regions
-        return [replace(rh, pending_transition=self.busy[rh.region_id])
-                if rh.region_id in self.busy and rh.is_leader else rh for rh in regions]
-
-    async def on_heartbeat_reply(self, reply: StoreHeartbeatReply) -> None:
-        epoch = getattr(reply, "cluster_epoch", 0)
-        if epoch:
-            self.cluster_epoch = epoch
-        for op in reply.operations or ():
-            key = (op.kind, op.region_id, op.transition_id)
-            if key in self.ops_in_flight or self.nursery is None:
-                self.counters["operations_deduplicated"] += 1
-                continue
-            self.ops_in_flight.add(key)
-            self.counters[f"operations.{op.kind}"] += 1
-            self.nursery.start_soon(self._run_operation, op, key)
-
-    async def _run_operation(self, op: SchedulerOperation, key: tuple) -> None:
-        req = AdminRequest(op.kind, op.region_id, split_key=op.split_key,
-                           other_region_id=op.other_region_id, store_id=op.store_id,
-                           peer_id=op.peer_id, transition_id=op.transition_id, wait=True,
-                           reason=f"scheduler: {op.reason}" if op.reason else "scheduler")
-        try:
-            reply = await self.on_admin(req, None)
-            log.info("store %d: scheduler operation %s on region %d: %s %s %s",
-                     self.store.store_id, op.kind, op.region_id, reply.outcome, reply.stage,
-                     reply.detail)
-        except trio.Cancelled:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the scheduler re-evaluates (level-triggered)
-            self.counters["operations_failed"] += 1
-            log.info("store %d: scheduler operation %s on region %d refused: %s",
-                     self.store.store_id, op.kind, op.region_id, describe(exc))
-        finally:
-            self.ops_in_flight.discard(key)
-
-    # ---- apply follow-ups ----------------------------------------------------------------
+    # ---- apply follow-ups (the ApplyContext of raftstore.topology.apply) -----------------
 
     def on_split_applied(self, parent_id: int, right: RegionDescriptor) -> None:
         """The split batch is durable: start the child replica (its raft state was staged)."""
@@ -182,7 +126,7 @@ class Topology(MembershipExecutor, MergeExecutor):
         me = right.peer_on(store.store_id)
         if me is None or rid in store.peers or rid in store.tombstones:
             return
-        peer = store._start_peer(rid, me.peer_id, right, INIT_INDEX, INIT_TERM, None)
+        peer = store.start_peer(rid, me.peer_id, right, INIT_INDEX, INIT_TERM, None)
         store.heartbeat_wake.set()
         parent = store.peers.get(parent_id)
         if parent is not None and parent.is_leader and peer.group is not None:
@@ -196,30 +140,15 @@ class Topology(MembershipExecutor, MergeExecutor):
             self.nursery.start_soon(self.store.destroy_region, rid, f"removed by {tid}",
                                     peer_id)
 
-    # ---- the RPC -------------------------------------------------------------------------
+    # ---- leader checks -------------------------------------------------------------------
 
-    async def on_admin(self, req: AdminRequest, ctx: Any) -> AdminReply:
-        op = req.op
-        handler = {
-            "split": self.exec_split, "merge": self.exec_merge, "add_peer": self.exec_add_peer,
-            "remove_peer": self.exec_remove_peer, "transfer_leader": self.exec_transfer,
-            "tombstone": self.exec_tombstone, "compensate": self.compensator.on_compensate,
-            "drive_forward": self.compensator.on_drive_forward,
-        }.get(op)
-        if handler is None:
-            raise RemoteError("rejected", R.INVALID.name, f"unknown admin op {op!r}")
-        self.counters[f"admin.{op}"] += 1
-        try:
-            return await handler(req)
-        except ForwardToLeaderError as fwd:
-            return await self._forward(req, fwd.leader_store)
-
-    async def _forward(self, req: AdminRequest, leader_store: int) -> AdminReply:
+    async def forward(self, req: AdminRequest, leader_store: int) -> AdminReply:
+        """Send `req` once to the store that leads its region; refuse NOT_LEADER when it
+        cannot be (a forwarded request, no address) or was not reached."""
         addr = self.store.store_addrs.get(leader_store)
         if req.forwarded or not leader_store or leader_store == self.store.store_id or not addr:
-            raise RemoteError("rejected", R.NOT_LEADER.name,
-                              f"store {self.store.store_id} does not lead region "
-                              f"{req.region_id}", {"leader_store_id": leader_store})
+            raise refused(R.NOT_LEADER, f"store {self.store.store_id} does not lead region "
+                          f"{req.region_id}", leader_store_id=leader_store)
         self.counters["admin_forwarded"] += 1
         try:
             return await self.store.rpc.call(addr, replace(req, forwarded=True), timeout=60.0)
@@ -230,15 +159,15 @@ class Topology(MembershipExecutor, MergeExecutor):
             # the request may have been executed (a forwarded request is never resent here)
             unknown = getattr(exc, "sent", False) or getattr(exc, "outcome_unknown", False)
             self.counters["admin_forward_failed"] += 1
-            raise RemoteError(
-                "timeout" if unknown else "unavailable", R.NOT_LEADER.name,
-                f"store {self.store.store_id} does not lead region {req.region_id}; "
-                f"forwarding to its leader, store {leader_store}, failed: {exc}"
+            raise refused(
+                R.NOT_LEADER, f"store {self.store.store_id} does not lead region "
+                f"{req.region_id}; forwarding to its leader, store {leader_store}, failed: {exc}"
                 + ("; outcome UNKNOWN" if unknown else "; request not executed"),
-                {"leader_store_id": leader_store}) from None
+                kind="timeout" if unknown else "unavailable",
+                leader_store_id=leader_store) from None
 
     async def settled_leader_peer(self, rid: int, *, degraded_ok: bool = False,
-                                  wait: float = 3.0):
+                                  wait: float = 3.0) -> Peer:
         """`leader_peer`, first waiting (briefly) for region `rid` to know its leader: a
         region just created by a split may still be electing one."""
         peer = self.store.peers.get(rid)
@@ -248,15 +177,15 @@ class Topology(MembershipExecutor, MergeExecutor):
                 peer = self.store.peers.get(rid)
         return self.leader_peer(rid, degraded_ok=degraded_ok)
 
-    def leader_peer(self, rid: int, *, degraded_ok: bool = False):
+    def leader_peer(self, rid: int, *, degraded_ok: bool = False) -> Peer:
         """The local peer of region `rid` if it leads and topology is admitted; raises a
         rejection (or forwards to the leader) otherwise."""
         store = self.store
         peer = store.peers.get(rid)
         if peer is None or peer.descriptor is None:
-            raise store._refuse(AdmissionClass.TOPOLOGY, R.NOT_HOSTED,
-                                f"region {rid} is not hosted (initialized) on store "
-                                f"{store.store_id}")
+            raise store.refuse(AdmissionClass.TOPOLOGY, R.NOT_HOSTED,
+                               f"region {rid} is not hosted (initialized) on store "
+                               f"{store.store_id}")
         if not peer.is_leader:
             lead = peer.leader_store_id()
             if lead and lead != store.store_id:
@@ -274,15 +203,16 @@ class Topology(MembershipExecutor, MergeExecutor):
         else:
             adm = store.admit(AdmissionClass.TOPOLOGY, ctx, float("inf"))
         if not adm.accepted:
-            raise store.rejection(adm)
+            raise rejection(adm)
         return peer
 
-    def _claim(self, rid: int, tid: str) -> None:
+    def claim(self, rid: int, tid: str) -> None:
+        """Region `rid` executes `tid` here (refused while it executes another one)."""
         cur = self.busy.get(rid)
         if cur is not None and cur != tid:
-            raise RemoteError("rejected", R.QUEUE_SATURATED.name,
-                              f"region {rid} is already executing {cur} on this store",
-                              {"transition_id": cur, "retry_class": "CONFLICT"})
+            raise refused(R.QUEUE_SATURATED,
+                          f"region {rid} is already executing {cur} on this store",
+                          transition_id=cur, retry_class="CONFLICT")
         self.busy[rid] = tid
 
     # ---- root calls ----------------------------------------------------------------------
@@ -348,9 +278,11 @@ class Topology(MembershipExecutor, MergeExecutor):
     # ---- the pipeline --------------------------------------------------------------------
 
     async def run_transition(self, tid: str, rid: int, kind: str, planned: RootEvent,
-                             execute, wait: bool) -> AdminReply:
+                             execute: Execute, wait: bool) -> AdminReply:
+        """Run one transition through the pipeline (see the module docstring) in the
+        runtime's nursery; answer once it proposed (or, with `wait`, once it settled)."""
         lc = self.lifecycle
-        self._claim(rid, tid)
+        self.claim(rid, tid)
         rec = lc.track(tid, rid, kind, "executor", S.PLANNED, "planned by this store")
         if rec.stage in (S.TERMINAL_PUBLISHED, S.COMPENSATED, S.TERMINAL_BLOCKED):
             # the same TransitionID again (a re-plan after a cancel): start a fresh record
@@ -383,12 +315,12 @@ class Topology(MembershipExecutor, MergeExecutor):
                 await failpoints.acheck("store.before_propose")
                 await execute(token, proposed)
             except ExecutionFailedError as exc:
-                await self._on_failure(tid, rid, exc)
+                await self.on_failure(tid, rid, exc)
             except trio.Cancelled:
                 raise
             except Exception as exc:  # noqa: BLE001 - a bug must still leave a visible state
                 log.exception("store %d: executing %s", self.store.store_id, tid)
-                await self._on_failure(tid, rid, ExecutionFailedError(
+                await self.on_failure(tid, rid, ExecutionFailedError(
                     f"internal error: {describe(exc)}", known_not_applied=False))
             finally:
                 if self.busy.get(rid) == tid:
@@ -414,7 +346,9 @@ class Topology(MembershipExecutor, MergeExecutor):
         return AdminReply(tid, rec.outcome.name, rec.stage.name,
                           detail or rec.last_error or rec.detail)
 
-    async def _on_failure(self, tid: str, rid: int, exc: ExecutionFailedError) -> None:
+    async def on_failure(self, tid: str, rid: int, exc: ExecutionFailedError) -> None:
+        """A transition failed before (known or possibly) applying: hand it to the
+        compensator (the scheduler retries if that fails)."""
         lc = self.lifecycle
         lc.move(tid, S.EXECUTING, f"execution failed: {exc.evidence}", error=exc.evidence,
                 outcome=OUT.FAILED)
@@ -506,57 +440,6 @@ class Topology(MembershipExecutor, MergeExecutor):
             self.lifecycle.remark(tid, why)
             raise ExecutionFailedError(why)
 
-    # ---- split ---------------------------------------------------------------------------
-
-    async def exec_split(self, req: AdminRequest) -> AdminReply:
-        peer = await self.settled_leader_peer(req.region_id)
-        desc: RegionDescriptor = peer.descriptor
-        key = req.split_key or await self.median_key(desc)
-        if not key or not desc.contains(key) or key == desc.start_key:
-            raise self.store._refuse(AdmissionClass.TOPOLOGY, R.INVALID,
-                                     f"split key {key!r} is not strictly inside region "
-                                     f"{desc.region_id}", peer)
-        if desc.state != RegionState.RUNNING:
-            raise self.store._refuse(AdmissionClass.TOPOLOGY, R.EPOCH_MISMATCH,
-                                     f"region {desc.region_id} is frozen by a merge", peer)
-        first = await self.alloc_ids(1 + len(desc.peers))
-        epoch = RegionEpoch(desc.epoch.version + 1, desc.epoch.conf_ver)
-        left = replace(desc, end_key=key, epoch=epoch, revision=0)
-        right = RegionDescriptor(first, key, desc.end_key, epoch, tuple(
-            PeerMeta(p.store_id, first + 1 + i, p.learner) for i, p in enumerate(desc.peers)))
-        base = replace(desc, revision=desc.revision)
-        planned = RootEvent(EventKind.SPLIT_PLANNED, RangeSplit(desc.region_id, key, left,
-                                                                 right, base))
-        tid = transition_id(planned)
-        me = self.store.store_id
-
-        async def execute(token, proposed: trio.Event) -> None:
-            rev = token.index if token is not None else 0
-            payload = SplitPayload(key, replace(left, revision=rev),
-                                   replace(right, revision=rev), base, me)
-            data = admin_command("split", desc.region_id, desc.epoch, tid, payload)
-            proposed.set()
-            await self.propose(desc.region_id, tid, data, instance=rev)
-
-        return await self.run_transition(tid, desc.region_id, "split", planned, execute,
-                                         req.wait)
-
-    async def median_key(self, desc: RegionDescriptor) -> bytes:
-        kv = self.store.kv
-
-        def work() -> bytes:
-            n, _ = kv.range_stats(desc.start_key, desc.end_key or None)
-            if n < 2:
-                return b""
-            target, seen = n // 2, 0
-            for chunk in kv.iter_range(desc.start_key, desc.end_key or None):
-                if seen + len(chunk) > target:
-                    return chunk[target - seen][0]
-                seen += len(chunk)
-            return b""
-
-        return await trio.to_thread.run_sync(work)
-
     # ---- leader transfer (no root event) -------------------------------------------------
 
     async def transfer(self, rid: int, to_peer: int, timeout: float = TRANSFER_TIMEOUT) -> bool:
@@ -575,53 +458,27 @@ class Topology(MembershipExecutor, MergeExecutor):
                 await trio.sleep(0.25)
         return group.leader_id == to_peer
 
-    async def exec_transfer(self, req: AdminRequest) -> AdminReply:
-        peer = await self.settled_leader_peer(req.region_id, degraded_ok=True)
-        desc: RegionDescriptor = peer.descriptor
-        to = desc.peer_on(req.store_id)
-        tid = f"transfer:{desc.region_id}:{req.store_id}"
-        if to is None or to.learner:
-            raise self.store._refuse(AdmissionClass.TOPOLOGY, R.INVALID,
-                                     f"store {req.store_id} holds no voter of region "
-                                     f"{desc.region_id}", peer)
-        target = self.store.tracker.new_target("transfer_leader", desc.region_id)
-        self.store.tracker.advance(target, OUT.PROPOSED)
-        ok = await self.transfer(desc.region_id, to.peer_id)
-        self.store.tracker.advance(target, OUT.APPLIED if ok else OUT.FAILED,
-                                   "" if ok else "leadership did not move in time")
-        lead = peer.leader_peer_id
-        detail = (f"leader of region {desc.region_id} is peer {lead}" if ok else
-                  f"leadership of region {desc.region_id} did not move to peer {to.peer_id} "
-                  f"(store {req.store_id}) in time; the leader is peer {lead or '?'}")
-        return AdminReply(tid, "APPLIED" if ok else "FAILED", "NOT_REQUIRED", detail)
-
-    # ---- tombstone -----------------------------------------------------------------------
-
-    async def exec_tombstone(self, req: AdminRequest) -> AdminReply:
-        rid = req.region_id
-        tid = tombstone_transition_id(rid)
-        lc = self.lifecycle
-        lc.track(tid, rid, "tombstone", "executor", S.PLANNED, "requested")
-        lc.move(tid, S.PLANNED, outcome=OUT.QUEUED)
-        try:
-            reply = await self.link.call(RemoveRegionRequest(rid, self.cluster_epoch))
-        except (RemoteError, RpcError) as exc:
-            lc.move(tid, S.PLANNED, "RemoveRegion failed", error=describe(exc),
-                    outcome=OUT.FAILED)
-            return self.reply(tid)
-        lc.move(tid, S.TERMINAL_PUBLISHED,
-                "REGION_TOMBSTONED in root; replicas are destroyed from heartbeats"
-                if reply.removed else "region unknown to root (nothing to remove)",
-                outcome=OUT.APPLIED)
-        return self.reply(tid)
-
-    # ---- status --------------------------------------------------------------------------
-
-    def status(self) -> dict[str, Any]:
-        return {"busy": {str(k): v for k, v in sorted(self.busy.items())},
-                "fenced_here": dict(sorted(self.fenced_here.items())),
-                "cluster_epoch": self.cluster_epoch,
-                "operations_in_flight": sorted(f"{k}:{r}:{t}" for k, r, t in self.ops_in_flight),
-                "outbox": self.publisher.status(),
-                "counters": dict(sorted(self.counters.items())),
-                "lifecycle_regressions_ignored": self.lifecycle.regressions_ignored}
+    async def ensure_leader(self, rid: int) -> bool:
+        """Make the local replica of `rid` its leader (ask the current leader to transfer)."""
+        store = self.store
+        peer = store.peers.get(rid)
+        if peer is None or peer.group is None:
+            return False
+        deadline = trio.current_time() + 2 * TRANSFER_TIMEOUT
+        while not peer.is_leader and trio.current_time() < deadline:
+            lead = peer.leader_store_id()
+            addr = store.store_addrs.get(lead) if lead and lead != store.store_id else None
+            if addr:
+                try:
+                    reply = await store.rpc.call(addr, AdminRequest(
+                        "transfer_leader", rid, store_id=store.store_id, forwarded=True),
+                        timeout=TRANSFER_TIMEOUT + 2)
+                    log.info("store %d: asked store %d to transfer region %d here: %s %s",
+                             store.store_id, lead, rid, reply.outcome, reply.detail)
+                except (RemoteError, RpcError) as exc:
+                    log.info("store %d: transfer of region %d here refused by store %d: %s",
+                             store.store_id, rid, lead, describe(exc))
+            with trio.move_on_after(1.0):
+                while not peer.is_leader:
+                    await trio.sleep(0.05)
+        return peer.is_leader

@@ -8,13 +8,15 @@ until EVERY source replica reports the freeze applied (then each store's copy of
 range is complete and final: data never moves, it stays in each store's shared keyspace),
 then `commit_merge` in the target's log, at whose apply each replica extends the target and
 tears its source replica down. Before the commit the merge can be compensated (rollback_merge
-unfreezes the source, then the cancel). A mixin of `raftstore.topology.Topology`.
+unfreezes the source, then the cancel). A component over the shared runtime
+(raftstore.topology.runtime: pipeline, proposals, leader transfer); never publishes the
+terminal event itself and never refuses without an admission reason.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -32,27 +34,32 @@ from nokvpy.protocol.raftstore_cmds import MergePayload
 from nokvpy.protocol.store_rpc import AdminReply, AdminRequest, ExecutionStatusRequest
 from nokvpy.protocol.transitions import transition_id
 from nokvpy.rpc import RemoteError, RpcError
+from raftstore.admission import refused
 from raftstore.commands import admin_command
-from raftstore.outbox import describe
-from raftstore.topology_common import FREEZE_TIMEOUT, TRANSFER_TIMEOUT, ExecutionFailedError
+from raftstore.topology.context import FREEZE_TIMEOUT, ExecutionFailedError
 
-log = logging.getLogger("nokvpy.raftstore.topology")
+if TYPE_CHECKING:
+    from raftstore.topology.runtime import Runtime
+
 R = AdmissionReason
 
 
-class MergeExecutor:
-    """Mixin: `exec_merge`, `ensure_leader` (also used by compensation) and the freeze wait."""
+class MergeOp:
+    """`exec_merge` and the freeze wait over the shared runtime `rt`."""
 
-    # ---- merge ---------------------------------------------------------------------------
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self.store = rt.store
 
     async def exec_merge(self, req: AdminRequest) -> AdminReply:
-        peer = await self.settled_leader_peer(req.region_id)
+        rt = self.rt
+        peer = await rt.settled_leader_peer(req.region_id)
         tdesc: RegionDescriptor = peer.descriptor
         src = self.store.peers.get(req.other_region_id)
         sdesc = src.descriptor if src is not None else None
         invalid = _merge_invalid(tdesc, sdesc, req.other_region_id)
         if invalid:
-            raise self.store._refuse(AdmissionClass.TOPOLOGY, R.INVALID, invalid, peer)
+            raise self.store.refuse(AdmissionClass.TOPOLOGY, R.INVALID, invalid, peer)
         assert sdesc is not None
         left, right = (tdesc, sdesc) if tdesc.start_key < sdesc.start_key else (sdesc, tdesc)
         merged = RegionDescriptor(tdesc.region_id, left.start_key, right.end_key, RegionEpoch(
@@ -63,13 +70,12 @@ class MergeExecutor:
         tid = transition_id(planned)
         missing = await self.replicas_not_ready(tdesc, sdesc)
         if missing:
-            raise self.store._refuse(
+            raise self.store.refuse(
                 AdmissionClass.TOPOLOGY, R.INVALID,
                 "merge needs every replica of both regions live and caught up, and "
                 + "; ".join(missing) + ": nothing was planned", peer)
-        if not await self.ensure_leader(sdesc.region_id):
-            raise RemoteError("rejected", R.NOT_LEADER.name,
-                              f"could not lead source region {sdesc.region_id} here")
+        if not await rt.ensure_leader(sdesc.region_id):
+            raise refused(R.NOT_LEADER, f"could not lead source region {sdesc.region_id} here")
         me = self.store.store_id
         tid_rid = tdesc.region_id
 
@@ -77,46 +83,21 @@ class MergeExecutor:
             m = replace(merged, revision=token.index if token is not None else 0)
             payload = MergePayload(tdesc, sdesc, m, left.region_id, right.region_id, me)
             proposed.set()
-            self._claim(sdesc.region_id, tid)
+            rt.claim(sdesc.region_id, tid)
             try:
-                await self.propose(sdesc.region_id, tid, admin_command(
+                await rt.propose(sdesc.region_id, tid, admin_command(
                     "prepare_merge", sdesc.region_id, sdesc.epoch, tid, payload),
                     note=f"prepare_merge (freeze) of source {sdesc.region_id} proposed",
                     instance=m.revision)
                 await self.wait_frozen(tid, sdesc)
-                await self.propose(tid_rid, tid, admin_command(
+                await rt.propose(tid_rid, tid, admin_command(
                     "commit_merge", tid_rid, tdesc.epoch, tid, payload),
                     note=f"commit_merge into target {tid_rid} proposed", instance=m.revision)
             finally:
-                if self.busy.get(sdesc.region_id) == tid:
-                    del self.busy[sdesc.region_id]
+                if rt.busy.get(sdesc.region_id) == tid:
+                    del rt.busy[sdesc.region_id]
 
-        return await self.run_transition(tid, tid_rid, "merge", planned, execute, req.wait)
-
-    async def ensure_leader(self, rid: int) -> bool:
-        """Make the local replica of `rid` its leader (ask the current leader to transfer)."""
-        store = self.store
-        peer = store.peers.get(rid)
-        if peer is None or peer.group is None:
-            return False
-        deadline = trio.current_time() + 2 * TRANSFER_TIMEOUT
-        while not peer.is_leader and trio.current_time() < deadline:
-            lead = peer.leader_store_id()
-            addr = store.store_addrs.get(lead) if lead and lead != store.store_id else None
-            if addr:
-                try:
-                    reply = await store.rpc.call(addr, AdminRequest(
-                        "transfer_leader", rid, store_id=store.store_id, forwarded=True),
-                        timeout=TRANSFER_TIMEOUT + 2)
-                    log.info("store %d: asked store %d to transfer region %d here: %s %s",
-                             store.store_id, lead, rid, reply.outcome, reply.detail)
-                except (RemoteError, RpcError) as exc:
-                    log.info("store %d: transfer of region %d here refused by store %d: %s",
-                             store.store_id, rid, lead, describe(exc))
-            with trio.move_on_after(1.0):
-                while not peer.is_leader:
-                    await trio.sleep(0.05)
-        return peer.is_leader
+        return await rt.run_transition(tid, tid_rid, "merge", planned, execute, req.wait)
 
     async def replicas_not_ready(self, tdesc: RegionDescriptor,
                                  sdesc: RegionDescriptor) -> list[str]:
@@ -165,13 +146,15 @@ class MergeExecutor:
                     pending.discard(sid)
             if not pending:
                 break
-            self.lifecycle.note(tid, f"waiting for the source freeze on stores {sorted(pending)}")
+            self.rt.lifecycle.note(tid, "waiting for the source freeze on stores "
+                                   f"{sorted(pending)}")
             if trio.current_time() > deadline:
                 raise ExecutionFailedError(f"source region {sdesc.region_id} not frozen on "
                                            f"stores {sorted(pending)} within "
                                            f"{FREEZE_TIMEOUT:.0f}s")
             await trio.sleep(0.1)
-        self.lifecycle.note(tid, f"source region {sdesc.region_id} frozen on every replica")
+        self.rt.lifecycle.note(tid, f"source region {sdesc.region_id} frozen on every "
+                               "replica")
         store.counters["merge_freezes_confirmed"] += 1
 
     async def _frozen_on(self, sid: int, rid: int) -> bool:

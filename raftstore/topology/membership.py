@@ -10,14 +10,16 @@ leader's progress agrees (match at least that index: never 0). A guess from the 
 progress alone would promote a learner its store never created (dropped traffic), leaving a
 region of three voters of which two exist. The leader never removes itself: it hands
 leadership over and forwards the request. Each conf change carries its PeerChangePayload in
-the entry context, so apply (raftstore.topology_apply) derives the descriptor and the
-terminal event from the log alone. A mixin of `raftstore.topology.Topology` (uses its
-pipeline, proposals and lifecycle); never publishes a terminal event itself.
+the entry context, so apply (raftstore.topology.apply) derives the descriptor and the
+terminal event from the log alone. A component over the shared runtime
+(raftstore.topology.runtime: its pipeline, proposals, lifecycle and leader transfer); never
+publishes a terminal event itself, never refuses without an admission reason.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -37,37 +39,46 @@ from nokvpy.protocol.transitions import transition_id
 from nokvpy.raft import ConfChange, ConfChangeType
 from nokvpy.rpc import RemoteError, RpcError
 from nokvpy.wire import encode
-from raftstore.topology_common import (
+from raftstore.admission import refused
+from raftstore.topology.context import (
     CATCH_UP_TIMEOUT,
     ExecutionFailedError,
     ForwardToLeaderError,
 )
 
+if TYPE_CHECKING:
+    from raftstore.topology.runtime import Runtime
+
 R = AdmissionReason
 
 
-class MembershipExecutor:
-    """Mixin: `exec_add_peer`, `exec_remove_peer` and their helpers."""
+def conf_change(cc_type: ConfChangeType, rid: int, tid: str,
+                payload: PeerChangePayload) -> bytes:
+    """The conf change entry of one membership step, its PeerChangePayload in the context."""
+    ctx = encode(AdminCommand("peer_change", rid, payload.base.epoch, tid, payload))
+    return ConfChange(cc_type, payload.peer_id, ctx).encode()
 
-    # ---- membership ----------------------------------------------------------------------
 
-    def _conf_change(self, cc_type: ConfChangeType, rid: int, tid: str,
-                     payload: PeerChangePayload) -> bytes:
-        ctx = encode(AdminCommand("peer_change", rid, payload.base.epoch, tid, payload))
-        return ConfChange(cc_type, payload.peer_id, ctx).encode()
+class MembershipOp:
+    """`exec_add_peer`, `exec_remove_peer` and their helpers over the shared runtime `rt`."""
+
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self.store = rt.store
 
     async def exec_add_peer(self, req: AdminRequest) -> AdminReply:
-        peer = await self.settled_leader_peer(req.region_id)
+        rt = self.rt
+        peer = await rt.settled_leader_peer(req.region_id)
         desc: RegionDescriptor = peer.descriptor
         sid = req.store_id
         if sid <= 0 or desc.peer_on(sid) is not None:
-            raise self.store._refuse(AdmissionClass.TOPOLOGY, R.INVALID,
-                                     f"store {sid} cannot get a new peer of region "
-                                     f"{desc.region_id}", peer)
+            raise self.store.refuse(AdmissionClass.TOPOLOGY, R.INVALID,
+                                    f"store {sid} cannot get a new peer of region "
+                                    f"{desc.region_id}", peer)
         if any(p.learner for p in desc.peers):
-            raise self.store._refuse(AdmissionClass.TOPOLOGY, R.INVALID,
-                                     f"region {desc.region_id} has an unfinished learner", peer)
-        pid = req.peer_id or await self.alloc_ids(1)
+            raise self.store.refuse(AdmissionClass.TOPOLOGY, R.INVALID,
+                                    f"region {desc.region_id} has an unfinished learner", peer)
+        pid = req.peer_id or await rt.alloc_ids(1)
         target = replace(desc, peers=desc.peers + (PeerMeta(sid, pid),), revision=0,
                          epoch=RegionEpoch(desc.epoch.version, desc.epoch.conf_ver + 1))
         planned = RootEvent(EventKind.PEER_ADDITION_PLANNED,
@@ -80,18 +91,18 @@ class MembershipExecutor:
             t = replace(target, revision=token.index if token is not None else 0)
             learner = PeerChangePayload("add_learner", sid, pid, desc, t, me)
             proposed.set()
-            await self.propose(rid, tid, self._conf_change(ConfChangeType.ADD_LEARNER, rid,
-                                                           tid, learner), conf_change=True,
-                               note=f"learner {pid} on store {sid} proposed",
-                               instance=t.revision)
+            await rt.propose(rid, tid, conf_change(ConfChangeType.ADD_LEARNER, rid, tid,
+                                                   learner), conf_change=True,
+                             note=f"learner {pid} on store {sid} proposed",
+                             instance=t.revision)
             await self.wait_caught_up(rid, tid, pid, sid)
             promote = replace(learner, step="promote")
-            await self.propose(rid, tid, self._conf_change(ConfChangeType.ADD_NODE, rid, tid,
-                                                           promote), conf_change=True,
-                               note=f"promotion of learner {pid} proposed",
-                               instance=t.revision)
+            await rt.propose(rid, tid, conf_change(ConfChangeType.ADD_NODE, rid, tid,
+                                                   promote), conf_change=True,
+                             note=f"promotion of learner {pid} proposed",
+                             instance=t.revision)
 
-        return await self.run_transition(tid, rid, "add_peer", planned, execute, req.wait)
+        return await rt.run_transition(tid, rid, "add_peer", planned, execute, req.wait)
 
     async def wait_caught_up(self, rid: int, tid: str, node: int, store_id: int) -> None:
         """Return once learner `node` of region `rid` has caught up on store `store_id` (see
@@ -116,9 +127,9 @@ class MembershipExecutor:
                 last_ask = now
                 report = await self.replica_report(store_id, rid)
                 if learner_applied(report, node, target):
-                    self.lifecycle.note(tid, f"learner {node} caught up: store {store_id} "
-                                        f"applied {report['applied_index']} (needed {target}), "
-                                        f"leader's match {match}")
+                    self.rt.lifecycle.note(tid, f"learner {node} caught up: store {store_id} "
+                                           f"applied {report['applied_index']} (needed "
+                                           f"{target}), leader's match {match}")
                     return
             if now > deadline:
                 raise ExecutionFailedError(f"learner {node} did not catch up within "
@@ -127,8 +138,8 @@ class MembershipExecutor:
             if now - last_note > 1.0:
                 last_note = now
                 state = pr.state.name if pr is not None else "unknown"
-                self.lifecycle.note(tid, f"learner {node} catching up: {state}, match {match} "
-                                    f"of {target}; store {store_id} reports {report}")
+                self.rt.lifecycle.note(tid, f"learner {node} catching up: {state}, match "
+                                       f"{match} of {target}; store {store_id} reports {report}")
             await trio.sleep(0.05)
 
     async def replica_report(self, store_id: int, rid: int) -> dict | None:
@@ -147,22 +158,23 @@ class MembershipExecutor:
         return r if isinstance(r, dict) else None
 
     async def exec_remove_peer(self, req: AdminRequest) -> AdminReply:
-        peer = await self.settled_leader_peer(req.region_id)
+        rt = self.rt
+        peer = await rt.settled_leader_peer(req.region_id)
         desc: RegionDescriptor = peer.descriptor
         victim = desc.peer_on(req.store_id)
         if victim is None or (req.peer_id and victim.peer_id != req.peer_id):
-            raise self.store._refuse(AdmissionClass.TOPOLOGY, R.INVALID,
-                                     f"region {desc.region_id} has no peer on store "
-                                     f"{req.store_id}", peer)
+            raise self.store.refuse(AdmissionClass.TOPOLOGY, R.INVALID,
+                                    f"region {desc.region_id} has no peer on store "
+                                    f"{req.store_id}", peer)
         if len(desc.voters()) <= 1 and not victim.learner:
-            raise self.store._refuse(AdmissionClass.TOPOLOGY, R.INVALID,
-                                     "cannot remove the last voter", peer)
+            raise self.store.refuse(AdmissionClass.TOPOLOGY, R.INVALID,
+                                    "cannot remove the last voter", peer)
         if victim.peer_id == peer.peer_id:
             # The leader never removes itself: hand leadership over, then forward.
             other = next((p for p in desc.voters() if p.peer_id != victim.peer_id), None)
-            if other is None or not await self.transfer(desc.region_id, other.peer_id):
-                raise RemoteError("rejected", R.NOT_LEADER.name,
-                                  "could not move leadership off the peer being removed")
+            if other is None or not await rt.transfer(desc.region_id, other.peer_id):
+                raise refused(R.NOT_LEADER, "could not move leadership off the peer being "
+                              "removed")
             raise ForwardToLeaderError(other.store_id)
         target = replace(desc, peers=tuple(p for p in desc.peers if p != victim), revision=0,
                          epoch=RegionEpoch(desc.epoch.version, desc.epoch.conf_ver + 1))
@@ -177,11 +189,11 @@ class MembershipExecutor:
             t = replace(target, revision=token.index if token is not None else 0)
             payload = PeerChangePayload("remove", victim.store_id, victim.peer_id, desc, t, me)
             proposed.set()
-            await self.propose(rid, tid, self._conf_change(ConfChangeType.REMOVE_NODE, rid,
-                                                           tid, payload), conf_change=True,
-                               instance=t.revision)
+            await rt.propose(rid, tid, conf_change(ConfChangeType.REMOVE_NODE, rid, tid,
+                                                   payload), conf_change=True,
+                             instance=t.revision)
 
-        return await self.run_transition(tid, rid, "remove_peer", planned, execute, req.wait)
+        return await rt.run_transition(tid, rid, "remove_peer", planned, execute, req.wait)
 
 
 def learner_applied(report: dict | None, node: int, target: int) -> bool:

@@ -1,32 +1,33 @@
 """The topology lifecycle of each TransitionID on this store (DESIGN 5).
 
-Owns: the tracked record of every topology transition this store planned, executed, applied
-or published (`TrackedTransition`, kept in the store's `ExecutionTracker.transitions` so
-`ExecutionStatus` shows it), the legal stage moves, the summary `PublishState` of each
-stage, and an append-only history of (time, stage, note) per transition. Never decides
-anything and never does I/O: the executor (raftstore.topology), the apply handlers
-(raftstore.topology_apply), the publisher (raftstore.outbox) and the compensator
-(raftstore.compensation) report, this module remembers.
+Owns: the stage of every topology transition this store planned, executed, applied or
+published (its `raftstore.execution.TransitionRecord`, kept in the store's
+`ExecutionTracker.transitions` so `ExecutionStatus` shows it), the legal stage moves, the
+summary `PublishState` of each stage, and an append-only history of (time, stage, note) per
+transition. Outcomes follow the tracker's one outcome state machine
+(`ExecutionTracker.advance_transition`). Never decides anything, never does I/O and never
+reads a clock itself: the time comes from the injected `clock` (the runtime passes trio's).
+The executors (raftstore.topology.runtime and the operations), the apply handlers
+(raftstore.topology.apply), the publisher (raftstore.topology.outbox) and the compensator
+(raftstore.topology.compensation) report, this module remembers.
 
 Stages: PLANNED -> PLANNED_PUBLISHED -> EXECUTING -> APPLIED -> TERMINAL_PENDING ->
 TERMINAL_PUBLISHED, with TERMINAL_FAILED (retrying) <-> TERMINAL_PENDING, TERMINAL_BLOCKED
 (permanent refusal, kept), COMPENSATED and COMPENSATION_FAILED. A record never leaves
-TERMINAL_PUBLISHED, TERMINAL_BLOCKED or COMPENSATED (the "settled" stages); a regression
-report is ignored and counted. COMPENSATION_FAILED may still move forward to a terminal
-stage (reconcile forward).
+TERMINAL_PUBLISHED, TERMINAL_BLOCKED or COMPENSATED (the "settled" stages) on its own; a
+regression report is ignored and counted. COMPENSATION_FAILED may still move forward to a
+terminal stage (reconcile forward). An operator's retry or resolve of a blocked terminal
+event is the one way out of TERMINAL_BLOCKED (`reopen`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-import trio
+from collections.abc import Callable
 
 from nokvpy.protocol import ExecutionOutcome, PublishState, TopologyStage
 from raftstore.execution import ExecutionTracker, TransitionRecord
 
 S = TopologyStage
-OUT = ExecutionOutcome
 
 SETTLED = frozenset({S.TERMINAL_PUBLISHED, S.TERMINAL_BLOCKED, S.COMPENSATED})
 _ORDER = {S.PLANNED: 1, S.PLANNED_PUBLISHED: 2, S.EXECUTING: 3, S.APPLIED: 4,
@@ -40,50 +41,32 @@ _PUBLISH = {S.PLANNED: PublishState.PENDING, S.PLANNED_PUBLISHED: PublishState.P
             S.TERMINAL_BLOCKED: PublishState.BLOCKED,
             S.COMPENSATED: PublishState.PUBLISHED,
             S.COMPENSATION_FAILED: PublishState.PENDING}
-_OUT_RANK = {OUT.QUEUED: 1, OUT.PROPOSED: 2, OUT.COMMITTED: 3, OUT.APPLIED: 4, OUT.FAILED: 4,
-             OUT.REJECTED: 4}
 MAX_HISTORY = 32
 
 
-@dataclass(slots=True)
-class TrackedTransition(TransitionRecord):
-    """A TransitionRecord with the topology runtime's extra evidence."""
-
-    kind: str = ""  # split | merge | add_peer | remove_peer | tombstone | transfer_leader
-    role: str = "executor"  # executor | replica (applied it, did not plan it)
-    publish_attempts: int = 0
-    next_retry_in: float = 0.0
-    detail: str = ""
-    history: list = field(default_factory=list)  # [(time, stage name, note)]
-
-    def as_dict(self) -> dict[str, object]:
-        out = TransitionRecord.as_dict(self)
-        out.update({"kind": self.kind, "role": self.role,
-                    "publish_attempts": self.publish_attempts,
-                    "next_retry_in": round(self.next_retry_in, 3), "detail": self.detail,
-                    "history": [{"at": round(t, 3), "stage": s, "note": n}
-                                for t, s, n in self.history]})
-        return out
+def no_clock() -> float:
+    """The clock of a lifecycle nobody gave one (unit tests of pure callers)."""
+    return 0.0
 
 
 class Lifecycle:
     """Stage bookkeeping over the store's execution tracker."""
 
-    def __init__(self, tracker: ExecutionTracker):
+    def __init__(self, tracker: ExecutionTracker, clock: Callable[[], float] = no_clock):
         self.tracker = tracker
+        self.clock = clock
         self.regressions_ignored = 0
 
-    def get(self, tid: str) -> TrackedTransition | None:
-        rec = self.tracker.transitions.get(tid)
-        return rec if isinstance(rec, TrackedTransition) else None
+    def get(self, tid: str) -> TransitionRecord | None:
+        return self.tracker.transitions.get(tid)
 
     def track(self, tid: str, region_id: int, kind: str, role: str = "executor",
-              stage: TopologyStage = S.PLANNED, note: str = "") -> TrackedTransition:
+              stage: TopologyStage = S.PLANNED, note: str = "") -> TransitionRecord:
         """The record of `tid` (created at `stage` if new; an existing one is kept)."""
         rec = self.get(tid)
         if rec is None:
-            rec = TrackedTransition(tid, region_id, kind, kind=kind, role=role)
-            rec.updated_at = _now()
+            rec = TransitionRecord(tid, region_id, kind, role=role)
+            rec.updated_at = self.clock()
             self.tracker.track_transition(rec)
             self._set(rec, stage, note or "tracked")
         elif role == "executor" and rec.role != "executor":
@@ -96,20 +79,34 @@ class Lifecycle:
         rec = self.get(tid)
         if rec is None:
             return False
-        if outcome is not None:
-            self._outcome(rec, outcome)
+        if outcome is not None and not self.tracker.advance_transition(rec, outcome):
+            self.regressions_ignored += 1
         if error is not None:
             rec.last_error = error
         if rec.stage == stage:
             if note and (not rec.history or rec.history[-1][2] != note):
                 self._history(rec, stage, note)
-            rec.updated_at = _now()
+            rec.updated_at = self.clock()
             return True
         if not _allowed(rec.stage, stage):
             self.regressions_ignored += 1
             return False
         self._set(rec, stage, note)
         return True
+
+    def reopen(self, tid: str, stage: TopologyStage, note: str) -> None:
+        """Move `tid` out of TERMINAL_BLOCKED on an operator's decision (retry: back to
+        TERMINAL_PENDING; resolve: TERMINAL_PUBLISHED). TERMINAL_BLOCKED is a settled stage
+        `move` never leaves: this sets the stage directly (history and publish state kept
+        right). A record at another stage is moved as usual."""
+        rec = self.get(tid)
+        if rec is None:
+            return
+        if rec.stage != S.TERMINAL_BLOCKED:
+            self.move(tid, stage, note)
+            return
+        self._set(rec, stage, note)
+        rec.detail = note
 
     def note(self, tid: str, detail: str) -> None:
         rec = self.get(tid)
@@ -123,34 +120,20 @@ class Lifecycle:
         if rec is not None:
             rec.detail = detail
             self._history(rec, rec.stage, detail)
-            rec.updated_at = _now()
+            rec.updated_at = self.clock()
 
-    def _set(self, rec: TrackedTransition, stage: TopologyStage, note: str) -> None:
+    def _set(self, rec: TransitionRecord, stage: TopologyStage, note: str) -> None:
         rec.stage = stage
         rec.publish_state = _PUBLISH[stage]
         if stage in (S.TERMINAL_PUBLISHED, S.COMPENSATED):
             rec.next_retry_in = 0.0
-        rec.updated_at = _now()
+        rec.updated_at = self.clock()
         self._history(rec, stage, note)
 
-    @staticmethod
-    def _history(rec: TrackedTransition, stage: TopologyStage, note: str) -> None:
-        rec.history.append((_now(), stage.name, note))
+    def _history(self, rec: TransitionRecord, stage: TopologyStage, note: str) -> None:
+        rec.history.append((self.clock(), stage.name, note))
         if len(rec.history) > MAX_HISTORY:
             del rec.history[1:2]  # keep the first entry (how it started)
-
-    def _outcome(self, rec: TrackedTransition, outcome: ExecutionOutcome) -> None:
-        cur = rec.outcome
-        if cur in (OUT.APPLIED, OUT.FAILED, OUT.REJECTED) and outcome != cur:
-            # A compensated-then-reconciled transition may still learn it applied.
-            if not (cur == OUT.FAILED and outcome == OUT.APPLIED):
-                self.regressions_ignored += 1
-                return
-        elif _OUT_RANK[outcome] < _OUT_RANK.get(cur, 0):
-            self.regressions_ignored += 1
-            return
-        rec.outcome = outcome
-        self.tracker.outcomes[outcome.name] += 1
 
 
 def _allowed(cur: TopologyStage, new: TopologyStage) -> bool:
@@ -164,10 +147,3 @@ def _allowed(cur: TopologyStage, new: TopologyStage) -> bool:
     if {cur, new} <= {S.TERMINAL_PENDING, S.TERMINAL_FAILED}:
         return True
     return _ORDER[new] > _ORDER[cur]
-
-
-def _now() -> float:
-    try:
-        return trio.current_time()
-    except RuntimeError:  # outside trio (unit tests of pure callers)
-        return 0.0

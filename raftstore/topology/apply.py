@@ -1,4 +1,5 @@
-"""Topology commands at apply time: split, merge, membership changes, fences (replay-safe).
+"""Topology commands at apply time: split, merge, membership changes, fences (replay-safe;
+part of the topology runtime).
 
 Owns: what every replica does when a topology command commits in a region's log, staged into
 the SAME write batch as the apply (descriptor, child raft state, source teardown, the
@@ -21,11 +22,14 @@ Commands:
                   fence (payload: an int stamp) also raises the descriptor's revision to the
                   stamp, after which split, prepare_merge and commit_merge of a plan rooted
                   at or before it are refused ("fenced", nothing changes: see
-                  raftstore.compensation). Conf changes cannot be refused at apply (raft
-                  applies the membership regardless): their steps are stopped before
-                  proposing (raftstore.topology.fence_barrier)
+                  raftstore.topology.compensation). Conf changes cannot be refused at apply
+                  (raft applies the membership regardless): their steps are stopped before
+                  proposing (raftstore.topology.runtime.Runtime.fence_barrier)
   conf change     with a PeerChangePayload context: add_learner / remove_learner (no epoch
                   bump), promote / remove (conf_ver + 1, terminal)
+
+The handlers see the runtime as an `ApplyContext` (its store, lifecycle, publisher and the
+two follow-ups: start a split child, destroy a removed replica).
 
 Never: awaits, commits, publishes (the publisher drains the outbox), or lets an exception
 escape into the driver (a bad command is refused with a result).
@@ -72,7 +76,8 @@ from nokvpy.raft.types import (
 from nokvpy.storage import WriteBatch
 from nokvpy.wire import DecodeError, decode, encode
 from raftstore.apply import encode_descriptor
-from raftstore.compensation import fence_refuses, unsafe_compensation
+from raftstore.topology.compensation import fence_refuses, unsafe_compensation
+from raftstore.topology.context import ApplyContext
 
 log = logging.getLogger("nokvpy.raftstore.topology")
 
@@ -115,9 +120,9 @@ def apply_peer_change(desc: RegionDescriptor, cc_type: ConfChangeType,
 
 
 class ApplyHandlers:
-    """Bound to the topology runtime `rt` (its store, publisher, lifecycle and nursery)."""
+    """Bound to the topology runtime `rt` (its store, publisher, lifecycle, follow-ups)."""
 
-    def __init__(self, rt: Any):
+    def __init__(self, rt: ApplyContext):
         self.rt = rt
         self.store = rt.store
 
