@@ -104,13 +104,15 @@ class RegionStateMachine:
         self.applied_term = applied_term
         # The log at or before this index must not be replayed by another replica (the
         # driver's storage answers CompactedError for it, so the leader sends a snapshot):
-        # it was written under an older range of the region. On this store the keys it
-        # touched may belong to another region now (after a split), and a merge's source
-        # data is not in it at all. The index of the last range change (version bump) this
-        # replica applied; after a restart of a region whose range ever changed, the applied
+        # it was written under an older range or membership of the region. On this store the
+        # keys it touched may belong to another region now (after a split), a merge's source
+        # data is not in it at all, and its membership changes are relative to descriptors a
+        # new peer never had. The index of the last epoch change (version or conf_ver) this
+        # replica applied; after a restart of a region whose epoch ever changed, the applied
         # index (conservative: a snapshot where a replay would have been safe).
         self.replay_floor = applied_index if (
-            descriptor is not None and descriptor.epoch.version > 1) else 0
+            descriptor is not None and (descriptor.epoch.version > 1
+                                        or descriptor.epoch.conf_ver > 1)) else 0
         self.writes_since_heartbeat = 0
         self.total_writes = 0
         self.snapshots_built = 0
@@ -230,7 +232,7 @@ class RegionStateMachine:
         self.total_writes += writes
         if desc is not None:
             old = self.descriptor
-            if old is None or old.epoch.version != desc.epoch.version:
+            if old is None or old.epoch != desc.epoch:
                 self.replay_floor = max(self.replay_floor, self.applied)
             self.descriptor = desc
             self.staged_descriptor = None

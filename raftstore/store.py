@@ -308,16 +308,22 @@ class Store:
         """An uninitialized peer learns its descriptor from the coordinator (it received raft
         entries from the start of the log instead of a snapshot).
 
-        Only for a region whose range never changed (epoch version 1): its log starts at
-        index 1 and replays into the range the descriptor names. A region created by a split
-        or resized by one began its log at the range change with data not in that log; its
-        peer is initialized by a snapshot or by this store's parent replica applying the
-        split, never from the catalog (that gave a peer with no data a range, which then
-        kept out the snapshots of its neighbours, see `_snapshot_overlaps`)."""
+        Only for a region still at its founding epoch (INITIAL_EPOCH): its log starts at
+        index 1 and replays into the range and membership the descriptor names. Once the
+        epoch changed, the leader sends an empty-log peer a snapshot (`replay_floor`), and
+        the catalog's descriptor is not the one the old entries apply to:
+        - a split child began its log at the split with data not in that log; given the
+          catalog's range, a peer with no data kept out its neighbours' snapshots (see
+          `RaftTraffic._snapshot_overlaps`), and neither region recovered;
+        - a re-added peer replaying old membership changes onto the current descriptor
+          counted conf_ver past the region's, and built terminal events root refuses for
+          good (its outbox stayed blocked).
+        Such a peer is initialized by a snapshot, or by this store's parent replica applying
+        the split."""
         if peer.initialized or desc.peer_on(self.store_id) is None:
             return
-        if desc.epoch.version > 1:
-            self.counters["adopt_refused_range_changed"] += 1
+        if desc.epoch != INITIAL_EPOCH:
+            self.counters["adopt_refused_epoch_changed"] += 1
             return
         if desc.peer_on(self.store_id).peer_id != peer.peer_id:
             return

@@ -368,7 +368,16 @@ class ApplyHandlers:
             adding = p.step == "promote"
             kind = EventKind.PEER_ADDED if adding else EventKind.PEER_REMOVED
             event = RootEvent(kind, PeerChange(rid, p.store_id, p.peer_id, new, p.base))
-            if _tid_of(event) == tid:
+            local = store.peers.get(rid)
+            member = p.base.peer_on(store.store_id)
+            if local is not None and p.peer_id != local.peer_id and (
+                    member is None or member.peer_id != local.peer_id):
+                # A later peer of this store replaying history written before it existed: it
+                # is not the base's member, its descriptor is not the base, and the event it
+                # would build is not the plan's (root refuses it for good). The base's members
+                # publish it.
+                store.counters["replayed_terminal_not_staged"] += 1
+            elif _tid_of(event) == tid:
                 self._stage_terminal(batch, tid, rid, "add_peer" if adding else "remove_peer",
                                      event, p.executor_store)
         # Our own removal only if it removes the peer applying it: a later peer of the region

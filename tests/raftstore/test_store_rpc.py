@@ -380,13 +380,20 @@ async def test_a_peer_of_a_split_region_waits_for_its_snapshot_not_the_catalog(t
         reply = StoreHeartbeatReply(True, [child], [], [], {}, TOKEN)
         await s.on_heartbeat_reply(reply)
         assert not s.peers[10].initialized and s.meta.region(10) is None
-        assert s.counters["adopt_refused_range_changed"] == 1
-        # a region whose range never changed replays its log from index 1: it adopts
-        fresh = RegionDescriptor(30, b"x", b"y", RegionEpoch(1, 2),
+        assert s.counters["adopt_refused_epoch_changed"] == 1
+        # nor after a membership change: old conf changes do not apply to today's descriptor
+        moved = RegionDescriptor(40, b"y", b"z", RegionEpoch(1, 2),
+                                 (PeerMeta(1, 41), PeerMeta(2, 42), PeerMeta(3, 43)))
+        s.on_envelope(RaftEnvelope(40, 3, 1, 1, 2, Message(MessageType.HEARTBEAT, to=41,
+                                                           frm=43, term=2)))
+        await s.on_heartbeat_reply(StoreHeartbeatReply(True, [moved], [], [], {}, TOKEN))
+        assert not s.peers[40].initialized
+        assert s.counters["adopt_refused_epoch_changed"] == 2
+        # a region still at its founding epoch replays its log from index 1: it adopts
+        fresh = RegionDescriptor(30, b"x", b"y", RegionEpoch(1, 1),
                                  (PeerMeta(1, 31), PeerMeta(2, 32), PeerMeta(3, 33)))
-        s.on_envelope(RaftEnvelope(30, 3, 1, 1, 2, Message(MessageType.HEARTBEAT, to=31,
+        s.on_envelope(RaftEnvelope(30, 3, 1, 1, 1, Message(MessageType.HEARTBEAT, to=31,
                                                            frm=33, term=2)))
-        await s.on_heartbeat_reply(StoreHeartbeatReply(True, [fresh], [], [], {},
-                                                       TOKEN))
+        await s.on_heartbeat_reply(StoreHeartbeatReply(True, [fresh], [], [], {}, TOKEN))
         assert s.peers[30].initialized and s.peers[30].descriptor == fresh
         nursery.cancel_scope.cancel()

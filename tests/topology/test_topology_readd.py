@@ -57,9 +57,13 @@ async def test_remove_and_readd_the_same_store_repeatedly(topo):
             await wait_until(lambda v=victim: lacks(c, client, rid, v), 30, 0.2,
                              f"store {victim} to leave region {rid} in the catalog")
             data.update(await put_keys(client, b"ra/%d" % (rnd + 1), 10))
+            sent = await snapshots_sent(c, client)
             added = await admin(c, client, AdminRequest("add_peer", rid, store_id=victim,
                                                         wait=True))
             assert added.outcome == "APPLIED", (rnd, added, await diagnose(c, client, rid))
+            # built from a snapshot, never by replaying membership changes made before it
+            # existed onto today's descriptor (replay_floor)
+            assert await snapshots_sent(c, client) > sent, rnd
             after = await settled(c, client, rid)
             new = after.peer_on(victim).peer_id
             assert new > old, (rnd, old, new)

@@ -96,6 +96,7 @@ async def check_whole(c: Topo, client, data: dict[bytes, bytes]) -> None:
         want = {d.region_id: d.peer_on(sid).peer_id for d in regions if d.peer_on(sid)}
         got = {r: pid for r, (pid, init) in (await hosted(c, client, name)).items() if init}
         assert got == want, (name, got, want)
+    assert await blocked_outboxes(c, client) == {}
     assert await unreadable(client, data) == []
     for name in c.store_names():
         c.kill(name)
@@ -117,3 +118,16 @@ async def check_whole(c: Topo, client, data: dict[bytes, bytes]) -> None:
             await settled(c, client, d.region_id, timeout=60)
     route = await client.route(b"ra/", Freshness.STRONG)
     assert route.leader_store_id
+
+
+async def blocked_outboxes(c: Topo, client) -> dict[str, list]:
+    """Stores whose publish outbox holds an event root refused for good (blocked), with the
+    entries: a whole cluster has none (a replica replaying history must not publish events
+    root cannot take)."""
+    out = {}
+    for name in c.store_names():
+        body = await c.status(client, name)
+        if body["restart_state"].get("blocked_events", 0):
+            out[name] = body["outbox"]
+    return out
+
