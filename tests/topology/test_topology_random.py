@@ -8,7 +8,8 @@ healed later, at most one at a time. Operations may fail (a fault can cost a reg
 quorum); that is allowed. What is not allowed: after the last fault heals, the cluster must
 pass the recovery check within RECOVERY_BOUND seconds: every region has 3 voters (no
 learner) on 3 live stores and a leader, every store hosts exactly the catalog's peers,
-initialized, at the catalog's epoch, and every acknowledged key reads back its value.
+initialized, at the catalog's epoch, no store's publish outbox is blocked, and every
+acknowledged key reads back its value.
 
 The coordinator runs with `replica_after=3`: a region left short of (or over) the
 replication by an operation a fault cut short gets its peer count restored.
@@ -161,6 +162,8 @@ async def recovery_problems(c: Topo, client) -> list[str]:
         body = await c.status(client, name)
         views[int(name.split("-")[1])] = {
             int(r): v for r, v in body["regions"].items() if v["initialized"]}
+        if body["restart_state"].get("blocked_events", 0):
+            problems.append(f"{name}: publish outbox blocked: {body['outbox']}")
     for d in regions:
         voters = [p for p in d.peers if not p.learner]
         if len(voters) != 3 or len(d.peers) != 3:
