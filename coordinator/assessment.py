@@ -2,10 +2,10 @@
 
 Owns: `assess` (AssessRootEvent, and the first half of PublishRootEvent), `list_transitions`
 (ListTransitions) and the decision `TABLE`. Never: I/O, clocks, or changing the rooted state;
-the situation of an event is computed by `metaroot.state.classify`, the same function the
+the situation of an event is computed by `metaroot.classify.classify`, the same function the
 rooted state uses when it applies the event, so an APPLY here is an apply there.
 
-Situations (metaroot.state.Situation), computed in this order:
+Situations (metaroot.classify.Situation), computed in this order:
   MATCHING     a pending entry with the event's TransitionID matches it exactly
   COMPLETED    the event's target is already the current rooted truth, nothing pending on it
   CONFLICTING  another pending transition (or the same id with another target) owns a region
@@ -41,7 +41,7 @@ Decision table (event class x situation -> phase, decision, retry class, reason)
   tombstone CONFLICTING  CONFLICTED  REJECT  CONFLICT  pending_conflict
   tombstone SUPERSEDED   SUPERSEDED  REJECT  REFRESH   stale_base
 
-The cancel guard (DESIGN 7, metaroot.state): a `cancel MATCHING` row is re-checked like every
+The cancel guard (DESIGN 7, metaroot.handlers): a `cancel MATCHING` row is re-checked like every
 APPLY row, and the rooted validation refuses it (REJECT, phase ABORTED, PERMANENT) as
 `cancel_not_fenced` unless the plan's region leader recorded a "fenced" recovery record for
 it, or as `cancel_after_apply` when that leader reported it applied. So a cancel is admitted
@@ -58,18 +58,16 @@ kind None and are PLANNED/APPLY when valid.
 
 from __future__ import annotations
 
-from metaroot.state import (
+from metaroot.classify import (
     TRANSITION_EFFECTS,
     Effect,
     EventClass,
-    RootEventRejected,
-    RootState,
     Situation,
     classify,
     event_class,
-    transition_id,
-    transition_kind,
 )
+from metaroot.errors import RootEventRejected
+from metaroot.state import RootState
 from nokvpy.protocol.enums import (
     AssessmentDecision,
     EventKind,
@@ -79,6 +77,7 @@ from nokvpy.protocol.enums import (
 )
 from nokvpy.protocol.grants import AppendFences, Assessment, TransitionEntry
 from nokvpy.protocol.records import RootEvent
+from nokvpy.protocol.transitions import transition_id, transition_kind
 
 P, C, T, X = EventClass.PLANNED, EventClass.CANCEL, EventClass.TERMINAL, EventClass.TOMBSTONE
 S = Situation

@@ -1,9 +1,13 @@
-"""The coordinator catalog: an immutable, token-stamped snapshot of rooted region truth.
+"""The standalone catalog: an immutable, token-stamped snapshot of rooted region truth.
 
 Owns: the region descriptors ordered by start key (lookup by key in O(log n)), the region-id
 index, the planned range changes (split/merge targets still pending), the rooted store view,
 and the root token the snapshot reflects. `Catalog.advance(events)` derives the next snapshot
-from a contiguous tail of committed rooted events.
+from a contiguous tail of committed rooted events with its own lenient fold (below). Also the
+catalog vocabulary shared with `coordinator.rootcatalog`: `StoreView`, `AdvanceStats`,
+`CatalogGapError`. The running coordinator serves a `RootCatalog` instead (the same queries
+answered from its RootState mirror, so rooted events are folded once); a `Catalog` is built
+from descriptors (tests, benchmarks, tools) and is the default of a standalone `RootView`.
 
 Never: mutates a Catalog after construction (the service swaps whole snapshots atomically),
 does I/O, reads a clock, or becomes a source of truth (it is rebuildable from metaroot).

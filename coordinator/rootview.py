@@ -2,7 +2,10 @@
 
 Owns: which immutable Catalog this coordinator serves, the served and latest known root
 tokens, when metaroot was last heard from, and the derivation of CatchUpState and
-DegradedMode from those facts. Every input returns a CatchUpStep.
+DegradedMode from those facts. Every input returns a CatchUpStep. The catalog is anything
+with the Catalog query surface and `advance`: the subscription serves a
+`coordinator.rootcatalog.RootCatalog` (an index over its RootState mirror, `empty=` its empty
+snapshot); a standalone view defaults to `coordinator.catalog.Catalog`.
 
 Never: does I/O or reads a clock (callers pass `now`, seconds as float, from one monotonic
 clock), moves the served token backward, or mutates a Catalog (it swaps snapshots).
@@ -72,7 +75,7 @@ DegradedMode (first match wins; DESIGN 4.5):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from coordinator.catalog import Catalog, CatalogGapError
@@ -111,11 +114,15 @@ class RootView:
     feeds it; readers take `snapshot(now)` (a catalog plus the ReadState describing it)."""
 
     def __init__(self, staleness_window: float = DEFAULT_STALENESS_WINDOW,
-                 catalog: Catalog | None = None, now: float | None = None) -> None:
+                 catalog: Catalog | None = None, now: float | None = None, *,
+                 empty: Callable[[], Catalog] = Catalog.empty) -> None:
         if staleness_window <= 0:
             raise ValueError("staleness_window must be positive")
         self.staleness_window = staleness_window
         self._catalog = catalog
+        self._empty = empty  # the catalog a delta from index 1 advances when there is none
+        # Why the last delta could not be applied to the catalog (a gap, or a fold error).
+        self._last_gap: CatalogGapError | None = None
         # Invariant: served token == catalog.token when a catalog exists; never decreases.
         self._served = catalog.token if catalog is not None else ZERO_TOKEN
         # Invariant: current >= served; never decreases.
@@ -142,6 +149,11 @@ class RootView:
     @property
     def served_token(self) -> RootToken:
         return self._served
+
+    @property
+    def last_gap(self) -> CatalogGapError | None:
+        """Why the last delta that reached the catalog could not be applied (None: it was)."""
+        return self._last_gap
 
     @property
     def current_token(self) -> RootToken:
@@ -234,13 +246,15 @@ class RootView:
             return self._step(before, CatchUpAction.REJECT)
         self._heard_watch(now, from_leader)
         self._note_current(newest)
+        self._last_gap = None
         base = self._catalog if self._catalog is not None else (
-            Catalog.empty() if before.index == 0 else None)
+            self._empty() if before.index == 0 else None)
         if base is None:
             return self._step(before, CatchUpAction.RELOAD)
         try:
             catalog = base.advance(fresh)
-        except CatalogGapError:
+        except CatalogGapError as gap:
+            self._last_gap = gap
             self._bootstrap_needed = True
             return self._step(before, CatchUpAction.RELOAD)
         self._install(catalog)

@@ -1,8 +1,11 @@
 """The root subscription: keeps this coordinator's rooted view current (DESIGN 4.2, 4.3).
 
 Owns: the Watch stream from metaroot (from the served token), feeding each item into the
-pure `RootView` (which swaps immutable Catalogs) and into a `RootState` mirror at the same
-token; checkpoint installs (bootstrap_required) and snapshot reloads (a gap, or a served token
+pure `RootView`, which swaps immutable `RootCatalog`s: each one an index over the
+coordinator's `RootState` mirror at the served token, so the catalog it serves and the mirror
+it assesses against are one fold of rooted events (`RootCatalog.advance`), never two; the
+bookkeeping of each folded event (the transition history, allocator fences before a grant,
+counters); checkpoint installs (bootstrap_required) and snapshot reloads (a gap, or a served token
 behind the retained tail); reconnects with jittered backoff across the metaroot peers; the
 ~100 ms tick that lets an unreachable root turn into ROOT_UNAVAILABLE; the last catch-up
 steps; the transition history seen in the event stream; the pause switch of the
@@ -32,7 +35,7 @@ from typing import Any
 
 import trio
 
-from coordinator.catalog import Catalog, StoreView
+from coordinator.rootcatalog import CatalogFoldError, RootCatalog
 from coordinator.rootview import ReadState, RootView
 from metaroot.state import RootState
 from nokvpy.protocol.enums import (
@@ -41,13 +44,12 @@ from nokvpy.protocol.enums import (
     TERMINAL_KINDS,
     CatchUpAction,
     EventKind,
-    StoreState,
-    TransitionKind,
     TransitionPhase,
 )
 from nokvpy.protocol.grants import GrantIssued, PendingTransition, TransitionEntry
 from nokvpy.protocol.metaroot_rpc import SnapshotRequest, WatchItem, WatchRequest
 from nokvpy.protocol.records import CatchUpStep, CommittedEvent, RootToken
+from nokvpy.protocol.transitions import shape, transition_id, transition_kind
 
 log = logging.getLogger("nokvpy.coordinator.subscription")
 
@@ -60,24 +62,16 @@ RECONNECT_MIN = 0.05
 RECONNECT_MAX = 2.0
 
 
-def catalog_from_state(state: RootState) -> Catalog:
-    """A Catalog equal in truth to a rooted state (used after a checkpoint or a reload)."""
-    pending: dict[int, str] = {}
-    for p in state.pending_transitions():
-        if p.kind in (TransitionKind.SPLIT, TransitionKind.MERGE):
-            for t in p.targets:
-                pending[t.region_id] = p.transition_id
-    stores = [StoreView(s.store_id, s.address,
-                        StoreState.RETIRED if s.retired else StoreState.UP,
-                        s.retired_index if s.retired else s.joined_index)
-              for s in sorted(state.stores.values(), key=lambda s: s.store_id)]
-    return Catalog.from_descriptors(state.token, state.iter_descriptors(), pending, stores)
+_NO_STATE = RootState()
+
+
+def catalog_from_state(state: RootState) -> RootCatalog:
+    """The catalog of a rooted state (after a checkpoint or a reload): an index over it."""
+    return RootCatalog.of(state)
 
 
 def _history_entry(before: RootState, ce: CommittedEvent) -> TransitionEntry | None:
     """A completed / cancelled transition seen in the stream (None for other events)."""
-    from nokvpy.protocol.transitions import shape, transition_id, transition_kind
-
     kind = ce.event.kind
     if kind in TERMINAL_KINDS:
         phase = TransitionPhase.COMPLETED
@@ -104,15 +98,13 @@ def _history_entry(before: RootState, ce: CommittedEvent) -> TransitionEntry | N
 
 
 class Subscription:
-    """Owns the RootView and the RootState mirror; one task feeds them (`run`)."""
+    """Owns the RootView, whose catalog is the RootState mirror; one task feeds it (`run`)."""
 
     def __init__(self, meta: Any, staleness_window: float, *, keepalive_ms: int = KEEPALIVE_MS,
                  max_steps: int = 64, max_history: int = 256,
                  rng: random.Random | None = None, stall_after: float = STALL_AFTER) -> None:
         self.meta = meta
-        self.view = RootView(staleness_window)
-        # Invariant: state.token == view.served_token whenever view.catalog is not None.
-        self.state = RootState()
+        self.view = RootView(staleness_window, empty=RootCatalog.empty)
         self.keepalive_ms = keepalive_ms
         self.steps: deque[tuple[float, CatchUpStep]] = deque(maxlen=max_steps)
         self.history: deque[TransitionEntry] = deque(maxlen=max_history)
@@ -144,8 +136,15 @@ class Subscription:
     # ---- reads -------------------------------------------------------------------------
 
     @property
-    def catalog(self) -> Catalog | None:
+    def catalog(self) -> RootCatalog | None:
         return self.view.catalog
+
+    @property
+    def state(self) -> RootState:
+        """The RootState mirror: the state the served catalog indexes (token ==
+        served_token; an empty state while there is no catalog)."""
+        catalog = self.view.catalog
+        return catalog.root if catalog is not None else _NO_STATE
 
     @property
     def served_token(self) -> RootToken:
@@ -155,7 +154,7 @@ class Subscription:
     def current_token(self) -> RootToken:
         return self.view.current_token
 
-    def snapshot(self, degraded_flags=()) -> tuple[Catalog | None, ReadState, RootState]:
+    def snapshot(self, degraded_flags=()) -> tuple[RootCatalog | None, ReadState, RootState]:
         now = self._alive()
         catalog, rs = self.view.snapshot(now, degraded_flags)
         return catalog, rs, self.state
@@ -360,10 +359,13 @@ class Subscription:
                                       from_leader=leader)
             self._record(step)
             if step.catch_up_action == CatchUpAction.ADVANCE:
-                if not self._advance_mirror(item.events):
+                if not self._observe_fold(self.view.catalog):
                     return True
                 self._installed()
             elif step.catch_up_action == CatchUpAction.RELOAD:
+                gap = self.view.last_gap
+                if isinstance(gap, CatalogFoldError):  # the mirror cannot follow: rebuild
+                    self._diverged(gap.cause)
                 return True
             return False
         step = self.view.on_keepalive(item.current_token, now, retained, from_leader=leader)
@@ -378,44 +380,39 @@ class Subscription:
         self._record(step)
         self.counters["checkpoint_installs"] += 1
         if step.catch_up_action == CatchUpAction.BOOTSTRAP:
-            self.state = state
             self._installed()
         self._record(self.view.on_keepalive(item.current_token, now, from_leader=leader))
         return False
 
-    def _advance_mirror(self, events: list[CommittedEvent]) -> bool:
-        """Apply the delta to the RootState mirror; False when it diverged (reload)."""
-        state = self.state
+    def _observe_fold(self, catalog: RootCatalog) -> bool:
+        """Bookkeeping of the events the catalog just folded into the mirror (each seen with
+        the state before it); False when it fails (the view is rebuilt by a reload)."""
         try:
-            for ce in events:
-                if ce.token.index <= state.token.index:
-                    continue
-                if ce.event.kind == EventKind.GRANT_ISSUED and isinstance(ce.event.payload,
-                                                                          GrantIssued):
+            for ce, before, err in catalog.folded:
+                kind = ce.event.kind
+                if kind == EventKind.GRANT_ISSUED and isinstance(ce.event.payload, GrantIssued):
                     gid = ce.event.payload.grant.grant_id
-                    if gid not in state.grants and gid not in state.retirements:
-                        self.fence_before_grant[gid] = (state.id_fence, state.tso_fence)
-                entry = _history_entry(state, ce) if (
-                    ce.event.kind in TERMINAL_KINDS or ce.event.kind in CANCEL_KINDS
-                    or ce.event.kind == EventKind.REGION_TOMBSTONED) else None
-                new, err = state.apply_committed(ce.token, ce.event)
+                    if gid not in before.grants and gid not in before.retirements:
+                        self.fence_before_grant[gid] = (before.id_fence, before.tso_fence)
+                entry = _history_entry(before, ce) if (
+                    kind in TERMINAL_KINDS or kind in CANCEL_KINDS
+                    or kind == EventKind.REGION_TOMBSTONED) else None
                 if err is None and entry is not None:
                     self.history.append(entry)
-                if err is None and ce.event.kind in PLANNED_KINDS:
+                if err is None and kind in PLANNED_KINDS:
                     self.counters["transitions_planned_seen"] += 1
-                state = new
         except Exception as exc:  # noqa: BLE001 - a mirror that cannot follow is rebuilt
-            self.counters["mirror_divergence"] += 1
-            self.last_error = f"mirror: {type(exc).__name__}: {exc}"[:300]
-            return False
-        self.state = state
-        if state.token != self.view.served_token:
-            self.counters["mirror_divergence"] += 1
+            self._diverged(exc)
             return False
         return True
 
+    def _diverged(self, exc: BaseException) -> None:
+        self.counters["mirror_divergence"] += 1
+        self.last_error = f"mirror: {type(exc).__name__}: {exc}"[:300]
+
     async def _reload(self) -> None:
-        """Rebuild the catalog and mirror from a rooted snapshot of the metaroot leader."""
+        """Rebuild the catalog (and so the mirror) from a rooted snapshot of the metaroot
+        leader."""
         self._record(self.view.begin_reload())
         self.counters["reloads"] += 1
         try:
@@ -427,7 +424,6 @@ class Subscription:
         step = self.view.finish_reload(catalog_from_state(state), state.token, self._alive())
         self._record(step)
         if step.catch_up_action == CatchUpAction.RELOAD:
-            self.state = state
             self._installed()
         else:
             self._record(self.view.abort_reload())

@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from coordinator.assessment import assess, list_transitions
+from metaroot.state import RootState
 from nokvpy.protocol.coordinator_rpc import (
     AssessRootEventReply,
     AssessRootEventRequest,
@@ -33,6 +34,7 @@ from nokvpy.protocol.enums import (
     RetryClass,
 )
 from nokvpy.protocol.grants import Assessment
+from nokvpy.protocol.metaroot_rpc import AppendRequest, SnapshotRequest
 from nokvpy.protocol.records import RangeMerge, RangeSplit, RegionRemoval, RegionUpsert, RootEvent
 from nokvpy.rpc.errors import RemoteError
 
@@ -124,9 +126,6 @@ class Transitions:
         """Catch-up is paused (PauseCatchUp): the mirror is stale on purpose, so assess
         against a rooted snapshot from the metaroot leader and append without waiting for the
         catalog. Publishing is a write: it is admitted or refused, never degraded."""
-        from metaroot.state import RootState
-        from nokvpy.protocol.metaroot_rpc import AppendRequest, SnapshotRequest
-
         snap = await self.svc.meta.call(SnapshotRequest(), timeout=WRITE_TIMEOUT, leader=True)
         state = RootState.from_checkpoint(snap.checkpoint)
         event = req.event

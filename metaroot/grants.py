@@ -1,10 +1,12 @@
 """Authority grants over the rooted state (DESIGN 6; reference 2.8, "Eunomia").
 
-Owns: how grant events change `RootState` (`grant_event_changes`, called by
-`metaroot.state`), the planning of grant commands into rooted events
-(`plan_grant_command`), the era fence of duty-gated writes (`fence_violation`), `live_grant`
-and the finality `audit`. Never: I/O or clocks (time arrives as `now_ms`), and never imports
-`metaroot.state` at module level (state imports this module).
+Owns: how grant events change the rooted state (`grant_event_changes`, called by
+`metaroot.handlers`), the planning of grant commands into rooted events
+(`plan_grant_command`), the era fence of duty-gated writes (`fence_violation`, checked by
+`metaroot.state`), `live_grant` and the finality `audit`. Every function reads a
+`metaroot.facts.RootFacts` (at run time a `RootState`; planning folds its events with
+`apply` over a scratch copy). Never: I/O or clocks (time arrives as `now_ms`), and never
+imports `metaroot.state` or `metaroot.handlers` (both import this module).
 
 The four guarantees and where they are enforced (both when planning a command and again when
 the resulting event is applied, so a hand-built event cannot bypass them):
@@ -33,8 +35,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from metaroot.errors import RootEventRejected
+from metaroot.facts import RootFacts
 from nokvpy.protocol.enums import Duty, EventKind
 from nokvpy.protocol.grants import (
     AuthorityGrant,
@@ -54,9 +58,6 @@ from nokvpy.protocol.grants import (
     bounds_map,
 )
 from nokvpy.protocol.records import RootEvent, RootToken
-
-if TYPE_CHECKING:
-    from metaroot.state import RootState
 
 _FENCED_DUTIES = {Duty.ALLOC_ID: "id_fence", Duty.TSO: "tso_fence"}
 
@@ -102,8 +103,8 @@ def canonical(bounds: dict[Duty, int]) -> tuple[DutyGrant, ...]:
 # ---- applying grant events --------------------------------------------------------------------
 
 
-def grant_event_changes(state: RootState, event: RootEvent) -> dict[str, Any]:
-    """The RootState fields a grant event changes ({} = accepted no-op); raises
+def grant_event_changes(state: RootFacts, event: RootEvent) -> dict[str, Any]:
+    """The rooted-state fields a grant event changes ({} = accepted no-op); raises
     GrantEventError when a guarantee or a field check fails."""
     p = event.payload
     if isinstance(p, GrantIssued):
@@ -132,7 +133,7 @@ def _check_grant(g: object) -> AuthorityGrant:
     return g
 
 
-def _issued(state: RootState, g: AuthorityGrant) -> dict[str, Any]:
+def _issued(state: RootFacts, g: AuthorityGrant) -> dict[str, Any]:
     g = _check_grant(g)
     bounds = bounds_map(g.duties)
     old = state.grants.get(g.grant_id)
@@ -190,7 +191,7 @@ def _issued(state: RootState, g: AuthorityGrant) -> dict[str, Any]:
     return changes
 
 
-def _retired(state: RootState, r: GrantRetirement, mode: RetirementMode) -> dict[str, Any]:
+def _retired(state: RootFacts, r: GrantRetirement, mode: RetirementMode) -> dict[str, Any]:
     _need(isinstance(r, GrantRetirement), "invalid_retirement", "not a GrantRetirement")
     _need(r.mode == mode, "payload_mismatch", f"mode {r.mode!r} for a {mode.name} event")
     _need(isinstance(r.grant_id, str) and bool(r.grant_id) and _is_int(r.retired_at_ms)
@@ -224,7 +225,7 @@ def _retired(state: RootState, r: GrantRetirement, mode: RetirementMode) -> dict
     }
 
 
-def _inherited(state: RootState, inh: GrantInheritance) -> dict[str, Any]:
+def _inherited(state: RootFacts, inh: GrantInheritance) -> dict[str, Any]:
     _need(isinstance(inh, GrantInheritance) and isinstance(inh.predecessor, str)
           and isinstance(inh.successor, str) and _is_int(inh.at_ms), "invalid_inheritance",
           repr(inh))
@@ -253,7 +254,7 @@ def _inherited(state: RootState, inh: GrantInheritance) -> dict[str, Any]:
 # ---- fences and queries -------------------------------------------------------------------------
 
 
-def fence_violation(state: RootState, duty: object, era: object,
+def fence_violation(state: RootFacts, duty: object, era: object,
                     now_ms: int | None = None) -> tuple[str, str, str] | None:
     """Why a write fenced by (`duty`, `era`) must be refused, as (reason, detail, violation),
     or None if the era is the live grant's era for the duty and above its retired floor."""
@@ -279,7 +280,7 @@ def fence_violation(state: RootState, duty: object, era: object,
     return None
 
 
-def live_grant(state: RootState, duty: Duty, now_ms: int) -> AuthorityGrant | None:
+def live_grant(state: RootFacts, duty: Duty, now_ms: int) -> AuthorityGrant | None:
     """The grant that may serve `duty` at `now_ms`, if any."""
     g = state.duty_grant(duty)
     if g is None or not g.active_at(now_ms) or g.era <= state.era_floors.get(duty, 0):
@@ -287,7 +288,7 @@ def live_grant(state: RootState, duty: Duty, now_ms: int) -> AuthorityGrant | No
     return g
 
 
-def next_era(state: RootState) -> int:
+def next_era(state: RootFacts) -> int:
     return max(state.max_era, max(state.era_floors.values(), default=0)) + 1
 
 
@@ -309,11 +310,9 @@ def _refused(reason: str, violation: str = Violation.NONE,
     return [], GrantCommandResult(status, grant, reason, violation)
 
 
-def _verify(state: RootState, events: list[RootEvent], result: GrantCommandResult,
+def _verify(state: RootFacts, events: list[RootEvent], result: GrantCommandResult,
             ) -> tuple[list[RootEvent], GrantCommandResult]:
     """Fold the planned events over a scratch copy so a plan is never half valid."""
-    from metaroot.state import RootEventRejected
-
     scratch = state
     for i, e in enumerate(events):
         try:
@@ -323,7 +322,7 @@ def _verify(state: RootState, events: list[RootEvent], result: GrantCommandResul
     return events, result
 
 
-def plan_grant_command(state: RootState, cmd: GrantCommand,
+def plan_grant_command(state: RootFacts, cmd: GrantCommand,
                        ) -> tuple[list[RootEvent], GrantCommandResult]:
     """Turn a grant command into the rooted events to append (in order) and the result the
     caller gets once they are applied; a refusal returns no events."""
@@ -355,7 +354,7 @@ def _sealed_bounds(g: AuthorityGrant, usages: dict[Duty, int]) -> tuple[DutyGran
     return canonical(out)
 
 
-def _plan_issue(state: RootState, cmd: GrantCommand) -> tuple[list[RootEvent], GrantCommandResult]:
+def _plan_issue(state: RootFacts, cmd: GrantCommand) -> tuple[list[RootEvent], GrantCommandResult]:
     now = cmd.now_ms
     if not _is_int(cmd.expires_at_ms) or cmd.expires_at_ms <= now:
         return _refused("invalid_command: expires_at_ms must be after now_ms")
@@ -422,7 +421,7 @@ def _plan_issue(state: RootState, cmd: GrantCommand) -> tuple[list[RootEvent], G
     return _verify(state, events, GrantCommandResult(GrantStatus.GRANTED, grant, "issued"))
 
 
-def _plan_seal(state: RootState, cmd: GrantCommand) -> tuple[list[RootEvent], GrantCommandResult]:
+def _plan_seal(state: RootFacts, cmd: GrantCommand) -> tuple[list[RootEvent], GrantCommandResult]:
     try:
         usages = check_duties(cmd.exact_usages, "exact_usages") if cmd.exact_usages else {}
     except GrantEventError as e:
@@ -453,7 +452,7 @@ def _plan_seal(state: RootState, cmd: GrantCommand) -> tuple[list[RootEvent], Gr
     return _verify(state, events, GrantCommandResult(GrantStatus.RETIRED, targets[0], "sealed"))
 
 
-def _plan_retire_expired(state: RootState, cmd: GrantCommand,
+def _plan_retire_expired(state: RootFacts, cmd: GrantCommand,
                          ) -> tuple[list[RootEvent], GrantCommandResult]:
     g = state.grants.get(cmd.grant_id)
     if g is None:
@@ -469,7 +468,7 @@ def _plan_retire_expired(state: RootState, cmd: GrantCommand,
                    GrantCommandResult(GrantStatus.RETIRED, g, "retired_expired"))
 
 
-def _plan_inherit(state: RootState, cmd: GrantCommand) -> tuple[list[RootEvent], GrantCommandResult]:
+def _plan_inherit(state: RootFacts, cmd: GrantCommand) -> tuple[list[RootEvent], GrantCommandResult]:
     mine = sorted((g for g in state.grants.values()
                    if g.holder == cmd.holder and g.active_at(cmd.now_ms)),
                   key=lambda g: g.grant_id)
@@ -506,7 +505,7 @@ def _plan_inherit(state: RootState, cmd: GrantCommand) -> tuple[list[RootEvent],
 # ---- audit ----------------------------------------------------------------------------------------
 
 
-def audit(state: RootState, now_ms: int | None = None) -> dict[str, Any]:
+def audit(state: RootFacts, now_ms: int | None = None) -> dict[str, Any]:
     """Finality report (reference 2.8 "Audit"): completion counters and defects.
 
     Completion: sealed_exact_completed / expired_bound_inherited (retirements inherited by a
