@@ -12,7 +12,8 @@ adds one with :func:`register_subcommand` before calling :func:`main`::
     register_subcommand("run", "run a workload against a cluster", configure, run)
 
 where ``configure(parser)`` adds arguments to an ``argparse.ArgumentParser`` and
-``run(args) -> int`` returns the exit status.
+``run(args) -> int`` returns the exit status. The registry, the exit statuses and
+:func:`format_table` live in :mod:`.commands` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -20,46 +21,35 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from .checkers import check_route_reads, check_transitions
+from .commands import (
+    EXIT_INVALID,
+    EXIT_UNKNOWN,
+    EXIT_VALID,
+    SUBCOMMANDS,
+    Subcommand,
+    exit_status,
+    format_table,
+    register_subcommand,
+)
 from .history import History, HistoryError
 from .linearizable import check_linearizable
 from .models import MODELS, ModelError
 
-EXIT_VALID = 0
-EXIT_INVALID = 1
-EXIT_UNKNOWN = 2
-
-
-@dataclass(frozen=True)
-class Subcommand:
-    help: str
-    configure: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
-
-
-SUBCOMMANDS: dict[str, Subcommand] = {}
-
-
-def register_subcommand(
-    name: str,
-    help: str,
-    configure: Callable[[argparse.ArgumentParser], None],
-    run: Callable[[argparse.Namespace], int],
-) -> None:
-    """Add (or replace) a subcommand of ``python -m jepsen_lite``."""
-    SUBCOMMANDS[name] = Subcommand(help, configure, run)
-
-
-def exit_status(valid: Any) -> int:
-    if valid is True:
-        return EXIT_VALID
-    if valid is False:
-        return EXIT_INVALID
-    return EXIT_UNKNOWN
+__all__ = [
+    "EXIT_INVALID",
+    "EXIT_UNKNOWN",
+    "EXIT_VALID",
+    "SUBCOMMANDS",
+    "Subcommand",
+    "build_parser",
+    "exit_status",
+    "format_table",
+    "main",
+    "register_subcommand",
+]
 
 
 def _verdict(valid: Any) -> str:
@@ -68,16 +58,6 @@ def _verdict(valid: Any) -> str:
     if valid is False:
         return "INVALID"
     return str(valid)
-
-
-def format_table(headers: list[str], rows: list[list[Any]]) -> str:
-    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 # -- check --------------------------------------------------------------------------------

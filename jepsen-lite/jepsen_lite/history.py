@@ -109,6 +109,20 @@ def is_nemesis(event: dict) -> bool:
     return event.get("process") == NEMESIS or event.get("f") == NEMESIS
 
 
+def json_safe(value: Any) -> Any:
+    """`value` as JSON-serialisable data (bytes decoded, unknown objects as str): the values
+    of nemesis events (the nemesis and the hostile nemesis record them)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
 class History:
     """An ordered list of events (plain dicts in the JSON Lines schema).
 

@@ -43,6 +43,7 @@ from typing import Any
 import trio
 
 from .direct import DirectStoreClient
+from .faults import partition_rules
 from .workloads import Op, Outcome, RoutesWorkload, classify_error, perform
 
 LEASE_MODES = ("store", "metaroot", "coordinator")
@@ -251,8 +252,6 @@ async def _pause(control: Any, target: str, params: dict) -> dict:
     """(Isolate, then) SIGSTOP ``target``."""
     out: dict[str, Any] = {}
     if params.get("isolate"):
-        from .nemesis import partition_rules
-
         rules = partition_rules("isolate", target, control.names())
         label = isolation_label(target)
         out["isolate"] = await control.add_fault_rules(label, [dict(r, label=label)
@@ -466,7 +465,7 @@ async def stall_once(control: Any, prober: Prober, target: str, ms: int, reads: 
                     out["new_leader"] = leader
                     new = DirectStoreClient(rpc, control.address(leader),
                                             control.node_id(leader), d, timeout=prober.op_timeout)
-                    wrote = await _gather([lambda k=k: prober.write(
+                    wrote = await _gather([lambda k=k, new=new, leader=leader: prober.write(
                         new, k, probe="tick-stretch", store=leader) for k in plan.keys])
                     break
                 await trio.sleep(0.05)

@@ -1,9 +1,10 @@
 """The jepsen-lite nemesis: a seeded fault schedule, and the bookkeeping that runs it.
 
-Owns: the fault vocabulary (``FAULTS``), building a deterministic schedule of fault windows
-from a seed (:func:`build_schedule`), injecting and healing each window through a cluster
-control object (:class:`Nemesis`), recording every window as nemesis ``start``/``stop``
-events in the history, and healing everything at the end (:meth:`Nemesis.heal_all`).
+Owns: injecting and healing each window of a schedule through a cluster control object
+(:class:`Nemesis`), recording every window as nemesis ``start``/``stop`` events in the
+history, and healing everything at the end (:meth:`Nemesis.heal_all`). The fault vocabulary
+(``FAULTS``) is :mod:`.faults`; the deterministic schedule of fault windows built from a
+seed (:func:`build_schedule`) is :mod:`.schedule`.
 
 Never talks to processes itself: every action goes through the control object (see
 :class:`ControlProtocol`; the real one is :class:`jepsen_lite.control.ClusterControl`), so
@@ -24,257 +25,37 @@ holding the ``region_lookup`` grant); the resolved name is recorded in the histo
 also send (and record, as ordinary client operations) reads straight at the resumed process.
 ``hostile`` windows run :mod:`jepsen_lite.hostile` (attempts recorded as nemesis ``event``s;
 the heal is the check that they changed nothing, recorded in the ``stop`` event).
+
+This module re-exports the public names of :mod:`.faults` and :mod:`.schedule`.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
 
 from . import hostile, lease
-from .hostile import json_safe as _json_safe
-from .lease import LOOKUP_HOLDER, METAROOT_LEADER, Prober
-from .topology import MEMBERSHIP_OPS
-
-# -- vocabulary ----------------------------------------------------------------------------
-
-FAULTS: dict[str, str] = {
-    "kill": "kill -9 a process (metaroot peer, coordinator or store), restart it at the end",
-    "pause": "SIGSTOP a process, SIGCONT it at the end",
-    "partition": "cut the network between a node (or a minority of stores) and the rest",
-    "lossy": "drop a share of the messages between servers",
-    "slow-net": "delay messages between servers (with jitter)",
-    "publish-fail": "fail the stores' planned/terminal publish to the root (failpoint raise); "
-    "one split or merge is issued in the window so that a publish happens",
-    "slow-fsync": "sleep in the storage commit (slow fsync) on one store",
-    "crash-point": "crash one store (exit) at a named code point, restart it at the end",
-    "churn": "topology churn: splits, merges, leader transfers, peer removals and re-adds, "
-    "replica moves; some windows pause or kill a voter store, remove it, heal it and add it "
-    "back",
-    "lease": "SIGSTOP a leader (region leader store, metaroot leader or region_lookup grant "
-    "holder) until it is replaced, write through the new one, SIGCONT and read straight at "
-    "the old one at once",
-    "tick-stretch": "driver.tick failpoint: stall a store's loop (sleep) a few times and read "
-    "at it as it wakes, or skew a process's tick rate (return(f)), restored at the end",
-    "hostile": "an attacker aims at one process: garbage bytes and frames, a replayed "
-    "handshake, a forged role claim and privileged calls with the client credential; at the "
-    "window's end nothing may have changed (checks[\"hostile\"])",
-}
-ALIASES: dict[str, list[str]] = {
-    "all": [f for f in FAULTS],
-    "none": [],
-    "net": ["partition", "lossy", "slow-net"],
-    "process": ["kill", "pause"],
-    "failpoints": ["publish-fail", "slow-fsync", "crash-point"],
-    "clock": ["lease", "tick-stretch"],
-}
-PUBLISH_FAILPOINTS = ("store.publish_terminal", "store.publish_planned")
-CRASH_POINTS = (
-    "store.before_persist",
-    "store.after_persist_before_send",
-    "store.before_apply",
-    "store.after_apply",
-    "store.after_apply_before_publish",
-    "storage.before_commit",
+from .faults import (
+    ALIASES,
+    CRASH_POINTS,
+    FAULTS,
+    LEADER,
+    METAROOT_CRASH_POINTS,
+    PUBLISH_FAILPOINTS,
+    NemesisError,
+    fault_label,
+    parse_faults,
+    partition_rules,
 )
-METAROOT_CRASH_POINTS = ("storage.before_commit", "metaroot.before_append")
-LEADER = ":leader"
-"""A symbolic target: the leader store of a workload key's region, resolved at run time."""
-
-
-class NemesisError(ValueError):
-    """A bad nemesis specification (unknown fault name, bad option)."""
-
-
-def parse_faults(spec: str | Iterable[str]) -> list[str]:
-    """``"kill,partition"`` or a list -> fault names, aliases expanded, order kept, no dups."""
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    out: list[str] = []
-    for raw in items:
-        name = raw.strip()
-        if not name:
-            continue
-        names = ALIASES.get(name, [name])
-        for n in names:
-            if n not in FAULTS:
-                known = ", ".join([*FAULTS, *ALIASES])
-                raise NemesisError(f"unknown nemesis {n!r} (known: {known})")
-            if n not in out:
-                out.append(n)
-    return out
-
-
-# -- schedule ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Window:
-    """One fault window, ``start``/``stop`` in seconds after the run started."""
-
-    start: float
-    stop: float
-    fault: str
-    target: str | None
-    params: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class ScheduleOptions:
-    first_fault: tuple[float, float] = (2.0, 4.0)
-    """Quiet time before the first window (uniform range, seconds)."""
-    duration: tuple[float, float] = (3.0, 8.0)
-    """Length of a fault window."""
-    quiet: tuple[float, float] = (2.0, 5.0)
-    """Quiet time between windows (lets the cluster recover and be measured healthy)."""
-    tail: float = 3.0
-    """No window is open during the last ``tail`` seconds of the run."""
-    leader_share: float = 0.35
-    """Share of kill/pause/partition windows that target the leader of a key's region."""
-    churn_every: tuple[float, float] = (0.5, 2.0)
-    """Time between two topology commands inside a churn window."""
-    lease_modes: tuple[str, ...] = ("store", "metaroot", "coordinator")
-    """Which leaders ``lease`` windows pause (stores 3x as often as the others)."""
-    lease_isolate: float = 0.5
-    """Share of ``lease`` windows that also cut the paused leader off from the other
-    servers until the reads at it are done."""
-    churn_store_fault: float = 0.5
-    """Share of ``churn`` windows that begin with a store fault re-add: pause or kill (half
-    each) a voter store of a region, remove that replica through the survivors, heal the
-    store and add the replica back on it (``params["store_fault"]``)."""
-
-
-def churn_store_fault(seed: int, share: float) -> dict:
-    """The store fault of a churn window (drawn from the window's own seed, so that the
-    schedule's other draws do not move): ``{"store_fault": "pause"|"kill"}`` or ``{}``."""
-    if share <= 0:
-        return {}
-    frng = random.Random(f"jepsen-lite-churn-store-fault-{seed}")
-    if frng.random() >= share:
-        return {}
-    return {"store_fault": frng.choice(["pause", "kill"])}
-
-
-def _process_names(processes: Sequence[str] | dict[str, Sequence[str]]) -> dict[str, list[str]]:
-    if isinstance(processes, dict):
-        return {kind: sorted(names) for kind, names in processes.items()}
-    by_kind: dict[str, list[str]] = {}
-    for name in processes:
-        by_kind.setdefault(name.rsplit("-", 1)[0], []).append(name)
-    return {kind: sorted(names) for kind, names in sorted(by_kind.items())}
-
-
-def _uniform(rng: random.Random, bounds: tuple[float, float]) -> float:
-    low, high = bounds
-    return round(rng.uniform(low, high), 3)
-
-
-def _pick_process(rng: random.Random, by_kind: dict[str, list[str]], leader_share: float) -> str:
-    """Stores twice as often as control-plane processes; sometimes the leader store."""
-    if by_kind.get("store") and rng.random() < leader_share:
-        return LEADER
-    weighted: list[str] = []
-    for kind, names in sorted(by_kind.items()):
-        weighted += names * (2 if kind == "store" else 1)
-    return rng.choice(weighted)
-
-
-def _window_params(
-    fault: str, rng: random.Random, by_kind: dict[str, list[str]], opts: ScheduleOptions
-) -> tuple[str | None, dict]:
-    stores = by_kind.get("store", [])
-    if fault in ("kill", "pause"):
-        return _pick_process(rng, by_kind, opts.leader_share), {}
-    if fault == "partition":
-        mode = rng.choice(["isolate", "isolate", "split-stores"] if len(stores) >= 3 else ["isolate"])
-        if mode == "isolate":
-            return _pick_process(rng, by_kind, opts.leader_share), {"mode": "isolate"}
-        minority = sorted(rng.sample(stores, (len(stores) - 1) // 2))
-        return ",".join(minority), {"mode": "split-stores", "minority": minority}
-    if fault == "lossy":
-        return "servers", {"drop": rng.choice([0.1, 0.2, 0.3])}
-    if fault == "slow-net":
-        return "servers", {"delay": rng.choice([0.02, 0.05, 0.1]), "jitter": rng.choice([0.02, 0.05])}
-    if fault == "publish-fail":
-        failpoint = rng.choice(PUBLISH_FAILPOINTS)
-        spec = rng.choice(["raise", "50%raise"])
-        target = rng.choice(["stores", *stores]) if stores else "stores"
-        return target, {"failpoint": failpoint, "spec": spec}
-    if fault == "slow-fsync":
-        ms = rng.choice([50, 100, 200, 400])
-        return rng.choice(stores) if stores else None, {
-            "failpoint": "storage.before_commit",
-            "spec": f"sleep({ms})",
-        }
-    if fault == "crash-point":
-        metaroots = by_kind.get("metaroot", [])
-        if metaroots and rng.random() < 0.25:
-            return rng.choice(metaroots), {
-                "failpoint": rng.choice(METAROOT_CRASH_POINTS),
-                "spec": "exit",
-            }
-        return rng.choice(stores) if stores else None, {
-            "failpoint": rng.choice(CRASH_POINTS),
-            "spec": "exit",
-        }
-    if fault == "churn":
-        return "topology", {"seed": rng.randrange(2**31), "every": list(opts.churn_every)}
-    if fault == "lease":
-        return lease.lease_params(rng, by_kind, opts.lease_modes, opts.lease_isolate)
-    if fault == "tick-stretch":
-        return lease.tick_stretch_params(rng, by_kind, opts.leader_share)
-    if fault == "hostile":
-        return hostile.hostile_params(rng, by_kind)
-    raise NemesisError(f"unknown fault {fault!r}")
-
-
-def build_schedule(
-    faults: Sequence[str] | str,
-    time_limit: float,
-    seed: int,
-    processes: Sequence[str] | dict[str, Sequence[str]],
-    options: ScheduleOptions | None = None,
-) -> list[Window]:
-    """A deterministic list of fault windows (sorted by start) for a run of ``time_limit``
-    seconds. ``processes`` are the cluster's process names (or ``{kind: [names]}``)."""
-    opts = options or ScheduleOptions()
-    faults = parse_faults(faults)
-    by_kind = _process_names(processes)
-    rng = random.Random(f"jepsen-lite-nemesis-{seed}")
-    end = time_limit - opts.tail
-    windows: list[Window] = []
-    main = [f for f in faults if f != "churn"]
-    deck: list[str] = []
-    t = _uniform(rng, opts.first_fault)
-    while main and t < end - 0.5:
-        if not deck:
-            deck = list(main)
-            rng.shuffle(deck)
-        fault = deck.pop()
-        stop = min(round(t + _uniform(rng, opts.duration), 3), round(end, 3))
-        target, params = _window_params(fault, rng, by_kind, opts)
-        windows.append(Window(t, stop, fault, target, params))
-        t = round(stop + _uniform(rng, opts.quiet), 3)
-    if "churn" in faults:
-        crng = random.Random(f"jepsen-lite-churn-{seed}")
-        t = _uniform(crng, opts.first_fault)
-        while t < end - 0.5:
-            stop = min(round(t + 2 * _uniform(crng, opts.duration), 3), round(end, 3))
-            target, params = _window_params("churn", crng, by_kind, opts)
-            if by_kind.get("store"):
-                params.update(churn_store_fault(params["seed"], opts.churn_store_fault))
-            windows.append(Window(t, stop, "churn", target, params))
-            t = round(stop + _uniform(crng, opts.quiet), 3)
-    windows.sort(key=lambda w: (w.start, w.fault))
-    return windows
-
+from .history import json_safe as _json_safe
+from .lease import LOOKUP_HOLDER, METAROOT_LEADER, Prober
+from .schedule import ScheduleOptions, Window, build_schedule, churn_store_fault
+from .topology import MEMBERSHIP_OPS
 
 # -- control interface -----------------------------------------------------------------------
 
@@ -523,18 +304,18 @@ class Nemesis:
         if fault == "pause":
             return await c.pause(target)
         if fault == "partition":
-            return await c.add_fault_rules(_label(fault, target), partition_rules(
+            return await c.add_fault_rules(fault_label(fault, target), partition_rules(
                 params.get("mode", "isolate"), target, c.names(), params.get("minority")))
         if fault == "lossy":
             servers = c.names()
-            return await c.add_fault_rules(_label(fault, target), [
-                {"src": servers, "dst": servers, "drop": params["drop"], "label": _label(fault, target)}
+            return await c.add_fault_rules(fault_label(fault, target), [
+                {"src": servers, "dst": servers, "drop": params["drop"], "label": fault_label(fault, target)}
             ])
         if fault == "slow-net":
             servers = c.names()
-            return await c.add_fault_rules(_label(fault, target), [
+            return await c.add_fault_rules(fault_label(fault, target), [
                 {"src": servers, "dst": servers, "delay": params["delay"],
-                 "jitter": params.get("jitter", 0.0), "label": _label(fault, target)}
+                 "jitter": params.get("jitter", 0.0), "label": fault_label(fault, target)}
             ])
         if fault in ("publish-fail", "slow-fsync", "crash-point"):
             out: dict = {}
@@ -590,7 +371,7 @@ class Nemesis:
         if fault == "pause":
             return await c.resume(target)
         if fault in ("partition", "lossy", "slow-net"):
-            return await c.remove_fault_rules(_label(fault, target))
+            return await c.remove_fault_rules(fault_label(fault, target))
         if fault in ("publish-fail", "slow-fsync", "crash-point"):
             out: dict = {}
             for name in self._fp_targets(target):
@@ -752,39 +533,13 @@ class Nemesis:
             return result
 
 
-def _label(fault: str, target: str | None) -> str:
-    return f"jepsen:{fault}:{target}"
-
-
-def partition_rules(
-    mode: str, target: str | None, servers: Sequence[str], minority: Sequence[str] | None = None
-) -> list[dict]:
-    """Fault rules (plain dicts) for a partition among the cluster's processes.
-
-    * ``isolate``: ``target`` cannot talk to any other server (clients still reach it);
-    * ``split-stores``: the ``minority`` stores on one side, every other server on the
-      other.
-    Rules drop in both directions (a rule per direction)."""
-    if mode == "isolate":
-        side_a = [target] if target else []
-    elif mode == "split-stores":
-        side_a = list(minority or [])
-    else:
-        raise NemesisError(f"unknown partition mode {mode!r}")
-    side_b = [n for n in servers if n not in side_a]
-    if not side_a or not side_b:
-        return []
-    label = _label("partition", target)
-    return [
-        {"src": sorted(side_a), "dst": sorted(side_b), "drop": 1.0, "label": label},
-        {"src": sorted(side_b), "dst": sorted(side_a), "drop": 1.0, "label": label},
-    ]
-
-
 __all__ = [
     "ALIASES",
+    "CRASH_POINTS",
     "FAULTS",
     "LEADER",
+    "METAROOT_CRASH_POINTS",
+    "PUBLISH_FAILPOINTS",
     "ActiveFault",
     "ControlProtocol",
     "IntervalRecord",
@@ -794,6 +549,7 @@ __all__ = [
     "Window",
     "build_schedule",
     "churn_store_fault",
+    "fault_label",
     "parse_faults",
     "partition_rules",
 ]

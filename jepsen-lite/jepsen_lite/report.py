@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from .cli import format_table
+from .commands import format_table
 from .history import History, is_nemesis
 
 COMPLETION_COLORS = {"ok": "#2ca02c", "fail": "#d62728", "info": "#ff7f0e"}

@@ -13,8 +13,8 @@ import random
 import sys
 import time
 
-from .cli import EXIT_UNKNOWN, SUBCOMMANDS, register_subcommand
-from .nemesis import ALIASES, FAULTS, NemesisError, parse_faults
+from .commands import EXIT_UNKNOWN, SUBCOMMANDS, register_subcommand
+from .faults import ALIASES, FAULTS, NemesisError, parse_faults
 
 
 def _pair(text: str) -> tuple[float, float]:

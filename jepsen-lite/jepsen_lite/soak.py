@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cli import EXIT_UNKNOWN, SUBCOMMANDS, register_subcommand
+from .commands import EXIT_UNKNOWN, SUBCOMMANDS, register_subcommand
 
 DEFAULT_NEMESIS = "lease,kill,partition,slow-net,churn"
 RUN_GRACE = 300.0

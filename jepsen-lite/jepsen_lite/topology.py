@@ -237,9 +237,11 @@ def topology_verdict(
 
     Recovered when every catalog region has exactly ``replication`` voters and no learner,
     every voter's store is live and reports the catalog's peer id, initialized, at the
-    catalog's epoch, and no live store reports an initialized peer of a region that the
-    catalog does not place on it. Returns ``{"recovered", "regions": {rid: {"problems",
-    "catalog", "stores"}}, "extra": [...]}`` (only the regions with a problem)."""
+    catalog's epoch, no live store reports an initialized peer of a region that the
+    catalog does not place on it, and no live store's publish outbox is blocked. Returns
+    ``{"recovered", "regions": {rid: {"problems", "catalog", "stores"}}, "extra": [...]}``
+    (only the regions with a problem), plus ``"blocked": [{"store", "outbox"}]`` when a
+    store's outbox is blocked."""
     by_id = {int(r["region_id"]): r for r in catalog}
     problems: dict[str, dict] = {}
     names = {sid: (v.get("name") or f"store-{sid}") for sid, v in views.items()}
@@ -290,7 +292,13 @@ def topology_verdict(
                 "catalog": ("no such region" if r is None
                             else f"peers on stores {sorted(int(p['store_id']) for p in r['peers'])}"),
             })
-    return {"recovered": not problems and not extra, "regions": problems, "extra": extra}
+    out = {"recovered": not problems and not extra, "regions": problems, "extra": extra}
+    blocked = [{"store": name(sid), "outbox": v["blocked"]} for sid, v in sorted(views.items())
+               if v.get("live") and v.get("blocked")]
+    if blocked:  # an event root refused for good: the store's publishing is stuck
+        out["recovered"] = False
+        out["blocked"] = blocked
+    return out
 
 
 def describe_verdict(verdict: Mapping, limit: int = 4) -> str:
@@ -304,6 +312,8 @@ def describe_verdict(verdict: Mapping, limit: int = 4) -> str:
     for e in (verdict.get("extra") or [])[:limit]:
         parts.append(f"{e['store']} hosts peer {e['peer_id']} of region {e['region']} at "
                      f"epoch {e['epoch']} (catalog: {e['catalog']})")
+    for b in (verdict.get("blocked") or [])[:limit]:
+        parts.append(f"{b['store']}: publish outbox blocked ({len(b['outbox'])} entries)")
     if verdict.get("error"):
         parts.append(str(verdict["error"]))
     return " | ".join(parts)
@@ -366,12 +376,16 @@ async def check_topology_recovery(
             if verdict.get("extra"):
                 named.append("extra peers " + ", ".join(
                     f"{e['store']}/region {e['region']}" for e in verdict["extra"]))
+            if verdict.get("blocked"):
+                named.append("blocked outbox on " + ", ".join(
+                    b["store"] for b in verdict["blocked"]))
             if verdict.get("error"):
                 named.append(str(verdict["error"])[:120])
             out = {"valid": False, "elapsed_s": elapsed, "polls": polls,
                    "note": f"not recovered within {timeout:g}s: {'; '.join(named)}",
                    "detail": describe_verdict(verdict, limit=20),
-                   "regions": verdict.get("regions", {}), "extra": verdict.get("extra", [])}
+                   "regions": verdict.get("regions", {}), "extra": verdict.get("extra", []),
+                   "blocked": verdict.get("blocked", [])}
             if verdict.get("error"):
                 out["error"] = verdict["error"]
             return out

@@ -34,7 +34,7 @@ from typing import Any
 
 import trio
 
-from nokvpy.cli.main import CliError
+from nokvpy.cli.common import CliError
 from nokvpy.cli.output import kv_lines, plain, readable, show_key
 from nokvpy.protocol import Freshness, RegionDescriptor, RegionState
 from nokvpy.protocol.coordinator_rpc import (

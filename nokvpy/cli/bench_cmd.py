@@ -19,7 +19,7 @@ from pathlib import Path
 
 import trio
 
-from nokvpy.cli.main import CliError
+from nokvpy.cli.common import CliError
 from nokvpy.cli.output import Progress
 from nokvpy.client import Client
 from nokvpy.cluster.local import LocalCluster

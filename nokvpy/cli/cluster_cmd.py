@@ -11,7 +11,7 @@ import signal
 import time
 from pathlib import Path
 
-from nokvpy.cli.main import CliError
+from nokvpy.cli.common import CliError
 from nokvpy.cli.output import Progress, print_json, table
 from nokvpy.cluster.local import ClusterSpec, LocalCluster
 

@@ -10,7 +10,7 @@ from typing import Any
 import trio
 
 from nokvpy.cli import admin_wait
-from nokvpy.cli.main import CliError, remote_text
+from nokvpy.cli.common import CliError, remote_text
 from nokvpy.cli.output import kv_lines, parse_key, plain, print_json, readable, show_key, table
 from nokvpy.client import Client
 from nokvpy.client.errors import NokvError, RouteRejectedError, UnavailableError

@@ -17,7 +17,7 @@ from pathlib import Path
 import trio
 
 from nokvpy.cli.cluster_cmd import exited_message
-from nokvpy.cli.main import CliError
+from nokvpy.cli.common import CliError
 from nokvpy.cli.output import show_key
 from nokvpy.client import Client, RouteRejectedError
 from nokvpy.client.admin import wait_cluster_ready

@@ -3,7 +3,8 @@
 Owns: argument parsing and turning every failure into one line on stderr with a non-zero exit
 status (2 for usage errors, 1 for everything else; `cluster status` exits 3 when a process is
 down or unhealthy), without Python reprs. Never prints a traceback for an expected failure;
-set NOKV_DEBUG=1 to see one.
+set NOKV_DEBUG=1 to see one. `CliError`, `remote_text` and `use_tls` live in
+`nokvpy.cli.common` (the subcommand modules import them from there) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ import os
 import sys
 from pathlib import Path
 
+from nokvpy.cli.common import CliError as CliError  # re-exported (tests, callers)
+from nokvpy.cli.common import remote_text, use_tls
+
 DEFAULT_DIR = os.environ.get("NOKV_DIR", "./nokv-cluster")
-
-
-class CliError(Exception):
-    """An expected failure: printed as one line, exit status 1."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -151,19 +151,6 @@ def tls_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         missing = ", ".join(f"--tls-{k}" for k in TLS_FILES if k not in given)
         parser.error(f"--tls-cert, --tls-key and --tls-ca go together (missing {missing})")
     args.tls = given or None
-
-
-def use_tls(files: dict[str, str] | None) -> None:
-    """Make `files` the TLS of every RPC server and client of this process (CliError when a
-    file cannot be loaded)."""
-    if not files:
-        return
-    from nokvpy.rpc import tls
-
-    try:
-        tls.configure(files).check()
-    except tls.TlsConfigError as exc:
-        raise CliError(str(exc)) from None
 
 
 def add_json(p: argparse.ArgumentParser) -> None:
@@ -526,12 +513,6 @@ def describe(exc: BaseException) -> str:
     name = type(exc).__name__
     known = ("CliError", "ClusterError")
     return text if name in known and text else f"{name}: {text}" if text else name
-
-
-def remote_text(exc) -> str:
-    """A remote error as `kind/reason: message`, without its details (machine hints)."""
-    text = exc.kind + (f"/{exc.reason}" if exc.reason else "")
-    return text + (f": {exc.message}" if exc.message else "")
 
 
 if __name__ == "__main__":

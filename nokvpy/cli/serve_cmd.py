@@ -16,7 +16,7 @@ def run(args) -> int:
     failpoints.set_remote_enabled(bool(getattr(args, "enable_failpoints", False)))
     # --tls-cert/--tls-key/--tls-ca: every RpcServer and RpcClient of this process talks TLS
     # (nokvpy.rpc.tls.configure; the files are loaded now, so a bad one fails before serving)
-    from nokvpy.cli.main import use_tls
+    from nokvpy.cli.common import use_tls
 
     use_tls(getattr(args, "tls", None))
     if args.command == "metaroot":

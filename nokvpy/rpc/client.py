@@ -35,10 +35,9 @@ from nokvpy.rpc.errors import (
     RemoteError,
     RpcTimeoutError,
     RpcUnavailableError,
-    sole_error,
 )
 from nokvpy.rpc.faults import FaultRules
-from nokvpy.rpc.framed import ConnectionClosedError, FramedStream
+from nokvpy.rpc.framed import ConnectionClosedError, FramedStream, sole_error
 from nokvpy.rpc.handshake import client_handshake
 from nokvpy.rpc.identity import Counters, Identity, PeerIdentity, parse_addr
 from nokvpy.rpc.network import TCP, Network, secure, with_tls

@@ -109,19 +109,3 @@ class HandshakeRefusedError(RpcUnavailableError):
         super().__init__(addr, f"handshake refused: {reason}" + (f" ({detail})" if detail else ""))
         self.reason = reason
 
-
-def sole_error(group: BaseExceptionGroup) -> BaseException:
-    """The one real error inside a nursery's exception group (cancellations aside), so a
-    connection handler classifies it (decode error, closed connection ...) by its own type
-    under trio's strict exception groups; the group itself when there is no single one."""
-    import trio
-
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        e = pending.pop()
-        if isinstance(e, BaseExceptionGroup):
-            pending.extend(e.exceptions)
-        elif not isinstance(e, trio.Cancelled):
-            leaves.append(e)
-    return leaves[0] if len(leaves) == 1 else group

@@ -6,6 +6,7 @@ socket with nothing queued and the writer idle, `enqueue` writes the frame itsel
 wake-up less per message); otherwise one writer task flushes everything queued as ONE
 `send_all` (write batching). Never interprets
 records (that is the server/client) and never opens streams (that is the network).
+`sole_error` picks the one real error out of a connection nursery's exception group.
 """
 
 from __future__ import annotations
@@ -194,3 +195,18 @@ class FramedStream:
             self._writer_running = False
             self.closed = True
             self._drained.unpark_all()
+
+
+def sole_error(group: BaseExceptionGroup) -> BaseException:
+    """The one real error inside a nursery's exception group (cancellations aside), so a
+    connection handler classifies it (decode error, closed connection ...) by its own type
+    under trio's strict exception groups; the group itself when there is no single one."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        e = pending.pop()
+        if isinstance(e, BaseExceptionGroup):
+            pending.extend(e.exceptions)
+        elif not isinstance(e, trio.Cancelled):
+            leaves.append(e)
+    return leaves[0] if len(leaves) == 1 else group

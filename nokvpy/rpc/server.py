@@ -27,6 +27,10 @@ TLS (`tls=`, default: `nokvpy.rpc.tls.configured(cluster id)`, set by the serve 
 the cluster CA is required) before the cluster-secret handshake, under the same
 `handshake_timeout` and as one of the `max_unauthenticated` connections; a failed TLS
 handshake is counted in `tls_handshake_failed` and logged rate-limited like other refusals.
+
+This module owns the listening side and the connection lifecycle (accepting, the handshake,
+connection limits, the idle watchdog); what happens to each request on an admitted
+connection is `nokvpy.rpc.dispatch` (`RequestDispatch`, mixed into `RpcServer`).
 """
 
 from __future__ import annotations
@@ -34,18 +38,20 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from nokvpy import failpoints
 from nokvpy.protocol import roles
-from nokvpy.protocol.base import TAGS
-from nokvpy.protocol.enums import ErrorKind
-from nokvpy.rpc.errors import RemoteError, sole_error
+from nokvpy.rpc.dispatch import (
+    CallContext,
+    Connection,
+    ProtocolViolationError,
+    RequestDispatch,
+    Route,
+)
 from nokvpy.rpc.faults import FaultRules
-from nokvpy.rpc.framed import ConnectionClosedError, FramedStream, UndecodableFrame
+from nokvpy.rpc.framed import ConnectionClosedError, FramedStream, sole_error
 from nokvpy.rpc.handshake import HandshakeRejectedError, server_handshake
 from nokvpy.rpc.identity import Counters, Identity, PeerIdentity, format_addr
 from nokvpy.rpc.logthrottle import LogThrottle
@@ -54,91 +60,25 @@ from nokvpy.rpc.tls import TlsConfig, TlsHandshakeError, resolve
 from nokvpy.wire import (
     DEFAULT_LIMITS,
     DEFAULT_MAX_FRAME_SIZE,
-    Cancel,
     DecodeError,
     DecodeLimits,
     Echo,
-    EncodeError,
-    ErrorReply,
     FrameTooLargeError,
     GetFaultRules,
     Ping,
     Pong,
-    Request,
-    Response,
     SetFaultRules,
-    StreamEnd,
-    StreamItem,
-    encode,
-    frame,
-    peek_record,
 )
 
 logger = logging.getLogger("nokvpy.rpc")
-_REQUEST_TAG = Request.__wire_tag__  # type: ignore[attr-defined]
+
 
 # Before authentication only the handshake records travel; the largest, a HandshakeReply, is
 # about 110 bytes with a short cluster id. 4 KiB leaves room for any sane cluster id.
 PREAUTH_MAX_FRAME_SIZE = 4096
 
-Handler = Callable[[Any, "CallContext"], Awaitable[Any]]
-StreamHandler = Callable[[Any, "CallContext"], AsyncIterator[Any]]
 
-
-class CallContext:
-    """What a handler knows about the call it serves."""
-
-    __slots__ = ("peer", "request_id", "deadline", "server")
-
-    def __init__(self, peer: PeerIdentity, request_id: int, deadline: float, server: RpcServer):
-        self.peer = peer
-        self.request_id = request_id  # 0 for a one-way request
-        self.deadline = deadline  # trio time; math.inf when the caller set none
-        self.server = server
-
-    @property
-    def one_way(self) -> bool:
-        return self.request_id == 0
-
-    def remaining(self) -> float:
-        """Seconds left before the caller's deadline (math.inf if none)."""
-        return self.deadline - trio.current_time()
-
-
-@dataclass(slots=True)
-class _Route:
-    handler: Callable[..., Any]
-    stream: bool
-    inline: bool
-
-
-class _Active:
-    __slots__ = ("scope", "by_client")
-
-    def __init__(self, scope: trio.CancelScope) -> None:
-        self.scope = scope
-        self.by_client = False
-
-
-class _Conn:
-    __slots__ = ("framed", "peer", "nursery", "active", "in_flight", "last_active")
-
-    def __init__(self, framed: FramedStream, peer: PeerIdentity, nursery: trio.Nursery) -> None:
-        self.framed = framed
-        self.peer = peer
-        self.nursery = nursery
-        self.active: dict[int, _Active] = {}
-        # Requests and streams spawned and not finished (inline handlers are not counted).
-        self.in_flight = 0
-        # trio time of the last frames received, or of the last request finishing.
-        self.last_active = trio.current_time()
-
-
-class _ProtocolViolationError(Exception):
-    pass
-
-
-class RpcServer:
+class RpcServer(RequestDispatch):
     """Serve registered request types. See the module docstring."""
 
     def __init__(
@@ -183,8 +123,8 @@ class RpcServer:
         self.idle_timeout = idle_timeout  # math.inf: never close an idle connection
         self.counters = Counters()
         self.address: tuple[str, int] | None = None
-        self._routes: dict[type, _Route] = {}
-        self._connections: set[_Conn] = set()
+        self._routes: dict[type, Route] = {}
+        self._connections: set[Connection] = set()
         # Invariant: _unauthenticated == connections accepted and not yet through (or out of)
         # the handshake; _sessions == connections admitted by the handshake and not yet closed.
         self._unauthenticated = 0
@@ -213,7 +153,7 @@ class RpcServer:
         connection's reader task (no task spawn, requests handled in arrival order); it must
         not block (e.g. only push into a queue). Re-registering a built-in replaces it.
         """
-        self._add_route(request_type, _Route(handler, stream=False, inline=inline))
+        self._add_route(request_type, Route(handler, stream=False, inline=inline))
 
     def register_stream(
         self, request_type: type, handler: Callable[[Any, CallContext], AsyncIterator[Any]]
@@ -221,9 +161,9 @@ class RpcServer:
         """`handler(request, ctx)` is an async generator; each yielded record is sent as a
         StreamItem, then StreamEnd. Raising `RemoteError` ends the stream with that error.
         Do not yield from inside a nursery or cancel scope (trio async generator rule)."""
-        self._add_route(request_type, _Route(handler, stream=True, inline=False))
+        self._add_route(request_type, Route(handler, stream=True, inline=False))
 
-    def _add_route(self, request_type: type, route: _Route) -> None:
+    def _add_route(self, request_type: type, route: Route) -> None:
         if not hasattr(request_type, "__wire_tag__"):
             raise TypeError(f"{request_type!r} is not a registered wire record (@wire_type)")
         existing = self._routes.get(request_type)
@@ -299,7 +239,7 @@ class RpcServer:
         framed = FramedStream(stream, max_frame_size=self.preauth_max_frame_size,
                               limits=self.limits)
         self.counters.inc("connections_accepted")
-        conn: _Conn | None = None
+        conn: Connection | None = None
         in_handshake, admitted = True, False
 
         def admit(peer: PeerIdentity) -> tuple[str, str] | None:
@@ -333,7 +273,7 @@ class RpcServer:
             framed.max_frame_size = self.max_frame_size
             try:
                 async with trio.open_nursery() as nursery:
-                    conn = _Conn(framed, peer, nursery)
+                    conn = Connection(framed, peer, nursery)
                     self._connections.add(conn)
                     nursery.start_soon(framed.writer_loop)
                     if self.idle_timeout < math.inf:
@@ -358,7 +298,7 @@ class RpcServer:
             self._protocol_error(remote, conn, "frame_too_large", e.reason)
         except DecodeError as e:
             self._protocol_error(remote, conn, "decode_error", e.reason)
-        except _ProtocolViolationError as e:
+        except ProtocolViolationError as e:
             self._protocol_error(remote, conn, "unexpected_message", str(e))
         except ConnectionClosedError as e:
             self.counters.inc("connections_closed")
@@ -375,7 +315,7 @@ class RpcServer:
                 self._sessions -= 1
             await trio.aclose_forcefully(stream)
 
-    def _protocol_error(self, remote: str, conn: _Conn | None, reason: str, detail: str) -> None:
+    def _protocol_error(self, remote: str, conn: Connection | None, reason: str, detail: str) -> None:
         phase = "handshake" if conn is None else "session"
         self.counters.inc("protocol_errors", reason=reason)
         if conn is None:
@@ -384,7 +324,7 @@ class RpcServer:
         self._log.warning(f"protocol:{phase}:{reason}", "closing connection from %s (%s): %s: %s",
                           who, phase, reason, detail)
 
-    async def _idle_watchdog(self, conn: _Conn) -> None:
+    async def _idle_watchdog(self, conn: Connection) -> None:
         """Close `conn` once no frame was completed for `idle_timeout` seconds and no request or
         stream of it is running (a long watch stream keeps its connection however quiet)."""
         idle = self.idle_timeout
@@ -401,247 +341,7 @@ class RpcServer:
                 conn.nursery.cancel_scope.cancel()
                 return
 
-    async def _read_loop(self, conn: _Conn) -> None:
-        framed = conn.framed
-        while True:
-            try:
-                batch = await framed.receive_batch(lenient=True)
-            except ConnectionClosedError:
-                return
-            conn.last_active = trio.current_time()
-            for msg in batch:
-                t = type(msg)
-                if t is Request:
-                    await self._on_request(conn, msg)  # type: ignore[arg-type]
-                elif t is UndecodableFrame:
-                    self._on_undecodable(conn, msg)  # type: ignore[arg-type]
-                elif t is Cancel:
-                    active = conn.active.get(msg.request_id)  # type: ignore[attr-defined]
-                    if active is not None:
-                        active.by_client = True
-                        active.scope.cancel()
-                else:
-                    raise _ProtocolViolationError(f"unexpected {t.__name__} from a client")
-
-    def _on_undecodable(self, conn: _Conn, bad: UndecodableFrame) -> None:
-        """A frame that fails to decode: when it is a request whose id can still be read
-        (e.g. a field holds an unknown enum value), answer that request with the reason and
-        keep the connection (other requests on it are unaffected); otherwise the stream is
-        not speaking our protocol: close it as before."""
-        raw = peek_record(bad.data, self.limits)
-        rid = raw[1] if raw is not None and raw[0] == _REQUEST_TAG and len(raw) == 4 else None
-        if type(rid) is not int or rid < 0:
-            raise bad.error
-        body_tag = raw[3][0] if type(raw[3]) is list and raw[3] and type(raw[3][0]) is int else None
-        body = TAGS.get(body_tag)
-        what = body.__name__ if body is not None else f"record tag {body_tag!r}"
-        self.counters.inc("bad_requests", reason="decode_error")
-        self._log.warning("bad_request", "refused a request from %s: %s does not decode: %s",
-                          conn.peer.name, what, bad.error.reason)
-        if rid:
-            self._reply(conn, rid, ErrorReply(rid, ErrorKind.INVALID_ARGUMENT, "decode_error",
-                                              f"{what} does not decode: {bad.error.reason}"))
-
-    async def _on_request(self, conn: _Conn, req: Request) -> None:
-        self.counters["requests"] += 1
-        rid = req.request_id
-        body = req.body
-        route = self._routes.get(type(body))
-        if route is None:
-            self.counters.inc("unhandled_requests", type=type(body).__name__)
-            self._reply(
-                conn, rid,
-                ErrorReply(rid, ErrorKind.INVALID_ARGUMENT, "unhandled_request_type",
-                           f"{self.identity.name} has no handler for {type(body).__name__}"),
-            )
-            return
-        denied = self._authorize(conn.peer, type(body).__name__)
-        if denied is not None:
-            reason, detail = denied
-            self.counters.inc("permission_denied", role=conn.peer.node_kind,
-                              rpc=type(body).__name__)
-            self._log.warning(reason, "refused %s from %s: %s", type(body).__name__,
-                              conn.peer.name, detail)
-            self._reply(conn, rid, ErrorReply(
-                rid, ErrorKind.PERMISSION_DENIED, reason, detail,
-                {"role": conn.peer.node_kind, "rpc": type(body).__name__}))
-            return
-        if conn.in_flight >= self.max_in_flight:
-            self.counters.inc("rejected_requests", reason="too_many_in_flight")
-            self._reply(
-                conn, rid,
-                ErrorReply(rid, ErrorKind.UNAVAILABLE, "too_many_in_flight",
-                           f"more than {self.max_in_flight} requests in flight on one connection",
-                           {"retry": True}),
-            )
-            return
-        delay = 0.0
-        if self.faults.rules:
-            verdict = self.faults.decide(conn.peer.name, self.identity.name, type(body).__name__)
-            if verdict.drop:
-                self.counters.inc("fault_dropped")
-                return
-            delay = verdict.delay
-        if req.deadline_ms > 0:
-            deadline = trio.current_time() + req.deadline_ms / 1000.0
-        elif req.deadline_ms == 0:
-            deadline = math.inf
-        else:
-            deadline = -math.inf
-        ctx = CallContext(conn.peer, rid, deadline, self)
-        if route.stream:
-            if rid == 0:
-                self.counters.inc("rejected_requests", reason="one_way_stream")
-                return
-            conn.in_flight += 1  # counted from the spawn, so one batch cannot overshoot
-            conn.nursery.start_soon(self._run_stream, conn, route, body, ctx, delay)
-        elif route.inline and not delay:
-            await self._run_inline(conn, route, body, ctx)
-        else:
-            conn.in_flight += 1
-            conn.nursery.start_soon(self._run_unary, conn, route, body, ctx, delay)
-
-    async def _run_unary(
-        self, conn: _Conn, route: _Route, body: object, ctx: CallContext, delay: float
-    ) -> None:
-        rid = ctx.request_id
-        active = _Active(trio.CancelScope(deadline=ctx.deadline))
-        if rid:
-            conn.active[rid] = active
-        reply: object = None
-        try:
-            with active.scope:
-                if delay:
-                    await trio.sleep(delay)
-                try:
-                    reply = Response(rid, await route.handler(body, ctx))
-                except RemoteError as e:
-                    self.counters.inc("remote_errors", kind=e.kind)
-                    reply = ErrorReply(rid, e.kind, e.reason, e.message, e.details)
-                except Exception as e:
-                    reply = self._internal_error(rid, body, ctx, e)
-            if active.scope.cancelled_caught:
-                reply = self._cancelled_reply(rid, body, ctx, active)
-        finally:
-            conn.in_flight -= 1
-            if not conn.in_flight:
-                conn.last_active = trio.current_time()
-            if rid:
-                conn.active.pop(rid, None)
-        if rid and reply is not None:
-            self._reply(conn, rid, reply)
-
-    async def _run_inline(self, conn: _Conn, route: _Route, body: object, ctx: CallContext) -> None:
-        """Run a non-blocking handler in the reader task: no task, no cancel scope (it cannot
-        be cancelled by a Cancel that the reader has not read yet)."""
-        rid = ctx.request_id
-        if ctx.deadline < trio.current_time():
-            self._reply(conn, rid, self._cancelled_reply(rid, body, ctx, None))
-            return
-        try:
-            reply: object = Response(rid, await route.handler(body, ctx))
-        except RemoteError as e:
-            self.counters.inc("remote_errors", kind=e.kind)
-            reply = ErrorReply(rid, e.kind, e.reason, e.message, e.details)
-        except Exception as e:
-            reply = self._internal_error(rid, body, ctx, e)
-        self._reply(conn, rid, reply)
-
-    async def _run_stream(
-        self, conn: _Conn, route: _Route, body: object, ctx: CallContext, delay: float
-    ) -> None:
-        rid = ctx.request_id
-        active = _Active(trio.CancelScope(deadline=ctx.deadline))
-        conn.active[rid] = active
-        reply: object = None
-        framed = conn.framed
-        try:
-            with active.scope:
-                if delay:
-                    await trio.sleep(delay)
-                agen = route.handler(body, ctx)
-                try:
-                    async for item in agen:
-                        framed.send(StreamItem(rid, item))
-                        await framed.wait_writable()
-                    reply = StreamEnd(rid)
-                except RemoteError as e:
-                    self.counters.inc("remote_errors", kind=e.kind)
-                    reply = ErrorReply(rid, e.kind, e.reason, e.message, e.details)
-                except EncodeError as e:
-                    reply = self._internal_error(rid, body, ctx, e)
-                except ConnectionClosedError:
-                    return
-                except Exception as e:
-                    reply = self._internal_error(rid, body, ctx, e)
-                finally:
-                    aclose = getattr(agen, "aclose", None)
-                    if aclose is not None:
-                        with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                            await aclose()
-            if active.scope.cancelled_caught:
-                reply = self._cancelled_reply(rid, body, ctx, active)
-        finally:
-            conn.in_flight -= 1
-            if not conn.in_flight:
-                conn.last_active = trio.current_time()
-            conn.active.pop(rid, None)
-        if reply is not None:
-            self._reply(conn, rid, reply)
-
-    def _cancelled_reply(
-        self, rid: int, body: object, ctx: CallContext, active: _Active | None
-    ) -> ErrorReply | None:
-        if active is not None and active.by_client:
-            self.counters.inc("cancelled_by_client")
-            return None
-        self.counters.inc("deadline_exceeded")
-        logger.info(
-            "cancelled %s from %s: deadline exceeded", type(body).__name__, ctx.peer.name
-        )
-        return ErrorReply(rid, ErrorKind.TIMEOUT, "deadline_exceeded",
-                          f"{type(body).__name__} exceeded its deadline on {self.identity.name}")
-
-    def _internal_error(self, rid: int, body: object, ctx: CallContext, e: Exception) -> ErrorReply:
-        self.counters.inc("handler_errors", type=type(body).__name__)
-        logger.exception("handler for %s from %s failed", type(body).__name__, ctx.peer.name)
-        return ErrorReply(rid, ErrorKind.INTERNAL, "handler_exception",
-                          f"{type(e).__name__}: {e}"[:1000], {"request_type": type(body).__name__})
-
-    def _reply(self, conn: _Conn, rid: int, reply: object) -> None:
-        if not rid:
-            if type(reply) is ErrorReply:
-                self.counters.inc("one_way_errors", kind=reply.kind)  # type: ignore[attr-defined]
-            return
-        try:
-            data = frame(encode(reply))
-        except EncodeError as e:
-            self.counters.inc("handler_errors", type="unencodable_response")
-            logger.error("cannot encode the reply to request %d: %s", rid, e)
-            data = frame(encode(ErrorReply(rid, ErrorKind.INTERNAL, "unencodable_response",
-                                           e.reason[:1000])))
-        try:
-            conn.framed.enqueue(data)
-        except ConnectionClosedError:
-            self.counters.inc("replies_lost")
-
     # ---- built-in handlers ----------------------------------------------------------------
-
-    def _authorize(self, peer: PeerIdentity, rpc: str) -> tuple[str, str] | None:
-        """None, or (reason, detail) refusing `rpc` from `peer` (nokvpy.protocol.roles). Roles
-        are enforced when this server authenticates (a cluster secret): without one a role is
-        only a claim. Fault injection also needs enable_failpoints, whoever asks."""
-        enabled = failpoints.remote_enabled() if self.enable_failpoints is None \
-            else self.enable_failpoints
-        if rpc in roles.FAULT_RPCS and not enabled:
-            return ("failpoints_disabled", f"{rpc} refused: {self.identity.name} was started "
-                    "without --enable-failpoints")
-        if self.identity.secret and self.policy is not None and \
-                not self.policy(self.identity.node_kind, peer.node_kind, rpc):
-            return ("permission_denied", f"role {peer.node_kind!r} may not call {rpc} on "
-                    f"{self.identity.name} (allowed: "
-                    f"{', '.join(sorted(roles.allowed_roles(self.identity.node_kind, rpc))) or 'none'})")
-        return None
 
     async def _on_ping(self, req: Ping, ctx: CallContext) -> Pong:
         return Pong(req.payload, self.identity.name)

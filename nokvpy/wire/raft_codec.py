@@ -25,8 +25,8 @@ from nokvpy.raft.types import (
     Snapshot,
     SnapshotMetadata,
 )
-from nokvpy.wire.codec import decode_record, encode_record, register_custom
 from nokvpy.wire.errors import DecodeError
+from nokvpy.wire.schema import decode_record, encode_record, register_custom
 
 ENTRY_TAG = 1
 MESSAGE_TAG = 6

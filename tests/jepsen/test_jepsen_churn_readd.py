@@ -32,6 +32,7 @@ from jepsen_lite.runner import RunConfig, run, unlisted_churn
 from jepsen_lite.topology import (
     applied,
     check_topology_recovery,
+    describe_verdict,
     membership_counts,
     plan_churn,
     repair_plan,
@@ -511,6 +512,18 @@ def test_verdict_missing_voter():
     dead = topology_verdict(CATALOG, views_for(CATALOG, live=(1, 2)), 3)
     assert set(dead["regions"]) == {"1", "2"}
     assert "store-3: not live" in dead["regions"]["1"]["problems"]
+
+
+def test_verdict_blocked_outbox_is_not_recovered():
+    entry = {"seq": 1, "tid": "peer:1:remove:3:4", "state": "blocked"}
+    views = views_for(CATALOG, tweak=lambda v: v[3].update({"blocked": [entry]}))
+    verdict = topology_verdict(CATALOG, views, 3)
+    assert not verdict["recovered"] and verdict["regions"] == {} and verdict["extra"] == []
+    assert verdict["blocked"] == [{"store": "store-3", "outbox": [entry]}]
+    assert "store-3: publish outbox blocked (1 entries)" in describe_verdict(verdict)
+    # a dead store's outbox is not judged (it is not asked)
+    views[3]["live"] = False
+    assert "blocked" not in topology_verdict(CATALOG, views, 3)
 
 
 @pytest.mark.parametrize("field, value, words", [

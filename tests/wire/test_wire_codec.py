@@ -37,7 +37,8 @@ from nokvpy.wire import (
     encode,
     registered_types,
 )
-from nokvpy.wire.codec import _compile, pack_raw, unpack_raw
+from nokvpy.wire.codec import pack_raw, unpack_raw
+from nokvpy.wire.schema import compile_record as _compile
 
 ALL_TAGS = sorted(registered_types())
 

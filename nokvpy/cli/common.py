@@ -1,0 +1,33 @@
+"""What every `nokv` subcommand module shares with the entry point (`nokvpy.cli.main`).
+
+Owns: `CliError` (an expected failure: one line on stderr, exit status 1), `remote_text` (a
+remote error as `kind/reason: message`) and `use_tls` (the process-wide TLS of the RPC
+layer, from the --tls-* flags). Never parses arguments and never prints: the entry point
+does both, and imports the subcommand modules lazily, so they import this module instead of
+`nokvpy.cli.main` (no import cycle).
+"""
+
+from __future__ import annotations
+
+
+class CliError(Exception):
+    """An expected failure: printed as one line, exit status 1."""
+
+
+def use_tls(files: dict[str, str] | None) -> None:
+    """Make `files` the TLS of every RPC server and client of this process (CliError when a
+    file cannot be loaded)."""
+    if not files:
+        return
+    from nokvpy.rpc import tls
+
+    try:
+        tls.configure(files).check()
+    except tls.TlsConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+def remote_text(exc) -> str:
+    """A remote error as `kind/reason: message`, without its details (machine hints)."""
+    text = exc.kind + (f"/{exc.reason}" if exc.reason else "")
+    return text + (f": {exc.message}" if exc.message else "")
