@@ -100,7 +100,7 @@ def _same_all(a: tuple[RegionDescriptor, ...], b: tuple[RegionDescriptor, ...]) 
     return len(a) == len(b) and all(x.same_truth(y) for x, y in zip(a, b, strict=True))
 
 
-def _touched_ids(bases, targets) -> tuple[int, ...]:
+def touched_ids(bases, targets) -> tuple[int, ...]:
     return tuple(sorted({d.region_id for d in bases} | {d.region_id for d in targets}))
 
 
@@ -129,7 +129,7 @@ def classify(state: RootFacts, event: RootEvent) -> Situation:
             all(b.region_id in target_ids or b.region_id not in current for b in bases):
         if entry is None and not any(state.pending_by_region.get(t.region_id) for t in targets):
             return Situation.COMPLETED
-    if any(state.pending_by_region.get(r) for r in _touched_ids(bases, targets)):
+    if any(state.pending_by_region.get(r) for r in touched_ids(bases, targets)):
         return Situation.CONFLICTING
     if all((c := current.get(b.region_id)) is not None and c.same_truth(b) for b in bases):
         return Situation.OPEN

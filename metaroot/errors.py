@@ -2,7 +2,7 @@
 
 Owns: `RootEventRejected` (a stable snake_case reason, a retry class telling the caller what
 to do, the broken authority guarantee if any) and the small field-check helpers every
-validation module of metaroot raises it through (`_reject`, `_need`, `_is_int`).
+validation module of metaroot raises it through (`reject`, `need`, `is_int`).
 Never: decides whether an event is valid (metaroot.validate, metaroot.handlers and
 metaroot.grants do), imports anything of metaroot, or does I/O.
 """
@@ -28,18 +28,18 @@ class RootEventRejected(Exception):
         self.violation = violation
 
 
-def _reject(reason: str, detail: str = "", retry: RetryClass = RetryClass.PERMANENT,
+def reject(reason: str, detail: str = "", retry: RetryClass = RetryClass.PERMANENT,
             violation: str = Violation.NONE) -> RootEventRejected:
     return RootEventRejected(reason, retry, detail, violation)
 
 
-def _is_int(v: object) -> bool:
+def is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _need(cond: bool, reason: str, detail: str = "") -> None:
+def need(cond: bool, reason: str, detail: str = "") -> None:
     if not cond:
-        raise _reject(reason, detail)
+        raise reject(reason, detail)
 
 
 __all__ = ["RootEventRejected"]

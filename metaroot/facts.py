@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from metaroot.errors import _is_int
+from metaroot.errors import is_int
 from metaroot.persistent import PMap, RangeIndex
 from nokvpy.protocol.enums import Duty
 from nokvpy.protocol.grants import (
@@ -278,7 +278,7 @@ def _last_record(state: RootFacts, tid: str, source_index: int, wanted) -> int |
 def _index_records(records: Iterable[RecoveryRecord]) -> PMap:
     index: dict[str, tuple[tuple[str, int], ...]] = {}
     for r in records:
-        observed = r.observed_root_index if _is_int(r.observed_root_index) else 0
+        observed = r.observed_root_index if is_int(r.observed_root_index) else 0
         index[r.transition_id] = index.get(r.transition_id, ()) + ((r.action, observed),)
     return PMap.from_items(index.items())
 

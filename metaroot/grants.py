@@ -70,28 +70,28 @@ class GrantEventError(Exception):
         self.reason, self.detail, self.violation = reason, detail, violation
 
 
-def _is_int(v: object) -> bool:
+def is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _need(cond: bool, reason: str, detail: str = "", violation: str = Violation.NONE) -> None:
+def need(cond: bool, reason: str, detail: str = "", violation: str = Violation.NONE) -> None:
     if not cond:
         raise GrantEventError(reason, detail, violation)
 
 
 def check_duties(duties: object, what: str = "duties") -> dict[Duty, int]:
     """Non-empty, no duplicates, known duties, integer bounds >= 0."""
-    _need(isinstance(duties, tuple | list) and len(duties) > 0, "invalid_duties",
+    need(isinstance(duties, tuple | list) and len(duties) > 0, "invalid_duties",
           f"{what} must be a non-empty tuple")
     out: dict[Duty, int] = {}
     for d in duties:  # type: ignore[union-attr]
-        _need(isinstance(d, DutyGrant), "invalid_duties", f"{what}: {d!r}")
+        need(isinstance(d, DutyGrant), "invalid_duties", f"{what}: {d!r}")
         try:
             duty = Duty(d.duty)
         except ValueError:
             raise GrantEventError("unknown_duty", f"{d.duty!r}") from None
-        _need(_is_int(d.bound) and d.bound >= 0, "invalid_duties", f"{what}: bound {d.bound!r}")
-        _need(duty not in out, "invalid_duties", f"{what}: duplicate {duty}")
+        need(is_int(d.bound) and d.bound >= 0, "invalid_duties", f"{what}: bound {d.bound!r}")
+        need(duty not in out, "invalid_duties", f"{what}: duplicate {duty}")
         out[duty] = d.bound
     return out
 
@@ -119,15 +119,15 @@ def grant_event_changes(state: RootFacts, event: RootEvent) -> dict[str, Any]:
 
 
 def _check_grant(g: object) -> AuthorityGrant:
-    _need(isinstance(g, AuthorityGrant), "invalid_grant", "not an AuthorityGrant")
+    need(isinstance(g, AuthorityGrant), "invalid_grant", "not an AuthorityGrant")
     assert isinstance(g, AuthorityGrant)
-    _need(isinstance(g.grant_id, str) and bool(g.grant_id), "invalid_grant", "grant_id")
-    _need(isinstance(g.holder, str) and bool(g.holder), "invalid_grant", "holder")
-    _need(_is_int(g.era) and g.era > 0, "invalid_grant", f"era {g.era!r}")
-    _need(_is_int(g.issued_at_ms) and _is_int(g.expires_at_ms)
+    need(isinstance(g.grant_id, str) and bool(g.grant_id), "invalid_grant", "grant_id")
+    need(isinstance(g.holder, str) and bool(g.holder), "invalid_grant", "holder")
+    need(is_int(g.era) and g.era > 0, "invalid_grant", f"era {g.era!r}")
+    need(is_int(g.issued_at_ms) and is_int(g.expires_at_ms)
           and g.expires_at_ms > g.issued_at_ms, "invalid_grant", "expiry must follow issue")
     check_duties(g.duties)
-    _need(isinstance(g.predecessors, tuple | list)
+    need(isinstance(g.predecessors, tuple | list)
           and all(isinstance(x, str) and x for x in g.predecessors)
           and len(set(g.predecessors)) == len(g.predecessors), "invalid_grant", "predecessors")
     return g
@@ -142,42 +142,42 @@ def _issued(state: RootFacts, g: AuthorityGrant) -> dict[str, Any]:
         if g == old:
             return {}
         old_bounds = bounds_map(old.duties)
-        _need(g.holder == old.holder and g.era == old.era and g.issued_at_ms == old.issued_at_ms
+        need(g.holder == old.holder and g.era == old.era and g.issued_at_ms == old.issued_at_ms
               and tuple(g.predecessors) == tuple(old.predecessors)
               and set(bounds) == set(old_bounds), "renewal_mismatch",
               f"grant {g.grant_id} may only extend expiry and bounds", Violation.PRIMACY)
-        _need(g.expires_at_ms >= old.expires_at_ms
+        need(g.expires_at_ms >= old.expires_at_ms
               and all(bounds[d] >= old_bounds[d] for d in bounds), "renewal_shrinks",
               f"grant {g.grant_id}: a renewal never lowers expiry or bounds", Violation.SILENCE)
     else:
-        _need(g.grant_id not in state.retirements, "grant_id_reused",
+        need(g.grant_id not in state.retirements, "grant_id_reused",
               f"{g.grant_id} names a retired grant", Violation.FINALITY)
         floor = max(state.era_floors.values(), default=0)
-        _need(g.era > state.max_era and g.era > floor, "era_not_increasing",
+        need(g.era > state.max_era and g.era > floor, "era_not_increasing",
               f"era {g.era} <= max era {max(state.max_era, floor)}", Violation.SILENCE)
         for duty in sorted(bounds):
             holder = state.duty_grants.get(duty)
-            _need(holder is None, "duty_held", f"{duty} is held by grant {holder}",
+            need(holder is None, "duty_held", f"{duty} is held by grant {holder}",
                   Violation.PRIMACY)
         for pid in g.predecessors:
             r = state.retirements.get(pid)
-            _need(r is not None, "unknown_predecessor", pid, Violation.INHERITANCE)
-            _need(not r.inherited_by or r.inherited_by == g.grant_id, "predecessor_inherited",
+            need(r is not None, "unknown_predecessor", pid, Violation.INHERITANCE)
+            need(not r.inherited_by or r.inherited_by == g.grant_id, "predecessor_inherited",
                   f"{pid} was inherited by {r.inherited_by}", Violation.FINALITY)
             for b in r.bounds:
                 if b.duty in bounds:
-                    _need(bounds[b.duty] >= b.bound, "uncovered_predecessor",
+                    need(bounds[b.duty] >= b.bound, "uncovered_predecessor",
                           f"{b.duty} bound {bounds[b.duty]} < predecessor {pid} bound {b.bound}",
                           Violation.INHERITANCE)
         listed = set(g.predecessors)
         for rid in state.uninherited:
             r = state.retirements[rid]
             if any(b.duty in bounds for b in r.bounds):
-                _need(rid in listed, "missing_predecessor",
+                need(rid in listed, "missing_predecessor",
                       f"un-inherited retirement {rid} shares a duty", Violation.INHERITANCE)
         for duty, field in _FENCED_DUTIES.items():
             if duty in bounds:
-                _need(bounds[duty] >= getattr(state, field), "bound_below_fence",
+                need(bounds[duty] >= getattr(state, field), "bound_below_fence",
                       f"{duty} bound {bounds[duty]} < rooted {field} {getattr(state, field)}",
                       Violation.INHERITANCE)
         duty_grants = dict(state.duty_grants)
@@ -192,26 +192,26 @@ def _issued(state: RootFacts, g: AuthorityGrant) -> dict[str, Any]:
 
 
 def _retired(state: RootFacts, r: GrantRetirement, mode: RetirementMode) -> dict[str, Any]:
-    _need(isinstance(r, GrantRetirement), "invalid_retirement", "not a GrantRetirement")
-    _need(r.mode == mode, "payload_mismatch", f"mode {r.mode!r} for a {mode.name} event")
-    _need(isinstance(r.grant_id, str) and bool(r.grant_id) and _is_int(r.retired_at_ms)
+    need(isinstance(r, GrantRetirement), "invalid_retirement", "not a GrantRetirement")
+    need(r.mode == mode, "payload_mismatch", f"mode {r.mode!r} for a {mode.name} event")
+    need(isinstance(r.grant_id, str) and bool(r.grant_id) and is_int(r.retired_at_ms)
           and r.inherited_by == "", "invalid_retirement", "grant_id / retired_at / inherited_by")
     bounds = check_duties(r.bounds, "bounds")
     prior = state.retirements.get(r.grant_id)
     if prior is not None:
-        _need(replace(prior, inherited_by="") == r, "already_retired",
+        need(replace(prior, inherited_by="") == r, "already_retired",
               f"{r.grant_id} was retired differently", Violation.FINALITY)
         return {}
     g = state.grants.get(r.grant_id)
-    _need(g is not None, "unknown_grant", r.grant_id)
-    _need(r.holder == g.holder and r.era == g.era, "retirement_mismatch",
+    need(g is not None, "unknown_grant", r.grant_id)
+    need(r.holder == g.holder and r.era == g.era, "retirement_mismatch",
           f"{r.grant_id} is held by {g.holder} at era {g.era}", Violation.PRIMACY)
     full = bounds_map(g.duties)
-    _need(set(bounds) == set(full) and all(bounds[d] <= full[d] for d in bounds),
+    need(set(bounds) == set(full) and all(bounds[d] <= full[d] for d in bounds),
           "retirement_bounds", "bounds must name every duty of the grant, within its bounds")
     if mode == RetirementMode.EXPIRED_BOUND:
-        _need(bounds == full, "retirement_bounds", "an expired grant retires its full bounds")
-        _need(r.retired_at_ms >= g.expires_at_ms, "grant_not_expired",
+        need(bounds == full, "retirement_bounds", "an expired grant retires its full bounds")
+        need(r.retired_at_ms >= g.expires_at_ms, "grant_not_expired",
               f"{r.grant_id} is live until {g.expires_at_ms}", Violation.PRIMACY)
     floors = dict(state.era_floors)
     for d in bounds:
@@ -226,23 +226,23 @@ def _retired(state: RootFacts, r: GrantRetirement, mode: RetirementMode) -> dict
 
 
 def _inherited(state: RootFacts, inh: GrantInheritance) -> dict[str, Any]:
-    _need(isinstance(inh, GrantInheritance) and isinstance(inh.predecessor, str)
-          and isinstance(inh.successor, str) and _is_int(inh.at_ms), "invalid_inheritance",
+    need(isinstance(inh, GrantInheritance) and isinstance(inh.predecessor, str)
+          and isinstance(inh.successor, str) and is_int(inh.at_ms), "invalid_inheritance",
           repr(inh))
     r = state.retirements.get(inh.predecessor)
-    _need(r is not None, "unknown_retirement", inh.predecessor, Violation.INHERITANCE)
+    need(r is not None, "unknown_retirement", inh.predecessor, Violation.INHERITANCE)
     if r.inherited_by == inh.successor:
         return {}
-    _need(not r.inherited_by, "already_inherited",
+    need(not r.inherited_by, "already_inherited",
           f"{inh.predecessor} was inherited by {r.inherited_by}", Violation.FINALITY)
     s = state.grants.get(inh.successor)
-    _need(s is not None, "unknown_successor", f"{inh.successor} is not an unretired grant",
+    need(s is not None, "unknown_successor", f"{inh.successor} is not an unretired grant",
           Violation.INHERITANCE)
-    _need(inh.predecessor in s.predecessors, "not_a_predecessor",
+    need(inh.predecessor in s.predecessors, "not_a_predecessor",
           f"{inh.successor} does not list {inh.predecessor}", Violation.INHERITANCE)
     for b in r.bounds:
         sb = s.bound_for(b.duty)
-        _need(sb is not None and sb >= b.bound, "uncovered_predecessor",
+        need(sb is not None and sb >= b.bound, "uncovered_predecessor",
               f"{inh.successor} does not cover {b.duty} bound {b.bound}", Violation.INHERITANCE)
     return {
         "retirements": state.retirements.set(r.grant_id, replace(r, inherited_by=s.grant_id)),
@@ -262,7 +262,7 @@ def fence_violation(state: RootFacts, duty: object, era: object,
         duty = Duty(duty)
     except ValueError:
         return ("invalid_fences", f"unknown duty {duty!r}", Violation.NONE)
-    if not _is_int(era):
+    if not is_int(era):
         return ("grant_era_required", f"a {duty} write needs the grant era", Violation.SILENCE)
     floor = state.era_floors.get(duty, 0)
     if era <= floor:
@@ -328,7 +328,7 @@ def plan_grant_command(state: RootFacts, cmd: GrantCommand,
     caller gets once they are applied; a refusal returns no events."""
     if not isinstance(cmd, GrantCommand):
         return _refused(f"not a GrantCommand: {type(cmd).__name__}")
-    if not isinstance(cmd.holder, str) or not cmd.holder or not _is_int(cmd.now_ms):
+    if not isinstance(cmd.holder, str) or not cmd.holder or not is_int(cmd.now_ms):
         return _refused("invalid_command: holder and now_ms are required")
     try:
         kind = GrantCommandKind(cmd.kind)
@@ -356,7 +356,7 @@ def _sealed_bounds(g: AuthorityGrant, usages: dict[Duty, int]) -> tuple[DutyGran
 
 def _plan_issue(state: RootFacts, cmd: GrantCommand) -> tuple[list[RootEvent], GrantCommandResult]:
     now = cmd.now_ms
-    if not _is_int(cmd.expires_at_ms) or cmd.expires_at_ms <= now:
+    if not is_int(cmd.expires_at_ms) or cmd.expires_at_ms <= now:
         return _refused("invalid_command: expires_at_ms must be after now_ms")
     try:
         req = check_duties(cmd.duties)

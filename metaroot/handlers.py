@@ -1,6 +1,6 @@
 """Event handlers of the rooted state: what each accepted event changes (DESIGN 4.1, 6, 7).
 
-Owns: one handler per event kind (`_HANDLERS`), each taking the current `RootFacts`, the
+Owns: one handler per event kind (`HANDLERS`), each taking the current `RootFacts`, the
 token and the event, and returning the fields it changes (an empty dict is an accepted no-op);
 the region mutation helper `_Regions` (descriptors, range index and pending entries of one
 event); the application of the transition decision table (`_effect`); and the cancel guard
@@ -22,21 +22,21 @@ from metaroot.classify import (
     Effect,
     EventClass,
     Situation,
-    _touched_ids,
     classify,
     event_class,
+    touched_ids,
 )
-from metaroot.errors import _is_int, _need, _reject
+from metaroot.errors import is_int, need, reject
 from metaroot.facts import FENCE_ACTION, RootFacts
 from metaroot.validate import (
-    _check_fence_witness,
-    _check_fresh_ids,
-    _check_merge,
-    _check_new_peers,
-    _check_no_overlap,
-    _check_peer_change,
-    _check_split,
     check_descriptor,
+    check_fence_witness,
+    check_fresh_ids,
+    check_merge,
+    check_new_peers,
+    check_no_overlap,
+    check_peer_change,
+    check_split,
 )
 from nokvpy.protocol.enums import (
     CANCEL_KINDS,
@@ -139,11 +139,11 @@ class _Regions:
 
 def _on_store_joined(state: RootFacts, token: RootToken, event: RootEvent) -> dict[str, Any]:
     p: StoreMembership = event.payload
-    _need(_is_int(p.store_id) and p.store_id > 0, "invalid_store", "store_id must be > 0")
-    _need(isinstance(p.address, str), "invalid_store", "address must be str")
+    need(is_int(p.store_id) and p.store_id > 0, "invalid_store", "store_id must be > 0")
+    need(isinstance(p.address, str), "invalid_store", "address must be str")
     cur = state.stores.get(p.store_id)
     if cur is not None and cur.retired:
-        raise _reject("store_retired", f"store {p.store_id} retired at {cur.retired_index}")
+        raise reject("store_retired", f"store {p.store_id} retired at {cur.retired_index}")
     if cur is not None and cur.address == p.address:
         return {}  # rejoin at the same address: nothing changes
     rec = StoreRecord(p.store_id, p.address, False,
@@ -154,10 +154,10 @@ def _on_store_joined(state: RootFacts, token: RootToken, event: RootEvent) -> di
 
 def _on_store_retired(state: RootFacts, token: RootToken, event: RootEvent) -> dict[str, Any]:
     p: StoreMembership = event.payload
-    _need(_is_int(p.store_id) and p.store_id > 0, "invalid_store", "store_id must be > 0")
+    need(is_int(p.store_id) and p.store_id > 0, "invalid_store", "store_id must be > 0")
     cur = state.stores.get(p.store_id)
     if cur is None:
-        raise _reject("unknown_store", f"store {p.store_id} never joined")
+        raise reject("unknown_store", f"store {p.store_id} never joined")
     if cur.retired:
         return {}
     return {"stores": state.stores.set(p.store_id, replace(cur, retired=True,
@@ -168,12 +168,12 @@ def _on_store_retired(state: RootFacts, token: RootToken, event: RootEvent) -> d
 def _on_fence(state: RootFacts, token: RootToken, event: RootEvent) -> dict[str, Any]:
     p: AllocatorFence = event.payload
     want = AllocatorKind.ID if event.kind == EventKind.ID_ALLOCATOR_FENCED else AllocatorKind.TSO
-    _need(p.kind == want, "payload_mismatch", f"{EventKind(event.kind).name} carries {p.kind!r}")
-    _need(_is_int(p.minimum) and p.minimum >= 0, "invalid_fence", f"minimum {p.minimum!r}")
+    need(p.kind == want, "payload_mismatch", f"{EventKind(event.kind).name} carries {p.kind!r}")
+    need(is_int(p.minimum) and p.minimum >= 0, "invalid_fence", f"minimum {p.minimum!r}")
     field = "id_fence" if want == AllocatorKind.ID else "tso_fence"
     current = getattr(state, field)
     if p.minimum < current:
-        raise _reject("fence_regression", f"{field} is {current}; refusing to lower it to "
+        raise reject("fence_regression", f"{field} is {current}; refusing to lower it to "
                       f"{p.minimum}", RetryClass.REFRESH)
     return {field: p.minimum} if p.minimum > current else {}
 
@@ -183,20 +183,20 @@ def _on_upsert(state: RootFacts, token: RootToken, event: RootEvent) -> dict[str
     cur = state.descriptors.get(d.region_id)
     if cur is not None:
         if state.pending_by_region.get(d.region_id):
-            raise _reject("range_change_pending", f"region {d.region_id} is owned by "
+            raise reject("range_change_pending", f"region {d.region_id} is owned by "
                           f"{state.pending_by_region.get(d.region_id)}", RetryClass.CONFLICT)
         if cur.same_truth(d):
             return {}
         if event.kind == EventKind.REGION_BOOTSTRAP:
-            raise _reject("region_exists", f"region {d.region_id} already bootstrapped")
+            raise reject("region_exists", f"region {d.region_id} already bootstrapped")
         if d.epoch.is_stale_against(cur.epoch):
-            raise _reject("stale_epoch", f"region {d.region_id} epoch {d.epoch} is behind "
+            raise reject("stale_epoch", f"region {d.region_id} epoch {d.epoch} is behind "
                           f"{cur.epoch}", RetryClass.REFRESH)
         if d.epoch == cur.epoch:
-            raise _reject("epoch_not_advanced", f"region {d.region_id} changed without an "
+            raise reject("epoch_not_advanced", f"region {d.region_id} changed without an "
                           f"epoch bump ({d.epoch})", RetryClass.REFRESH)
-    _check_no_overlap(state, d, {d.region_id})
-    _check_new_peers(state, d, (cur,) if cur else ())
+    check_no_overlap(state, d, {d.region_id})
+    check_new_peers(state, d, (cur,) if cur else ())
     regions = _Regions(state)
     regions.install(d, token.index)
     return regions.changes(state, bump=True)
@@ -204,10 +204,10 @@ def _on_upsert(state: RootFacts, token: RootToken, event: RootEvent) -> dict[str
 
 def _on_tombstone(state: RootFacts, token: RootToken, event: RootEvent) -> dict[str, Any]:
     p: RegionRemoval = event.payload
-    _need(_is_int(p.region_id) and p.region_id > 0, "invalid_region", "region_id must be > 0")
+    need(is_int(p.region_id) and p.region_id > 0, "invalid_region", "region_id must be > 0")
     if p.base is not None:
         check_descriptor(p.base, "base")
-        _need(p.base.region_id == p.region_id, "payload_mismatch", "base.region_id")
+        need(p.base.region_id == p.region_id, "payload_mismatch", "base.region_id")
     effect, _ = _effect(state, event)
     if effect == Effect.NOOP:
         return {}
@@ -221,7 +221,7 @@ def _effect(state: RootFacts, event: RootEvent) -> tuple[Effect, Situation]:
     situation = classify(state, event)
     effect, retry, reason = TRANSITION_EFFECTS[(cls, situation)]
     if effect == Effect.REJECT:
-        raise _reject(reason, f"{transition_id(event)} is {situation.name.lower()}", retry)
+        raise reject(reason, f"{transition_id(event)} is {situation.name.lower()}", retry)
     return effect, situation
 
 
@@ -229,11 +229,11 @@ def _on_transition(state: RootFacts, token: RootToken, event: RootEvent) -> dict
     kind = EventKind(event.kind)
     p = event.payload
     if isinstance(p, RangeSplit):
-        _check_split(p)
+        check_split(p)
     elif isinstance(p, RangeMerge):
-        _check_merge(p)
+        check_merge(p)
     else:
-        _check_peer_change(p, TRANSITION_KINDS[kind] == TransitionKind.PEER_ADDITION)
+        check_peer_change(p, TRANSITION_KINDS[kind] == TransitionKind.PEER_ADDITION)
     cls = event_class(kind)
     effect, situation = _effect(state, event)
     if effect == Effect.NOOP:
@@ -254,9 +254,9 @@ def _on_transition(state: RootFacts, token: RootToken, event: RootEvent) -> dict
         regions.clear_pending(tid)  # targets were installed (and the epoch bumped) at plan time
         return regions.changes(state, bump=False)
     # planned (open) or terminal without plan: install the targets
-    _check_fresh_ids(state, targets, bases)
+    check_fresh_ids(state, targets, bases)
     for t in targets:
-        _check_new_peers(state, t, bases)
+        check_new_peers(state, t, bases)
     current_bases = tuple(state.descriptors[b.region_id] for b in bases)
     for b in bases:
         regions.remove(b.region_id)
@@ -265,7 +265,7 @@ def _on_transition(state: RootFacts, token: RootToken, event: RootEvent) -> dict
     if cls == EventClass.PLANNED:
         regions.add_pending(PendingTransition(
             transition_id=tid, kind=TRANSITION_KINDS[kind], planned_kind=kind,
-            region_ids=_touched_ids(bases, targets),
+            region_ids=touched_ids(bases, targets),
             targets=tuple(regions.descriptors[t.region_id] for t in targets),
             bases=current_bases, source_token=token))
     return regions.changes(state, bump=True)
@@ -273,13 +273,13 @@ def _on_transition(state: RootFacts, token: RootToken, event: RootEvent) -> dict
 
 def _on_recovery(state: RootFacts, token: RootToken, event: RootEvent) -> dict[str, Any]:
     r: RecoveryRecord = event.payload
-    _need(isinstance(r.transition_id, str) and isinstance(r.action, str) and bool(r.action)
+    need(isinstance(r.transition_id, str) and isinstance(r.action, str) and bool(r.action)
           and isinstance(r.failure_evidence, str), "invalid_recovery_record",
           "transition_id, action and failure_evidence are strings; action non-empty")
-    _need(_is_int(r.observed_root_index), "invalid_recovery_record",
+    need(is_int(r.observed_root_index), "invalid_recovery_record",
           "observed_root_index must be an int")
     if r.action == FENCE_ACTION:
-        _check_fence_witness(state, token, r)
+        check_fence_witness(state, token, r)
     n = len(state.recovery_records)
     entry = (r.action, r.observed_root_index)
     return {"recovery_records": state.recovery_records.set(n, r),
@@ -294,12 +294,12 @@ def _guard_cancel(state: RootFacts, tid: str, entry: PendingTransition) -> None:
     source = entry.source_token.index
     seen = state.applied_report(tid, source)
     if seen is not None:
-        raise _reject("cancel_after_apply",
+        raise reject("cancel_after_apply",
                       f"{tid} (planned at root index {source}) was reported applied by its "
                       f"region leader (recovery record observed at index {seen}): it can only "
                       "complete; reconcile forward", RetryClass.PERMANENT)
     if state.fence_witness(tid, source) is None:
-        raise _reject("cancel_not_fenced",
+        raise reject("cancel_not_fenced",
                       f"{tid} (planned at root index {source}) was not fenced by its region "
                       f"leader: root cancels a plan only after a {FENCE_ACTION!r} recovery "
                       "record shows it can no longer apply; ask the region leader to "
@@ -311,10 +311,10 @@ def _on_grant(state: RootFacts, token: RootToken, event: RootEvent) -> dict[str,
         return _grants.grant_event_changes(state, event)
     except _grants.GrantEventError as e:
         retry = RetryClass.CONFLICT if e.violation == Violation.PRIMACY else RetryClass.PERMANENT
-        raise _reject(e.reason, e.detail, retry, e.violation) from None
+        raise reject(e.reason, e.detail, retry, e.violation) from None
 
 
-_HANDLERS = {
+HANDLERS = {
     EventKind.STORE_JOINED: _on_store_joined,
     EventKind.STORE_RETIRED: _on_store_retired,
     EventKind.ID_ALLOCATOR_FENCED: _on_fence,

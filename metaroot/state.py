@@ -30,11 +30,11 @@ from metaroot.classify import (
     classify,
     event_class,
 )
-from metaroot.errors import RootEventRejected, _reject
+from metaroot.errors import RootEventRejected, reject
 from metaroot.facts import APPLIED_ACTIONS, DEFAULT_REQUEST_WINDOW, FENCE_ACTION, RootFacts
-from metaroot.handlers import _HANDLERS, UNSAFE_CANCEL_ENV, set_cancel_guard, unsafe_cancel
+from metaroot.handlers import HANDLERS, UNSAFE_CANCEL_ENV, set_cancel_guard, unsafe_cancel
 from metaroot.persistent import PMap, RangeIndex
-from metaroot.validate import _check_kind, _check_shape, check_descriptor
+from metaroot.validate import check_descriptor, check_kind, check_shape
 from nokvpy.protocol.enums import Duty, EventKind, RetryClass
 from nokvpy.protocol.grants import NO_FENCES, AppendFences, AppliedRequest, Violation
 from nokvpy.protocol.records import RootEvent, RootToken
@@ -70,7 +70,7 @@ class RootState(RootFacts):
         if seen is None:
             return None
         if seen.fingerprint != fingerprint(event):
-            raise _reject("request_id_mismatch",
+            raise reject("request_id_mismatch",
                           f"request {request_id!r} was applied at {seen.token} with another event")
         return seen.token
 
@@ -96,7 +96,7 @@ class RootState(RootFacts):
     def precheck(self, event: RootEvent) -> None:
         """State-independent shape check (kind, payload type, fields), raising
         RootEventRejected; cheap enough to run before a raft round."""
-        _check_shape(event)
+        check_shape(event)
 
     def apply(self, token: RootToken, event: RootEvent,
               fences: AppendFences | None = None) -> RootState:
@@ -153,39 +153,39 @@ class RootState(RootFacts):
 
     def _derive(self, token: RootToken, event: RootEvent, fences: AppendFences,
                 require_duty_fence: bool) -> RootState:
-        kind = _check_kind(event)
+        kind = check_kind(event)
         request = None
         if event.request_id:
             if self.lookup_request(event.request_id, event) is not None:
                 return self._advance(token, {})  # identical re-application: no-op
             request = AppliedRequest(event.request_id, token, fingerprint(event))
         self._check_fences(kind, fences, require_duty_fence)
-        changes = _HANDLERS[kind](self, token, event)
+        changes = HANDLERS[kind](self, token, event)
         return self._advance(token, changes, request)
 
     def _check_fences(self, kind: EventKind, fences: AppendFences, require_duty: bool) -> None:
         if not isinstance(fences, AppendFences):
-            raise _reject("invalid_fences", type(fences).__name__)
+            raise reject("invalid_fences", type(fences).__name__)
         if fences.expected_cluster_epoch is not None and \
                 fences.expected_cluster_epoch != self.cluster_epoch:
-            raise _reject("cluster_epoch_mismatch",
+            raise reject("cluster_epoch_mismatch",
                           f"expected {fences.expected_cluster_epoch}, root has "
                           f"{self.cluster_epoch}", RetryClass.REFRESH)
         gated = {EventKind.ID_ALLOCATOR_FENCED: Duty.ALLOC_ID,
                  EventKind.TSO_ALLOCATOR_FENCED: Duty.TSO}.get(kind)
         if require_duty and gated is not None and fences.duty is None and (
                 gated in self.duty_grants or self.era_floor(gated) > 0):
-            raise _reject("grant_era_required", f"{gated} is under grant; fence the write by era",
+            raise reject("grant_era_required", f"{gated} is under grant; fence the write by era",
                           RetryClass.PERMANENT, Violation.SILENCE)
         if fences.duty is None:
             if fences.grant_era is not None:
-                raise _reject("invalid_fences", "grant_era without duty")
+                raise reject("invalid_fences", "grant_era without duty")
             return
         reason = _grants.fence_violation(self, fences.duty, fences.grant_era, fences.now_ms)
         if reason is not None:
             code, detail, violation = reason
             retry = RetryClass.PERMANENT if violation == Violation.SILENCE else RetryClass.REFRESH
-            raise _reject(code, detail, retry, violation)
+            raise reject(code, detail, retry, violation)
 
 
 __all__ = [

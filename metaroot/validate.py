@@ -1,7 +1,7 @@
 """Validation of rooted events: the field checks and the state checks the handlers run.
 
-Owns: the kind / payload-type check (`_check_kind`), the state-independent shape check of an
-event (`_check_shape`, what `RootState.precheck` runs before a raft round), descriptor
+Owns: the kind / payload-type check (`check_kind`), the state-independent shape check of an
+event (`check_shape`, what `RootState.precheck` runs before a raft round), descriptor
 validity (`check_descriptor`), the split / merge / peer-change payload rules, and the checks
 against the current truth a handler needs before it installs anything: peers only on live
 stores, no range overlap, fresh region ids, and the fence witness rule for recovery records.
@@ -11,7 +11,7 @@ transition's situation (metaroot.classify does), or does I/O.
 
 from __future__ import annotations
 
-from metaroot.errors import _is_int, _need, _reject
+from metaroot.errors import is_int, need, reject
 from metaroot.facts import RootFacts
 from nokvpy.protocol.enums import EventKind, RegionState, RetryClass, TransitionKind
 from nokvpy.protocol.records import (
@@ -32,127 +32,127 @@ from nokvpy.protocol.records import (
 from nokvpy.protocol.transitions import PAYLOAD_TYPES, TRANSITION_KINDS
 
 
-def _check_kind(event: RootEvent) -> EventKind:
+def check_kind(event: RootEvent) -> EventKind:
     if not isinstance(event, RootEvent):
-        raise _reject("invalid_event", f"not a RootEvent: {type(event).__name__}")
+        raise reject("invalid_event", f"not a RootEvent: {type(event).__name__}")
     try:
         kind = EventKind(event.kind)
     except (ValueError, TypeError):
-        raise _reject("unknown_kind", f"event kind {event.kind!r}") from None
+        raise reject("unknown_kind", f"event kind {event.kind!r}") from None
     expected = PAYLOAD_TYPES[kind]
     if not isinstance(event.payload, expected):
-        raise _reject("payload_type", f"{kind.name} needs {expected.__name__}, got "
+        raise reject("payload_type", f"{kind.name} needs {expected.__name__}, got "
                       f"{type(event.payload).__name__}")
     if not isinstance(event.request_id, str):
-        raise _reject("invalid_request_id", repr(event.request_id))
+        raise reject("invalid_request_id", repr(event.request_id))
     return kind
 
 
-def _check_shape(event: RootEvent) -> EventKind:
+def check_shape(event: RootEvent) -> EventKind:
     """Kind, payload type and the state-independent field checks of `event`."""
-    kind = _check_kind(event)
+    kind = check_kind(event)
     p = event.payload
     if isinstance(p, RegionUpsert):
         check_descriptor(p.descriptor)
     elif isinstance(p, RangeSplit):
-        _check_split(p)
+        check_split(p)
     elif isinstance(p, RangeMerge):
-        _check_merge(p)
+        check_merge(p)
     elif isinstance(p, PeerChange):
-        _check_peer_change(p, TRANSITION_KINDS[kind] == TransitionKind.PEER_ADDITION)
+        check_peer_change(p, TRANSITION_KINDS[kind] == TransitionKind.PEER_ADDITION)
     elif isinstance(p, StoreMembership):
-        _need(_is_int(p.store_id) and p.store_id > 0, "invalid_store", "store_id must be > 0")
+        need(is_int(p.store_id) and p.store_id > 0, "invalid_store", "store_id must be > 0")
     elif isinstance(p, AllocatorFence):
-        _need(_is_int(p.minimum) and p.minimum >= 0, "invalid_fence", f"minimum {p.minimum!r}")
+        need(is_int(p.minimum) and p.minimum >= 0, "invalid_fence", f"minimum {p.minimum!r}")
     elif isinstance(p, RegionRemoval):
-        _need(_is_int(p.region_id) and p.region_id > 0, "invalid_region", "region_id")
+        need(is_int(p.region_id) and p.region_id > 0, "invalid_region", "region_id")
     return kind
 
 
 def check_descriptor(d: object, what: str = "descriptor") -> RegionDescriptor:
     """Structural validity of a descriptor (missing or mistyped fields, empty range, peers)."""
-    _need(isinstance(d, RegionDescriptor), "invalid_descriptor", f"{what}: not a descriptor")
+    need(isinstance(d, RegionDescriptor), "invalid_descriptor", f"{what}: not a descriptor")
     assert isinstance(d, RegionDescriptor)
-    _need(_is_int(d.region_id) and d.region_id > 0, "invalid_descriptor", f"{what}: region_id")
-    _need(isinstance(d.start_key, bytes) and isinstance(d.end_key, bytes),
+    need(is_int(d.region_id) and d.region_id > 0, "invalid_descriptor", f"{what}: region_id")
+    need(isinstance(d.start_key, bytes) and isinstance(d.end_key, bytes),
           "invalid_descriptor", f"{what}: keys must be bytes")
-    _need(not d.end_key or d.start_key < d.end_key, "invalid_descriptor",
+    need(not d.end_key or d.start_key < d.end_key, "invalid_descriptor",
           f"{what}: empty range [{d.start_key!r}, {d.end_key!r})")
     e = d.epoch
-    _need(isinstance(e, RegionEpoch) and _is_int(e.version) and _is_int(e.conf_ver)
+    need(isinstance(e, RegionEpoch) and is_int(e.version) and is_int(e.conf_ver)
           and e.version >= 1 and e.conf_ver >= 1, "invalid_descriptor", f"{what}: epoch")
-    _need(isinstance(d.peers, tuple | list) and len(d.peers) > 0, "invalid_descriptor",
+    need(isinstance(d.peers, tuple | list) and len(d.peers) > 0, "invalid_descriptor",
           f"{what}: needs at least one peer")
     for p in d.peers:
-        _need(isinstance(p, PeerMeta) and _is_int(p.store_id) and _is_int(p.peer_id)
+        need(isinstance(p, PeerMeta) and is_int(p.store_id) and is_int(p.peer_id)
               and p.store_id > 0 and p.peer_id > 0, "invalid_descriptor", f"{what}: peer {p!r}")
-    _need(len({p.store_id for p in d.peers}) == len(d.peers)
+    need(len({p.store_id for p in d.peers}) == len(d.peers)
           and len({p.peer_id for p in d.peers}) == len(d.peers), "invalid_descriptor",
           f"{what}: duplicate store or peer id")
-    _need(any(not p.learner for p in d.peers), "invalid_descriptor", f"{what}: no voter")
-    _need(d.state == RegionState.RUNNING, "invalid_descriptor", f"{what}: state must be RUNNING")
+    need(any(not p.learner for p in d.peers), "invalid_descriptor", f"{what}: no voter")
+    need(d.state == RegionState.RUNNING, "invalid_descriptor", f"{what}: state must be RUNNING")
     return d
 
 
-def _check_split(p: RangeSplit) -> None:
+def check_split(p: RangeSplit) -> None:
     base = check_descriptor(p.base_parent, "base_parent")
     left, right = check_descriptor(p.left, "left"), check_descriptor(p.right, "right")
-    _need(_is_int(p.parent_region_id) and base.region_id == p.parent_region_id,
+    need(is_int(p.parent_region_id) and base.region_id == p.parent_region_id,
           "payload_mismatch", "base_parent.region_id != parent_region_id")
-    _need(isinstance(p.split_key, bytes) and len(p.split_key) > 0, "invalid_split",
+    need(isinstance(p.split_key, bytes) and len(p.split_key) > 0, "invalid_split",
           "split_key must be non-empty bytes")
-    _need(base.start_key < p.split_key and (not base.end_key or p.split_key < base.end_key),
+    need(base.start_key < p.split_key and (not base.end_key or p.split_key < base.end_key),
           "invalid_split", f"split key {p.split_key!r} outside parent range")
-    _need(left.start_key == base.start_key and left.end_key == p.split_key
+    need(left.start_key == base.start_key and left.end_key == p.split_key
           and right.start_key == p.split_key and right.end_key == base.end_key,
           "invalid_split", "children must partition the parent range at the split key")
-    _need(left.region_id != right.region_id, "invalid_split", "children share a region id")
-    _need(left.epoch.version > base.epoch.version and right.epoch.version > base.epoch.version,
+    need(left.region_id != right.region_id, "invalid_split", "children share a region id")
+    need(left.epoch.version > base.epoch.version and right.epoch.version > base.epoch.version,
           "invalid_split", "children must have a higher epoch version than the parent")
 
 
-def _check_merge(p: RangeMerge) -> None:
+def check_merge(p: RangeMerge) -> None:
     bl, br = check_descriptor(p.base_left, "base_left"), check_descriptor(p.base_right, "base_right")
     m = check_descriptor(p.merged, "merged")
-    _need(bl.region_id == p.left_region_id and br.region_id == p.right_region_id,
+    need(bl.region_id == p.left_region_id and br.region_id == p.right_region_id,
           "payload_mismatch", "base ids must equal left/right region ids")
-    _need(bl.region_id != br.region_id, "invalid_merge", "cannot merge a region with itself")
-    _need(bool(bl.end_key) and bl.end_key == br.start_key, "invalid_merge",
+    need(bl.region_id != br.region_id, "invalid_merge", "cannot merge a region with itself")
+    need(bool(bl.end_key) and bl.end_key == br.start_key, "invalid_merge",
           "regions are not adjacent")
-    _need(m.start_key == bl.start_key and m.end_key == br.end_key, "invalid_merge",
+    need(m.start_key == bl.start_key and m.end_key == br.end_key, "invalid_merge",
           "merged range must be the union of the sources")
-    _need(m.epoch.version > max(bl.epoch.version, br.epoch.version), "invalid_merge",
+    need(m.epoch.version > max(bl.epoch.version, br.epoch.version), "invalid_merge",
           "merged epoch version must exceed both sources")
 
 
-def _check_peer_change(p: PeerChange, adding: bool) -> None:
+def check_peer_change(p: PeerChange, adding: bool) -> None:
     base, target = check_descriptor(p.base, "base"), check_descriptor(p.target, "target")
-    _need(_is_int(p.store_id) and _is_int(p.peer_id) and p.store_id > 0 and p.peer_id > 0,
+    need(is_int(p.store_id) and is_int(p.peer_id) and p.store_id > 0 and p.peer_id > 0,
           "invalid_peer_change", "store_id / peer_id must be > 0")
-    _need(base.region_id == target.region_id == p.region_id, "payload_mismatch",
+    need(base.region_id == target.region_id == p.region_id, "payload_mismatch",
           "base/target region ids must equal region_id")
-    _need(base.start_key == target.start_key and base.end_key == target.end_key
+    need(base.start_key == target.start_key and base.end_key == target.end_key
           and base.epoch.version == target.epoch.version, "invalid_peer_change",
           "a peer change keeps the range and epoch version")
-    _need(target.epoch.conf_ver > base.epoch.conf_ver, "invalid_peer_change",
+    need(target.epoch.conf_ver > base.epoch.conf_ver, "invalid_peer_change",
           "target conf_ver must exceed base conf_ver")
     base_peers = {(q.store_id, q.peer_id): q for q in base.peers}
     target_peers = {(q.store_id, q.peer_id): q for q in target.peers}
     key = (p.store_id, p.peer_id)
     if adding:
-        _need(key not in base_peers and key in target_peers and
+        need(key not in base_peers and key in target_peers and
               all(q.store_id != p.store_id for q in base.peers), "invalid_peer_change",
               f"addition of {key} must add exactly that peer")
-        _need({k: v for k, v in target_peers.items() if k != key} == base_peers,
+        need({k: v for k, v in target_peers.items() if k != key} == base_peers,
               "invalid_peer_change", "a peer addition changes nothing else")
     else:
-        _need(key in base_peers and key not in target_peers, "invalid_peer_change",
+        need(key in base_peers and key not in target_peers, "invalid_peer_change",
               f"removal of {key} must remove exactly that peer")
-        _need({k: v for k, v in base_peers.items() if k != key} == target_peers,
+        need({k: v for k, v in base_peers.items() if k != key} == target_peers,
               "invalid_peer_change", "a peer removal changes nothing else")
 
 
-def _check_new_peers(state: RootFacts, target: RegionDescriptor,
+def check_new_peers(state: RootFacts, target: RegionDescriptor,
                      olds: tuple[RegionDescriptor, ...]) -> None:
     """Peers a descriptor places on stores the old descriptors did not use must sit on
     joined, live stores."""
@@ -162,7 +162,7 @@ def _check_new_peers(state: RootFacts, target: RegionDescriptor,
             continue
         s = state.stores.get(p.store_id)
         if s is None or s.retired:
-            raise _reject("store_not_live", f"region {target.region_id} peer on store "
+            raise reject("store_not_live", f"region {target.region_id} peer on store "
                           f"{p.store_id} which is {'retired' if s else 'not joined'}",
                           RetryClass.REFRESH)
 
@@ -171,7 +171,7 @@ def _overlap(a_start: bytes, a_end: bytes, b_start: bytes, b_end: bytes) -> bool
     return (not b_end or a_start < b_end) and (not a_end or b_start < a_end)
 
 
-def _check_no_overlap(state: RootFacts, d: RegionDescriptor, exclude: set[int]) -> None:
+def check_no_overlap(state: RootFacts, d: RegionDescriptor, exclude: set[int]) -> None:
     for start, rid in state.range_index.iter_from(d.start_key):
         if d.end_key and start >= d.end_key:
             return
@@ -179,33 +179,33 @@ def _check_no_overlap(state: RootFacts, d: RegionDescriptor, exclude: set[int]) 
             continue
         other = state.descriptors[rid]
         if _overlap(d.start_key, d.end_key, other.start_key, other.end_key):
-            raise _reject("range_overlap", f"region {d.region_id} [{d.start_key!r}, "
+            raise reject("range_overlap", f"region {d.region_id} [{d.start_key!r}, "
                           f"{d.end_key!r}) overlaps region {rid}", RetryClass.REFRESH)
 
 
-def _check_fresh_ids(state: RootFacts, targets, bases) -> None:
+def check_fresh_ids(state: RootFacts, targets, bases) -> None:
     base_ids = {b.region_id for b in bases}
     for t in targets:
         if t.region_id not in base_ids and t.region_id in state.descriptors:
-            raise _reject("region_id_in_use", f"region {t.region_id} already exists")
+            raise reject("region_id_in_use", f"region {t.region_id} already exists")
 
 
-def _check_fence_witness(state: RootFacts, token: RootToken, r: RecoveryRecord) -> None:
+def check_fence_witness(state: RootFacts, token: RootToken, r: RecoveryRecord) -> None:
     """A fence witness names a plan pending now, observed between its plan and this event,
     and not one its leader already reported applied."""
     entry = state.pending.get(r.transition_id)
     if entry is None:
-        raise _reject("fence_not_pending", f"{r.transition_id!r} has no pending plan to fence",
+        raise reject("fence_not_pending", f"{r.transition_id!r} has no pending plan to fence",
                       RetryClass.REFRESH)
     source = entry.source_token.index
     if not source <= r.observed_root_index < token.index:
-        raise _reject("invalid_recovery_record",
+        raise reject("invalid_recovery_record",
                       f"fence of {r.transition_id} observed at root index "
                       f"{r.observed_root_index}, outside [{source}, {token.index - 1}] (its "
                       "plan's index .. the last applied event)")
     seen = state.applied_report(r.transition_id, source)
     if seen is not None:
-        raise _reject("fence_after_apply",
+        raise reject("fence_after_apply",
                       f"the region leader reported {r.transition_id} (planned at index "
                       f"{source}) applied at root index {seen}: it cannot be fenced")
 
