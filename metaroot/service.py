@@ -20,8 +20,9 @@ from typing import Any
 import trio
 
 from metaroot import rootlog
+from metaroot.errors import RootEventRejected
 from metaroot.grants import plan_grant_command
-from metaroot.state import RootEventRejected, RootState
+from metaroot.state import RootState
 from nokvpy import failpoints, grantsig
 from nokvpy.adminsvc import register_failpoint_admin
 from nokvpy.protocol import (
@@ -399,9 +400,8 @@ class MetarootService:
         if not group.is_leader or getattr(group, "stopped", False):
             return False
         try:
-            r = group.node.raft
-            return bool(r.lease_valid() and r.committed_entry_in_current_term()
-                        and group.applied >= r.raft_log.committed)
+            index = group.node.lease_read_index()  # (a metaroot group reads LEASE_BASED)
+            return index is not None and group.applied >= index
         except AttributeError:  # no raft node to ask (a test double): never confirming
             return False
 

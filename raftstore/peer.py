@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from nokvpy.protocol import RegionDescriptor
 from nokvpy.protocol.coordinator_rpc import RegionHeartbeat
-from nokvpy.raft import NONE, ConfChange, ConfChangeType, Entry, EntryType, ProgressState, RawNode
+from nokvpy.raft import ProgressState, RawNode
 from raftstore.admission import RegionView
 from raftstore.apply import RegionStateMachine
 
@@ -96,7 +96,7 @@ class Peer:
 
     def commit_index(self) -> int:
         g = self.group
-        return g.node.raft.raft_log.committed if g is not None else 0
+        return g.node.basic_status().commit if g is not None else 0
 
     def view(self, now: float) -> RegionView:
         g = self.group
@@ -124,7 +124,7 @@ class Peer:
         if g is None or not g.is_leader:
             self.snapshots_sent.clear()
             return stuck
-        progress = g.node.raft.prs.progress
+        progress = g.node.status().progress
         for node, sent in list(self.snapshots_sent.items()):
             pr = progress.get(node)
             if pr is None or pr.state != ProgressState.SNAPSHOT:
@@ -162,23 +162,11 @@ class Peer:
 
 
 def bootstrap(node: RawNode, voters: list[int], descriptor: bytes) -> None:
-    """Start a brand-new region group, like `RawNode.bootstrap(voters)`, except that the
-    first ADD_NODE entry carries the encoded region descriptor as its context: the log is
-    self-describing, so a peer that later receives it from index 1 (instead of a snapshot)
-    learns its descriptor by applying entry 1. Every founding member bootstraps with the
-    same descriptor, so the founding entries are identical on all of them."""
+    """Start a brand-new region group: `RawNode.bootstrap(voters)` with the encoded region
+    descriptor as the first ADD_NODE entry's context. The log is self-describing, so a peer
+    that later receives it from index 1 (instead of a snapshot) learns its descriptor by
+    applying entry 1. Every founding member bootstraps with the same descriptor, so the
+    founding entries are identical on all of them."""
     if not voters:
         raise ValueError("bootstrap needs at least one voter")
-    r = node.raft
-    if r.raft_log.last_index() != 0:
-        raise RuntimeError("can only bootstrap an empty storage")
-    r.become_follower(1, NONE)
-    ents = [
-        Entry(1, i + 1, EntryType.CONF_CHANGE,
-              ConfChange(ConfChangeType.ADD_NODE, p, descriptor if i == 0 else b"").encode())
-        for i, p in enumerate(voters)
-    ]
-    r.raft_log.append(ents)
-    r.raft_log.committed = len(ents)
-    for p in voters:
-        r.apply_conf_change(ConfChange(ConfChangeType.ADD_NODE, p))
+    node.bootstrap(voters, context=descriptor)

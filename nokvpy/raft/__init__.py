@@ -1,13 +1,16 @@
 """Pure Raft consensus core (modelled on etcd raft): no I/O, no clocks, no global randomness.
 
-Drive a `RawNode` with `tick()`, `step(msg)` and `propose(data)`; take a `Ready`, persist it,
-send its messages, apply its committed entries, then `advance()` (see rawnode.py).
+Drive a `RawNode` with `tick()`, `step(msg)` and `propose(data)`; take a `Ready`, send its
+early messages, persist it, send its messages, apply its committed entries, then `advance()`
+(the contract is in rawnode.py). Callers outside this package use `RawNode` (and its
+`status()` / `basic_status()`), never the `Raft` behind it.
 """
 
+from .confchange import conf_state_after, next_conf_state
 from .config import Config
 from .core import Raft
 from .progress import ProgressState
-from .rawnode import ProgressStatus, RawNode, Ready, Status
+from .rawnode import BasicStatus, ProgressStatus, RawNode, Ready, Status
 from .read_only import ReadOnlyOption
 from .storage import MemoryStorage
 from .types import (
@@ -22,6 +25,8 @@ from .types import (
     HardState,
     Message,
     MessageType,
+    NotAppendedError,
+    NotLeaderError,
     ProposalDroppedError,
     ReadState,
     Snapshot,
@@ -37,6 +42,7 @@ from .types import (
 __all__ = [
     "LOCAL_MESSAGE_TYPES",
     "NONE",
+    "BasicStatus",
     "CompactedError",
     "ConfChange",
     "ConfChangeType",
@@ -48,6 +54,8 @@ __all__ = [
     "MemoryStorage",
     "Message",
     "MessageType",
+    "NotAppendedError",
+    "NotLeaderError",
     "ProgressState",
     "ProgressStatus",
     "ProposalDroppedError",
@@ -65,4 +73,6 @@ __all__ = [
     "Status",
     "Storage",
     "UnavailableError",
+    "conf_state_after",
+    "next_conf_state",
 ]

@@ -21,8 +21,9 @@ Choices (modelled on etcd raft; where we differ it says so):
   since the last Ready go out when the caller takes the next Ready (`flush_bcast`). Responses
   that advance the commit index broadcast immediately, as in etcd.
 - The leader counts its own log as replicated as soon as it appends (etcd v3.5 behaviour); this
-  is safe because the caller persists a Ready's entries before sending its messages, so no
-  follower can acknowledge an entry the leader has not made durable.
+  is safe because the caller persists a Ready's entries before it steps any answer to its
+  messages (its appends may leave early, see `Ready.early_messages` in rawnode.py), so no
+  follower's acknowledgement counts towards a commit before the leader made the entry durable.
 - Membership changes are single-step and take effect when the caller applies the ConfChange
   entry (`apply_conf_change`). A second conf change while one is pending (proposed but not yet
   applied by the leader) is rejected with ProposalDroppedError("pending conf change"). A new
@@ -160,7 +161,7 @@ class Raft:
         self.pre_vote = c.pre_vote
         self.disable_proposal_forwarding = c.disable_proposal_forwarding
         # Invariant: at most one vote per term; (term, vote) is persisted before any message
-        # that depends on it is sent (the caller persists a Ready before sending its messages).
+        # that depends on it is sent (such messages are never a Ready's early_messages).
         self.term = 0
         self.vote = NONE
         self.state = StateType.FOLLOWER

@@ -1,22 +1,31 @@
 """RawNode: the thin, synchronous API over the raft core, and the Ready it hands out.
 
-Owns: turning caller actions into core messages, and batching everything the core produced
-into one `Ready` at a time. Never does I/O, never reads a clock, never spawns anything: the
-caller's driver loop (raftstore's peer) does the persisting, sending and applying.
+Owns: turning caller actions into core messages, batching everything the core produced into
+one `Ready` at a time, and the Ready contract below: which of a Ready's messages may leave
+before it is persisted, and whether persisting it needs an fsync. The caller obeys the contract
+and decides nothing about safety. Never does I/O, never reads a clock, never spawns anything:
+the caller's driver loop (nokvpy/replication) does the persisting, sending and applying.
 
 The caller's duties for each Ready, in this order:
 
+0. Send `early_messages` (any time from now on; empty unless `Config.early_messages`). They
+   vouch for nothing this Ready persists (see `_sendable_early`), so they may go out while the
+   caller's own disk write is in flight (Raft thesis 10.2.1). The caller must not step an
+   answer to them into this node before this Ready's `entries` are durable (a loop that
+   persists a turn's entries before it steps the next turn's input never does).
 1. Persist: if `snapshot` is set, install it in storage (`MemoryStorage.apply_snapshot`);
    append `entries` (truncating any conflicting suffix); store `hard_state` if set. Write them
    atomically and fsync when `must_sync` is true (term, vote or entries changed).
 2. Send `messages`. Only after step 1: a message may acknowledge (or, on the leader, carry)
-   entries and votes that must already be durable. We do not relax etcd's rule for leader
-   messages; a leader may not send before it persisted.
+   entries and votes that must already be durable. Always here: a vote, a vote response,
+   anything of a Ready with a new term or vote or a snapshot, and, when the Ready has
+   entries, anything but a leader's appends and heartbeats.
 3. Apply: if `snapshot` is set, restore the state machine from it; then apply
    `committed_entries` in order. For an `EntryType.CONF_CHANGE` entry call
    `apply_conf_change(ConfChange.decode(entry.data))` and keep the returned ConfState with the
-   applied state (it goes into the next snapshot). Serve `read_states` once the applied index
-   reaches their `index`.
+   applied state (it goes into the next snapshot; `confchange.conf_state_after` computes it
+   ahead, for a caller that persists it with the applied index). Serve `read_states` once the
+   applied index reaches their `index`.
 4. Call `advance(ready)`. Only one Ready may be outstanding: `ready()` raises until the previous
    one was advanced.
 
@@ -32,6 +41,7 @@ from dataclasses import dataclass, field
 from .config import Config
 from .core import Raft
 from .progress import ProgressState
+from .read_only import ReadOnlyOption
 from .types import (
     LOCAL_MESSAGE_TYPES,
     NONE,
@@ -44,6 +54,8 @@ from .types import (
     HardState,
     Message,
     MessageType,
+    NotAppendedError,
+    NotLeaderError,
     ProposalDroppedError,
     ReadState,
     Snapshot,
@@ -70,6 +82,39 @@ class Ready:
     messages: list[Message] = field(default_factory=list)
     # Persist with fsync: term/vote changed or there are entries / a snapshot.
     must_sync: bool = False
+    # Messages that may be sent before this Ready is persisted (step 0; only with
+    # Config.early_messages). A Ready's messages are all here or all in `messages`.
+    early_messages: list[Message] = field(default_factory=list)
+
+
+# What a leader with new entries may send before they are durable (see _sendable_early).
+_LEADER_MSGS = frozenset((MessageType.APP, MessageType.HEARTBEAT))
+
+
+def _sendable_early(state: StateType, tv_changed: bool, entries: list[Entry],
+                    snapshot: Snapshot | None, msgs: list[Message]) -> bool:
+    """May these messages of one Ready go out before the Ready is persisted (overlapping the
+    caller's fsync with the network and the followers' fsyncs)?
+
+    Only when nothing they vouch for is in the Ready: term and vote unchanged (a vote, a vote
+    response or a new term must be durable before anyone hears of it), no snapshot, and
+    either no new entries at all (commit-only / heartbeat / read-index traffic: responses then
+    only speak of entries persisted by earlier Readys), or the node is leader and only sends
+    appends and heartbeats (Raft thesis 10.2.1: the leader may write its log in parallel with
+    replicating it). The latter needs the caller to step a follower's ack only after this
+    Ready's entries are durable (a serial loop does: acks are stepped in a later turn, after
+    this turn's commit returned), so the leader's own match index (counted at append) is
+    durable whenever it contributes to a commit."""
+    if snapshot is not None or tv_changed:
+        return False
+    if not entries:
+        return True
+    if state != StateType.LEADER:
+        return False
+    for m in msgs:
+        if m.type not in _LEADER_MSGS:
+            return False
+    return True
 
 
 @dataclass(slots=True, frozen=True)
@@ -80,6 +125,24 @@ class ProgressStatus:
     is_learner: bool
     paused: bool
     inflight: int
+
+
+@dataclass(slots=True, frozen=True)
+class BasicStatus:
+    """What a caller outside the core may read of a node, cheaply (no per-peer progress)."""
+
+    id: int
+    term: int
+    vote: int
+    lead: int
+    state: StateType
+    commit: int
+    applied: int
+    last_index: int
+    lead_transferee: int
+    # The commit index is an entry of the current term (a new leader committed its first
+    # entry: only then is its commit index the group's, and may a read use it).
+    committed_in_term: bool
 
 
 @dataclass(slots=True, frozen=True)
@@ -94,24 +157,32 @@ class Status:
     last_index: int
     conf_state: ConfState
     lead_transferee: int
-    # Only on the leader: one entry per peer.
+    # Only on the leader: one entry per peer (learners included, `is_learner`).
     progress: dict[int, ProgressStatus]
+    committed_in_term: bool = False
 
 
 class RawNode:
-    __slots__ = ("raft", "_prev_soft", "_prev_hard", "_outstanding")
+    __slots__ = ("raft", "_prev_soft", "_prev_hard", "_outstanding", "_early")
 
     def __init__(self, config: Config) -> None:
         self.raft = Raft(config)
         self._prev_soft = self.raft.soft_state()
+        # Invariant: term and vote of the last Ready advanced (or of storage): what the
+        # caller has persisted once it advanced that Ready.
         self._prev_hard = self.raft.hard_state()
         self._outstanding = False
+        self._early = config.early_messages
 
-    def bootstrap(self, peers: Iterable[int]) -> None:
+    def bootstrap(self, peers: Iterable[int], context: bytes = b"") -> None:
         """Start a brand-new group: the log begins with one committed ADD_NODE entry per peer
         (term 1). Every founding member calls this with the same peers on empty storage. The
         first Ready carries those entries to persist and to apply (applying again is a no-op).
-        Nodes added later start on empty storage without bootstrap."""
+        Nodes added later start on empty storage without bootstrap.
+
+        `context` rides in the first entry's ConfChange (e.g. a region descriptor: the log is
+        then self-describing, for a peer that later replays it from index 1); founding
+        members pass the same one, so their founding entries are identical."""
         peers = list(peers)
         if not peers:
             raise ValueError("bootstrap needs at least one peer")
@@ -120,7 +191,8 @@ class RawNode:
             raise RuntimeError("can only bootstrap an empty storage")
         r.become_follower(1, NONE)
         ents = [
-            Entry(1, i + 1, EntryType.CONF_CHANGE, ConfChange(ConfChangeType.ADD_NODE, p).encode())
+            Entry(1, i + 1, EntryType.CONF_CHANGE,
+                  ConfChange(ConfChangeType.ADD_NODE, p, context if i == 0 else b"").encode())
             for i, p in enumerate(peers)
         ]
         r.raft_log.append(ents)
@@ -150,6 +222,24 @@ class RawNode:
                 entries=[Entry(0, 0, EntryType.CONF_CHANGE, cc.encode())],
             )
         )
+
+    def propose_at(self, data: bytes, conf_change: bool = False) -> tuple[int, int]:
+        """Propose on the leader (`data` is an encoded ConfChange when `conf_change`) and
+        return the (index, term) the entry was appended at. Raises NotLeaderError when this
+        node is not the leader, NotAppendedError when nothing was appended, and what
+        `propose` / `propose_conf_change` raise (ValueError for an undecodable change)."""
+        r = self.raft
+        if r.state != StateType.LEADER:
+            raise NotLeaderError(r.lead)
+        before = r.raft_log.last_index()
+        if conf_change:
+            self.propose_conf_change(ConfChange.decode(data))
+        else:
+            self.propose(data)
+        index = r.raft_log.last_index()
+        if index == before:  # e.g. a conf change refused while another is pending
+            raise NotAppendedError(r.lead)
+        return index, r.term
 
     def step(self, m: Message) -> None:
         """Feed a message received from the network."""
@@ -191,6 +281,19 @@ class RawNode:
     def apply_conf_change(self, cc: ConfChange) -> ConfState:
         return self.raft.apply_conf_change(cc)
 
+    def lease_read_index(self) -> int | None:
+        """The read index this leader may answer from its lease now, without a heartbeat
+        round, or None: not leader, not LEASE_BASED, no entry committed in this term yet, or
+        the lease is not valid (the same rule as the core's LEASE_BASED ReadIndex). The
+        caller must have fed the ticks that elapsed (see ticks.py) for the lease to mean
+        anything."""
+        r = self.raft
+        if r.state != StateType.LEADER or r.read_only.option != ReadOnlyOption.LEASE_BASED:
+            return None
+        if not r.committed_entry_in_current_term() or not r.lease_valid():
+            return None
+        return r.raft_log.committed
+
     # -- Ready -----------------------------------------------------------------------------
 
     def has_ready(self) -> bool:
@@ -213,27 +316,29 @@ class RawNode:
         r = self.raft
         r.flush_bcast()
         log = r.raft_log
-        rd = Ready(
-            entries=log.unstable_entries(),
-            committed_entries=log.next_ents(),
-            messages=r.msgs,
-            snapshot=log.unstable.snapshot,
-        )
+        entries = log.unstable_entries()
+        snapshot = log.unstable.snapshot
+        msgs = r.msgs
         r.msgs = []
-        if r.read_states:
-            rd.read_states = r.read_states
+        read_states = r.read_states
+        if read_states:
             r.read_states = []
+        else:
+            read_states = []
+        soft = hard = None
         ps = self._prev_soft
         if r.lead != ps.lead or r.state != ps.raft_state:
-            rd.soft_state = self._prev_soft = SoftState(r.lead, r.state)
+            soft = self._prev_soft = SoftState(r.lead, r.state)
         ph = self._prev_hard
-        if r.term != ph.term or r.vote != ph.vote or log.committed != ph.commit:
-            rd.hard_state = HardState(r.term, r.vote, log.committed)
-            rd.must_sync = r.term != ph.term or r.vote != ph.vote
-        if rd.entries or rd.snapshot is not None:
-            rd.must_sync = True
+        tv_changed = r.term != ph.term or r.vote != ph.vote
+        if tv_changed or log.committed != ph.commit:
+            hard = HardState(r.term, r.vote, log.committed)
+        early: list[Message] = []
+        if msgs and self._early and _sendable_early(r.state, tv_changed, entries, snapshot, msgs):
+            early, msgs = msgs, early
         self._outstanding = True
-        return rd
+        return Ready(soft, hard, read_states, entries, snapshot, log.next_ents(), msgs,
+                     tv_changed or bool(entries) or snapshot is not None, early)
 
     def advance(self, rd: Ready) -> None:
         """The caller finished persisting, sending and applying `rd`."""
@@ -255,6 +360,13 @@ class RawNode:
         self._outstanding = False
 
     # -- introspection ---------------------------------------------------------------------
+
+    def basic_status(self) -> BasicStatus:
+        r = self.raft
+        log = r.raft_log
+        return BasicStatus(r.id, r.term, r.vote, r.lead, r.state, log.committed, log.applied,
+                           log.last_index(), r.lead_transferee,
+                           r.committed_entry_in_current_term())
 
     def status(self) -> Status:
         r = self.raft
@@ -282,4 +394,5 @@ class RawNode:
             conf_state=r.prs.conf_state(),
             lead_transferee=r.lead_transferee,
             progress=progress,
+            committed_in_term=r.committed_entry_in_current_term(),
         )

@@ -207,6 +207,21 @@ class ProposalDroppedError(Exception):
         self.leader_hint = leader_hint
 
 
+class NotLeaderError(ProposalDroppedError):
+    """`RawNode.propose_at` on a node that is not the leader (`leader_hint`: the one it
+    knows of, NONE when unknown)."""
+
+    def __init__(self, leader_hint: int = NONE) -> None:
+        super().__init__("not the leader", leader_hint)
+
+
+class NotAppendedError(ProposalDroppedError):
+    """`RawNode.propose_at`: the leader accepted the proposal without appending an entry."""
+
+    def __init__(self, leader_hint: int = NONE) -> None:
+        super().__init__("not appended", leader_hint)
+
+
 RESPONSE_MESSAGE_TYPES = frozenset(
     {
         MessageType.APP_RESP,

@@ -19,9 +19,10 @@ from nokvpy.storage.errors import (
     StorageFullError,
     UnknownDatabaseError,
 )
+from nokvpy.storage.groupstorage import GroupStorage
 from nokvpy.storage.kv import KV
 from nokvpy.storage.localmeta import BlockedEvent, LocalMeta, ReplayPointer, StoreIdentity
-from nokvpy.storage.raftlog import GroupStorage, RaftLogStore
+from nokvpy.storage.raftlog import RaftLogStore
 from nokvpy.storage.schema import ALL_DBS, MAX_KEY_SIZE
 
 __all__ = [

@@ -118,9 +118,9 @@ class MembershipOp:
             if group is None or not group.is_leader:
                 raise ExecutionFailedError(f"lost leadership of region {rid} while peer {node} "
                                            "was catching up")
-            raft = group.node.raft
-            target = target or raft.raft_log.committed
-            pr = raft.prs.progress.get(node)
+            st = group.node.status()  # per-peer progress: the core leads (checked above)
+            target = target or st.commit
+            pr = st.progress.get(node)
             match = pr.match if pr is not None else 0
             now = trio.current_time()
             if match >= target > 0 and now - last_ask >= 0.2:

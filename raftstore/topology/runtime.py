@@ -415,11 +415,10 @@ class Runtime:
                 group = peer.group if peer is not None else None
                 if group is None or not group.is_leader:
                     raise ExecutionFailedError(f"not the leader of region {rid} any more")
-                raft = group.node.raft
-                if raft.committed_entry_in_current_term():
-                    term = raft.term
-                    await driver.wait_applied(group, raft.raft_log.committed)
-                    if group.is_leader and raft.term == term:
+                st = group.node.basic_status()
+                if st.committed_in_term:
+                    await driver.wait_applied(group, st.commit)
+                    if group.is_leader and group.node.basic_status().term == st.term:
                         break
                     continue
                 await trio.sleep(0.02)
