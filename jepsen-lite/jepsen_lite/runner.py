@@ -27,7 +27,9 @@ from __future__ import annotations
 import json
 import random
 import shlex
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -185,6 +187,7 @@ def run(config: RunConfig, *, log: Callable[[str], None] | None = None) -> dict:
     }
     state: dict[str, Any] = {}
     history_path = run_dir / "history.jsonl"
+    previous = _sigterm_as_interrupt()
     try:
         control.create()
         schedule = build_schedule(
@@ -205,8 +208,24 @@ def run(config: RunConfig, *, log: Callable[[str], None] | None = None) -> dict:
             raise
     finally:
         _stop(control, config, log)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     results["timing"] = {"run_s": round(time.monotonic() - started, 3), **state.get("timing", {})}
     return _check_and_report(config, run_dir, history_path, state, results, log)
+
+
+def _sigterm_as_interrupt() -> Any:
+    """While a run lasts, SIGTERM stops it like ^C: the cluster it started is stopped (each
+    process by its pid) before this process exits. Without it, a run killed by `kill` or a
+    timeout left its cluster running. Returns the previous handler (None off the main
+    thread, where signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _stop(control: Any, config: RunConfig, log: Callable[[str], None]) -> None:

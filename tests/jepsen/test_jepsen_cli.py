@@ -135,3 +135,49 @@ def test_python_dash_m_entry_point(tmp_path, hb):
     )
     assert proc.returncode == 1, proc.stderr
     assert "INVALID" in proc.stdout
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_sigterm_stops_a_run_and_its_cluster(tmp_path):
+    """`kill` (SIGTERM) of a run stops the cluster it started, every process by its pid,
+    like ^C. Before, the run died at once and its metaroot, coordinator and stores kept
+    running (found when a sweep was stopped)."""
+    import signal
+    import time
+
+    package_root = str(Path(jepsen_lite.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=package_root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jepsen_lite", "run", "--workload", "register", "--nemesis", "none",
+         "--time-limit", "60", "--dir", str(run_dir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    pids: list[int] = []
+    try:
+        pid_dir = run_dir / "cluster" / "pids"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(pids) < 5:
+            pids = [int(p.read_text()) for p in pid_dir.glob("*.pid")] if pid_dir.exists() else []
+            time.sleep(0.2)
+        assert len(pids) == 5, pids  # metaroot, coordinator, three stores
+        assert all(_running(p) for p in pids)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_running(p) for p in pids):
+            time.sleep(0.1)
+        assert [p for p in pids if _running(p)] == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for p in pids:
+            if _running(p):
+                os.kill(p, signal.SIGKILL)
