@@ -1,7 +1,8 @@
 """`nokv coordinator serve`: one coordinator process.
 
 Owns: wiring the coordinator together (RPC client and server, metaroot client, the service
-and its background tasks) under one trio root nursery, failpoint admin, and graceful shutdown
+and its background tasks, the metrics endpoint of `--metrics-addr` with its collectors,
+coordinator.metrics) under one trio root nursery, failpoint admin, and graceful shutdown
 on SIGTERM / SIGINT (drain and seal grants, then exit 0). Never holds protocol logic
 (coordinator.service does) and never stores anything durable.
 """
@@ -15,12 +16,20 @@ import sys
 
 import trio
 
+from coordinator import metrics as coordinator_metrics
 from coordinator.scheduler import SchedulerConfig
 from coordinator.service import CoordinatorService
 from nokvpy import failpoints
 from nokvpy.adminsvc import register_failpoint_admin
 from nokvpy.client.meta import MetaClient
 from nokvpy.rpc import Identity, RpcClient, RpcServer, parse_addr
+from nokvpy.rpc.metrics_http import (
+    MetricsAddressError,
+    MetricsServer,
+    parse_metrics_addr,
+    process_collector,
+    rpc_collector,
+)
 
 log = logging.getLogger("nokvpy.coordinator")
 
@@ -32,10 +41,11 @@ class StartupError(Exception):
 async def serve(coordinator_id: int, listen: str, cluster_id: str, metaroot: list[str], *,
                 replication: int = 3, grant_ttl: float = 6.0, staleness_window: float = 3.0,
                 handle_signals: bool = True, secret: bytes | None = None,
-                service_options: dict | None = None,
+                service_options: dict | None = None, metrics_addr: str | None = None,
                 task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run one coordinator until SIGTERM / SIGINT or `service.stopped` (tests set it through
-    `service.shutdown()`); `task_status.started(service)` once it listens."""
+    `service.shutdown()`); `task_status.started(service)` once it listens. `metrics_addr`
+    (host:port): serve Prometheus metrics there (nokvpy.rpc.metrics_http)."""
     if not metaroot:
         raise StartupError("--metaroot needs at least one address")
     if replication < 1:
@@ -44,6 +54,12 @@ async def serve(coordinator_id: int, listen: str, cluster_id: str, metaroot: lis
         host, port = parse_addr(listen)
     except ValueError as exc:
         raise StartupError(str(exc)) from None
+    metrics_at = None
+    if metrics_addr:
+        try:
+            metrics_at = parse_metrics_addr(metrics_addr, allow_port_zero=True)
+        except MetricsAddressError as exc:
+            raise StartupError(f"--metrics-addr: {exc}") from None
     identity = Identity(cluster_id, "coordinator", coordinator_id, secret)
     rpc = RpcClient(identity)
     meta = MetaClient(rpc, metaroot)
@@ -53,10 +69,24 @@ async def serve(coordinator_id: int, listen: str, cluster_id: str, metaroot: lis
     server = RpcServer(identity)
     service.register(server)
     register_failpoint_admin(server)
+    metrics: MetricsServer | None = None
+    if metrics_at is not None:
+        metrics = MetricsServer([process_collector("coordinator", coordinator_id, cluster_id),
+                                 rpc_collector(server, rpc),
+                                 coordinator_metrics.collector(service)])
+        try:
+            await metrics.bind(*metrics_at)
+        except OSError as exc:
+            with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+                await rpc.aclose()
+            raise StartupError(f"coordinator-{coordinator_id} cannot serve metrics on "
+                               f"{metrics_addr}: {exc.strerror or exc}") from None
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(service.run)
             await nursery.start(server.serve, host, port)
+            if metrics is not None:
+                await nursery.start(metrics.serve)
             log.info("coordinator-%d serving on %s (cluster %s, metaroot %s)", coordinator_id,
                      listen, cluster_id, ",".join(metaroot))
             task_status.started(service)
@@ -79,6 +109,8 @@ async def serve(coordinator_id: int, listen: str, cluster_id: str, metaroot: lis
                     await service.shutdown(timeout=grant_ttl)
             nursery.cancel_scope.cancel()
     finally:
+        if metrics is not None:
+            await metrics.aclose()
         with trio.CancelScope(shield=True), trio.move_on_after(2.0):
             await rpc.aclose()
 
@@ -105,7 +137,8 @@ def main(args) -> int:
         trio.run(lambda: serve(args.id, args.listen, args.cluster_id, metaroot,
                                replication=args.replication, grant_ttl=args.grant_ttl,
                                staleness_window=args.staleness_window, secret=secret,
-                               service_options={"scheduler": scheduler}))
+                               service_options={"scheduler": scheduler},
+                               metrics_addr=getattr(args, "metrics_addr", None)))
     except StartupError as exc:
         print(f"nokv coordinator: {exc}", file=sys.stderr, flush=True)
         return 1

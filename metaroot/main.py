@@ -1,12 +1,15 @@
 """`nokv metaroot serve`: one metaroot peer process.
 
 Owns: wiring the peer together (LMDB environment, raft log, ready-loop driver, raft transport,
-RPC server) under one trio root nursery, the start-up checks (cluster stamp, membership) and
-graceful shutdown on SIGTERM / SIGINT. Never holds protocol logic (metaroot.service does).
+RPC server, the metrics endpoint of `--metrics-addr` with its collectors, metaroot.metrics)
+under one trio root nursery, the start-up checks (cluster stamp, membership, a metrics
+address it cannot listen on) and graceful shutdown on SIGTERM / SIGINT. Never holds
+protocol logic (metaroot.service does).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -14,11 +17,19 @@ import sys
 
 import trio
 
+from metaroot import metrics as metaroot_metrics
 from metaroot import rootlog
 from metaroot.service import GROUP_ID, MetarootService
 from nokvpy import failpoints
 from nokvpy.replication.transport import bind_transport
 from nokvpy.rpc import FaultRules, Identity, RpcClient, RpcServer
+from nokvpy.rpc.metrics_http import (
+    MetricsAddressError,
+    MetricsServer,
+    parse_metrics_addr,
+    process_collector,
+    rpc_collector,
+)
 from nokvpy.storage import Env, RaftLogStore
 from nokvpy.storage.schema import RAFT_DBS
 
@@ -46,7 +57,10 @@ def split_addr(addr: str) -> tuple[str, int]:
 
 async def serve(node_id: int, listen: str, cluster_id: str, peers: dict[int, str], data: str,
                 retained_tail: int = 4096, tick_interval: float = 0.1,
+                metrics_addr: str | None = None,
                 task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run one metaroot peer until SIGTERM / SIGINT; `task_status.started(service)` once it
+    serves. `metrics_addr` (host:port): serve Prometheus metrics there."""
     if not peers:
         peers = {node_id: listen}
     if node_id not in peers:
@@ -55,7 +69,24 @@ async def serve(node_id: int, listen: str, cluster_id: str, peers: dict[int, str
         raise StartupError(f"metaroot needs 1, 3 or 5 peers, got {len(peers)}")
     if retained_tail < 1:
         raise StartupError(f"--retained-tail must be >= 1, got {retained_tail}")
-    env = Env.open(data, dbs=RAFT_DBS + rootlog.ROOT_DBS)
+    metrics: MetricsServer | None = None
+    if metrics_addr:  # bound before anything is opened: a refusal writes nothing
+        try:
+            metrics_at = parse_metrics_addr(metrics_addr, allow_port_zero=True)
+        except MetricsAddressError as exc:
+            raise StartupError(f"--metrics-addr: {exc}") from None
+        metrics = MetricsServer([process_collector("metaroot", node_id, cluster_id)])
+        try:
+            await metrics.bind(*metrics_at)
+        except OSError as exc:
+            raise StartupError(f"metaroot-{node_id} cannot serve metrics on {metrics_addr}: "
+                               f"{exc.strerror or exc}") from None
+    try:
+        env = Env.open(data, dbs=RAFT_DBS + rootlog.ROOT_DBS)
+    except BaseException:
+        if metrics is not None:
+            await metrics.aclose()
+        raise
     try:
         try:
             rootlog.stamp(env, cluster_id, peers)
@@ -74,11 +105,16 @@ async def serve(node_id: int, listen: str, cluster_id: str, peers: dict[int, str
         if fresh:
             service.group.node.bootstrap(sorted(peers))
         service.register(server)
+        if metrics is not None:
+            metrics.add(rpc_collector(server, rpc),
+                        metaroot_metrics.collector(service, driver, transport, env, raftlog))
         async with trio.open_nursery() as nursery:
             await nursery.start(transport.run)
             await nursery.start(driver.run)
             host, port = split_addr(listen)
             await nursery.start(server.serve, host, port)
+            if metrics is not None:
+                await nursery.start(metrics.serve)
             log.info("metaroot-%d serving on %s (cluster %s, peers %s)", node_id, listen,
                      cluster_id, sorted(peers))
             task_status.started(service)
@@ -88,6 +124,8 @@ async def serve(node_id: int, listen: str, cluster_id: str, peers: dict[int, str
             nursery.cancel_scope.cancel()
         await rpc.aclose()
     finally:
+        if metrics is not None:
+            await metrics.aclose()
         env.close()
 
 
@@ -102,7 +140,9 @@ def main(args) -> int:
     failpoints.load_from_env()
     try:
         peers = parse_peers(args.peer)
-        trio.run(serve, args.id, args.listen, args.cluster_id, peers, args.data, args.retained_tail)
+        trio.run(functools.partial(serve, args.id, args.listen, args.cluster_id, peers, args.data,
+                                   args.retained_tail,
+                                   metrics_addr=getattr(args, "metrics_addr", None)))
     except StartupError as exc:
         print(f"nokv metaroot: {exc}", file=sys.stderr, flush=True)
         return 1

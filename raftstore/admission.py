@@ -15,6 +15,13 @@ Order: CANCELED / TIMED_OUT (the caller's context is already done) -> INVALID (s
 -> STORE_NOT_MATCH -> NOT_HOSTED -> EPOCH_MISMATCH -> KEY_NOT_IN_REGION -> NOT_LEADER (writes,
 linearizable reads, topology) -> QUEUE_SATURATED (writes, topology) -> SCHEDULER_DEGRADED
 (topology) -> STALE (bounded-stale reads outside their budget) -> ACCEPTED.
+
+Transactions and range deletes are checked first for their own shape (`txn_refusal`,
+`delete_range_refusal`: INVALID), then, for a transaction, whether its keys share the region
+of its first key (`cross_region_refusal`: INVALID "cross_region", decided only once the
+request names this store, a hosted region at its current version and a first key inside it;
+otherwise the order above answers), then by `admit` with the first key (a range delete: its
+start key) as the key that must lie in the region.
 """
 
 from __future__ import annotations
@@ -29,7 +36,19 @@ from nokvpy.protocol import (
     AdmissionReason,
     RegionDescriptor,
 )
-from nokvpy.protocol.store_rpc import MAX_KEY_SIZE, MAX_VALUE_SIZE, KvContext, ReadMode
+from nokvpy.protocol.store_rpc import (
+    MAX_KEY_SIZE,
+    MAX_TXN_BYTES,
+    MAX_TXN_OPS,
+    MAX_VALUE_SIZE,
+    CompareTarget,
+    DeleteRangeRequest,
+    KvContext,
+    ReadMode,
+    TxnOp,
+    TxnOpKind,
+    TxnRequest,
+)
 
 if TYPE_CHECKING:
     from nokvpy.rpc.errors import RemoteError
@@ -64,7 +83,7 @@ class AdmissionRequest:
     ctx: KvContext | None
     keys: tuple[bytes, ...] = ()
     values: tuple[bytes | None, ...] = ()
-    scan_start: bytes | None = None  # scans: the start key must lie in the region
+    scan_start: bytes | None = None  # scans, range deletes: the start must lie in the region
     scan_limit: int | None = None
     deadline: float = float("inf")  # the caller's deadline (same clock as `now`)
     cancelled: bool = False
@@ -224,7 +243,7 @@ def _invalid(req: AdmissionRequest) -> str:
         return "only reads take a read mode"
     if ctx.max_stale_index < 0 or ctx.max_stale_ms < 0:
         return "staleness budgets must not be negative"
-    if req.cls == AdmissionClass.WRITE and not req.keys:
+    if req.cls == AdmissionClass.WRITE and not req.keys and req.scan_start is None:
         return "a write needs at least one key"
     if len(req.keys) > MAX_BATCH_KEYS:
         return f"{len(req.keys)} keys exceed the limit of {MAX_BATCH_KEYS} per request"
@@ -244,4 +263,125 @@ def _invalid(req: AdmissionRequest) -> str:
         return "the scan start key must be bytes"
     if req.scan_limit is not None and not 0 < req.scan_limit <= MAX_SCAN_LIMIT:
         return f"scan limit must be 1..{MAX_SCAN_LIMIT}, got {req.scan_limit}"
+    return ""
+
+
+# ---- transactions and range deletes ----------------------------------------------------
+
+
+def txn_keys(req: TxnRequest) -> list[bytes]:
+    """Every key a transaction names, in order (compares, then success, then failure); the
+    first is the one it is routed by."""
+    return ([c.key for c in req.compares] + [op.key for op in req.success]
+            + [op.key for op in req.failure])
+
+
+def txn_refusal(req: TxnRequest) -> Admission | None:
+    """INVALID when the transaction is malformed or too large (None: well formed)."""
+    bad = txn_invalid(req)
+    return refusal(AdmissionClass.WRITE, R.INVALID, bad) if bad else None
+
+
+def txn_invalid(req: TxnRequest) -> str:
+    """Why a transaction's shape is refused ('' if it is well formed)."""
+    if not isinstance(req.ctx, KvContext):
+        return "the request carries no KvContext"
+    size = 0
+    for name, items in (("compares", req.compares), ("success", req.success),
+                        ("failure", req.failure)):
+        if len(items) > MAX_TXN_OPS:
+            return (f"{len(items)} {name} exceed the limit of {MAX_TXN_OPS} per transaction")
+    if not (req.compares or req.success or req.failure):
+        return "a transaction needs at least one compare or operation"
+    for c in req.compares:
+        bad = _key_invalid(c.key)
+        if bad:
+            return f"compare: {bad}"
+        size += len(c.key)
+        if c.target == CompareTarget.VALUE:
+            if c.value is None:
+                return f"compare on the value of {c.key[:64]!r} needs a value"
+            if len(c.value) > MAX_VALUE_SIZE:
+                return f"compare value of {len(c.value)} bytes exceeds the limit of {MAX_VALUE_SIZE}"
+            size += len(c.value)
+        elif c.target == CompareTarget.MOD:
+            if c.mod_index < 0 or c.mod_region < 0:
+                return f"compare on the mod index of {c.key[:64]!r}: negative index or region"
+    for branch in (req.success, req.failure):
+        for op in branch:
+            bad = _op_invalid(op)
+            if bad:
+                return bad
+            size += len(op.key) + (len(op.value) if op.value is not None else 0)
+    if size > MAX_TXN_BYTES:
+        return f"the transaction's keys and values ({size} bytes) exceed the limit of {MAX_TXN_BYTES}"
+    return ""
+
+
+def _op_invalid(op: TxnOp) -> str:
+    bad = _key_invalid(op.key)
+    if bad:
+        return f"{op.kind.name.lower()}: {bad}"
+    if op.kind == TxnOpKind.PUT:
+        if op.value is None:
+            return f"put of {op.key[:64]!r} needs a value"
+        if len(op.value) > MAX_VALUE_SIZE:
+            return f"value of {len(op.value)} bytes exceeds the limit of {MAX_VALUE_SIZE}"
+    elif op.value is not None:
+        return f"a {op.kind.name.lower()} of {op.key[:64]!r} carries no value"
+    return ""
+
+
+def _key_invalid(key: bytes) -> str:
+    if not isinstance(key, bytes):
+        return f"keys are bytes, not {type(key).__name__}"
+    if not key:
+        return "the empty key is not a valid key"
+    if len(key) > MAX_KEY_SIZE:
+        return f"key of {len(key)} bytes exceeds the limit of {MAX_KEY_SIZE}"
+    return ""
+
+
+def cross_region_refusal(ctx: KvContext, keys: list[bytes], store_id: int,
+                         view: RegionView | None) -> Admission | None:
+    """INVALID "cross_region" when the request reached the right store and region at its
+    current version, its first key lies in the region and some other key does not: the
+    keys span regions, and no retry can change that. None when that cannot be told here
+    (`admit` then answers STORE_NOT_MATCH, NOT_HOSTED, EPOCH_MISMATCH or KEY_NOT_IN_REGION,
+    which send the caller to a fresher route)."""
+    desc = view.descriptor if view is not None else None
+    if (desc is None or not keys or ctx.store_id != store_id or ctx.region_id != desc.region_id
+            or ctx.epoch.version != desc.epoch.version or not desc.contains(keys[0])):
+        return None
+    outside = list(dict.fromkeys(k for k in keys if not desc.contains(k)))
+    if not outside:
+        return None
+    shown = ", ".join(repr(k[:64]) for k in outside[:8]) + (" ..." if len(outside) > 8 else "")
+    return refusal(AdmissionClass.WRITE, R.INVALID,
+                   f"cross_region: key{'s' if len(outside) > 1 else ''} {shown} "
+                   f"{'are' if len(outside) > 1 else 'is'} outside region {desc.region_id} "
+                   f"[{desc.start_key[:64]!r}, {desc.end_key[:64]!r}), which holds the first "
+                   f"key {keys[0][:64]!r}: a transaction's keys must all lie in one region",
+                   view)
+
+
+def delete_range_refusal(req: DeleteRangeRequest) -> Admission | None:
+    """INVALID when the range is empty, inverted or malformed (None: well formed)."""
+    bad = delete_range_invalid(req.start_key, req.end_key, req.limit)
+    return refusal(AdmissionClass.WRITE, R.INVALID, bad) if bad else None
+
+
+def delete_range_invalid(start: bytes, end: bytes, limit: int) -> str:
+    """Why a range delete of [start, end) is refused ('' if it is well formed). An empty end
+    means unbounded; an empty start, the beginning of the keyspace."""
+    if not isinstance(start, bytes) or not isinstance(end, bytes):
+        return "range bounds are bytes"
+    if len(start) > MAX_KEY_SIZE or len(end) > MAX_KEY_SIZE:
+        return f"a range bound exceeds the key limit of {MAX_KEY_SIZE} bytes"
+    if end and start == end:
+        return f"empty range: start and end are both {start[:64]!r}"
+    if end and start > end:
+        return f"inverted range: start {start[:64]!r} is after end {end[:64]!r}"
+    if not isinstance(limit, int) or limit < 0:
+        return f"the limit must be 0 (none) or positive, got {limit!r}"
     return ""

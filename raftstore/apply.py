@@ -13,6 +13,16 @@ Apply-time rules: a command proposed under an older region version (a split or m
 happened since) or touching a key outside the region is refused as a whole (nothing written);
 a CAS command writes only if every CAS predicate holds. Invalid payloads are refused, never
 raised: an apply must never fail the batch that persists other groups' work.
+
+Transactions (`TxnCommand`) and range deletes (`DeleteRangeCommand`) are refused here when
+stale (the epoch check) and otherwise applied by raftstore.txnapply, in the entry's batch,
+against this batch's overlay, then LMDB; both answer what they did (`TxnResult`,
+`RangeDeleteResult`).
+
+Modification indexes: with a `VersionedKV` (what a store gives its regions; its format is
+raftstore.kvformat's) every value is stored behind a header naming the entry that last wrote
+it (region id, raft index). With a plain storage `KV` (tests of this module and of the driver)
+values are stored as they are and modification-index compares are refused.
 """
 
 from __future__ import annotations
@@ -32,7 +42,12 @@ from nokvpy.protocol.raftstore_cmds import (
     KvResult,
     RegionSnapshot,
 )
-from nokvpy.protocol.store_rpc import MAX_KEY_SIZE, MAX_VALUE_SIZE
+from nokvpy.protocol.store_rpc import (
+    MAX_DELETE_RANGE_KEYS,
+    MAX_VALUE_SIZE,
+    DeleteRangeCommand,
+    TxnCommand,
+)
 from nokvpy.raft.types import (
     ConfChange,
     ConfState,
@@ -44,6 +59,22 @@ from nokvpy.raft.types import (
 from nokvpy.storage import KV, Env, LocalMeta, RaftLogStore, WriteBatch
 from nokvpy.wire import DecodeError, decode, encode
 from raftstore import commands as _commands  # noqa: F401  (installs the fast entry codec)
+from raftstore.kvformat import (
+    INVALID,
+    KEY_NOT_IN_REGION,
+    VersionedKV,
+    in_range,
+    pack_stored,
+    unpack_stored,
+    valid_key,
+)
+from raftstore.txnapply import (
+    RangeDeleteResult,
+    TxnResult,
+    apply_delete_range,
+    apply_txn,
+    txn_read_keys,
+)
 
 log = logging.getLogger("nokvpy.raftstore.apply")
 
@@ -57,14 +88,8 @@ SNAPSHOT_CACHE_TTL = 60.0  # seconds a built snapshot is offered again
 
 OK = KvResult(True)
 EPOCH_MISMATCH = "epoch_mismatch"
-KEY_NOT_IN_REGION = "key_not_in_region"
-INVALID = "invalid"
 
 AdminHandler = Callable[["RegionStateMachine", WriteBatch, Entry, AdminCommand], Any]
-
-
-def in_range(desc: RegionDescriptor, key: bytes) -> bool:
-    return desc.start_key <= key and (not desc.end_key or key < desc.end_key)
 
 
 def encode_descriptor(desc: RegionDescriptor) -> bytes:
@@ -95,6 +120,8 @@ class RegionStateMachine:
         self.region_id = region_id
         self.env = env
         self.kv = kv
+        # Values carry their modification index (VersionedKV) or are stored as they are.
+        self.versioned = isinstance(kv, VersionedKV)
         self.meta = meta
         self.raftlog = raftlog
         # None while the peer is uninitialized (created by a message, waiting for a snapshot).
@@ -151,7 +178,7 @@ class RegionStateMachine:
     def stage_apply(self, batch: WriteBatch, entries: list[Entry]) -> list[Any]:
         self.staged_descriptor = None
         decoded: list[Any] = []
-        cas_keys: list[bytes] = []
+        read_keys: list[bytes] = []  # keys whose current value an entry of the batch reads
         for e in entries:
             cmd: Any = None
             if e.type == EntryType.NORMAL and e.data:
@@ -163,14 +190,16 @@ class RegionStateMachine:
                 else:
                     if isinstance(cmd, KvCommand):
                         for op in cmd.ops:
-                            if op.kind == KvOpKind.CAS and _valid_key(op.key):
-                                cas_keys.append(op.key)
+                            if op.kind == KvOpKind.CAS and valid_key(op.key):
+                                read_keys.append(op.key)
+                    elif isinstance(cmd, TxnCommand):
+                        read_keys.extend(txn_read_keys(cmd))
             elif (e.type == EntryType.CONF_CHANGE and self.descriptor is None
                   and self.staged_descriptor is None):
                 self.staged_descriptor = self._descriptor_from_conf_change(e)
             decoded.append(cmd)
         plain = self.staged_descriptor is None
-        base = self._prefetch(cas_keys) if cas_keys else {}
+        base = self._prefetch(read_keys) if read_keys else {}
         overlay: dict[bytes, Any] = self._pending
         results: list[Any] = []
         writes = 0
@@ -184,10 +213,18 @@ class RegionStateMachine:
                 if e.type != EntryType.NORMAL:
                     plain = False
             elif isinstance(cmd, KvCommand):
-                res = self._apply_kv(batch, cmd, overlay, base)
+                res = self._apply_kv(batch, cmd, e.index, overlay, base)
                 if res.ok and res.succeeded:
                     writes += len(cmd.ops)
                 results.append(res)
+            elif isinstance(cmd, TxnCommand):
+                txn_res = self._apply_txn(batch, cmd, e.index, overlay, base)
+                writes += txn_res.writes
+                results.append(txn_res)
+            elif isinstance(cmd, DeleteRangeCommand):
+                range_res = self._apply_delete_range(batch, cmd, overlay)
+                writes += range_res.deleted
+                results.append(range_res)
             elif isinstance(cmd, AdminCommand):
                 plain = False
                 handler = self.admin_handlers.get(cmd.op)
@@ -335,23 +372,54 @@ class RegionStateMachine:
         return desc
 
     def _prefetch(self, keys: list[bytes]) -> dict[bytes, bytes | None]:
-        db = self.kv
+        """The stored bytes of `keys` in LMDB, from one read transaction."""
+        get = self._get_stored
 
         def read(txn):
-            return {k: db.get(k, txn=txn) for k in keys}
+            return {k: get(k, txn=txn) for k in keys}
 
         return self.env.read(read)
 
-    def _apply_kv(self, batch: WriteBatch, cmd: KvCommand, overlay: dict[bytes, Any],
-                  base: dict[bytes, bytes | None]) -> KvResult:
+    def _get_stored(self, key: bytes, *, txn: Any = None) -> bytes | None:
+        kv = self.kv
+        return kv.get_stored(key, txn=txn) if isinstance(kv, VersionedKV) else kv.get(key, txn=txn)
+
+    def _stored(self, value: bytes, index: int) -> bytes:
+        """What LMDB holds for `value` written by entry `index` of this region."""
+        return pack_stored(value, self.region_id, index) if self.versioned else value
+
+    def _unpack(self, raw: bytes) -> tuple[bytes, int, int]:
+        return unpack_stored(raw) if self.versioned else (raw, 0, 0)
+
+    def _current(self, key: bytes, overlay: dict[bytes, Any],
+                 base: dict[bytes, bytes | None]) -> bytes | None:
+        """The stored bytes of `key` as this apply sees them (None: missing): a write staged
+        earlier (this batch, or one held back), else the prefetch, else LMDB."""
+        current = overlay.get(key, _MISSING)
+        if current is _MISSING:
+            current = base.get(key, _MISSING)
+            if current is _MISSING:
+                current = self._get_stored(key)
+        return current
+
+    def _epoch_refusal(self, region_id: int, version: int) -> tuple[RegionDescriptor | None, str]:
+        """(the region's descriptor, "") when a command proposed under `version` of
+        `region_id` may apply now, else (None, the error)."""
         desc = self.staged_descriptor or self.descriptor
-        if desc is None or cmd.region_id != self.region_id:
-            return KvResult(False, error=EPOCH_MISMATCH)
-        if cmd.epoch.version != desc.epoch.version or desc.state != RegionState.RUNNING:
-            return KvResult(False, error=EPOCH_MISMATCH)  # (a frozen merge source: MERGING)
+        if desc is None or region_id != self.region_id:
+            return None, EPOCH_MISMATCH
+        if version != desc.epoch.version or desc.state != RegionState.RUNNING:
+            return None, EPOCH_MISMATCH  # (a frozen merge source: MERGING)
+        return desc, ""
+
+    def _apply_kv(self, batch: WriteBatch, cmd: KvCommand, index: int,
+                  overlay: dict[bytes, Any], base: dict[bytes, bytes | None]) -> KvResult:
+        desc, err = self._epoch_refusal(cmd.region_id, cmd.epoch.version)
+        if desc is None:
+            return KvResult(False, error=err)
         ops = cmd.ops
         for op in ops:
-            if not _valid_key(op.key):
+            if not valid_key(op.key):
                 return KvResult(False, error=INVALID)
             if op.value is not None and len(op.value) > MAX_VALUE_SIZE:
                 return KvResult(False, error=INVALID)
@@ -359,25 +427,42 @@ class RegionStateMachine:
                 return KvResult(False, error=KEY_NOT_IN_REGION)
         for op in ops:
             if op.kind == KvOpKind.CAS:
-                current = overlay.get(op.key, _MISSING)
-                if current is _MISSING:
-                    current = base.get(op.key, _MISSING)
-                    if current is _MISSING:
-                        current = self.kv.get(op.key)
+                raw = self._current(op.key, overlay, base)
+                current = None if raw is None else self._unpack(raw)[0]
                 if current != op.expected:
                     return KvResult(True, succeeded=False, current=current)
+            elif op.kind not in (KvOpKind.PUT, KvOpKind.DELETE):
+                return KvResult(False, error=INVALID)
         kv_db = "kv"
         for op in ops:
             kind = op.kind
             if kind == KvOpKind.PUT or (kind == KvOpKind.CAS and op.value is not None):
-                overlay[op.key] = op.value
-                batch.put(kv_db, op.key, op.value)
-            elif kind == KvOpKind.DELETE or kind == KvOpKind.CAS:
+                raw = self._stored(op.value, index)
+                overlay[op.key] = raw
+                batch.put(kv_db, op.key, raw)
+            else:  # DELETE, or a CAS to None
                 overlay[op.key] = None
                 batch.delete(kv_db, op.key)
-            else:
-                return KvResult(False, error=INVALID)
         return OK
+
+    def _apply_txn(self, batch: WriteBatch, cmd: TxnCommand, index: int,
+                   overlay: dict[bytes, Any], base: dict[bytes, bytes | None]) -> TxnResult:
+        """Refused when stale; else `txnapply.apply_txn` against this apply's state."""
+        desc, err = self._epoch_refusal(cmd.region_id, cmd.epoch.version)
+        if desc is None:
+            return TxnResult(False, error=err)
+        return apply_txn(batch, cmd, index, desc, overlay, versioned=self.versioned,
+                         current=lambda key: self._current(key, overlay, base),
+                         unpack=self._unpack, stored=self._stored)
+
+    def _apply_delete_range(self, batch: WriteBatch, cmd: DeleteRangeCommand,
+                            overlay: dict[bytes, Any]) -> RangeDeleteResult:
+        """Refused when stale; else `txnapply.apply_delete_range` on this region's keys."""
+        desc, err = self._epoch_refusal(cmd.region_id, cmd.epoch.version)
+        if desc is None:
+            return RangeDeleteResult(False, error=err)
+        # the cap per entry is read here, at apply time (tests lower it on this module)
+        return apply_delete_range(batch, cmd, desc, overlay, self.env, MAX_DELETE_RANGE_KEYS)
 
     def _maybe_compact(self, batch: WriteBatch) -> bool:
         """Compact the raft log to `compact_keep` entries behind the durable applied index
@@ -404,6 +489,12 @@ class RegionStateMachine:
     def scan(self, start: bytes, end: bytes, limit: int) -> tuple[list[tuple[bytes, bytes]], bool]:
         """Pairs in [max(start, region start), min(end, region end)), at most `limit`;
         `more` says whether the clipped range holds further keys."""
+        pairs, more, _ = self.scan_page(start, end, limit)
+        return pairs, more
+
+    def scan_page(self, start: bytes, end: bytes, limit: int
+                  ) -> tuple[list[tuple[bytes, bytes]], bool, bytes]:
+        """`scan`, plus the first key in range not returned (b"" unless `more`)."""
         desc = self.descriptor
         assert desc is not None
         lo = max(start, desc.start_key)
@@ -411,11 +502,8 @@ class RegionStateMachine:
         if end and (not hi or end < hi):
             hi = end
         if hi and lo >= hi:
-            return [], False
+            return [], False, b""
         pairs = self.kv.scan(lo, hi or None, limit + 1)
-        more = len(pairs) > limit
-        return (pairs[:limit] if more else pairs), more
-
-
-def _valid_key(key: bytes) -> bool:
-    return isinstance(key, bytes) and 0 < len(key) <= MAX_KEY_SIZE
+        if len(pairs) > limit:
+            return pairs[:limit], True, pairs[limit][0]
+        return pairs, False, b""

@@ -5,7 +5,9 @@ records themselves live in `nokvpy.protocol.raftstore_cmds` (tags 450-499); this
 installs hand-written encoders/decoders for the hot ones (`KvCommand`, `KvOp`) that produce
 exactly the generic codec's wire shape (`[451, region_id, [51, version, conf_ver],
 [[450, kind, key, value, expected], ...]]`), so any other reader decodes them unchanged.
-Never interprets a command (that is `raftstore.apply`).
+Transactions and range deletes (`TxnCommand`, `DeleteRangeCommand`, records of
+`nokvpy.protocol.store_rpc`) use the generic codec. Never interprets a command (that is
+`raftstore.apply`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from nokvpy.protocol import RegionEpoch
 from nokvpy.protocol.raftstore_cmds import AdminCommand, KvCommand, KvOp, KvOpKind
+from nokvpy.protocol.store_rpc import DeleteRangeCommand, TxnCommand, TxnCompare, TxnOp
 from nokvpy.wire import DecodeError, decode, encode
 from nokvpy.wire.codec import register_custom
 
@@ -75,6 +78,18 @@ register_custom(KvCommand, _enc_cmd, _dec_cmd)
 def kv_command(region_id: int, epoch: RegionEpoch, ops: list[KvOp]) -> bytes:
     """The entry payload of one client write."""
     return encode(KvCommand(region_id, epoch, ops))
+
+
+def txn_command(region_id: int, epoch: RegionEpoch, compares: list[TxnCompare],
+                success: list[TxnOp], failure: list[TxnOp]) -> bytes:
+    """The entry payload of one transaction."""
+    return encode(TxnCommand(region_id, epoch, list(compares), list(success), list(failure)))
+
+
+def delete_range_command(region_id: int, epoch: RegionEpoch, start: bytes, end: bytes,
+                         limit: int) -> bytes:
+    """The entry payload of one range delete (the keys of [start, end) in the region)."""
+    return encode(DeleteRangeCommand(region_id, epoch, start, end, limit))
 
 
 def admin_command(op: str, region_id: int, epoch: RegionEpoch, transition_id: str = "",

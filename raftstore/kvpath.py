@@ -2,11 +2,12 @@
 
 Owns: the `GetRequest` / `BatchGetRequest` / `ScanRequest` handlers (admission, the read
 barrier of the read mode (raftstore.reads), the epoch re-check after it, the read from the
-region's state machine) and the `PutRequest` / `DeleteRequest` / `CasRequest` handlers
-(admission, the proposal, its outcome from QUEUED to APPLIED or FAILED, the answer), and the
-line of writes waiting for a proposal slot: a write finding its region's proposal queue full
-waits, first come first served, in a line of at most `queue_limit` writes per region, until
-just before its deadline (`admit_write`).
+region's state machine) and the `PutRequest` / `DeleteRequest` / `CasRequest` / `TxnRequest`
+/ `DeleteRangeRequest` handlers (admission, the proposal, its outcome from QUEUED to APPLIED
+or FAILED, the answer; a transaction's compares are evaluated when its entry applies, never
+here), and the line of writes waiting for a proposal slot: a write finding its region's
+proposal queue full waits, first come first served, in a line of at most `queue_limit` writes
+per region, until just before its deadline (`admit_write`).
 
 Uses of its store only what `KvStore` names (hosted peers, driver, tracker, limits, config,
 admission, refusal). Never: answers a refusal without an admission reason (refusals are built
@@ -37,6 +38,8 @@ from nokvpy.protocol.store_rpc import (
     BatchGetReply,
     BatchGetRequest,
     CasRequest,
+    DeleteRangeReply,
+    DeleteRangeRequest,
     DeleteRequest,
     GetReply,
     GetRequest,
@@ -45,12 +48,23 @@ from nokvpy.protocol.store_rpc import (
     ReadMode,
     ScanReply,
     ScanRequest,
+    TxnOpKind,
+    TxnReply,
+    TxnRequest,
     WriteReply,
 )
 from nokvpy.replication.driver import Driver, ProposalError
 from nokvpy.rpc import RemoteError
-from raftstore.admission import RegionView, refusal, rejection
-from raftstore.commands import kv_command
+from raftstore.admission import (
+    RegionView,
+    cross_region_refusal,
+    delete_range_refusal,
+    refusal,
+    rejection,
+    txn_keys,
+    txn_refusal,
+)
+from raftstore.commands import delete_range_command, kv_command, txn_command
 from raftstore.execution import ExecutionTracker
 from raftstore.peer import Peer
 from raftstore.reads import ReadPoint, ReadRefusedError, read_barrier
@@ -79,7 +93,7 @@ class KvStore(Protocol):
 
     def decide(self, cls: AdmissionClass, kvctx: KvContext | None, deadline: float, *,
                keys: tuple[bytes, ...] = (), values: tuple[bytes | None, ...] = (),
-               ahead: int = 0) -> Admission: ...
+               scan_start: bytes | None = None, ahead: int = 0) -> Admission: ...
 
     def admit(self, cls: AdmissionClass, kvctx: KvContext | None, deadline: float, *,
               keys: tuple[bytes, ...] = (), values: tuple[bytes | None, ...] = (),
@@ -146,8 +160,8 @@ class KvPath:
     async def on_scan(self, req: ScanRequest, ctx: Any) -> ScanReply:
         peer, point = await self._read(req.ctx, ctx, (), scan_start=req.start_key,
                                        scan_limit=req.limit)
-        pairs, more = peer.sm.scan(req.start_key, req.end_key, req.limit)
-        return ScanReply(pairs, more, point.read_index)
+        pairs, more, next_key = peer.sm.scan_page(req.start_key, req.end_key, req.limit)
+        return ScanReply(pairs, more, point.read_index, next_key)
 
     # ================================================================= writes
 
@@ -163,11 +177,62 @@ class KvPath:
         return await self._write(req.ctx, ctx, (req.key,), (req.new_value, req.expected),
                                  [KvOp(KvOpKind.CAS, req.key, req.new_value, req.expected)])
 
+    async def on_txn(self, req: TxnRequest, ctx: Any) -> TxnReply:
+        """One transaction of the region holding every key: refused INVALID when malformed
+        or when its keys span regions; its compares are read when its entry applies."""
+        store = self.store
+        bad = txn_refusal(req)
+        if bad is not None:
+            store.tracker.outcomes["REJECTED"] += 1
+            raise rejection(store.tracker.admitted(bad))
+        rid = req.ctx.region_id
+        keys = txn_keys(req)
+        peer = store.peers.get(rid)
+        view = peer.view(trio.current_time()) if peer is not None else None
+        bad = cross_region_refusal(req.ctx, keys, store.store_id, view)
+        if bad is not None:
+            store.tracker.outcomes["REJECTED"] += 1
+            raise rejection(store.tracker.admitted(bad))
+        values = tuple(op.value for op in (*req.success, *req.failure)
+                       if op.kind == TxnOpKind.PUT)
+        index, result = await self._replicate(
+            req.ctx, ctx, (keys[0],), values,
+            lambda desc: txn_command(rid, desc.epoch, req.compares, req.success, req.failure))
+        return TxnReply(index, result.succeeded, list(result.gets))
+
+    async def on_delete_range(self, req: DeleteRangeRequest, ctx: Any) -> DeleteRangeReply:
+        """Delete the keys of [start, end) in the region, at most `limit`, in one entry."""
+        store = self.store
+        bad = delete_range_refusal(req)
+        if bad is not None:
+            store.tracker.outcomes["REJECTED"] += 1
+            raise rejection(store.tracker.admitted(bad))
+        rid = req.ctx.region_id
+        index, result = await self._replicate(
+            req.ctx, ctx, (), (),
+            lambda desc: delete_range_command(rid, desc.epoch, req.start_key, req.end_key,
+                                              req.limit),
+            range_start=req.start_key)
+        return DeleteRangeReply(index, result.deleted, result.more, result.next_key)
+
     async def _write(self, kvctx: KvContext, ctx: Any, keys: tuple[bytes, ...],
                      values: tuple[bytes | None, ...], ops: list[KvOp]) -> WriteReply:
+        rid = kvctx.region_id if isinstance(kvctx, KvContext) else 0
+        index, result = await self._replicate(
+            kvctx, ctx, keys, values, lambda desc: kv_command(rid, desc.epoch, ops),
+            unsafe_ack=True)
+        return WriteReply(index, result.succeeded, result.current)
+
+    async def _replicate(self, kvctx: KvContext, ctx: Any, keys: tuple[bytes, ...],
+                         values: tuple[bytes | None, ...],
+                         build: Callable[[RegionDescriptor], bytes], *,
+                         range_start: bytes | None = None,
+                         unsafe_ack: bool = False) -> tuple[int, Any]:
+        """Admit a write, propose the entry `build(descriptor)` makes, and wait until it
+        applied: (its index, the apply result). Refusals at apply become refusals."""
         store = self.store
         deadline = _deadline(ctx)
-        adm = await self.admit_write(kvctx, deadline, keys, values)
+        adm = await self.admit_write(kvctx, deadline, keys, values, range_start)
         if not adm.accepted:
             store.tracker.outcomes["REJECTED"] += 1
             raise rejection(adm)
@@ -178,15 +243,15 @@ class KvPath:
         tracker = store.tracker
         target = tracker.new_target("write", rid)
         tracker.advance(target, OUT.QUEUED)
-        data = kv_command(rid, desc.epoch, ops)
+        data = build(desc)
         if deadline == float("inf"):
             deadline = trio.current_time() + store.cfg.default_write_timeout
         driver = store.driver
-        if store.cfg.unsafe_ack and store.spawn(partial(_propose_quietly, driver, peer.group,
-                                                        data)):
+        if unsafe_ack and store.cfg.unsafe_ack and store.spawn(
+                partial(_propose_quietly, driver, peer.group, data)):
             # TEST-ONLY broken mode: acknowledge before the write is even committed.
             tracker.advance(target, OUT.PROPOSED, "unsafe ack")
-            return WriteReply(peer.sm.applied, True, None)
+            return peer.sm.applied, KvResult(True)
         result: Any = None
         index = 0
         peer.in_flight += 1
@@ -213,20 +278,21 @@ class KvPath:
                               f"the deadline passed after the write was proposed to region "
                               f"{rid}; it may or may not apply",
                               {"region_id": rid, "target": target.id})
-        if not isinstance(result, KvResult) or not result.ok:
-            err = getattr(result, "error", "invalid")
+        if not getattr(result, "ok", False):
+            err = getattr(result, "error", "") or "invalid"
             tracker.advance(target, OUT.FAILED, err)
             reason = {"epoch_mismatch": R.EPOCH_MISMATCH,
                       "key_not_in_region": R.KEY_NOT_IN_REGION}.get(err, R.INVALID)
             raise store.refuse(AdmissionClass.WRITE, reason,
                                f"write refused at apply: {err}", peer)
         tracker.advance(target, OUT.APPLIED)
-        return WriteReply(index, result.succeeded, result.current)
+        return index, result
 
     # ================================================================= the line for a slot
 
     async def admit_write(self, kvctx: KvContext, deadline: float, keys: tuple[bytes, ...],
-                          values: tuple[bytes | None, ...]) -> Admission:
+                          values: tuple[bytes | None, ...],
+                          range_start: bytes | None = None) -> Admission:
         """Admission of a write. When the region has `queue_limit` proposals in flight the
         write waits for a slot, first come first served, in a line of at most `queue_limit`
         writes per region (a write finding the line full is QUEUE_SATURATED at once). A
@@ -237,7 +303,7 @@ class KvPath:
         line = self.waiting.get(rid)
         ahead = len(line) if line else 0
         adm = store.decide(AdmissionClass.WRITE, kvctx, deadline, keys=keys, values=values,
-                           ahead=ahead)
+                           scan_start=range_start, ahead=ahead)
         if adm.reason != R.QUEUE_SATURATED:
             return store.tracker.admitted(adm)
         limit = store.limits.queue_limit
@@ -245,11 +311,11 @@ class KvPath:
             return store.tracker.admitted(replace(
                 adm, detail=f"region {rid} has {self._in_flight(rid)} proposals in flight and "
                             f"{ahead} writes waiting for a slot (limit {limit} each)"))
-        return await self._wait_for_slot(rid, kvctx, deadline, keys, values)
+        return await self._wait_for_slot(rid, kvctx, deadline, keys, values, range_start)
 
     async def _wait_for_slot(self, rid: int, kvctx: KvContext, deadline: float,
-                             keys: tuple[bytes, ...], values: tuple[bytes | None, ...]
-                             ) -> Admission:
+                             keys: tuple[bytes, ...], values: tuple[bytes | None, ...],
+                             range_start: bytes | None = None) -> Admission:
         store = self.store
         start = trio.current_time()
         end = deadline if deadline != float("inf") else start + store.cfg.default_write_timeout
@@ -264,7 +330,8 @@ class KvPath:
                     await me.wake.wait()
                     me.wake = trio.Event()
                     adm = store.decide(AdmissionClass.WRITE, kvctx, deadline, keys=keys,
-                                       values=values, ahead=line.index(me))
+                                       values=values, scan_start=range_start,
+                                       ahead=line.index(me))
                     if adm.reason != R.QUEUE_SATURATED:
                         return store.tracker.admitted(adm)
                     continue

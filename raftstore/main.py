@@ -2,9 +2,11 @@
 
 Owns: wiring a store together under one trio root nursery (LMDB environment, localmeta
 restart derivation, identity stamp, RPC server and client, the `Store` with its driver and
-raft transport, the join/heartbeat loop, failpoint admin), the start-up refusals (corrupt
-localmeta, identity mismatch: one line, exit non-zero, nothing written) and graceful
-shutdown on SIGTERM / SIGINT. Never holds execution logic (raftstore.store does).
+raft transport, the join/heartbeat loop, failpoint admin, the metrics endpoint of
+`--metrics-addr` with its collectors (raftstore.metrics)), the start-up refusals (corrupt
+localmeta, identity mismatch, a metrics address it cannot listen on: one line, exit
+non-zero, nothing written) and graceful shutdown on SIGTERM / SIGINT. Never holds
+execution logic (raftstore.store does).
 
 Static flags give addresses (`--listen`, `--coordinator`) and seed a fresh data directory
 with its identity (`--id`, `--cluster-id`); what the store hosts after a restart comes from
@@ -14,6 +16,7 @@ limit (default 4096; writes beyond it wait for a slot, see raftstore.kvpath).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -27,9 +30,17 @@ from nokvpy import failpoints
 from nokvpy.adminsvc import register_failpoint_admin
 from nokvpy.protocol import RestartStateKind
 from nokvpy.rpc import Identity, RpcClient, RpcServer, format_addr, parse_addr
+from nokvpy.rpc.metrics_http import (
+    MetricsAddressError,
+    MetricsServer,
+    parse_metrics_addr,
+    process_collector,
+    rpc_collector,
+)
 from nokvpy.storage import CorruptLogError, Env, LocalMeta, RaftLogStore, StoreIdentity
+from raftstore import metrics as store_metrics
 from raftstore.heartbeat import CoordinatorLink, JoinRefusedError, heartbeat_loop
-from raftstore.restart import derive, load_image
+from raftstore.restart import DATA_FORMAT, derive, load_image
 from raftstore.store import Store, StoreConfig
 from raftstore.topology.service import Topology
 
@@ -53,10 +64,11 @@ def cluster_number(cluster_id: str) -> int:
 async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
                 cluster_id: str = "nokv", tick_interval: float = 0.1,
                 heartbeat_interval: float = 1.0, secret: bytes | None = None,
-                options: dict[str, Any] | None = None,
+                options: dict[str, Any] | None = None, metrics_addr: str | None = None,
                 task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run one store until cancelled. `task_status.started(store)` once it serves.
-    `options` override `StoreConfig` fields (tests)."""
+    `options` override `StoreConfig` fields (tests). `metrics_addr` (host:port): serve
+    Prometheus metrics there (nokvpy.rpc.metrics_http)."""
     if store_id <= 0:
         raise StartupError(f"--id must be a positive store id, got {store_id}")
     if not coordinators:
@@ -65,6 +77,12 @@ async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
         host, port = parse_addr(listen)
     except ValueError as exc:
         raise StartupError(str(exc)) from None
+    metrics_at = None
+    if metrics_addr:
+        try:
+            metrics_at = parse_metrics_addr(metrics_addr, allow_port_zero=True)
+        except MetricsAddressError as exc:
+            raise StartupError(f"--metrics-addr: {exc}") from None
     options = dict(options or {})
     queue_limit = os.environ.get(QUEUE_LIMIT_ENV, "").strip()
     if queue_limit:
@@ -72,7 +90,20 @@ async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
             raise StartupError(f"{QUEUE_LIMIT_ENV} must be a positive integer, got "
                                f"{queue_limit!r}")
         options.setdefault("queue_limit", int(queue_limit))
-    env = Env.open(data)
+    metrics: MetricsServer | None = None
+    if metrics_at is not None:  # before anything is opened or written: a refusal writes nothing
+        metrics = MetricsServer([process_collector("store", store_id, cluster_id)])
+        try:
+            await metrics.bind(*metrics_at)
+        except OSError as exc:
+            raise StartupError(f"store {store_id} cannot serve metrics on {metrics_addr}: "
+                               f"{exc.strerror or exc}") from None
+    try:
+        env = Env.open(data)
+    except BaseException:
+        if metrics is not None:
+            await metrics.aclose()
+        raise
     rpc: RpcClient | None = None
     raftlog: RaftLogStore | None = None
     try:
@@ -85,12 +116,12 @@ async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
                                f"{exc} (data dir {data}; nothing was written)") from None
         image = load_image(meta, raftlog)
         wanted = StoreIdentity(cluster_number(cluster_id), store_id)
-        restart = derive(image, wanted)
+        restart = derive(image, wanted, DATA_FORMAT)
         if restart.kind == RestartStateKind.FATAL:
             raise StartupError(f"store {store_id} refuses to start: {restart.message} "
                                f"(data dir {data}; nothing was written)")
         if image.identity is None:
-            await meta.stamp_identity(wanted.cluster_id, wanted.store_id)
+            await meta.stamp_identity(wanted.cluster_id, wanted.store_id, DATA_FORMAT)
         if restart.kind == RestartStateKind.DEGRADED:
             log.warning("store %d restarts DEGRADED (needs %s): %s", store_id, restart.needs,
                         restart.message)
@@ -112,10 +143,14 @@ async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
         store.register(server)
         topology.register(server)
         register_failpoint_admin(server)
+        if metrics is not None:
+            metrics.add(rpc_collector(server, rpc), store_metrics.collector(store))
         async with trio.open_nursery() as nursery:
             bound_host, bound_port = await nursery.start(server.serve, host, port)
             if port == 0:
                 store.set_address(format_addr(bound_host, bound_port))
+            if metrics is not None:
+                await nursery.start(metrics.serve)
             await nursery.start(store.run)
             await nursery.start(topology.run)
             await nursery.start(heartbeat_loop, store, link, heartbeat_interval)
@@ -124,6 +159,8 @@ async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
                      len(store.peers))
             task_status.started(store)
     finally:
+        if metrics is not None:
+            await metrics.aclose()
         if rpc is not None:
             with trio.CancelScope(shield=True):
                 await rpc.aclose()
@@ -143,8 +180,10 @@ async def serve_until_signal(nursery, args, coordinators, secret,
                              task_status=trio.TASK_STATUS_IGNORED) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as inner:
-            await inner.start(serve, args.id, args.listen, coordinators, args.data,
-                              args.cluster_id, args.tick_ms / 1000.0, 1.0, secret)
+            await inner.start(functools.partial(
+                serve, args.id, args.listen, coordinators, args.data, args.cluster_id,
+                args.tick_ms / 1000.0, 1.0, secret,
+                metrics_addr=getattr(args, "metrics_addr", None)))
             task_status.started()
             async for signum in signals:
                 log.info("store %d: signal %d, stopping", args.id, signum)

@@ -43,6 +43,13 @@ NEEDS_NONE = "none"
 NEEDS_CATCH_UP = "coordinator_catch_up"
 NEEDS_REBUILD = "local_rebuild"
 
+# The format of a store's values, stamped with its identity on first start. 1: raw values
+# (stores stamped before formats were recorded); 2: each value behind the header of
+# raftstore.kvformat's stored-value format (the region and raft index that wrote it: txn mod
+# compares). A store never reads another format's values as its own.
+LEGACY_DATA_FORMAT = 1
+DATA_FORMAT = 2
+
 
 @dataclass(slots=True, frozen=True)
 class LocalImage:
@@ -58,6 +65,7 @@ class LocalImage:
     blocked: tuple[BlockedEvent, ...] = ()
     raft_groups: frozenset[int] | None = None  # groups with persisted raft state (None: unknown)
     corruption: str = ""
+    data_format: int | None = None  # stamped with the identity (None: before formats were)
 
 
 @dataclass(slots=True, frozen=True)
@@ -114,13 +122,16 @@ def load_image(meta: LocalMeta, raftlog: RaftLogStore | None = None) -> LocalIma
             outbox=tuple(meta.outbox()),
             blocked=tuple(meta.blocked()),
             raft_groups=frozenset(raftlog.list_groups()) if raftlog is not None else None,
+            data_format=meta.data_format(),
         )
     except CorruptMetadataError as exc:
         return LocalImage(corruption=str(exc))
 
 
-def derive(image: LocalImage, expected: StoreIdentity | None = None) -> RestartState:
-    """The restart state of a store whose localmeta reads as `image` (pure)."""
+def derive(image: LocalImage, expected: StoreIdentity | None = None,
+           data_format: int | None = None) -> RestartState:
+    """The restart state of a store whose localmeta reads as `image` (pure). `data_format`:
+    the format this build writes (DATA_FORMAT); a stamped store of another is refused."""
     if image.corruption:
         return RestartState(RestartStateKind.FATAL, ("corrupt_metadata",), needs=NEEDS_REBUILD,
                             message=f"localmeta is corrupt: {image.corruption}")
@@ -131,6 +142,14 @@ def derive(image: LocalImage, expected: StoreIdentity | None = None) -> RestartS
             message=(f"data directory belongs to store {ident.store_id} of cluster "
                      f"{ident.cluster_id:#x}, not store {expected.store_id} of cluster "
                      f"{expected.cluster_id:#x}"))
+    found = image.data_format or LEGACY_DATA_FORMAT
+    if data_format is not None and ident is not None and found != data_format:
+        return RestartState(
+            RestartStateKind.FATAL, ("data_format_mismatch",), needs=NEEDS_NONE,
+            message=(f"data directory holds values in data format {found}"
+                     f"{' (values without a modification index header)' if found == 1 else ''}"
+                     f"; this build reads data format {data_format} and has no migration: "
+                     f"run the build that wrote it"))
     for rid, desc in image.regions.items():
         if desc.region_id != rid:
             return RestartState(

@@ -43,6 +43,7 @@ from nokvpy.protocol.store_rpc import (
     BatchGetReply,
     BatchGetRequest,
     CasRequest,
+    DeleteRangeRequest,
     DeleteRequest,
     ExecutionStatusReply,
     ExecutionStatusRequest,
@@ -54,15 +55,22 @@ from nokvpy.protocol.store_rpc import (
     PutRequest,
     ScanReply,
     ScanRequest,
+    TxnRequest,
     WriteReply,
 )
 from nokvpy.replication.driver import Driver
 from nokvpy.rpc import RaftTransport, RemoteError, RpcClient
-from nokvpy.storage import KV, Env, LocalMeta, RaftLogStore, WriteBatch
+from nokvpy.storage import Env, LocalMeta, RaftLogStore, WriteBatch
 from nokvpy.wire import RaftBatch, RaftEnvelope, encode
 from raftstore import admission as adm_mod
 from raftstore.admission import AdmissionRequest, Limits
-from raftstore.apply import COMPACT_KEEP, COMPACT_SLACK, RegionStateMachine, encode_descriptor
+from raftstore.apply import (
+    COMPACT_KEEP,
+    COMPACT_SLACK,
+    RegionStateMachine,
+    VersionedKV,
+    encode_descriptor,
+)
 from raftstore.execution import ExecutionTracker
 from raftstore.kvpath import KvPath
 from raftstore.peer import Peer
@@ -109,7 +117,7 @@ class Store:
         self.env = env
         self.rpc = rpc
         self.raftlog = raftlog if raftlog is not None else RaftLogStore(env)
-        self.kv = KV(env)
+        self.kv = VersionedKV(env)  # values carry their modification index
         self.meta = LocalMeta(env)
         self.traffic = RaftTraffic(self)
         self.kvpath = KvPath(self)
@@ -185,6 +193,8 @@ class Store:
         server.register(PutRequest, self.on_put)
         server.register(DeleteRequest, self.on_delete)
         server.register(CasRequest, self.on_cas)
+        server.register(TxnRequest, self.kvpath.on_txn)
+        server.register(DeleteRangeRequest, self.kvpath.on_delete_range)
         server.register(ExecutionStatusRequest, self.on_execution_status)
         server.register(OutboxRequest, self.on_outbox)
 

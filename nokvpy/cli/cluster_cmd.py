@@ -1,7 +1,8 @@
 """`nokv cluster up | down | status | logs | kill | restart | stop | pause | resume`.
 
 Owns: what these commands print and their exit status (`status` exits 3, like `systemctl
-status`, when a process is down or unhealthy). Never changes an existing cluster's shape:
+status`, when a process is down or unhealthy; it shows each process's metrics URL, `nokv
+metrics NAME` prints what is served there). Never changes an existing cluster's shape:
 `up` on an existing directory refuses flags that disagree with its cluster.json.
 """
 
@@ -71,6 +72,8 @@ def up(cluster: LocalCluster, args) -> int:
         refuse_shape_change(cluster, spec, args)
     progress = Progress("cluster up", enabled=not args.json)
     progress.update(f"{'creating' if created else 'starting'} cluster {spec.cluster_id} in {cluster.root}")
+    if not created and cluster.add_metrics_ports(spec):
+        progress.update("its cluster.json predates metrics: gave every process a metrics port")
     if spec.tls:
         if not created and cluster.renew_tls(spec):
             progress.update(f"TLS certificates were about to expire: issued new ones in {spec.tls['dir']}")
@@ -167,6 +170,7 @@ def process_rows(cluster: LocalCluster, spec) -> list[dict]:
             "address": proc.address,
             "health": probe.get("health", "down" if pid is None else "unreachable"),
             "healthy": healthy(proc.kind, probe),
+            "metrics": proc.metrics_url or None,
         })
     return rows
 
@@ -194,7 +198,7 @@ def status(cluster: LocalCluster, args) -> int:
         print_json({"dir": str(cluster.root), "cluster_id": spec.cluster_id, "healthy": ok,
                     "processes": rows})
     else:
-        print(table(rows, ["name", "kind", "role", "pid", "address", "health"]))
+        print(table(rows, ["name", "kind", "role", "pid", "address", "health", "metrics"]))
         if not ok:
             bad = ", ".join(f"{r['name']} {r['health']}" for r in rows if not r["healthy"])
             print(f"\nnot healthy: {bad}")

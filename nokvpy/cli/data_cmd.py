@@ -1,8 +1,14 @@
-"""`nokv kv | route | regions | stores | transitions | execution | diag | admin | failpoint`."""
+"""`nokv kv | route | regions | stores | transitions | execution | diag | admin | failpoint`.
+
+`nokv kv txn` takes its compares and operations as small phrases (`nokv kv txn --help`,
+nokvpy.cli.main.TXN_SYNTAX): keys and values in them are UTF-8 text or 0x-hex, quoted as in
+a shell when they hold spaces.
+"""
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +18,7 @@ import trio
 from nokvpy.cli import admin_wait
 from nokvpy.cli.common import CliError, remote_text
 from nokvpy.cli.output import kv_lines, parse_key, plain, print_json, readable, show_key, table
-from nokvpy.client import Client
+from nokvpy.client import Client, Compare, Op
 from nokvpy.client.errors import NokvError, RouteRejectedError, UnavailableError
 from nokvpy.cluster.local import ClusterError, LocalCluster
 from nokvpy.protocol import Freshness, RootToken
@@ -23,7 +29,14 @@ from nokvpy.protocol.coordinator_rpc import (
     ListTransitionsRequest,
     ScanRegionsRequest,
 )
-from nokvpy.protocol.store_rpc import AdminRequest, ExecutionStatusRequest, ReadMode
+from nokvpy.protocol.store_rpc import (
+    AdminRequest,
+    ExecutionStatusRequest,
+    ReadMode,
+    TxnCompare,
+    TxnGetResult,
+    TxnOp,
+)
 from nokvpy.rpc import Identity, RemoteError, RpcTimeoutError, RpcUnavailableError
 
 FRESHNESS = {"strong": Freshness.STRONG, "bounded": Freshness.BOUNDED,
@@ -170,18 +183,21 @@ async def cmd_kv(args, target: Target, client: Client) -> int:
         _done(args, {"key": args.key, "applied_index": index}, "OK")
         return 0
     if action == "scan":
-        # one key past the limit says whether the limit cut the result
-        pairs = await client.scan(key_arg(args.start), key_arg(args.end), args.limit + 1)
-        more = len(pairs) > args.limit
-        rows = [{"key": show_key(k), "value": show_key(v)} for k, v in pairs[:args.limit]]
+        pairs = await client.scan(key_arg(args.start), key_arg(args.end), args.limit)
+        rows = [{"key": show_key(k), "value": show_key(v)} for k, v in pairs]
+        next_key = show_key(pairs.next_key) if pairs.more else None
         if args.json:
-            print_json({"pairs": rows, "more": more})
+            print_json({"pairs": rows, "more": pairs.more, "next_key": next_key})
         else:
             print(table(rows, ["key", "value"]))
-            if more:
-                print(f"(limit {args.limit} reached: more keys follow {rows[-1]['key']}; "
-                      "raise --limit or scan from there)", file=sys.stderr)
+            if pairs.more:
+                print(f"(limit {args.limit} reached: more keys from {next_key}; raise --limit "
+                      "or scan from there)", file=sys.stderr)
         return 0
+    if action == "txn":
+        return await _txn(args, client)
+    if action == "delete-range":
+        return await _delete_range(args, client)
     expected = None if args.expected == "-" else key_arg(args.expected)
     new = None if args.new == "-" else key_arg(args.new)
     ok, current = await client.compare_and_swap(key_arg(args.key), expected, new)
@@ -192,6 +208,91 @@ async def cmd_kv(args, target: Target, client: Client) -> int:
     else:
         print("OK" if ok else f"FAILED: current value is {result['current'] or '(absent)'}")
     return 0 if ok else 1
+
+
+def parse_compare(text: str) -> TxnCompare:
+    """One `--if` phrase (`nokv kv txn --help`) as a compare; CliError when it is not one."""
+    words = _words("--if", text)
+    try:
+        if len(words) == 2 and words[1] in ("exists", "missing"):
+            key = key_arg(words[0])
+            return Compare.exists(key) if words[1] == "exists" else Compare.missing(key)
+        if len(words) == 3 and words[1] in ("==", "!="):
+            return Compare.value(key_arg(words[0]), words[1], key_arg(words[2]))
+        if len(words) == 4 and words[1] == "mod" and words[2] in ("==", "!="):
+            index, _, region = words[3].partition("@")
+            if index.isdigit() and (not region or region.isdigit()):
+                got = TxnGetResult(b"", None, int(index), int(region or 0))
+                return Compare.mod(key_arg(words[0]), words[2], got)
+    except CliError as exc:
+        raise CliError(f"bad --if {text!r}: {exc}") from None
+    raise CliError(f"bad --if {text!r}: expected 'KEY == VALUE', 'KEY != VALUE', 'KEY exists', "
+                   "'KEY missing' or 'KEY mod == INDEX[@REGION]' (see `nokv kv txn --help`)")
+
+
+def parse_op(flag: str, text: str) -> TxnOp:
+    """One `--then` / `--else` phrase as an operation."""
+    words = _words(flag, text)
+    verb = words[0].lower() if words else ""
+    try:
+        if verb == "put" and len(words) == 3:
+            return Op.put(key_arg(words[1]), key_arg(words[2]))
+        if verb in ("delete", "get") and len(words) == 2:
+            return Op.delete(key_arg(words[1])) if verb == "delete" else Op.get(key_arg(words[1]))
+    except CliError as exc:
+        raise CliError(f"bad {flag} {text!r}: {exc}") from None
+    raise CliError(f"bad {flag} {text!r}: expected 'put KEY VALUE', 'delete KEY' or 'get KEY' "
+                   "(see `nokv kv txn --help`)")
+
+
+def _words(flag: str, text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise CliError(f"bad {flag} {text!r}: {exc}") from None
+
+
+async def _txn(args, client: Client) -> int:
+    compares = [parse_compare(t) for t in args.conditions]
+    success = [parse_op("--then", t) for t in args.then_ops]
+    failure = [parse_op("--else", t) for t in args.else_ops]
+    if not (compares or success or failure):
+        raise CliError("nothing to do: give --if, --then or --else (see `nokv kv txn --help`)")
+    result = await client.txn(compares, success, failure)
+    gets = [{"key": show_key(g.key), "found": g.value is not None,
+             "value": None if g.value is None else show_key(g.value),
+             "mod_index": g.mod_index, "mod_region": g.mod_region} for g in result.gets]
+    branch = "then" if result.succeeded else "else"
+    if args.json:
+        print_json({"succeeded": result.succeeded, "branch": branch,
+                    "applied_index": result.applied_index, "gets": gets})
+    else:
+        print(f"{'OK' if result.succeeded else 'FAILED'}: the --{branch} branch ran "
+              f"(applied at index {result.applied_index})")
+        if gets:
+            print(table([{"get": g["key"], "value": g["value"] if g["found"] else "(not found)",
+                          "mod": f"{g['mod_index']}@{g['mod_region']}" if g["found"] else "-"}
+                         for g in gets], ["get", "value", "mod"]))
+    return 0 if result.succeeded else 1
+
+
+async def _delete_range(args, client: Client) -> int:
+    start, end = key_arg(args.start), key_arg(args.end)
+    result = await client.delete_range(start, end, args.limit)
+    next_key = show_key(result.next_key) if result.more else None
+    regions = [{"region_id": r.region_id, "start": show_key(r.start),
+                "end": show_key(r.end), "deleted": r.deleted,
+                "applied_index": r.applied_index} for r in result.regions]
+    if args.json:
+        print_json({"deleted": result.deleted, "more": result.more, "next_key": next_key,
+                    "regions": regions})
+        return 0
+    parts = ", ".join(f"region {r['region_id']}: {r['deleted']}" for r in regions)
+    print(f"deleted {result.deleted} key{'' if result.deleted == 1 else 's'} ({parts})")
+    if result.more:
+        print(f"(limit {args.limit} reached: more keys from {next_key}; run again to delete "
+              "them)", file=sys.stderr)
+    return 0
 
 
 def _done(args, data: dict, text: str) -> None:

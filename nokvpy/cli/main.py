@@ -79,6 +79,18 @@ def addresses(text: str) -> str:
     return text
 
 
+def metrics_address(text: str) -> str:
+    """`--metrics-addr host:port`: checked while parsing, so a wildcard (0.0.0.0, ::) or a
+    malformed address is a usage error. The text itself is kept."""
+    from nokvpy.rpc.metrics_http import MetricsAddressError, parse_metrics_addr
+
+    try:
+        parse_metrics_addr(text)
+    except MetricsAddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip()
+
+
 def version() -> str:
     """The installed package's version (pyproject.toml), from its metadata."""
     from importlib.metadata import PackageNotFoundError
@@ -153,6 +165,24 @@ def tls_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     args.tls = given or None
 
 
+TXN_SYNTAX = """\
+compares (--if; all must hold, and with none the --then branch runs):
+  'KEY == VALUE'          KEY exists and has VALUE
+  'KEY != VALUE'          KEY is missing or has another value
+  'KEY exists'            KEY exists
+  'KEY missing'           KEY does not exist
+  'KEY mod == INDEX@R'    KEY was last written by raft entry INDEX of region R (as a
+                          --then 'get KEY' prints it); 'KEY mod == 0': KEY is missing;
+                          without @R only the index is compared; also !=
+operations (--then when every compare holds, else --else; applied in order):
+  'put KEY VALUE'   'delete KEY'   'get KEY'
+KEY and VALUE are UTF-8 text or 0x followed by hex; quote one that holds spaces, as in
+--then 'put k "a b"'. Every key must lie in one region. The compares are read when the
+transaction applies. Exit status 1 when the --else branch ran.
+example:
+  nokv kv txn --if 'lock missing' --then 'put lock me' --then 'get lock' --else 'get lock'"""
+
+
 def add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -222,6 +252,10 @@ def build_parser() -> ArgumentParser:
                        help="accept failpoint and fault-rule requests from the admin role "
                             "(testing only; off by default; `nokv cluster up` passes it)")
         add_tls(s, client=False)
+        s.add_argument("--metrics-addr", type=metrics_address, default=None, metavar="HOST:PORT",
+                       help="serve Prometheus metrics over plain HTTP at "
+                            "http://HOST:PORT/metrics (off when not given; no wildcard "
+                            "address: the endpoint has no authentication)")
         if kind == "metaroot":
             s.add_argument("--peer", action="append", default=[],
                            help="id=host:port of every metaroot peer, this one included (repeat)")
@@ -270,7 +304,21 @@ def build_parser() -> ArgumentParser:
     cas.add_argument("key", type=key_text, help=keyhelp)
     cas.add_argument("expected", type=key_text, help="expected value, or - for absent")
     cas.add_argument("new", type=key_text, help="new value, or - to delete")
-    for q in (g, p, d, sc, cas):
+    tx = kvsub.add_parser(
+        "txn", help="if the compares hold apply --then, else --else, atomically in one region",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TXN_SYNTAX)
+    tx.add_argument("--if", dest="conditions", action="append", default=[], metavar="COMPARE",
+                    help="a compare, e.g. 'k == v', 'k exists', 'k mod == 12@1' (repeatable)")
+    tx.add_argument("--then", dest="then_ops", action="append", default=[], metavar="OP",
+                    help="an operation if every compare holds: 'put k v', 'delete k', 'get k'")
+    tx.add_argument("--else", dest="else_ops", action="append", default=[], metavar="OP",
+                    help="an operation if some compare does not hold")
+    dr = kvsub.add_parser("delete-range", help="delete the keys in [START, END), region by region")
+    dr.add_argument("start", type=key_text, help="first key of the range")
+    dr.add_argument("end", type=key_text, help='end key, exclusive ("": to the end of the keyspace)')
+    dr.add_argument("--limit", type=positive(int), default=None,
+                    help="delete at most this many keys; the output says when more remain")
+    for q in (g, p, d, sc, cas, tx, dr):
         add_target(q)
         add_json(q)
 
@@ -399,6 +447,16 @@ def build_parser() -> ArgumentParser:
     add_tls(b, client=True)
     add_json(b)
 
+    mt = sub.add_parser("metrics", help="a process's Prometheus metrics, fetched from its "
+                                        "metrics endpoint")
+    mt.add_argument("name", help="process name, e.g. store-1 (its metrics address is in "
+                                 "cluster.json), or an endpoint's host:port")
+    add_dir(mt)
+    mt.add_argument("--timeout", type=positive(float), default=5.0,
+                    help="seconds to wait for the answer (default %(default)g)")
+    mt.add_argument("--json", action="store_true",
+                    help="the parsed metric families as JSON instead of the text")
+
     dm = sub.add_parser("demo", help="a narrated tour of a local cluster")
     dm.add_argument("--keep", action="store_true", help="leave the cluster running")
     dm.add_argument("--dir", default=None,
@@ -436,6 +494,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from nokvpy.cli import outbox_cmd
 
         return outbox_cmd.run(args)
+    if cmd == "metrics":
+        from nokvpy.cli import metrics_cmd
+
+        return metrics_cmd.run(args)
     from nokvpy.cli import data_cmd
 
     return data_cmd.run(args)

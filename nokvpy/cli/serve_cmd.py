@@ -1,4 +1,10 @@
-"""`nokv metaroot serve`, `nokv coordinator serve`, `nokv store serve`."""
+"""`nokv metaroot serve`, `nokv coordinator serve`, `nokv store serve`.
+
+Owns: what every serve command sets up before its process's `main` runs (log format,
+remote failpoints, TLS) and handing the parsed arguments to it (`--metrics-addr`, checked
+while parsing, is served by each process's main through nokvpy.rpc.metrics_http). Never
+serves anything itself.
+"""
 
 from __future__ import annotations
 

@@ -12,14 +12,24 @@ from nokvpy.client.errors import (
     RouteRejectedError,
     UnavailableError,
 )
-from nokvpy.client.kv import Client
+from nokvpy.client.kv import (
+    Client,
+    Compare,
+    DeleteRangeResult,
+    Op,
+    RegionDeleted,
+    ScanResult,
+    TxnResponse,
+)
 from nokvpy.client.loopcheck import WrongEventLoopError
 from nokvpy.client.sync import SyncClient, connect
 from nokvpy.protocol import Freshness
-from nokvpy.protocol.store_rpc import ReadMode
+from nokvpy.protocol.store_rpc import ReadMode, TxnGetResult
 
 __all__ = [
     "Client", "SyncClient", "connect", "NokvError", "RejectedError", "RouteRejectedError",
     "OutcomeUnknownError", "UnavailableError", "DeadlineExceededError", "InvalidRequestError",
     "WrongEventLoopError", "Freshness", "ReadMode",
+    "Compare", "Op", "TxnResponse", "TxnGetResult", "ScanResult", "DeleteRangeResult",
+    "RegionDeleted",
 ]

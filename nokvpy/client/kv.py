@@ -41,6 +41,10 @@ the election, the followers still name the hung leader. Coordinators: a read-onl
 (`COORDINATOR_READS`) gets `attempt_timeout` per coordinator while another is left to try,
 the last one the rest of the deadline; other requests keep one full `timeout` per
 coordinator; unreachable or timed-out coordinators are suspect and tried last.
+
+Multi-key operations: `Client.txn` and `Client.delete_range` are nokvpy.client.txn's
+(`TxnOps`), `Client.scan` is nokvpy.client.scan's (`ScanOps`); `Client` inherits them and
+they run on its routes and on `_execute` (this retry policy).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,9 +61,9 @@ import trio
 from sortedcontainers import SortedDict
 
 from nokvpy import grantsig
+from nokvpy.client.checks import check_key, check_value
 from nokvpy.client.errors import (
     DeadlineExceededError,
-    InvalidRequestError,
     NokvError,
     OutcomeUnknownError,
     RejectedError,
@@ -67,6 +72,15 @@ from nokvpy.client.errors import (
 )
 from nokvpy.client.failover import SUSPECT_BASE, Suspects, next_voter, pick_store
 from nokvpy.client.loopcheck import require_trio
+from nokvpy.client.scan import ScanOps, ScanResult  # noqa: F401 - ScanResult re-exported
+from nokvpy.client.txn import (  # noqa: F401 - the builders and result types re-exported
+    Compare,
+    DeleteRangeResult,
+    Op,
+    RegionDeleted,
+    TxnOps,
+    TxnResponse,
+)
 from nokvpy.protocol import Freshness, RegionDescriptor, RootToken
 from nokvpy.protocol.coordinator_rpc import (
     DiagnosticsRequest,
@@ -79,12 +93,6 @@ from nokvpy.protocol.coordinator_rpc import (
 )
 from nokvpy.protocol.grants import Duty
 from nokvpy.protocol.store_rpc import (
-    MAX_KEY_SIZE as MAX_KEY,
-)
-from nokvpy.protocol.store_rpc import (
-    MAX_VALUE_SIZE as MAX_VALUE,
-)
-from nokvpy.protocol.store_rpc import (
     BatchGetRequest,
     CasRequest,
     DeleteRequest,
@@ -92,7 +100,6 @@ from nokvpy.protocol.store_rpc import (
     KvContext,
     PutRequest,
     ReadMode,
-    ScanRequest,
     WriteReply,
 )
 from nokvpy.rpc import Identity, RemoteError, RpcClient, RpcTimeoutError, RpcUnavailableError
@@ -116,7 +123,7 @@ class CachedRoute:
     leader_store_id: int
 
 
-class Client:
+class Client(ScanOps, TxnOps):
     """Async client. `coordinators`: addresses; `timeout`: default deadline per operation;
     `attempt_timeout`: longest read attempt on one store or coordinator before trying
     another (None: the whole deadline); `suspect_base`: seconds a store or coordinator that
@@ -365,7 +372,11 @@ class Client:
     # ---- execution -------------------------------------------------------------------
 
     async def _execute(self, key: bytes, build, *, write: bool, read_mode: ReadMode = ReadMode.LINEARIZABLE,
-                       timeout: float | None = None) -> Any:
+                       timeout: float | None = None,
+                       seen: Callable[[RegionDescriptor], None] | None = None) -> Any:
+        """Run `build(ctx)` on the region holding `key`, retrying by reason (see the module
+        docstring). `seen(descriptor)` is told the region of each attempt: the answer is
+        that of the last one."""
         require_trio()
         deadline = trio.current_time() + (timeout or self.timeout)
         backoff = 0.01
@@ -398,6 +409,8 @@ class Client:
                 await trio.sleep(min(backoff, remaining))
                 continue
             ctx = KvContext(d.region_id, d.epoch, store_id, read_mode)
+            if seen is not None:
+                seen(d)
             budget = remaining
             if not write and self.attempt_timeout is not None and len(voters) > 1:
                 budget = min(remaining, self.attempt_timeout * 2 ** timeouts)
@@ -514,23 +527,6 @@ class Client:
             pending = [k for k in pending if k not in out]
         return out
 
-    async def scan(self, start: bytes = b"", end: bytes = b"", limit: int = 100,
-                   timeout: float | None = None) -> list[tuple[bytes, bytes]]:
-        """Keys in [start, end) in order, across region boundaries, at most `limit`."""
-        out: list[tuple[bytes, bytes]] = []
-        cursor = start
-        while len(out) < limit:
-            route = await self._locate(cursor)
-            region_end = route.descriptor.end_key
-            reply = await self._execute(
-                cursor, lambda ctx, c=cursor: ScanRequest(ctx, c, end, limit - len(out)),
-                write=False, timeout=timeout)
-            out.extend(reply.pairs)
-            if reply.more or not region_end or (end and region_end >= end):
-                break
-            cursor = region_end
-        return out[:limit]
-
     async def put(self, key: bytes, value: bytes, timeout: float | None = None) -> int:
         check_key(key)
         check_value(value)
@@ -554,20 +550,6 @@ class Client:
         reply: WriteReply = await self._execute(key, lambda ctx: CasRequest(ctx, key, expected, new),
                                                 write=True, timeout=timeout)
         return reply.succeeded, reply.current
-
-
-def check_key(key: bytes) -> None:
-    if not isinstance(key, bytes):
-        raise InvalidRequestError(f"keys are bytes, not {type(key).__name__}")
-    if len(key) > MAX_KEY:
-        raise InvalidRequestError(f"key of {len(key)} bytes exceeds the limit of {MAX_KEY}")
-
-
-def check_value(value: bytes) -> None:
-    if not isinstance(value, bytes):
-        raise InvalidRequestError(f"values are bytes, not {type(value).__name__}")
-    if len(value) > MAX_VALUE:
-        raise InvalidRequestError(f"value of {len(value)} bytes exceeds the limit of {MAX_VALUE}")
 
 
 def overlaps(a: RegionDescriptor, b: RegionDescriptor) -> bool:

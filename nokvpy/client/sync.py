@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import trio
 
-from nokvpy.client.kv import Client
+from nokvpy.client.kv import Client, DeleteRangeResult, ScanResult, TxnResponse
 from nokvpy.client.settings import cluster_dir_settings, target_settings
 from nokvpy.protocol import Freshness, RootToken
 from nokvpy.protocol.coordinator_rpc import RouteReply, ScanRegionsReply
-from nokvpy.protocol.store_rpc import ReadMode
+from nokvpy.protocol.store_rpc import ReadMode, TxnCompare, TxnOp
 
 T = TypeVar("T")
 
@@ -100,8 +100,9 @@ class SyncClient:
         return self.call(Client.batch_get, keys, timeout)
 
     def scan(self, start: bytes = b"", end: bytes = b"", limit: int = 100,
-             timeout: float | None = None) -> list[tuple[bytes, bytes]]:
-        """Keys in [start, end) in order, across regions, at most `limit` (b"": unbounded)."""
+             timeout: float | None = None) -> ScanResult:
+        """Keys in [start, end) in order, across regions, at most `limit` (b"": unbounded):
+        a list of (key, value) with `more` (the limit cut it) and `next_key`."""
         return self.call(Client.scan, start, end, limit, timeout)
 
     def put(self, key: bytes, value: bytes, timeout: float | None = None) -> int:
@@ -116,6 +117,18 @@ class SyncClient:
         """Set `key` to `new` (None deletes) iff its value is `expected` (None: absent).
         Returns (succeeded, the value seen when it failed)."""
         return self.call(Client.compare_and_swap, key, expected, new, timeout)
+
+    def txn(self, compare: Iterable[TxnCompare] = (), success: Iterable[TxnOp] = (),
+            failure: Iterable[TxnOp] = (), timeout: float | None = None) -> TxnResponse:
+        """If every compare holds run `success`, else `failure`, atomically in the one region
+        holding every key (see `Client.txn`; `Compare` and `Op` build the parts)."""
+        return self.call(Client.txn, list(compare), list(success), list(failure), timeout)
+
+    def delete_range(self, start: bytes, end: bytes, limit: int | None = None,
+                     timeout: float | None = None) -> DeleteRangeResult:
+        """Delete the keys of [start, end), region by region, at most `limit` (see
+        `Client.delete_range`): how many, per region, and whether the limit cut it."""
+        return self.call(Client.delete_range, start, end, limit, timeout)
 
     def route(self, key: bytes, freshness: Freshness = Freshness.BOUNDED,
               max_root_lag: int | None = None,

@@ -7,14 +7,19 @@ never touches files outside its directory.
 
 Layout::
 
-    DIR/cluster.json        cluster id, secret, every process: name, kind, id, address, args
-                            (mode 0600: it holds the secret)
+    DIR/cluster.json        cluster id, secret, every process: name, kind, id, address,
+                            metrics address, args (mode 0600: it holds the secret)
     DIR/pids/NAME.pid       pid of a running process (removed when it is stopped)
     DIR/logs/NAME.log       stdout and stderr of the process
     DIR/data/NAME/          LMDB environments of metaroot peers and stores
     DIR/tls/                with `create(tls=True)` (`nokv cluster up --tls`): ca.pem (a
                             throwaway CA), NAME.pem + NAME.key for every process and
                             admin.pem + admin.key for the local CLI and clients (keys 0600)
+
+Every process serves Prometheus metrics on its own loopback port (`metrics_address`, passed as
+`--metrics-addr`; plain HTTP, also in a TLS cluster). A cluster.json written before metrics
+has none: it still loads, and `cluster up` gives its processes metrics ports when none of
+them runs (`add_metrics_ports`).
 
 A TLS cluster records its files in cluster.json (`tls`: dir, ca, and the admin client's cert
 and key); loading it makes them the TLS of every RpcServer / RpcClient of that cluster id in
@@ -57,6 +62,11 @@ class ProcessSpec:
     address: str
     data_dir: str = ""
     extra_args: list[str] = field(default_factory=list)
+    metrics_address: str = ""  # host:port of its metrics endpoint ("": none, an older file)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.metrics_address}/metrics" if self.metrics_address else ""
 
 
 @dataclass
@@ -147,13 +157,15 @@ class LocalCluster:
         if replication < 1:
             raise ClusterError("--replication must be at least 1")
         replication = min(replication, stores)
-        ports = iter(free_ports(metaroots + coordinators + stores))
+        # one RPC port and one metrics port per process, all distinct
+        ports = iter(free_ports(2 * (metaroots + coordinators + stores)))
         procs: list[ProcessSpec] = []
         for kind, count in (("metaroot", metaroots), ("coordinator", coordinators), ("store", stores)):
             for i in range(1, count + 1):
                 name = f"{kind}-{i}"
                 data = str(self.root / "data" / name) if kind != "coordinator" else ""
-                procs.append(ProcessSpec(name, kind, i, f"127.0.0.1:{next(ports)}", data))
+                procs.append(ProcessSpec(name, kind, i, f"127.0.0.1:{next(ports)}", data,
+                                         metrics_address=f"127.0.0.1:{next(ports)}"))
         spec = ClusterSpec(
             cluster_id=f"nokv-{secrets.token_hex(4)}",
             secret=secrets.token_hex(16),
@@ -166,6 +178,23 @@ class LocalCluster:
         self.save(spec)
         use_tls(spec)
         return spec
+
+    def add_metrics_ports(self, spec: ClusterSpec) -> list[str]:
+        """Give every process without a metrics address (a cluster.json written before
+        metrics) a free loopback port, when none of the cluster's processes runs (a running
+        one would not serve it); saves the file. Returns the names that got one."""
+        missing = [p for p in spec.processes if not p.metrics_address]
+        if not missing or any(self.pid(p.name) is not None for p in spec.processes):
+            return []
+        taken = {p.address for p in spec.processes} | {p.metrics_address for p in spec.processes}
+        ports = [port for port in free_ports(2 * len(missing))
+                 if f"127.0.0.1:{port}" not in taken][: len(missing)]
+        if len(ports) < len(missing):
+            return []
+        for proc, port in zip(missing, ports, strict=True):
+            proc.metrics_address = f"127.0.0.1:{port}"
+        self.save(spec)
+        return [p.name for p in missing]
 
     def renew_tls(self, spec: ClusterSpec, within: timedelta = TLS_RENEW_WITHIN) -> bool:
         """Issue a new CA and certificates when one of the cluster's expires within `within`
@@ -193,6 +222,8 @@ class LocalCluster:
                      "--replication", str(spec.replication)]
         else:
             base += ["--coordinator", ",".join(spec.coordinator_addrs()), "--data", proc.data_dir]
+        if proc.metrics_address:
+            base += ["--metrics-addr", proc.metrics_address]
         tls = spec.tls_files(proc.name)
         if tls:
             base += ["--tls-cert", tls["cert"], "--tls-key", tls["key"], "--tls-ca", tls["ca"]]

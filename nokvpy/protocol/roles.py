@@ -64,6 +64,8 @@ POLICY: Mapping[str, frozenset[str] | Mapping[str, frozenset[str]]] = {
     "PutRequest": KV_CALLERS,
     "DeleteRequest": KV_CALLERS,
     "CasRequest": KV_CALLERS,
+    "TxnRequest": KV_CALLERS,
+    "DeleteRangeRequest": KV_CALLERS,
     "AdminRequest": frozenset({ADMIN, STORE}),  # stores forward to a region's leader
     "ExecutionStatusRequest": ANY,
     "OutboxRequest": frozenset({ADMIN}),

@@ -4,6 +4,11 @@ Every refusal is a remote error of kind `rejected` whose reason is an `Admission
 and whose `details["admission"]` is the full `Admission` record (leader hint, current epoch,
 current descriptor). A write whose outcome is unknown (deadline passed after proposing) is a
 remote error of kind `timeout` with reason `outcome_unknown`.
+
+Multi-key transactions (`TxnRequest`) and range deletes (`DeleteRangeRequest`) stay inside
+one region and apply as one raft entry each (`TxnCommand`, `DeleteRangeCommand`): compares
+are evaluated against the state machine when the entry applies, never at admission
+(docs/protocols.md, "Execution (stores)").
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ class ScanReply:
     pairs: list[tuple[bytes, bytes]]
     more: bool  # the region holds more keys in range past the limit
     read_index: int = 0
+    next_key: bytes = b""  # with `more`: the first key in range not returned
 
 
 @wire_type(407)
@@ -115,6 +121,136 @@ class WriteReply:
     applied_index: int
     succeeded: bool = True  # CAS: whether the predicate held
     current: bytes | None = None  # CAS: the value seen when the predicate failed
+
+
+# ---- transactions within one region, range deletes (411-429) ---------------------------
+
+MAX_TXN_OPS = 128  # compares, and operations of each branch, per transaction
+MAX_TXN_BYTES = 4 << 20  # keys and values of one transaction, all together
+MAX_DELETE_RANGE_KEYS = 10_000  # keys one range-delete entry deletes at most
+
+
+class CompareTarget(IntEnum):
+    VALUE = 1  # the key's value (== / != `value`; a missing key has no value)
+    EXISTS = 2  # EQ: the key exists; NE: it does not
+    MOD = 3  # the key's modification index (0 for a missing key)
+
+
+class CompareOp(IntEnum):
+    EQ = 1
+    NE = 2
+
+
+class TxnOpKind(IntEnum):
+    PUT = 1
+    DELETE = 2
+    GET = 3
+
+
+@wire_type(411)
+@dataclass(slots=True, frozen=True)
+class TxnCompare:
+    """One condition of a transaction, read from the state machine when the entry applies.
+
+    VALUE: the key exists and its value is (EQ) / is not (NE) `value` (NE holds for a missing
+    key). EXISTS: the key exists (EQ) / does not (NE). MOD: the key's modification index is
+    (EQ) / is not (NE) `mod_index` (0: the key is missing); with `mod_region` (not 0) the
+    region whose log wrote it must match too, which keeps the compare exact across splits and
+    merges (a key moved to another region may be rewritten at an index it had before)."""
+
+    key: bytes
+    target: CompareTarget
+    op: CompareOp = CompareOp.EQ
+    value: bytes | None = None
+    mod_index: int = 0
+    mod_region: int = 0
+
+
+@wire_type(412)
+@dataclass(slots=True, frozen=True)
+class TxnOp:
+    """PUT `key` = `value`, DELETE `key`, or GET `key` (seeing the earlier operations of the
+    same branch)."""
+
+    kind: TxnOpKind
+    key: bytes
+    value: bytes | None = None
+
+
+@wire_type(413)
+@dataclass(slots=True, frozen=True)
+class TxnRequest:
+    """If every compare holds, run `success`, else `failure`: atomically, in one raft entry of
+    the region holding every key."""
+
+    ctx: KvContext
+    compares: list[TxnCompare]
+    success: list[TxnOp]
+    failure: list[TxnOp]
+
+
+@wire_type(414)
+@dataclass(slots=True, frozen=True)
+class TxnGetResult:
+    """What a GET of a transaction read: the value (None: missing), and which entry last
+    wrote it (the raft index and the region whose log it is in; 0 and 0 when missing)."""
+
+    key: bytes
+    value: bytes | None
+    mod_index: int = 0
+    mod_region: int = 0
+
+
+@wire_type(415)
+@dataclass(slots=True, frozen=True)
+class TxnReply:
+    applied_index: int
+    succeeded: bool  # every compare held: the success branch ran (else the failure branch)
+    gets: list[TxnGetResult]  # one per GET of the branch that ran, in order
+
+
+@wire_type(416)
+@dataclass(slots=True, frozen=True)
+class DeleteRangeRequest:
+    """Delete the keys of [start_key, end_key) that lie in the region (end b"": unbounded),
+    at most `limit` of them (0: no limit but MAX_DELETE_RANGE_KEYS), in one raft entry."""
+
+    ctx: KvContext
+    start_key: bytes
+    end_key: bytes = b""
+    limit: int = 0
+
+
+@wire_type(417)
+@dataclass(slots=True, frozen=True)
+class DeleteRangeReply:
+    applied_index: int
+    deleted: int
+    more: bool  # the limit cut the delete: keys remain in range in this region
+    next_key: bytes = b""  # with `more`: the first key left
+
+
+# raft entry payloads (raftstore.apply); not RPCs
+
+
+@wire_type(420)
+@dataclass(slots=True, frozen=True)
+class TxnCommand:
+    region_id: int
+    epoch: RegionEpoch
+    compares: list[TxnCompare]
+    success: list[TxnOp]
+    failure: list[TxnOp]
+
+
+@wire_type(421)
+@dataclass(slots=True, frozen=True)
+class DeleteRangeCommand:
+    region_id: int
+    epoch: RegionEpoch
+    start_key: bytes
+    end_key: bytes
+    limit: int
 
 
 # ---- admin (500-599) -------------------------------------------------------------------

@@ -36,7 +36,8 @@ _ERRLEN = struct.Struct(">I")
 
 _CLUSTER_ID = b"cluster_id"
 _STORE_ID = b"store_id"
-_STORE_KEYS = (_CLUSTER_ID, _STORE_ID)
+_DATA_FORMAT = b"data_format"  # the format of the store's values (the caller's number)
+_STORE_KEYS = (_CLUSTER_ID, _STORE_ID, _DATA_FORMAT)
 
 
 @dataclass(slots=True, frozen=True)
@@ -138,12 +139,28 @@ class LocalMeta:
             raise CorruptMetadataError("meta_store: store identity is incomplete or malformed")
         return StoreIdentity(_U64.unpack(cluster)[0], _U64.unpack(store)[0])
 
-    def stage_identity(self, batch: WriteBatch, cluster_id: int, store_id: int) -> None:
+    def data_format(self, *, txn: Any = None) -> int | None:
+        """The data format stamped with the identity (None: a store stamped before formats
+        were recorded, or not stamped yet)."""
+        raw = self._get(META_STORE, _DATA_FORMAT, txn)
+        if raw is None:
+            return None
+        if len(raw) != 8:
+            raise CorruptMetadataError("meta_store: data format is malformed")
+        return _U64.unpack(raw)[0]
+
+    def stage_identity(self, batch: WriteBatch, cluster_id: int, store_id: int,
+                       data_format: int | None = None) -> None:
         batch.put(META_STORE, _CLUSTER_ID, seal(_U64.pack(_check_id("cluster id", cluster_id))))
         batch.put(META_STORE, _STORE_ID, seal(_U64.pack(_check_id("store id", store_id))))
+        if data_format is not None:
+            batch.put(META_STORE, _DATA_FORMAT,
+                      seal(_U64.pack(_check_id("data format", data_format))))
 
-    async def stamp_identity(self, cluster_id: int, store_id: int) -> StoreIdentity:
-        """Stamp the identity on first start; afterwards require that it matches."""
+    async def stamp_identity(self, cluster_id: int, store_id: int,
+                             data_format: int | None = None) -> StoreIdentity:
+        """Stamp the identity (and the data format the caller writes) on first start;
+        afterwards require that the identity matches."""
         wanted = StoreIdentity(cluster_id, store_id)
         current = self.identity()
         if current is not None:
@@ -151,7 +168,7 @@ class LocalMeta:
                 raise IdentityMismatchError(current, wanted)
             return current
         batch = WriteBatch()
-        self.stage_identity(batch, cluster_id, store_id)
+        self.stage_identity(batch, cluster_id, store_id, data_format)
         await self._env.commit(batch)
         return wanted
 

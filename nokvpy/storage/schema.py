@@ -8,8 +8,10 @@ owns the table). Never opens anything; `Env.open` declares these names up front.
 | raft_log          | group_id u64 BE, index u64 BE    | term u64 BE, type u8, data                | raftlog.py   |
 | raft_state        | group_id u64 BE, tag u8          | h: hard state; t: truncated (index, term);| raftlog.py   |
 |                   |                                  | s: snapshot metadata; c: conf state       |              |
-| kv                | user key (1..511 bytes)          | opaque value bytes                        | kv.py        |
-| meta_store        | b"cluster_id" / b"store_id"      | crc32 u32 BE + u64 BE                     | localmeta.py |
+| kv                | user key (1..511 bytes)          | opaque value bytes (a store's values:     | kv.py        |
+|                   |                                  | raftstore's stored-value header + value)  |              |
+| meta_store        | b"cluster_id" / b"store_id" /    | crc32 u32 BE + u64 BE                     | localmeta.py |
+|                   | b"data_format"                   |                                           |              |
 | meta_regions      | region_id u64 BE                 | crc32 + opaque descriptor                 | localmeta.py |
 | meta_replay       | region_id u64 BE                 | crc32 + applied index u64 + term u64      | localmeta.py |
 | meta_outbox       | seq u64 BE                       | crc32 + opaque event                      | localmeta.py |

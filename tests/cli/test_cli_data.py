@@ -55,7 +55,7 @@ def test_kv_put_get_cas_delete_scan(cluster):
     assert table[2].index("carol") == table[0].index("VALUE")  # aligned columns
     assert cluster.json("kv", "scan", "kvt/", "kvt0") == {
         "pairs": [{"key": "0x6b76742f00ff", "value": "0x00ff"}, {"key": "kvt/a", "value": "carol"},
-                  {"key": "kvt/h", "value": "hello"}], "more": False}
+                  {"key": "kvt/h", "value": "hello"}], "more": False, "next_key": None}
 
 
 def test_kv_scan_says_when_the_limit_cut_it(cluster):
@@ -66,11 +66,11 @@ def test_kv_scan_says_when_the_limit_cut_it(cluster):
         ("kv", "scan", "lim/", "lim0", "--limit", "3", "--json"),
         ("kv", "scan", "lim/", "lim0", "--limit", "2"), ("kv", "scan", "lim/", "lim0"))
     assert parsed(cut) == {"pairs": [{"key": "lim/0", "value": "0"}, {"key": "lim/1", "value": "1"}],
-                           "more": True}
+                           "more": True, "next_key": "lim/2"}
     assert parsed(exact)["more"] is False and len(parsed(exact)["pairs"]) == 3
     # for people: the table on stdout, the note on stderr (so a pipe gets only the table)
     assert [line.split()[0] for line in ok(text).splitlines()] == ["KEY", "lim/0", "lim/1"]
-    assert text.stderr.strip() == ("(limit 2 reached: more keys follow lim/1; raise --limit or "
+    assert text.stderr.strip() == ("(limit 2 reached: more keys from lim/2; raise --limit or "
                                    "scan from there)")
     assert whole.stderr == "" and len(ok(whole).splitlines()) == 4
 

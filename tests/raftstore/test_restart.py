@@ -14,6 +14,7 @@ from nokvpy.storage.schema import META_REGIONS
 from nokvpy.wire import encode
 from raftstore.main import StartupError, cluster_number, serve
 from raftstore.restart import (
+    DATA_FORMAT,
     NEEDS_CATCH_UP,
     NEEDS_NONE,
     NEEDS_REBUILD,
@@ -141,3 +142,28 @@ async def test_identity_mismatch_refuses_to_start(tmp_path):
         await serve(2, "127.0.0.1:0", ["127.0.0.1:1"], str(data))
     with pytest.raises(StartupError, match="belongs to store 1 of cluster"):
         await serve(1, "127.0.0.1:0", ["127.0.0.1:1"], str(data), cluster_id="other")
+
+
+async def test_a_store_of_another_data_format_refuses_to_start(tmp_path):
+    """Values carry a header (the region and raft index that wrote them) since data format
+    2; a store stamped before formats were recorded holds raw values, which this build would
+    misread (a raw value of 17 bytes or more that starts with byte 1 parses as a header). It
+    refuses to start, says why and what to do, and writes nothing."""
+    data = tmp_path / "store-1"
+    with Env.open(data) as env:
+        await LocalMeta(env).stamp_identity(ME.cluster_id, 1)  # no format: a format-1 store
+        assert load_image(LocalMeta(env)).data_format is None
+    before = _digest(data)
+    with pytest.raises(StartupError, match="data format 1 .*this build reads data format 2"):
+        await serve(1, "127.0.0.1:0", ["127.0.0.1:1"], str(data))
+    assert _digest(data) == before
+    fresh = tmp_path / "store-2"
+    with Env.open(fresh) as env:
+        meta = LocalMeta(env)
+        await meta.stamp_identity(ME.cluster_id, 2, DATA_FORMAT)
+        image = load_image(meta)
+        assert image.data_format == DATA_FORMAT
+        assert derive(image, StoreIdentity(ME.cluster_id, 2), DATA_FORMAT).kind == \
+            RestartStateKind.READY
+        st = derive(LocalImage(ME), ME, DATA_FORMAT)
+        assert st.kind == RestartStateKind.FATAL and st.reasons == ("data_format_mismatch",)

@@ -20,11 +20,10 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_driver_hold import start_cluster
 
 from nokvpy.raft.ticks import MAX_FEED, ElapsedTicks
 from nokvpy.replication.driver import unsafe_lease_from_env
-
-from test_driver_hold import start_cluster
 
 TICK = 0.02  # start_cluster's tick interval; election_tick=10: the lease is under 0.2 s
 
