@@ -271,6 +271,7 @@ class RegionStateMachine:
             old = self.descriptor
             if old is None or old.epoch != desc.epoch:
                 self.replay_floor = max(self.replay_floor, self.applied)
+                self._snap_cache = None  # built under the old range or membership
             self.descriptor = desc
             self.staged_descriptor = None
             if self.descriptor_listener is not None:
@@ -289,7 +290,11 @@ class RegionStateMachine:
         if cache is not None:
             index, data, built_at = cache
             floor = self.raftlog.group(self.region_id).first_index() - 1
-            if index >= floor and trio.current_time() - built_at < SNAPSHOT_CACHE_TTL:
+            # Not from before the last epoch change either: a region snapshot built under an
+            # older range overlaps the regions split off since, on the follower's store too,
+            # which refuses it (`RaftTraffic._snapshot_overlaps`) for as long as it is offered.
+            if index >= max(floor, self.replay_floor) and \
+                    trio.current_time() - built_at < SNAPSHOT_CACHE_TTL:
                 return index, data
             self._snap_cache = None
         if not self._snap_building:

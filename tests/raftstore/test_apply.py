@@ -179,3 +179,14 @@ async def test_snapshots_are_built_off_the_event_loop_and_cached(env):
             while sm._snap_cache is None:
                 await trio.sleep(0.01)
         assert sm.snapshot()[0] == 2
+        # nor one from before the last range change (replay_floor): a region snapshot of the
+        # old range overlaps the regions split off since, and every follower store hosting
+        # one refused it for as long as it was offered (60 s; random topology seed 39)
+        apply(env, sm, [entry(3, (PUT, b"e", b"3"))])
+        sm.replay_floor = 3
+        with pytest.raises(SnapshotTemporarilyUnavailableError):
+            sm.snapshot()
+        with trio.fail_after(5):
+            while sm._snap_cache is None:
+                await trio.sleep(0.01)
+        assert sm.snapshot()[0] == 3
