@@ -261,6 +261,12 @@ class ApplyHandlers:
         keep_vote = hs.term >= INIT_TERM
         store.raftlog.stage_hard_state(batch, rid, HardState(
             max(hs.term, INIT_TERM), hs.vote if keep_vote else 0, INIT_INDEX))
+        # Until the batch is durable and `on_split_applied` starts the child, its traffic is
+        # dropped: a leader's message in between created another uninitialized peer, whose
+        # raft node then disagreed with the child state this batch writes under it (a store
+        # crashed on "applied 46 out of range [prev applied 0, committed 41]"), and the
+        # child was never started.
+        store.destroying.add(rid)
         return True
 
     # ---- merge ---------------------------------------------------------------------------

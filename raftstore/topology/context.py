@@ -67,6 +67,7 @@ class StoreContext(Protocol):
     store_id: int
     peers: dict[int, Peer]
     tombstones: dict[int, RegionTombstone]
+    destroying: set[int]  # region ids whose raft traffic is dropped (see Store.destroying)
     store_addrs: dict[int, str]
     counters: Counter[str]
     driver: Driver

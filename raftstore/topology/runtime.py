@@ -123,6 +123,7 @@ class Runtime:
         """The split batch is durable: start the child replica (its raft state was staged)."""
         store = self.store
         rid = right.region_id
+        store.destroying.discard(rid)  # its traffic was dropped while the batch committed
         me = right.peer_on(store.store_id)
         if me is None or rid in store.peers or rid in store.tombstones:
             return

@@ -85,3 +85,56 @@ def test_a_member_of_the_base_catching_up_still_stages_the_terminal():
     ApplyHandlers(rt).apply_conf_change(_Sm(BASE), WriteBatch(), removal_entry())
     [entry] = rt.publisher.staged
     assert entry.event.payload.target == TARGET and entry.event.payload.base == BASE
+
+
+class _Group:
+    hard_state = type("HS", (), {"term": 0, "vote": 0})()
+
+
+class _RaftLog:
+    def group(self, rid):
+        return _Group()
+
+    def stage_destroy_group(self, batch, rid):
+        pass
+
+    def stage_apply_snapshot(self, batch, rid, meta):
+        pass
+
+    def stage_hard_state(self, batch, rid, hs):
+        pass
+
+
+class _Meta:
+    def stage_region(self, batch, rid, raw):
+        pass
+
+    def stage_replay_pointer(self, batch, rid, index, term):
+        pass
+
+
+class _Driver:
+    def __init__(self):
+        self.removed: list[int] = []
+
+    def remove_group(self, rid):
+        self.removed.append(rid)
+
+
+def test_a_split_child_drops_its_traffic_until_its_batch_is_durable():
+    """Between staging a split child (the uninitialized peer its leader's message created is
+    removed) and the batch's commit starting the child, a leader's message must not create
+    another uninitialized peer: that one's raft node disagreed with the child state written
+    under it, the store crashed ("applied 46 out of range [prev applied 0, committed 41]",
+    jepsen-lite churn seed 3) and the child was never started."""
+    rt = _Rt(store_id=2, peer_id=7)
+    store = rt.store
+    store.peers = {5: _Peer(7)}  # uninitialized: sm.applied below INIT_INDEX
+    store.peers[5].sm = type("Sm", (), {"applied": 0})()
+    store.destroying = set()
+    store.raftlog, store.meta, store.driver = _RaftLog(), _Meta(), _Driver()
+    child = RegionDescriptor(5, b"k0", b"", RegionEpoch(2, 1),
+                             (PeerMeta(1, 6), PeerMeta(2, 7), PeerMeta(3, 8)))
+    assert ApplyHandlers(rt)._stage_child(WriteBatch(), child)
+    assert 5 not in store.peers and store.driver.removed == [5]
+    assert 5 in store.destroying  # RaftTraffic drops its messages ("destroying")
