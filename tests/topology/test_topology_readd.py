@@ -72,7 +72,10 @@ async def test_remove_and_readd_the_same_store_repeatedly(topo):
     print(f"{ROUNDS} remove/add rounds in {elapsed:.1f}s")
 
 
-@pytest.mark.parametrize("case", ["caller_gives_up", "publish_reply_lost"])
+@pytest.mark.parametrize("case", [
+    "caller_gives_up",
+    pytest.param("publish_reply_lost", marks=pytest.mark.slow),  # the default run keeps one
+])
 async def test_an_addition_goes_on_once_its_plan_is_rooted(topo, case):
     """The coordinator roots the plan of an add_peer, then answers late.
 
