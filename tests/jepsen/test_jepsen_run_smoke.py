@@ -1,10 +1,10 @@
-"""The jepsen-lite CI smoke run (a real local cluster, about 75 s) and, opt-in, the
+"""The jepsen-lite CI smoke run (a real local cluster, about 40 s) and, opt-in, the
 buggy-build detection experiment.
 
-Smoke run: a 60-second ``register`` workload under ``kill,partition,publish-fail`` must be
-valid. Seed and length come from ``NOKV_JEPSEN_SEED`` (default 1) and
-``NOKV_JEPSEN_TIME_LIMIT`` (default 60). A failure prints the run directory, the summary and
-the command that reproduces it.
+Smoke run: a 30-second ``register`` workload under ``kill,partition,publish-fail`` (seed 1
+schedules one window of each) must be valid. Seed and length come from ``NOKV_JEPSEN_SEED``
+(default 1) and ``NOKV_JEPSEN_TIME_LIMIT`` (default 30). A failure prints the run directory,
+the summary and the command that reproduces it.
 
 Experiment (``-m slow``): with a test-only unsafe switch in the stores (``NOKV_UNSAFE_READS=1``:
 linearizable reads served from local state without ReadIndex; ``NOKV_UNSAFE_ACK=1``: writes
@@ -36,7 +36,7 @@ def _explain(results: dict) -> str:
 @pytest.mark.cluster
 def test_smoke_register_kill_partition_publish_fail(tmp_path):
     seed = int(os.environ.get("NOKV_JEPSEN_SEED", "1"))
-    time_limit = float(os.environ.get("NOKV_JEPSEN_TIME_LIMIT", "60"))
+    time_limit = float(os.environ.get("NOKV_JEPSEN_TIME_LIMIT", "30"))
     print(f"jepsen-lite smoke run: seed {seed}, {time_limit:g} s, dir {tmp_path / 'run'}")
     config = RunConfig(
         workload="register",

@@ -63,6 +63,7 @@ async def restart_cluster(c: Topo) -> None:
     await c.astart(timeout=90)
 
 
+@pytest.mark.slow  # about 30 s; the default run keeps sequences 1 and 3 (test_topology_readd.py)
 async def test_split_transfer_merge_then_readd_recovers(topo):
     c = await topo(stores=3)
     async with c.client(timeout=20) as client:
