@@ -50,20 +50,8 @@ def status(service: Any, driver: Any = None, transport: Any = None, env: Any = N
         "peers": len(service.peers),
         "driver": dict(getattr(driver, "counters", None) or {}),
         "transport": dict(getattr(transport, "counters", None) or {}),
-        "storage": {},
+        "storage": m.storage_stats(env, raftlog),
     }
-    stats = getattr(env, "stats", None)
-    if stats is not None:
-        out["storage"]["lmdb"] = {"transactions": stats.transactions, "batches": stats.batches,
-                                  "sync_ms": int(stats.sync_seconds * 1000)}
-    wal = getattr(raftlog, "wal", None)
-    if wal is not None:
-        ws = wal.stats
-        out["storage"]["wal"] = {"fsyncs": ws.appends, "frames": ws.frames, "bytes": ws.bytes,
-                                 "sync_ms": int(ws.sync_seconds * 1000),
-                                 "rotations": ws.rotations, "torn_bytes": ws.torn_bytes,
-                                 "stalls": ws.stalls, "segments": wal.segment_count,
-                                 "segment_bytes": wal.size, "durable_lsn": wal.durable_lsn}
     return out
 
 

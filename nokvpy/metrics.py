@@ -341,9 +341,29 @@ def counter(name: str, help: str, value: Any = None, labels: Mapping[str, Any] |
     return fam
 
 
+def storage_stats(env: Any, raftlog: Any) -> dict[str, Any]:
+    """The storage figures of a process as plain data, read off objects it already keeps:
+    its LMDB environment's `stats` and, in WAL mode, its raft log's `wal`. The shape
+    `storage_families` renders and a store's ExecutionStatus answers as `storage`."""
+    out: dict[str, Any] = {}
+    es = getattr(env, "stats", None)
+    if es is not None:
+        out["lmdb"] = {"transactions": es.transactions, "batches": es.batches,
+                       "sync_ms": int(es.sync_seconds * 1000)}
+    wal = getattr(raftlog, "wal", None)
+    if wal is not None:
+        ws = wal.stats
+        out["wal"] = {"fsyncs": ws.appends, "frames": ws.frames, "bytes": ws.bytes,
+                      "sync_ms": int(ws.sync_seconds * 1000), "rotations": ws.rotations,
+                      "torn_bytes": ws.torn_bytes, "stalls": ws.stalls,
+                      "segments": wal.segment_count, "segment_bytes": wal.size,
+                      "durable_lsn": wal.durable_lsn}
+    return out
+
+
 def storage_families(storage: Mapping[str, Any]) -> list[Family]:
     """The storage counters of a status body (`{"lmdb": {...}, "wal": {...}}`, the shape of
-    raftstore.status's `storage`): fsyncs and sync time per engine, LMDB transactions and
+    `storage_stats`): fsyncs and sync time per engine, LMDB transactions and
     batches, and the write-ahead log's bytes, frames, rotations, stalls and segments."""
     lmdb = storage.get("lmdb") or {}
     wal = storage.get("wal") or {}

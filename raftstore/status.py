@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from nokvpy import metrics as m
 from nokvpy.protocol import AdmissionClass, AdmissionReason, RestartStateKind
 from nokvpy.protocol.store_rpc import (
     ExecutionStatusReply,
@@ -121,7 +122,7 @@ class StoreStatus:
             "counters": dict(sorted(store.counters.items())),
             "driver": dict(sorted(store.driver.counters.items())),
             "transport": dict(sorted(store.transport.counters.items())),
-            "storage": self._storage_status(),
+            "storage": m.storage_stats(store.env, store.raftlog),
             "transitions": tracker["transitions"],
             "outbox": outbox,
             "tombstones": sorted(store.tombstones),
@@ -132,22 +133,6 @@ class StoreStatus:
             "regions": regions,
             "topology": store.topology.status() if store.topology is not None else {},
         }
-
-    def _storage_status(self) -> dict[str, Any]:
-        """LMDB commits and, in WAL mode, the raft log's write-ahead log."""
-        store = self.store
-        es = store.env.stats
-        out: dict[str, Any] = {"lmdb": {"transactions": es.transactions, "batches": es.batches,
-                                        "sync_ms": int(es.sync_seconds * 1000)}}
-        wal = store.raftlog.wal
-        if wal is not None:
-            ws = wal.stats
-            out["wal"] = {"fsyncs": ws.appends, "frames": ws.frames, "bytes": ws.bytes,
-                          "sync_ms": int(ws.sync_seconds * 1000), "rotations": ws.rotations,
-                          "torn_bytes": ws.torn_bytes, "stalls": ws.stalls,
-                          "segments": wal.segment_count,
-                          "segment_bytes": wal.size, "durable_lsn": wal.durable_lsn}
-        return out
 
     async def on_execution_status(self, req: ExecutionStatusRequest, ctx: Any
                                   ) -> ExecutionStatusReply:
