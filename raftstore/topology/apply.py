@@ -370,11 +370,11 @@ class ApplyHandlers:
         store = self.store
         rid = sm.region_id
         tid = cmd.transition_id
+        local = store.peers.get(rid)
         if p.step in ("promote", "remove"):
             adding = p.step == "promote"
             kind = EventKind.PEER_ADDED if adding else EventKind.PEER_REMOVED
             event = RootEvent(kind, PeerChange(rid, p.store_id, p.peer_id, new, p.base))
-            local = store.peers.get(rid)
             member = p.base.peer_on(store.store_id)
             if local is not None and p.peer_id != local.peer_id and (
                     member is None or member.peer_id != local.peer_id):
@@ -389,7 +389,6 @@ class ApplyHandlers:
         # Our own removal only if it removes the peer applying it: a later peer of the region
         # on this store (added here again) that replays the log from its start applies the
         # removal of the older one, which the descriptor of that time lists on this store.
-        local = store.peers.get(rid)
         if cc.type == ConfChangeType.REMOVE_NODE and local is not None and \
                 local.peer_id == p.peer_id and p.store_id == store.store_id:
             pid = local.peer_id
