@@ -73,9 +73,14 @@ KNOWN: dict[str, str] = {
                               "(return(TEXT): a permanent refusal, TERMINAL_BLOCKED)",
     "store.before_propose": "after a transition's planned publish, before its raft proposal",
     "store.after_apply_before_publish": "after a topology apply is durable, before publishing",
-    "storage.before_commit": "every LMDB group commit, before it",
+    "storage.before_commit": "every LMDB group commit, before it (return(ENOSPC) or "
+                             "return(EIO): the commit fails with that errno)",
     "storage.after_commit": "every LMDB group commit, after it",
-    "storage.wal_before_sync": "every WAL write of a store, before its fdatasync",
+    "storage.wal_write": "every WAL write of a store, before write() (return(ENOSPC) or "
+                         "return(EIO): the write fails with that errno)",
+    "storage.wal_before_sync": "every WAL write of a store, after write() and before its "
+                               "fdatasync (return(EIO): the fdatasync fails; exit: a crash "
+                               "with written, unsynced bytes)",
     "storage.wal_after_sync": "every WAL write of a store, after its fdatasync",
     "metaroot.before_append": "metaroot's append handler",
     "coordinator.before_root_append": "a coordinator, before appending an event to metaroot",

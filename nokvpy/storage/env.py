@@ -40,6 +40,7 @@ import lmdb
 import trio
 
 from nokvpy import failpoints
+from nokvpy.storage.diskfaults import raise_injected
 from nokvpy.storage.errors import (
     EnvClosedError,
     InvalidKeyError,
@@ -477,7 +478,7 @@ class Env:
                 txn.abort()
                 raise
             try:
-                failpoints.check("storage.before_commit")
+                raise_injected("storage.before_commit")
                 t1 = time.perf_counter()
                 txn.commit()
                 self.stats.sync_seconds += time.perf_counter() - t1

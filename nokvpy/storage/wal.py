@@ -31,8 +31,29 @@ long as the fdatasync itself here); an fdatasync slower than `inline_stall` move
 ones to the worker thread for STALL_BACKOFF seconds, so a stalling disk freezes the process
 once, not continuously (counted in `stats.stalls`).
 
-Failpoints: `storage.wal_before_sync` (after write(), before fdatasync; `raise` simulates a
-failed fsync) and `storage.wal_after_sync` (durable, not yet acknowledged).
+Synced mark: after every successful fdatasync the WAL records, in the file `SYNCED` of its
+directory, which segment it synced and how many bytes of it (a 20-byte record with its own
+CRC, written with pwrite and not itself fsynced: it is written only after the data it names
+is durable, so it can lag behind the data after a power loss but never run ahead of it). At
+open, a frame that fails its checksum inside the synced part of the newest segment, or a
+newest segment shorter than its synced part, is damage to durable data, not a torn write: open
+raises `CorruptLogError` instead of cutting (cutting would silently drop a frame this log had
+acknowledged, for example a raft vote or an entry counted toward a commit).
+
+Losing unsynced writes (fault injection): with `lose_unsynced` (or `NOKV_LOSE_UNSYNCED=1` in
+the environment), open first throws away everything past the synced mark, as a power loss
+would: segments newer than the mark's are deleted and the mark's segment is cut to its synced
+length. A process killed and restarted this way loses exactly what it never fsynced.
+
+Failpoints: `storage.wal_write` (before write(); `return(ENOSPC)` or `return(EIO)` fails it
+with that errno), `storage.wal_before_sync` (after write(), before fdatasync; `raise` or
+`return(EIO)` simulates a failed fsync, `exit` a crash with written, unsynced bytes) and
+`storage.wal_after_sync` (durable, not yet acknowledged).
+
+Test-only switches, read at import, that break the log on purpose so that fault runs can show
+they catch it: `NOKV_UNSAFE_WAL_SKIP_CHECKSUM=1` (frames are read without checking their
+CRC) and `NOKV_UNSAFE_WAL_ACK_BEFORE_SYNC=1` (an append returns after write(), with no
+fdatasync).
 """
 
 from __future__ import annotations
@@ -48,6 +69,7 @@ from dataclasses import dataclass
 import trio
 
 from nokvpy import failpoints
+from nokvpy.storage.diskfaults import raise_injected
 from nokvpy.storage.errors import CorruptLogError, StorageFailedError
 
 log = logging.getLogger(__name__)
@@ -61,6 +83,13 @@ MAX_FRAME = 1 << 30
 SUFFIX = ".wal"
 DEFAULT_SEGMENT_BYTES = 64 << 20
 STALL_BACKOFF = 5.0  # seconds of threaded syncs after a slow inline one
+MARK_FILE = "SYNCED"
+_MARK = struct.Struct(">QQ")  # first lsn of the synced segment, synced bytes; then a crc32
+MARK_SIZE = _MARK.size + 4
+LOSE_UNSYNCED_ENV = "NOKV_LOSE_UNSYNCED"
+# Test-only: deliberately unsafe builds (see the module docstring).
+UNSAFE_SKIP_CHECKSUM = os.environ.get("NOKV_UNSAFE_WAL_SKIP_CHECKSUM") == "1"
+UNSAFE_ACK_BEFORE_SYNC = os.environ.get("NOKV_UNSAFE_WAL_ACK_BEFORE_SYNC") == "1"
 
 
 @dataclass(slots=True)
@@ -71,6 +100,7 @@ class WalStats:
     sync_seconds: float = 0.0
     rotations: int = 0  # segments started by rotate()
     torn_bytes: int = 0  # cut from the newest segment at open
+    unsynced_bytes_lost: int = 0  # thrown away at open by lose_unsynced
     stalls: int = 0  # inline fdatasyncs slower than inline_stall (then threaded for a while)
 
 
@@ -103,7 +133,7 @@ def _scan(data: bytes) -> Iterator[tuple[int, int, bytes | None]]:
             yield off, lsn, None
             return
         payload = view[off + HEADER_SIZE:end]
-        if _crc(lsn, payload) != crc:
+        if _crc(lsn, payload) != crc and not UNSAFE_SKIP_CHECKSUM:
             yield off, lsn, None
             return
         yield off, lsn, bytes(payload)
@@ -142,18 +172,27 @@ class Wal:
         self._limiter = trio.CapacityLimiter(1)
         self._failed: BaseException | None = None
         self._closed = False
+        self._mark_fd = -1
 
     # ------------------------------------------------------------------ open / replay
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-             inline_stall: float = 0.0) -> tuple[Wal, list[tuple[int, bytes]]]:
+             inline_stall: float = 0.0, lose_unsynced: bool | None = None,
+             ) -> tuple[Wal, list[tuple[int, bytes]]]:
         """Open (creating if needed) the WAL in `path`; return it and every durable frame as
-        (lsn, payload), oldest first. Repairs a torn tail; raises CorruptLogError otherwise."""
+        (lsn, payload), oldest first. Repairs a torn tail; raises CorruptLogError otherwise.
+        `lose_unsynced` (default: `NOKV_LOSE_UNSYNCED=1`) first drops every byte written after
+        the last fdatasync, as a power loss would."""
         path = os.fspath(path)
         os.makedirs(path, exist_ok=True)
         wal = cls(path, segment_bytes=segment_bytes, inline_stall=inline_stall)
         names = sorted(n for n in os.listdir(path) if n.endswith(SUFFIX))
+        mark = _read_mark(path)
+        if lose_unsynced is None:
+            lose_unsynced = os.environ.get(LOSE_UNSYNCED_ENV) == "1"
+        if lose_unsynced and mark is not None:
+            names = wal._lose_unsynced(names, mark)
         frames: list[tuple[int, bytes]] = []
         last_lsn = 0
         for i, name in enumerate(names):
@@ -161,10 +200,20 @@ class Wal:
             full = os.path.join(path, name)
             with open(full, "rb") as f:
                 data = f.read()
+            synced = mark[1] if mark is not None and _segment_name(mark[0]) == name else 0
+            if newest and len(data) < synced:
+                raise CorruptLogError(
+                    f"WAL segment {full} is {len(data)} bytes, shorter than the {synced} bytes "
+                    f"synced before the last shutdown or crash: durable data was lost")
             for off, lsn, payload in _scan(data):
                 if payload is None:
                     if not newest:
                         raise CorruptLogError(f"WAL segment {full}: bad frame at byte {off}")
+                    if off < synced:
+                        raise CorruptLogError(
+                            f"WAL segment {full}: the frame at byte {off} is damaged inside the "
+                            f"{synced} bytes synced before the last shutdown or crash (not a "
+                            f"torn write): durable data was damaged")
                     if _valid_frame_follows(data, off):
                         raise CorruptLogError(
                             f"WAL segment {full}: bad frame at byte {off} followed by valid data")
@@ -196,9 +245,32 @@ class Wal:
             wal._size = 0
         wal._fd = os.open(os.path.join(path, wal._segments[-1]),
                           os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        wal._mark_fd = os.open(os.path.join(path, MARK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
         if not names:
             _fsync_dir(path)
         return wal, frames
+
+    def _lose_unsynced(self, names: list[str], mark: tuple[int, int]) -> list[str]:
+        """Throw away what was written after the last fdatasync (see `open`)."""
+        synced_name, synced = _segment_name(mark[0]), mark[1]
+        if synced_name not in names:
+            return names
+        kept = []
+        for name in names:
+            full = os.path.join(self.path, name)
+            if name > synced_name:
+                self.stats.unsynced_bytes_lost += os.path.getsize(full)
+                os.unlink(full)
+                continue
+            if name == synced_name and os.path.getsize(full) > synced:
+                self.stats.unsynced_bytes_lost += os.path.getsize(full) - synced
+                with open(full, "r+b") as f:
+                    f.truncate(synced)
+            kept.append(name)
+        if self.stats.unsynced_bytes_lost:
+            log.warning("WAL %s: %s=1: dropped %d unsynced bytes (simulated power loss)",
+                        self.path, LOSE_UNSYNCED_ENV, self.stats.unsynced_bytes_lost)
+        return kept
 
     # ------------------------------------------------------------------ appends
 
@@ -285,12 +357,15 @@ class Wal:
         """Writer thread: write and fdatasync; mark the log failed on any error."""
         try:
             t0 = time.perf_counter()
+            raise_injected("storage.wal_write")
             view = memoryview(data)
             while view:
                 n = os.write(self._fd, view)
                 view = view[n:]
-            failpoints.check("storage.wal_before_sync")
-            os.fdatasync(self._fd)
+            raise_injected("storage.wal_before_sync")
+            if not UNSAFE_ACK_BEFORE_SYNC:
+                os.fdatasync(self._fd)
+                self._write_mark(self._segments[-1], self._size + len(data))
             self.stats.sync_seconds += time.perf_counter() - t0
         except BaseException as exc:
             self._failed = exc
@@ -346,6 +421,7 @@ class Wal:
                 view = view[os.write(fd, view):]
             os.fdatasync(fd)
             _fsync_dir(self.path)
+            self._write_mark(name, len(data))
         except BaseException as exc:
             self._failed = exc
             raise StorageFailedError(f"WAL {self.path}: rotation failed: {exc!r}") from exc
@@ -363,12 +439,35 @@ class Wal:
         _fsync_dir(self.path)
         self.stats.rotations += 1
 
+    def _write_mark(self, segment: str, synced: int) -> None:
+        """Record that `synced` bytes of `segment` are durable (after their fdatasync)."""
+        first = int(segment[: -len(SUFFIX)], 16)
+        body = _MARK.pack(first, synced)
+        os.pwrite(self._mark_fd, body + zlib.crc32(body).to_bytes(4, "big"), 0)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+            if self._mark_fd >= 0:
+                os.close(self._mark_fd)
+                self._mark_fd = -1
+
+
+def _read_mark(path: str) -> tuple[int, int] | None:
+    """The synced mark (first lsn of the segment, synced bytes), or None if absent or bad."""
+    try:
+        with open(os.path.join(path, MARK_FILE), "rb") as f:
+            raw = f.read(MARK_SIZE)
+    except FileNotFoundError:
+        return None
+    body = raw[: _MARK.size]
+    if len(raw) != MARK_SIZE or zlib.crc32(body) != int.from_bytes(raw[_MARK.size:], "big"):
+        return None
+    first, synced = _MARK.unpack(body)
+    return first, synced
 
 
 def _valid_frame_follows(data: bytes, off: int) -> bool:

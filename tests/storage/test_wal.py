@@ -3,8 +3,11 @@ corruption detection, rotation, the failed-fsync rule, and a crash property (hyp
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,8 @@ from hypothesis import strategies as st
 
 from nokvpy import failpoints
 from nokvpy.storage import CorruptLogError, StorageFailedError
-from nokvpy.storage.wal import HEADER_SIZE, Wal, encode_frame
+from nokvpy.storage import wal as wal_module
+from nokvpy.storage.wal import HEADER_SIZE, MARK_FILE, Wal, encode_frame
 
 
 @pytest.fixture(autouse=True)
@@ -191,11 +195,20 @@ async def test_torn_tail_is_cut_at_open_and_appends_continue(tmp_path, kind):
     wal.close()
 
 
+async def append_unsynced(wal: Wal, items: list[bytes]) -> None:
+    """Write `items` to the file but fail their fdatasync: on disk, never synced (what a
+    crash between write() and fdatasync leaves, and the only bytes a crash can tear)."""
+    failpoints.set("storage.wal_before_sync", "raise")
+    with pytest.raises(StorageFailedError):
+        await wal.append(items)
+    failpoints.clear("storage.wal_before_sync")
+
+
 @pytest.mark.parametrize("cut", [1, HEADER_SIZE - 1, HEADER_SIZE, HEADER_SIZE + 7, -1])
 async def test_truncated_last_frame_is_cut(tmp_path, cut):
     wal, _ = Wal.open(tmp_path)
     await wal.append([b"a" * 10, b"b" * 20])
-    await wal.append([b"c" * 30])
+    await append_unsynced(wal, [b"c" * 30])
     wal.close()
     (seg,) = segments(tmp_path)
     size = seg.stat().st_size
@@ -284,25 +297,126 @@ async def test_ensure_next_lsn_only_raises_the_next_lsn(tmp_path):
     assert frames == [(1, b"a"), (50, b"b")]
 
 
-async def test_flipped_byte_in_the_middle_frame_raises(tmp_path):
+@pytest.mark.parametrize("mark", ["synced mark", "no mark"])
+async def test_flipped_byte_in_the_middle_frame_raises(tmp_path, mark):
     seg, frames = await _three_frames(tmp_path)
+    if mark == "no mark":  # a log written before the mark existed: the older rule still holds
+        (tmp_path / MARK_FILE).unlink()
     data = bytearray(seg.read_bytes())
     data[2 * HEADER_SIZE + len(frames[0][1]) + 1] ^= 0x80  # second frame's payload
     seg.write_bytes(bytes(data))
-    with pytest.raises(CorruptLogError, match="followed by valid data"):
+    match = "damaged inside the" if mark == "synced mark" else "followed by valid data"
+    with pytest.raises(CorruptLogError, match=match):
         Wal.open(tmp_path)
     assert seg.read_bytes() == bytes(data)
 
 
-async def test_bad_checksum_in_the_last_frame_is_treated_as_torn(tmp_path):
+async def test_bad_checksum_in_a_synced_last_frame_is_damage_not_a_torn_write(tmp_path):
+    """A frame that was fdatasynced cannot be torn by a crash: a bad checksum there is damage
+    (cutting it would drop a frame the log had acknowledged), so open refuses."""
     seg, frames = await _three_frames(tmp_path)
     data = bytearray(seg.read_bytes())
     data[-1] ^= 0x01
     seg.write_bytes(bytes(data))
-    wal, got = reopen(tmp_path)
-    assert got == frames[:2]
-    assert wal.stats.torn_bytes == HEADER_SIZE + len(frames[2][1])
+    with pytest.raises(CorruptLogError, match="synced before the last shutdown or crash"):
+        Wal.open(tmp_path)
+    assert seg.read_bytes() == bytes(data)  # nothing changed on disk
+
+
+async def test_bad_checksum_in_an_unsynced_last_frame_is_treated_as_torn(tmp_path):
+    wal, _ = Wal.open(tmp_path)
+    await wal.append([b"first-payload", b"second-payload"])
+    await append_unsynced(wal, [b"third-payload"])
     wal.close()
+    (seg,) = segments(tmp_path)
+    data = bytearray(seg.read_bytes())
+    data[-1] ^= 0x01
+    seg.write_bytes(bytes(data))
+    wal, got = reopen(tmp_path)
+    assert payloads(got) == [b"first-payload", b"second-payload"]
+    assert wal.stats.torn_bytes == HEADER_SIZE + len(b"third-payload")
+    wal.close()
+
+
+async def test_a_segment_cut_inside_its_synced_part_is_refused(tmp_path):
+    seg, frames = await _three_frames(tmp_path)
+    size = seg.stat().st_size
+    os.truncate(seg, size - 3)
+    with pytest.raises(CorruptLogError, match=f"shorter than the {size} bytes synced"):
+        Wal.open(tmp_path)
+    assert seg.stat().st_size == size - 3
+
+
+async def test_lose_unsynced_drops_exactly_what_was_never_fdatasynced(tmp_path):
+    wal, _ = Wal.open(tmp_path)
+    await wal.append([b"acked-1", b"acked-2"])
+    await append_unsynced(wal, [b"written-not-synced"])
+    wal.close()
+    (seg,) = segments(tmp_path)
+    with_unsynced = seg.stat().st_size
+    # a plain restart (the page cache survived) keeps the written frame
+    wal, frames = reopen(tmp_path, lose_unsynced=False)
+    assert payloads(frames) == [b"acked-1", b"acked-2", b"written-not-synced"]
+    wal.close()
+    mark_before = (tmp_path / MARK_FILE).read_bytes()
+    # a restart after a power loss does not
+    wal, frames = reopen(tmp_path, lose_unsynced=True)
+    assert payloads(frames) == [b"acked-1", b"acked-2"]
+    assert wal.stats.unsynced_bytes_lost == with_unsynced - seg.stat().st_size > 0
+    assert (tmp_path / MARK_FILE).read_bytes() == mark_before
+    wal.close()
+
+
+async def test_lose_unsynced_deletes_a_segment_rotation_never_synced(tmp_path):
+    (old, new) = await _two_segments(tmp_path)
+    assert old.exists() and new.exists()
+    # the mark names the newer segment after a rotation: point it back at the older one, as
+    # if the process had died before the new segment's fdatasync
+    first_old = int(old.name[:-4], 16)
+    body = struct.pack(">QQ", first_old, old.stat().st_size)
+    (tmp_path / MARK_FILE).write_bytes(body + zlib.crc32(body).to_bytes(4, "big"))
+    wal, frames = reopen(tmp_path, lose_unsynced=True)
+    assert not new.exists() and old.exists()
+    assert wal.stats.unsynced_bytes_lost > 0
+    wal.close()
+
+
+async def test_unsafe_ack_before_sync_is_lost_by_a_power_loss(tmp_path, monkeypatch):
+    """The test-only switch the power-loss fault runs must catch: acknowledged frames that
+    were never fdatasynced vanish when unsynced writes are lost."""
+    wal, _ = Wal.open(tmp_path)
+    await wal.append([b"synced"])
+    monkeypatch.setattr(wal_module, "UNSAFE_ACK_BEFORE_SYNC", True)
+    await wal.append([b"acked-without-fsync"])  # returns: acknowledged
+    wal.close()
+    _, frames = reopen(tmp_path, lose_unsynced=True)
+    assert payloads(frames) == [b"synced"]
+
+
+async def test_unsafe_skip_checksum_returns_a_damaged_frame(tmp_path, monkeypatch):
+    seg, frames = await _three_frames(tmp_path)
+    data = bytearray(seg.read_bytes())
+    data[-1] ^= 0x01
+    seg.write_bytes(bytes(data))
+    monkeypatch.setattr(wal_module, "UNSAFE_SKIP_CHECKSUM", True)
+    _, got = reopen(tmp_path)
+    assert payloads(got)[2] != frames[2][1] and len(got) == 3
+
+
+@pytest.mark.parametrize("errno_name", ["ENOSPC", "EIO"])
+@pytest.mark.parametrize("failpoint", ["storage.wal_write", "storage.wal_before_sync"])
+async def test_injected_disk_errors_fail_the_log_for_good(tmp_path, failpoint, errno_name):
+    wal, _ = Wal.open(tmp_path)
+    await wal.append([b"before"])
+    failpoints.set(failpoint, f'1*return("{errno_name}")')
+    with pytest.raises(StorageFailedError, match="write/fsync failed"):
+        await wal.append([b"during"])
+    assert getattr(errno, errno_name) == wal._failed.errno
+    with pytest.raises(StorageFailedError, match="refuses appends"):
+        await wal.append([b"after"])  # never retried, even once the disk is back
+    wal.close()
+    _, frames = reopen(tmp_path, lose_unsynced=True)
+    assert payloads(frames) == [b"before"]
 
 
 async def test_lsns_that_do_not_increase_raise(tmp_path):
