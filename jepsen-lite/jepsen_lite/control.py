@@ -205,6 +205,14 @@ class ClusterControl(TopologyControl):
     def alive(self, name: str) -> bool:
         return self.cluster.pid(name) is not None
 
+    def data_dir(self, name: str) -> Path:
+        """The data directory of process ``name`` (for the disk faults)."""
+        assert self.spec is not None
+        return Path(self.spec.get(name).data_dir)
+
+    def log_path(self, name: str) -> Path:
+        return self.cluster.log_path(name)
+
     def paused(self) -> set[str]:
         return set(self._paused)
 
@@ -214,11 +222,22 @@ class ClusterControl(TopologyControl):
         self._rules_applied.pop(name, None)
         return {"pid": pid, "action": "SIGKILL" if pid else "not running"}
 
-    async def start(self, name: str) -> dict:
+    async def kill_all(self) -> dict:
+        """kill -9 every process at once (a power loss): every SIGKILL is sent before any
+        is waited for."""
+        names = self.names()
+        for name in names:
+            self.cluster.signal(name, signal.SIGKILL)  # a SIGSTOPped process dies of it too
+        return {name: (await self.kill(name))["pid"] for name in names}
+
+    async def start(self, name: str, extra_env: dict[str, str] | None = None) -> dict:
+        """Start ``name`` if it is not running (``extra_env`` added to its environment for
+        this start only, e.g. ``NOKV_LOSE_UNSYNCED=1``)."""
         assert self.spec is not None
         proc = self.spec.get(name)
         was = self.cluster.pid(name)
-        pid = await trio.to_thread.run_sync(self.cluster.start, self.spec, proc, self._env_for(name))
+        env = {**self._env_for(name), **(extra_env or {})}
+        pid = await trio.to_thread.run_sync(self.cluster.start, self.spec, proc, env)
         if was is None:
             self._rules_applied.pop(name, None)
             self._fresh.add(name)

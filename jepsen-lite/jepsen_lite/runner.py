@@ -40,6 +40,8 @@ from typing import Any
 import trio
 
 from .checkers import check_acknowledged_writes, check_route_reads, check_transitions
+from .disk import DISK_FAULTS
+from .disk import check_history as check_disk
 from .history import History, Recorder, is_nemesis
 from .hostile import check_history as check_hostile
 from .linearizable import check_linearizable
@@ -451,6 +453,9 @@ def run_checks(workload_name: str, history: History, final: dict | None,
     if any(is_nemesis(e) and isinstance(e.get("value"), dict)
            and e["value"].get("fault") == "hostile" for e in history.events):
         checks["hostile"] = check_hostile(history.events)
+    if any(is_nemesis(e) and isinstance(e.get("value"), dict)
+           and e["value"].get("fault") in DISK_FAULTS for e in history.events):
+        checks["disk"] = check_disk(history.events)
     return checks
 
 
