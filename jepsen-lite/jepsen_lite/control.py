@@ -225,10 +225,11 @@ class ClusterControl(TopologyControl):
     async def kill_all(self) -> dict:
         """kill -9 every process at once (a power loss): every SIGKILL is sent before any
         is waited for."""
-        names = self.names()
-        for name in names:
-            self.cluster.signal(name, signal.SIGKILL)  # a SIGSTOPped process dies of it too
-        return {name: (await self.kill(name))["pid"] for name in names}
+        pids = {name: self.cluster.signal(name, signal.SIGKILL)  # a SIGSTOPped one dies too
+                for name in self.names()}
+        for name in pids:
+            await self.kill(name)  # reaps it and forgets its pid file and paused state
+        return pids
 
     async def start(self, name: str, extra_env: dict[str, str] | None = None) -> dict:
         """Start ``name`` if it is not running (``extra_env`` added to its environment for

@@ -78,7 +78,8 @@ def disk_params(fault: str, rng: random.Random, by_kind: dict[str, list[str]]
     if fault in ("disk-full", "eio"):
         errno_name = "ENOSPC" if fault == "disk-full" else "EIO"
         spec = f'{rng.randint(1, 20)}*off->return("{errno_name}")'
-        if metaroots and rng.random() < 0.25:
+        if metaroots and rng.random() < 0.25:  # metaroot commits are rarer than WAL writes
+            spec = f'{rng.randint(1, 3)}*off->return("{errno_name}")'
             return rng.choice(metaroots), {"failpoint": "storage.before_commit", "spec": spec}
         failpoint = "storage.wal_write" if fault == "disk-full" else rng.choice(
             ["storage.wal_write", BEFORE_SYNC])
@@ -239,8 +240,15 @@ async def heal(control: Any, fault: str, target: str | None, params: dict) -> di
                                             else None)
         serving = {name: await _wait_serving(control, name, SERVE_TIMEOUT)
                    for name in control.names()}
-        ok = all(serving.values())
-        return {"outcome": "recovered" if ok else "not serving", "valid": ok,
+        ready = "not serving"
+        if all(serving.values()):
+            try:  # every store up at a coordinator and the first region led again
+                await control.wait_ready(SERVE_TIMEOUT)
+                ready = "ready"
+            except Exception as exc:  # noqa: BLE001 - judged below, with the reason
+                ready = f"{type(exc).__name__}: {exc}"[:300]
+        ok = ready == "ready"
+        return {"outcome": "recovered" if ok else "not ready", "valid": ok, "ready": ready,
                 "serving": serving, "lose_unsynced": bool(env)}
     raise ValueError(f"not a disk fault: {fault!r}")
 

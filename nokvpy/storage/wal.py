@@ -186,6 +186,11 @@ class Wal:
         the last fdatasync, as a power loss would."""
         path = os.fspath(path)
         os.makedirs(path, exist_ok=True)
+        for on, switch in ((UNSAFE_SKIP_CHECKSUM, "NOKV_UNSAFE_WAL_SKIP_CHECKSUM"),
+                           (UNSAFE_ACK_BEFORE_SYNC, "NOKV_UNSAFE_WAL_ACK_BEFORE_SYNC")):
+            if on:
+                log.warning("WAL %s: %s=1: TEST-ONLY UNSAFE MODE, the log is deliberately "
+                            "not durable or not checked", path, switch)
         wal = cls(path, segment_bytes=segment_bytes, inline_stall=inline_stall)
         names = sorted(n for n in os.listdir(path) if n.endswith(SUFFIX))
         mark = _read_mark(path)
