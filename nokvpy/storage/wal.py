@@ -251,6 +251,10 @@ class Wal:
         wal._fd = os.open(os.path.join(path, wal._segments[-1]),
                           os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         wal._mark_fd = os.open(os.path.join(path, MARK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        # What was just replayed may still be only in the page cache (a crashed process's
+        # last write): make it durable before anything acts on it, and mark it synced.
+        os.fdatasync(wal._fd)
+        wal._write_mark(wal._segments[-1], wal._size)
         if not names:
             _fsync_dir(path)
         return wal, frames
