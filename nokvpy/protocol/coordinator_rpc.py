@@ -23,6 +23,9 @@ from nokvpy.protocol.records import (
 @wire_type(300)
 @dataclass(slots=True, frozen=True)
 class GetRegionByKeyRequest:
+    """Route read of the region holding `key`: clients ask a coordinator. `freshness` and the
+    required token, root lag and descriptor revision bound how stale the answer may be."""
+
     key: bytes
     freshness: Freshness = Freshness.BOUNDED
     required_root_token: RootToken | None = None
@@ -33,6 +36,9 @@ class GetRegionByKeyRequest:
 @wire_type(301)
 @dataclass(slots=True, frozen=True)
 class RouteReply:
+    """Answer to GetRegionByKeyRequest: the region (None: no region holds the key), its witness,
+    the leader store if known (0: unknown) and the addresses of the region's stores."""
+
     descriptor: RegionDescriptor | None
     witness: RouteWitness
     leader_store_id: int = 0
@@ -42,6 +48,8 @@ class RouteReply:
 @wire_type(302)
 @dataclass(slots=True, frozen=True)
 class ScanRegionsRequest:
+    """Route read of at most `limit` regions in [start_key, end_key): clients, the CLI."""
+
     start_key: bytes = b""
     end_key: bytes = b""
     limit: int = 1000
@@ -53,6 +61,8 @@ class ScanRegionsRequest:
 @wire_type(303)
 @dataclass(slots=True, frozen=True)
 class ScanRegionsReply:
+    """Answer to ScanRegionsRequest: the regions, their witness and the leaders known to it."""
+
     descriptors: list[RegionDescriptor]
     witness: RouteWitness
     leaders: dict[int, int] | None = None  # region id -> leader store id
@@ -61,6 +71,9 @@ class ScanRegionsReply:
 @wire_type(304)
 @dataclass(slots=True, frozen=True)
 class PublishRootEventRequest:
+    """A store publishes a topology event (planned, terminal, cancel) to root via a coordinator;
+    `expected_cluster_epoch` fences a planned publish (None: unchecked)."""
+
     event: RootEvent
     expected_cluster_epoch: int | None = None
 
@@ -68,6 +81,8 @@ class PublishRootEventRequest:
 @wire_type(305)
 @dataclass(slots=True, frozen=True)
 class PublishRootEventReply:
+    """Answer to PublishRootEventRequest: the coordinator's assessment and root's token after it."""
+
     accepted: bool
     assessment: object  # nokvpy.protocol.grants.Assessment-like record
     token: RootToken | None = None
@@ -76,12 +91,16 @@ class PublishRootEventReply:
 @wire_type(306)
 @dataclass(slots=True, frozen=True)
 class AssessRootEventRequest:
+    """Ask a coordinator how root would take `event`, without publishing it."""
+
     event: RootEvent
 
 
 @wire_type(307)
 @dataclass(slots=True, frozen=True)
 class AssessRootEventReply:
+    """Answer to AssessRootEventRequest: the assessment, and store reports at odds with root."""
+
     assessment: object
     # divergences between store reports and rooted truth on the regions the event touches
     # (plain dicts: kind, store_id, region_id, detail, root_epoch, store_epoch)
@@ -91,12 +110,16 @@ class AssessRootEventReply:
 @wire_type(308)
 @dataclass(slots=True, frozen=True)
 class ListTransitionsRequest:
+    """List root's pending transitions (history: also recently finished ones): stores, the CLI."""
+
     include_history: bool = False
 
 
 @wire_type(309)
 @dataclass(slots=True, frozen=True)
 class ListTransitionsReply:
+    """Answer to ListTransitionsRequest: TransitionEntry rows as of root token `token`."""
+
     entries: list[object]
     token: RootToken
     # RecoveryRecords (DESIGN 7) with include_history, oldest first
@@ -106,6 +129,9 @@ class ListTransitionsReply:
 @wire_type(310)
 @dataclass(slots=True, frozen=True)
 class RemoveRegionRequest:
+    """A store's tombstone of a region: the coordinator publishes REGION_TOMBSTONED for it,
+    fenced by `expected_cluster_epoch` (None: unchecked)."""
+
     region_id: int
     expected_cluster_epoch: int | None = None
 
@@ -113,6 +139,8 @@ class RemoveRegionRequest:
 @wire_type(311)
 @dataclass(slots=True, frozen=True)
 class RemoveRegionReply:
+    """Answer to RemoveRegionRequest: whether root applied the tombstone, and the root token."""
+
     removed: bool
     token: RootToken | None = None
 
@@ -120,12 +148,18 @@ class RemoveRegionReply:
 @wire_type(312)
 @dataclass(slots=True, frozen=True)
 class AllocIdRequest:
+    """Allocate `count` consecutive ids from the coordinator holding alloc_id: stores ask for
+    the ids of new regions and peers (split, peer addition)."""
+
     count: int = 1
 
 
 @wire_type(313)
 @dataclass(slots=True, frozen=True)
 class AllocIdReply:
+    """Answer to AllocIdRequest: ids `first` .. `first + count - 1`, served under the
+    coordinator's alloc_id grant of era `era`."""
+
     first: int
     count: int
     era: int
@@ -134,12 +168,16 @@ class AllocIdReply:
 @wire_type(314)
 @dataclass(slots=True, frozen=True)
 class TsoRequest:
+    """Allocate `count` timestamps from the coordinator holding the tso duty."""
+
     count: int = 1
 
 
 @wire_type(315)
 @dataclass(slots=True, frozen=True)
 class TsoReply:
+    """Answer to TsoRequest: timestamps `first` .. `first + count - 1`, under tso grant `era`."""
+
     first: int
     count: int
     era: int
@@ -148,7 +186,8 @@ class TsoReply:
 @wire_type(316)
 @dataclass(slots=True, frozen=True)
 class StoreJoinRequest:
-    """Register a store. `store_id` 0 asks the coordinator to allocate one."""
+    """Register a store: a store sends it when it starts, and again when the coordinators no longer
+    know it, retrying until one accepts. `store_id` 0 asks the coordinator to allocate one."""
 
     store_id: int
     address: str
@@ -157,6 +196,9 @@ class StoreJoinRequest:
 @wire_type(317)
 @dataclass(slots=True, frozen=True)
 class StoreJoinReply:
+    """Answer to StoreJoinRequest: the store's id, the cluster id and the root token of the join
+    (a store rejoining at its rooted address gets the coordinator's served token)."""
+
     store_id: int
     cluster_id: str
     token: RootToken
@@ -165,6 +207,9 @@ class StoreJoinReply:
 @wire_type(318)
 @dataclass(slots=True, frozen=True)
 class RegionHeartbeat:
+    """One hosted region as its store reports it in a heartbeat: epoch, role, applied index and
+    load; a leader adds its raft configuration and the transition it executes."""
+
     region_id: int
     epoch: RegionEpoch
     peer_id: int
@@ -182,6 +227,9 @@ class RegionHeartbeat:
 @wire_type(319)
 @dataclass(slots=True, frozen=True)
 class StoreHeartbeatRequest:
+    """A store's periodic report to the coordinator: its address and hosted regions, its restart
+    state, and its publish outbox (entries waiting, entries blocked)."""
+
     store_id: int
     address: str
     regions: list[RegionHeartbeat]
@@ -211,6 +259,8 @@ class SchedulerOperation:
 @wire_type(321)
 @dataclass(slots=True, frozen=True)
 class StoreHeartbeatReply:
+    """The coordinator's answer to a heartbeat: regions to host or drop, operations, addresses."""
+
     accepted: bool
     should_host: list[RegionDescriptor]
     tombstoned: list[int]
@@ -225,6 +275,8 @@ class StoreHeartbeatReply:
 @wire_type(322)
 @dataclass(slots=True, frozen=True)
 class StoreInfo:
+    """One store as ListStores shows it: address, state, heartbeat age, region and leader counts."""
+
     store_id: int
     address: str
     state: StoreState
@@ -237,19 +289,21 @@ class StoreInfo:
 @wire_type(323)
 @dataclass(slots=True, frozen=True)
 class ListStoresRequest:
-    pass
+    """List the stores a coordinator knows: clients, the CLI, jepsen-lite."""
 
 
 @wire_type(324)
 @dataclass(slots=True, frozen=True)
 class ListStoresReply:
+    """Answer to ListStoresRequest: one StoreInfo per store, by store id."""
+
     stores: list[StoreInfo]
 
 
 @wire_type(325)
 @dataclass(slots=True, frozen=True)
 class DiagnosticsRequest:
-    pass
+    """Ask a coordinator for its DiagnosticsReply: the CLI, tools, jepsen-lite."""
 
 
 @wire_type(326)
@@ -263,6 +317,8 @@ class DiagnosticsReply:
 @wire_type(327)
 @dataclass(slots=True, frozen=True)
 class RegionLeaderHint:
+    """A region's leader store (registered for the wire; no service sends it at present)."""
+
     region_id: int
     leader_store_id: int
 

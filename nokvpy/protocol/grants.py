@@ -125,6 +125,8 @@ class GrantRetirement:
 @wire_type(83)
 @dataclass(slots=True, frozen=True)
 class GrantInheritance:
+    """Live grant `successor` covered the bounds of retired grant `predecessor`, at `at_ms`."""
+
     predecessor: str
     successor: str
     at_ms: int
@@ -160,6 +162,8 @@ class GrantRetired:
 @wire_type(87)
 @dataclass(slots=True, frozen=True)
 class GrantInherited:
+    """GRANT_INHERITED: metaroot records an inheritance on a coordinator's INHERIT command."""
+
     inheritance: GrantInheritance
 
 
@@ -169,6 +173,8 @@ class GrantInherited:
 @wire_type(88)
 @dataclass(slots=True, frozen=True)
 class GrantCommand:
+    """A coordinator's grant command (issue, seal, retire, inherit), sent in a GrantRequest."""
+
     kind: GrantCommandKind
     holder: str
     grant_id: str = ""
@@ -182,6 +188,8 @@ class GrantCommand:
 @wire_type(89)
 @dataclass(slots=True, frozen=True)
 class GrantCommandResult:
+    """Metaroot's answer to a GrantCommand: the status, the grant it concerns, and why."""
+
     status: GrantStatus
     grant: AuthorityGrant | None = None
     reason: str = ""

@@ -73,6 +73,8 @@ class RegionEpoch:
 @wire_type(52)
 @dataclass(slots=True, frozen=True)
 class PeerMeta:
+    """One replica of a region: its store, its raft peer id, and whether it is a learner."""
+
     store_id: int
     peer_id: int
     learner: bool = False
@@ -121,6 +123,8 @@ class RegionDescriptor:
 @wire_type(60)
 @dataclass(slots=True, frozen=True)
 class StoreMembership:
+    """Payload of STORE_JOINED (the coordinator publishes it on a join) and STORE_RETIRED."""
+
     store_id: int
     address: str = ""
 
@@ -128,6 +132,9 @@ class StoreMembership:
 @wire_type(61)
 @dataclass(slots=True, frozen=True)
 class AllocatorFence:
+    """Payload of ID_/TSO_ALLOCATOR_FENCED (on a coordinator's FenceAllocatorRequest): metaroot
+    raised that allocator's fence, the bound of what may be handed out, to `minimum`."""
+
     kind: AllocatorKind
     minimum: int
 
@@ -135,12 +142,17 @@ class AllocatorFence:
 @wire_type(62)
 @dataclass(slots=True, frozen=True)
 class RegionUpsert:
+    """Payload of REGION_BOOTSTRAP (sent by the coordinator) and REGION_DESCRIPTOR_PUBLISHED."""
+
     descriptor: RegionDescriptor
 
 
 @wire_type(63)
 @dataclass(slots=True, frozen=True)
 class RegionRemoval:
+    """Payload of REGION_TOMBSTONED, published by the coordinator on a store's RemoveRegion;
+    `base` is the descriptor it removes (None: whatever is current)."""
+
     region_id: int
     base: RegionDescriptor | None = None
 
@@ -148,6 +160,9 @@ class RegionRemoval:
 @wire_type(64)
 @dataclass(slots=True, frozen=True)
 class RangeSplit:
+    """Payload of the split events (stores publish them): `base_parent` becomes `left` (same id)
+    and `right`, a new region from `split_key` on."""
+
     parent_region_id: int
     split_key: bytes
     left: RegionDescriptor
@@ -158,6 +173,9 @@ class RangeSplit:
 @wire_type(65)
 @dataclass(slots=True, frozen=True)
 class RangeMerge:
+    """Payload of the merge events (stores publish them): adjacent `base_left` and `base_right`
+    become `merged`, which keeps the target's region id."""
+
     left_region_id: int
     right_region_id: int
     merged: RegionDescriptor
@@ -168,6 +186,9 @@ class RangeMerge:
 @wire_type(66)
 @dataclass(slots=True, frozen=True)
 class PeerChange:
+    """Payload of the peer addition / removal events (stores publish them): adding or removing
+    peer `peer_id` on store `store_id` turns `base` into `target`."""
+
     region_id: int
     store_id: int
     peer_id: int
@@ -207,6 +228,8 @@ class RootEvent:
 @wire_type(71)
 @dataclass(slots=True, frozen=True)
 class CommittedEvent:
+    """A rooted event and the token it committed at: metaroot's log and its watch deltas."""
+
     token: RootToken
     event: RootEvent
 
@@ -238,6 +261,8 @@ class RouteWitness:
 @wire_type(76)
 @dataclass(slots=True, frozen=True)
 class CatchUpStep:
+    """What one input (delta, keepalive, checkpoint) did to a coordinator's root view."""
+
     root_token_before: RootToken
     root_token_after: RootToken
     catch_up_state: CatchUpState

@@ -32,6 +32,8 @@ class ReadMode(IntEnum):
 @wire_type(400)
 @dataclass(slots=True, frozen=True)
 class KvContext:
+    """The region (and epoch) a KV request is for, the store it is sent to, how a read is served."""
+
     region_id: int
     epoch: RegionEpoch
     store_id: int
@@ -43,6 +45,8 @@ class KvContext:
 @wire_type(401)
 @dataclass(slots=True, frozen=True)
 class GetRequest:
+    """Read one key: clients send it to the store leading (or, by read mode, hosting) the region."""
+
     ctx: KvContext
     key: bytes
 
@@ -50,6 +54,8 @@ class GetRequest:
 @wire_type(402)
 @dataclass(slots=True, frozen=True)
 class GetReply:
+    """Answer to GetRequest: the value (None: the key is absent) and the index it was read at."""
+
     value: bytes | None
     read_index: int = 0
     stale_by_index: int = 0  # bounded-stale reads: how far behind commit the answer was
@@ -59,6 +65,8 @@ class GetReply:
 @wire_type(403)
 @dataclass(slots=True, frozen=True)
 class BatchGetRequest:
+    """Read several keys of one region at one read point: clients send it to a store."""
+
     ctx: KvContext
     keys: list[bytes]
 
@@ -66,6 +74,8 @@ class BatchGetRequest:
 @wire_type(404)
 @dataclass(slots=True, frozen=True)
 class BatchGetReply:
+    """Answer to BatchGetRequest: one value per key, in order (None: absent), and the read index."""
+
     values: list[bytes | None]
     read_index: int = 0
 
@@ -73,6 +83,8 @@ class BatchGetReply:
 @wire_type(405)
 @dataclass(slots=True, frozen=True)
 class ScanRequest:
+    """Read at most `limit` pairs of [start_key, end_key) in one region: clients, to a store."""
+
     ctx: KvContext
     start_key: bytes
     end_key: bytes = b""  # clipped to the region's end
@@ -82,6 +94,8 @@ class ScanRequest:
 @wire_type(406)
 @dataclass(slots=True, frozen=True)
 class ScanReply:
+    """Answer to ScanRequest: the pairs in key order, and where to go on when `more`."""
+
     pairs: list[tuple[bytes, bytes]]
     more: bool  # the region holds more keys in range past the limit
     read_index: int = 0
@@ -91,6 +105,8 @@ class ScanReply:
 @wire_type(407)
 @dataclass(slots=True, frozen=True)
 class PutRequest:
+    """Write `key` = `value` in the region of `ctx`: clients send it to the region's leader."""
+
     ctx: KvContext
     key: bytes
     value: bytes
@@ -99,6 +115,9 @@ class PutRequest:
 @wire_type(408)
 @dataclass(slots=True, frozen=True)
 class DeleteRequest:
+    """Delete `key` in the region of `ctx`: clients send it to the region's leader, which
+    answers with a WriteReply once the delete applied."""
+
     ctx: KvContext
     key: bytes
 
@@ -118,6 +137,8 @@ class CasRequest:
 @wire_type(410)
 @dataclass(slots=True, frozen=True)
 class WriteReply:
+    """Answer to a Put, Delete or Cas request: the index it applied at (Cas: whether it held)."""
+
     applied_index: int
     succeeded: bool = True  # CAS: whether the predicate held
     current: bytes | None = None  # CAS: the value seen when the predicate failed
@@ -204,6 +225,8 @@ class TxnGetResult:
 @wire_type(415)
 @dataclass(slots=True, frozen=True)
 class TxnReply:
+    """Answer to TxnRequest: the index it applied at, which branch ran, and what its GETs read."""
+
     applied_index: int
     succeeded: bool  # every compare held: the success branch ran (else the failure branch)
     gets: list[TxnGetResult]  # one per GET of the branch that ran, in order
@@ -224,6 +247,8 @@ class DeleteRangeRequest:
 @wire_type(417)
 @dataclass(slots=True, frozen=True)
 class DeleteRangeReply:
+    """Answer to DeleteRangeRequest: the index it applied at and how many keys it deleted."""
+
     applied_index: int
     deleted: int
     more: bool  # the limit cut the delete: keys remain in range in this region
@@ -236,6 +261,8 @@ class DeleteRangeReply:
 @wire_type(420)
 @dataclass(slots=True, frozen=True)
 class TxnCommand:
+    """The raft entry of a TxnRequest, proposed by the region's leader; compares run at apply."""
+
     region_id: int
     epoch: RegionEpoch
     compares: list[TxnCompare]
@@ -246,6 +273,8 @@ class TxnCommand:
 @wire_type(421)
 @dataclass(slots=True, frozen=True)
 class DeleteRangeCommand:
+    """The raft entry of a DeleteRangeRequest, proposed by the region's leader store."""
+
     region_id: int
     epoch: RegionEpoch
     start_key: bytes
@@ -259,6 +288,8 @@ class DeleteRangeCommand:
 @wire_type(500)
 @dataclass(slots=True, frozen=True)
 class ExecutionStatusRequest:
+    """Ask a store for its execution status, filtered by region and transition (0 / "": all)."""
+
     region_id: int = 0
     transition_id: str = ""
 
@@ -266,6 +297,8 @@ class ExecutionStatusRequest:
 @wire_type(501)
 @dataclass(slots=True, frozen=True)
 class ExecutionStatusReply:
+    """Answer to ExecutionStatusRequest: the store's status as plain nested data."""
+
     body: dict[str, object]
 
 
@@ -290,6 +323,8 @@ class AdminRequest:
 @wire_type(503)
 @dataclass(slots=True, frozen=True)
 class AdminReply:
+    """Answer to AdminRequest: the transition id, its outcome and stage (names) on this store."""
+
     transition_id: str
     outcome: str
     stage: str
@@ -317,6 +352,8 @@ class OutboxRequest:
 @wire_type(505)
 @dataclass(slots=True, frozen=True)
 class OutboxReply:
+    """Answer to OutboxRequest: what was done, and the outbox after it."""
+
     action: str
     detail: str  # what was done, one line ("" for list)
     body: dict[str, object]  # the outbox after the action (pending, blocked, current_state)

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -74,11 +74,9 @@ from nokvpy.rpc import RemoteError
 from nokvpy.wire import DecodeError, decode
 from raftstore.admission import refused
 from raftstore.commands import admin_command
+from raftstore.topology.context import Operation
 from raftstore.topology.membership import conf_change
 from raftstore.topology.outbox import describe
-
-if TYPE_CHECKING:
-    from raftstore.topology.runtime import Runtime
 
 log = logging.getLogger("nokvpy.raftstore.compensation")
 
@@ -172,12 +170,8 @@ def applied_locally(p: Pending, desc: RegionDescriptor) -> bool:
     return peer is None and desc.epoch.conf_ver >= x.target.epoch.conf_ver
 
 
-class Compensator:
+class Compensator(Operation):
     """`compensate` and `drive_forward` (and their RPC entry points) over the runtime `rt`."""
-
-    def __init__(self, rt: Runtime):
-        self.rt = rt
-        self.store = rt.store
 
     # ---- RPC entry points ------------------------------------------------------------------
 

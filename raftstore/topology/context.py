@@ -5,9 +5,11 @@ Owns: `StoreContext`, the store as the operations see it (exactly the members th
 hosted peers and tombstones, the driver, localmeta / raft log / KV / env, the RPC client and
 store addresses, counters, the execution tracker and limits, admission and refusal, starting
 and destroying a replica); `RootLink`, the coordinator link they publish through;
-`ApplyContext`, what apply handlers see of the runtime; the failure types of execution and the
-time budgets. Never does I/O and never holds state: a `raftstore.store.Store` is a
-`StoreContext`, a `raftstore.topology.runtime.Runtime` an `ApplyContext`.
+`ApplyContext`, what apply handlers see of the runtime; `Operation`, the base of the
+operations over the runtime (split, merge, membership, compensation); the failure types of
+execution and the time budgets. Never does I/O and never holds state: a
+`raftstore.store.Store` is a `StoreContext`, a `raftstore.topology.runtime.Runtime` an
+`ApplyContext`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from raftstore.peer import Peer
     from raftstore.topology.lifecycle import Lifecycle
     from raftstore.topology.outbox import Publisher
+    from raftstore.topology.runtime import Runtime
 
 PROPOSE_TIMEOUT = 20.0
 # A planned publish whose answer did not come (timeout, coordinator unreachable) may be in
@@ -111,3 +114,11 @@ class ApplyContext(Protocol):
     def on_split_applied(self, parent_id: int, right: RegionDescriptor) -> None: ...
 
     def on_local_peer_removed(self, rid: int, tid: str, peer_id: int) -> None: ...
+
+
+class Operation:
+    """An operation over the shared runtime `rt` of one store (and that store, `store`)."""
+
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self.store = rt.store

@@ -19,7 +19,6 @@ publishes a terminal event itself, never refuses without an admission reason.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -29,7 +28,6 @@ from nokvpy.protocol import (
     EventKind,
     PeerChange,
     PeerMeta,
-    RegionDescriptor,
     RegionEpoch,
     RootEvent,
 )
@@ -44,10 +42,8 @@ from raftstore.topology.context import (
     CATCH_UP_TIMEOUT,
     ExecutionFailedError,
     ForwardToLeaderError,
+    Operation,
 )
-
-if TYPE_CHECKING:
-    from raftstore.topology.runtime import Runtime
 
 R = AdmissionReason
 
@@ -59,17 +55,12 @@ def conf_change(cc_type: ConfChangeType, rid: int, tid: str,
     return ConfChange(cc_type, payload.peer_id, ctx).encode()
 
 
-class MembershipOp:
+class MembershipOp(Operation):
     """`exec_add_peer`, `exec_remove_peer` and their helpers over the shared runtime `rt`."""
-
-    def __init__(self, rt: Runtime):
-        self.rt = rt
-        self.store = rt.store
 
     async def exec_add_peer(self, req: AdminRequest) -> AdminReply:
         rt = self.rt
-        peer = await rt.settled_leader_peer(req.region_id)
-        desc: RegionDescriptor = peer.descriptor
+        peer, desc = await rt.settled_leader(req.region_id)
         sid = req.store_id
         if sid <= 0 or desc.peer_on(sid) is not None:
             raise self.store.refuse(AdmissionClass.TOPOLOGY, R.INVALID,
@@ -159,8 +150,7 @@ class MembershipOp:
 
     async def exec_remove_peer(self, req: AdminRequest) -> AdminReply:
         rt = self.rt
-        peer = await rt.settled_leader_peer(req.region_id)
-        desc: RegionDescriptor = peer.descriptor
+        peer, desc = await rt.settled_leader(req.region_id)
         victim = desc.peer_on(req.store_id)
         if victim is None or (req.peer_id and victim.peer_id != req.peer_id):
             raise self.store.refuse(AdmissionClass.TOPOLOGY, R.INVALID,

@@ -16,7 +16,6 @@ terminal event itself and never refuses without an admission reason.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -36,25 +35,17 @@ from nokvpy.protocol.transitions import transition_id
 from nokvpy.rpc import RemoteError, RpcError
 from raftstore.admission import refused
 from raftstore.commands import admin_command
-from raftstore.topology.context import FREEZE_TIMEOUT, ExecutionFailedError
-
-if TYPE_CHECKING:
-    from raftstore.topology.runtime import Runtime
+from raftstore.topology.context import FREEZE_TIMEOUT, ExecutionFailedError, Operation
 
 R = AdmissionReason
 
 
-class MergeOp:
+class MergeOp(Operation):
     """`exec_merge` and the freeze wait over the shared runtime `rt`."""
-
-    def __init__(self, rt: Runtime):
-        self.rt = rt
-        self.store = rt.store
 
     async def exec_merge(self, req: AdminRequest) -> AdminReply:
         rt = self.rt
-        peer = await rt.settled_leader_peer(req.region_id)
-        tdesc: RegionDescriptor = peer.descriptor
+        peer, tdesc = await rt.settled_leader(req.region_id)
         src = self.store.peers.get(req.other_region_id)
         sdesc = src.descriptor if src is not None else None
         invalid = _merge_invalid(tdesc, sdesc, req.other_region_id)

@@ -4,10 +4,10 @@
 Owns: the state the operations share (the store context, the coordinator link, the
 lifecycle, the publisher, the compensator, the cluster epoch, which region is busy with
 which transition here, the fences proposed here) and the steps they share: leader and
-admission checks (`leader_peer`, forward to the leader once), claiming a region, root calls
-(`alloc_ids`, `publish`, `publish_planned`), `run_transition`, the fenced `propose`, leader
-transfer (`transfer`, `ensure_leader`), and the apply follow-ups (start a split child,
-destroy a removed replica).
+admission checks (`leader_peer`, `settled_leader`, forward to the leader once), claiming a
+region, root calls (`alloc_ids`, `publish`, `publish_planned`), `run_transition`, the fenced
+`propose`, leader transfer (`transfer`, `ensure_leader`), and the apply follow-ups (start a
+split child, destroy a removed replica).
 
 Pipeline of one transition (TransitionID from `nokvpy.protocol.transitions.transition_id`):
   1. admission (class TOPOLOGY: leader, epoch, queue, SCHEDULER_DEGRADED while the outbox
@@ -177,6 +177,14 @@ class Runtime:
                 await trio.sleep(0.05)
                 peer = self.store.peers.get(rid)
         return self.leader_peer(rid, degraded_ok=degraded_ok)
+
+    async def settled_leader(self, rid: int, *,
+                             degraded_ok: bool = False) -> tuple[Peer, RegionDescriptor]:
+        """`settled_leader_peer` and its descriptor, where the operations start (never None:
+        `leader_peer` refuses a region that is not initialized here)."""
+        peer = await self.settled_leader_peer(rid, degraded_ok=degraded_ok)
+        desc: RegionDescriptor = peer.descriptor
+        return peer, desc
 
     def leader_peer(self, rid: int, *, degraded_ok: bool = False) -> Peer:
         """The local peer of region `rid` if it leads and topology is admitted; raises a

@@ -26,7 +26,6 @@ from nokvpy.protocol import (
     AdmissionClass,
     AdmissionReason,
     ExecutionOutcome,
-    RegionDescriptor,
     TopologyStage,
 )
 from nokvpy.protocol.coordinator_rpc import (
@@ -147,8 +146,7 @@ class Topology(Runtime):
     # ---- leader transfer (no root event) -------------------------------------------------
 
     async def exec_transfer(self, req: AdminRequest) -> AdminReply:
-        peer = await self.settled_leader_peer(req.region_id, degraded_ok=True)
-        desc: RegionDescriptor = peer.descriptor
+        peer, desc = await self.settled_leader(req.region_id, degraded_ok=True)
         to = desc.peer_on(req.store_id)
         tid = f"transfer:{desc.region_id}:{req.store_id}"
         if to is None or to.learner:

@@ -12,7 +12,6 @@ admission reason (the store's `refuse`).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -31,24 +30,19 @@ from nokvpy.protocol.raftstore_cmds import SplitPayload
 from nokvpy.protocol.store_rpc import AdminReply, AdminRequest
 from nokvpy.protocol.transitions import transition_id
 from raftstore.commands import admin_command
-
-if TYPE_CHECKING:
-    from raftstore.topology.runtime import Runtime
+from raftstore.topology.context import Operation
 
 R = AdmissionReason
 
 
-class SplitOp:
+class SplitOp(Operation):
     """`exec_split` over the shared runtime `rt`."""
 
-    def __init__(self, rt: Runtime):
-        self.rt = rt
-        self.store = rt.store
-
     async def exec_split(self, req: AdminRequest) -> AdminReply:
+        """Split region `req.region_id`, led here, at `req.split_key` (none given: the median
+        key): refuse a key not strictly inside or a frozen region, else plan, publish, propose."""
         rt = self.rt
-        peer = await rt.settled_leader_peer(req.region_id)
-        desc: RegionDescriptor = peer.descriptor
+        peer, desc = await rt.settled_leader(req.region_id)
         key = req.split_key or await self.median_key(desc)
         if not key or not desc.contains(key) or key == desc.start_key:
             raise self.store.refuse(AdmissionClass.TOPOLOGY, R.INVALID,
