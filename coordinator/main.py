@@ -25,8 +25,7 @@ from nokvpy.client.meta import MetaClient
 from nokvpy.rpc import Identity, RpcClient, RpcServer, parse_addr
 from nokvpy.rpc.metrics_http import (
     MetricsAddressError,
-    MetricsServer,
-    parse_metrics_addr,
+    open_metrics,
     process_collector,
     rpc_collector,
 )
@@ -54,12 +53,6 @@ async def serve(coordinator_id: int, listen: str, cluster_id: str, metaroot: lis
         host, port = parse_addr(listen)
     except ValueError as exc:
         raise StartupError(str(exc)) from None
-    metrics_at = None
-    if metrics_addr:
-        try:
-            metrics_at = parse_metrics_addr(metrics_addr, allow_port_zero=True)
-        except MetricsAddressError as exc:
-            raise StartupError(f"--metrics-addr: {exc}") from None
     identity = Identity(cluster_id, "coordinator", coordinator_id, secret)
     rpc = RpcClient(identity)
     meta = MetaClient(rpc, metaroot)
@@ -69,18 +62,15 @@ async def serve(coordinator_id: int, listen: str, cluster_id: str, metaroot: lis
     server = RpcServer(identity)
     service.register(server)
     register_failpoint_admin(server)
-    metrics: MetricsServer | None = None
-    if metrics_at is not None:
-        metrics = MetricsServer([process_collector("coordinator", coordinator_id, cluster_id),
-                                 rpc_collector(server, rpc),
-                                 coordinator_metrics.collector(service)])
-        try:
-            await metrics.bind(*metrics_at)
-        except OSError as exc:
-            with trio.CancelScope(shield=True), trio.move_on_after(2.0):
-                await rpc.aclose()
-            raise StartupError(f"coordinator-{coordinator_id} cannot serve metrics on "
-                               f"{metrics_addr}: {exc.strerror or exc}") from None
+    try:
+        metrics = await open_metrics(
+            metrics_addr, f"coordinator-{coordinator_id}",
+            [process_collector("coordinator", coordinator_id, cluster_id),
+             rpc_collector(server, rpc), coordinator_metrics.collector(service)])
+    except MetricsAddressError as exc:
+        with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+            await rpc.aclose()
+        raise StartupError(str(exc)) from None
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(service.run)

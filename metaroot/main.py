@@ -25,8 +25,7 @@ from nokvpy.replication.transport import bind_transport
 from nokvpy.rpc import FaultRules, Identity, RpcClient, RpcServer
 from nokvpy.rpc.metrics_http import (
     MetricsAddressError,
-    MetricsServer,
-    parse_metrics_addr,
+    open_metrics,
     process_collector,
     rpc_collector,
 )
@@ -69,18 +68,11 @@ async def serve(node_id: int, listen: str, cluster_id: str, peers: dict[int, str
         raise StartupError(f"metaroot needs 1, 3 or 5 peers, got {len(peers)}")
     if retained_tail < 1:
         raise StartupError(f"--retained-tail must be >= 1, got {retained_tail}")
-    metrics: MetricsServer | None = None
-    if metrics_addr:  # bound before anything is opened: a refusal writes nothing
-        try:
-            metrics_at = parse_metrics_addr(metrics_addr, allow_port_zero=True)
-        except MetricsAddressError as exc:
-            raise StartupError(f"--metrics-addr: {exc}") from None
-        metrics = MetricsServer([process_collector("metaroot", node_id, cluster_id)])
-        try:
-            await metrics.bind(*metrics_at)
-        except OSError as exc:
-            raise StartupError(f"metaroot-{node_id} cannot serve metrics on {metrics_addr}: "
-                               f"{exc.strerror or exc}") from None
+    try:  # bound before anything is opened: a refusal writes nothing
+        metrics = await open_metrics(metrics_addr, f"metaroot-{node_id}",
+                                     [process_collector("metaroot", node_id, cluster_id)])
+    except MetricsAddressError as exc:
+        raise StartupError(str(exc)) from None
     try:
         env = Env.open(data, dbs=RAFT_DBS + rootlog.ROOT_DBS)
     except BaseException:

@@ -32,8 +32,7 @@ from nokvpy.protocol import RestartStateKind
 from nokvpy.rpc import Identity, RpcClient, RpcServer, format_addr, parse_addr
 from nokvpy.rpc.metrics_http import (
     MetricsAddressError,
-    MetricsServer,
-    parse_metrics_addr,
+    open_metrics,
     process_collector,
     rpc_collector,
 )
@@ -77,12 +76,6 @@ async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
         host, port = parse_addr(listen)
     except ValueError as exc:
         raise StartupError(str(exc)) from None
-    metrics_at = None
-    if metrics_addr:
-        try:
-            metrics_at = parse_metrics_addr(metrics_addr, allow_port_zero=True)
-        except MetricsAddressError as exc:
-            raise StartupError(f"--metrics-addr: {exc}") from None
     options = dict(options or {})
     queue_limit = os.environ.get(QUEUE_LIMIT_ENV, "").strip()
     if queue_limit:
@@ -90,14 +83,11 @@ async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
             raise StartupError(f"{QUEUE_LIMIT_ENV} must be a positive integer, got "
                                f"{queue_limit!r}")
         options.setdefault("queue_limit", int(queue_limit))
-    metrics: MetricsServer | None = None
-    if metrics_at is not None:  # before anything is opened or written: a refusal writes nothing
-        metrics = MetricsServer([process_collector("store", store_id, cluster_id)])
-        try:
-            await metrics.bind(*metrics_at)
-        except OSError as exc:
-            raise StartupError(f"store {store_id} cannot serve metrics on {metrics_addr}: "
-                               f"{exc.strerror or exc}") from None
+    try:  # before anything is opened or written: a refusal writes nothing
+        metrics = await open_metrics(metrics_addr, f"store {store_id}",
+                                     [process_collector("store", store_id, cluster_id)])
+    except MetricsAddressError as exc:
+        raise StartupError(str(exc)) from None
     try:
         env = Env.open(data)
     except BaseException:

@@ -7,8 +7,9 @@ deadline, 503 beyond the connection limit), its limits (a request head of at mos
 `max_head` bytes, read and write deadlines, at most `max_connections` connections at once;
 each refusal counted, its log line rate-limited), the families only the process level can
 read (`process_collector`: kind, id, version, CPU time; `rpc_collector`: the RPC server's
-counters), `parse_metrics_addr` (a wildcard address is refused) and `fetch_metrics`, the
-client side for `nokv metrics`. Rendering is `nokvpy.metrics`'.
+counters), `parse_metrics_addr` (a wildcard address is refused), `open_metrics` (a serve
+command's `--metrics-addr`, parsed and bound, or one line saying why not) and
+`fetch_metrics`, the client side for `nokv metrics`. Rendering is `nokvpy.metrics`'.
 
 Never crashes on remote input and never holds a connection past its deadlines; never speaks
 TLS or asks for the cluster secret (metrics carry no secret: bind the endpoint to loopback or
@@ -73,6 +74,27 @@ def parse_metrics_addr(text: str, allow_port_zero: bool = False) -> tuple[str, i
     if port > 65535 or (port == 0 and not allow_port_zero):
         raise MetricsAddressError(f"bad metrics address {text!r}: the port must be 1-65535")
     return host, port
+
+
+async def open_metrics(metrics_addr: str | None, who: str,
+                       collectors: Sequence[m.Collector]) -> MetricsServer | None:
+    """The bound metrics endpoint of a serve command's `--metrics-addr` (None when it has
+    none): the address parsed (a wildcard refused), a `MetricsServer` over `collectors` bound
+    to it. A bad address or a port that cannot be bound raises `MetricsAddressError` with one
+    line naming `who` and the reason; nothing is left open."""
+    if not metrics_addr:
+        return None
+    try:
+        at = parse_metrics_addr(metrics_addr, allow_port_zero=True)
+    except MetricsAddressError as exc:
+        raise MetricsAddressError(f"--metrics-addr: {exc}") from None
+    server = MetricsServer(list(collectors))
+    try:
+        await server.bind(*at)
+    except OSError as exc:
+        raise MetricsAddressError(f"{who} cannot serve metrics on {metrics_addr}: "
+                                  f"{exc.strerror or exc}") from None
+    return server
 
 
 def _unspecified(host: str) -> bool:
