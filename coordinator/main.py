@@ -22,7 +22,7 @@ from coordinator.service import CoordinatorService
 from nokvpy import failpoints
 from nokvpy.adminsvc import register_failpoint_admin
 from nokvpy.client.meta import MetaClient
-from nokvpy.rpc import Identity, RpcClient, RpcServer, parse_addr
+from nokvpy.rpc import FaultRules, Identity, RpcClient, RpcServer, parse_addr
 from nokvpy.rpc.metrics_http import (
     MetricsAddressError,
     open_metrics,
@@ -54,12 +54,13 @@ async def serve(coordinator_id: int, listen: str, cluster_id: str, metaroot: lis
     except ValueError as exc:
         raise StartupError(str(exc)) from None
     identity = Identity(cluster_id, "coordinator", coordinator_id, secret)
-    rpc = RpcClient(identity)
+    faults = FaultRules()  # shared, as metaroot's: a rule acts on what the client sends too
+    rpc = RpcClient(identity, faults=faults)
     meta = MetaClient(rpc, metaroot)
     service = CoordinatorService(coordinator_id, cluster_id, meta, replication=replication,
                                  grant_ttl=grant_ttl, staleness_window=staleness_window,
                                  **(service_options or {}))
-    server = RpcServer(identity)
+    server = RpcServer(identity, faults=faults)
     service.register(server)
     register_failpoint_admin(server)
     try:

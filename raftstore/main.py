@@ -29,7 +29,7 @@ import trio
 from nokvpy import failpoints
 from nokvpy.adminsvc import register_failpoint_admin
 from nokvpy.protocol import RestartStateKind
-from nokvpy.rpc import Identity, RpcClient, RpcServer, format_addr, parse_addr
+from nokvpy.rpc import FaultRules, Identity, RpcClient, RpcServer, format_addr, parse_addr
 from nokvpy.rpc.metrics_http import (
     MetricsAddressError,
     open_metrics,
@@ -116,8 +116,9 @@ async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
             log.warning("store %d restarts DEGRADED (needs %s): %s", store_id, restart.needs,
                         restart.message)
         identity = Identity(cluster_id, "store", store_id, secret)
-        rpc = RpcClient(identity)
-        server = RpcServer(identity)
+        faults = FaultRules()  # shared, as metaroot's: a rule acts on what the client sends too
+        rpc = RpcClient(identity, faults=faults)
+        server = RpcServer(identity, faults=faults)
         for var, field_name in (("NOKV_UNSAFE_READS", "unsafe_reads"),
                                 ("NOKV_UNSAFE_ACK", "unsafe_ack")):
             if os.environ.get(var) == "1":

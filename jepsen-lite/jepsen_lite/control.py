@@ -475,6 +475,8 @@ class ClusterControl(TopologyControl):
 
 
 def to_fault_rule(rule: dict, label: str = "") -> FaultRule:
+    """A plain-dict rule (jepsen_lite.faults) as the wire record; missing keys take the
+    record's defaults."""
     return FaultRule(
         src=frozenset(rule.get("src") or ()),
         dst=frozenset(rule.get("dst") or ()),
@@ -483,6 +485,11 @@ def to_fault_rule(rule: dict, label: str = "") -> FaultRule:
         delay=float(rule.get("delay", 0.0)),
         jitter=float(rule.get("jitter", 0.0)),
         label=rule.get("label") or label,
+        duplicate=float(rule.get("duplicate", 0.0)),
+        reorder=float(rule.get("reorder", 0.0)),
+        hold=float(rule.get("hold", 0.0)),
+        corrupt=float(rule.get("corrupt", 0.0)),
+        blackhole=bool(rule.get("blackhole", False)),
     )
 
 

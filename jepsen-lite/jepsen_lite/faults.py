@@ -1,12 +1,17 @@
 """The jepsen-lite fault vocabulary: fault names, aliases, failpoints, symbolic targets, and
-the network fault rules of a partition.
+the network fault rules of the network faults.
 
 Owns: ``FAULTS`` (every fault a schedule may hold, with its meaning), ``ALIASES``,
 :func:`parse_faults`, the failpoints the failpoint faults choose from, the ``:leader``
-target, the label of a window's fault rules (:func:`fault_label`) and the rules of a
-partition (:func:`partition_rules`, plain dicts). Imports nothing of jepsen-lite, so the
-schedule, the nemesis and the lease sequences all use it without an import cycle. Never
-injects a fault and never builds a schedule (:mod:`.schedule`).
+target, the label of a window's fault rules (:func:`fault_label`) and the rules (plain dicts,
+see :func:`jepsen_lite.control.to_fault_rule`) of a partition (:func:`partition_rules`), a
+one-way partition (:func:`one_way_rules`), a bridge (:func:`bridge_rules`), a ring
+(:func:`ring_rules`), a blackhole (:func:`blackhole_rules`) and the raft batch duplication,
+reordering and frame corruption faults (:func:`duplicate_rules`, :func:`reorder_rules`,
+:func:`corrupt_rules`). ``nokvpy.rpc.faults`` says what each rule does to which message.
+Imports nothing of jepsen-lite, so the schedule, the nemesis and the lease sequences all use
+it without an import cycle. Never injects a fault and never builds a schedule
+(:mod:`.schedule`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,20 @@ FAULTS: dict[str, str] = {
     "hostile": "an attacker aims at one process: garbage bytes and frames, a replayed "
     "handshake, a forged role claim and privileged calls with the client credential; at the "
     "window's end nothing may have changed (checks[\"hostile\"])",
+    "one-way": "lose all traffic (requests and replies) from a node to the other servers, or "
+    "from them to it, while the other direction flows",
+    "bridge": "split the servers into two halves that cannot talk, and one bridge node that "
+    "talks to both (Jepsen's bridge)",
+    "ring": "put the servers on a ring where each sees only its neighbours, a majority but "
+    "not the same one (Jepsen's majorities ring)",
+    "blackhole": "a process's network goes silent, connections left open: nothing to or from "
+    "it arrives (clients' requests, replies, cancels included), nobody sees an error",
+    "duplicate": "deliver a share of the raft batches between servers twice (the copy at "
+    "once or after newer batches)",
+    "reorder": "hold back a share of the raft batches between servers until a later batch "
+    "overtakes them",
+    "corrupt": "damage bytes of a share of the frames servers send (after their checksum); "
+    "receivers must detect it and drop the connection",
 }
 ALIASES: dict[str, list[str]] = {
     "all": [f for f in FAULTS],
@@ -42,6 +61,7 @@ ALIASES: dict[str, list[str]] = {
     "process": ["kill", "pause"],
     "failpoints": ["publish-fail", "slow-fsync", "crash-point"],
     "clock": ["lease", "tick-stretch"],
+    "net-extra": ["one-way", "bridge", "ring", "blackhole", "duplicate", "reorder", "corrupt"],
 }
 PUBLISH_FAILPOINTS = ("store.publish_terminal", "store.publish_planned")
 CRASH_POINTS = (
@@ -53,6 +73,8 @@ CRASH_POINTS = (
     "storage.before_commit",
 )
 METAROOT_CRASH_POINTS = ("storage.before_commit", "metaroot.before_append")
+RAFT_BATCH = "RaftBatch"
+"""The one-way request carrying raft messages between servers (duplicate, reorder)."""
 LEADER = ":leader"
 """A symbolic target: the leader store of a workload key's region, resolved at run time."""
 
@@ -107,3 +129,80 @@ def partition_rules(
         {"src": sorted(side_a), "dst": sorted(side_b), "drop": 1.0, "label": label},
         {"src": sorted(side_b), "dst": sorted(side_a), "drop": 1.0, "label": label},
     ]
+
+
+def one_way_rules(
+    target: str, direction: str, servers: Sequence[str], label: str
+) -> list[dict]:
+    """Rules losing the traffic from ``target`` to every other server (``direction`` "out")
+    or from them to it ("in"); the other direction flows. Replies follow the same rule: a
+    node whose outbound traffic is lost still receives requests, but its answers vanish."""
+    others = sorted(n for n in servers if n != target)
+    if not others:
+        return []
+    if direction == "out":
+        return [{"src": [target], "dst": others, "drop": 1.0, "label": label}]
+    if direction == "in":
+        return [{"src": others, "dst": [target], "drop": 1.0, "label": label}]
+    raise NemesisError(f"unknown one-way direction {direction!r}")
+
+
+def bridge_rules(order: Sequence[str], label: str) -> list[dict]:
+    """The servers in ``order`` split into two halves, the middle one being the bridge: it
+    talks to both halves, which cannot talk to each other. Fewer than 3 servers: no rules."""
+    if len(order) < 3:
+        return []
+    mid = len(order) // 2
+    side_a, side_b = sorted(order[:mid]), sorted(order[mid + 1:])
+    return [
+        {"src": side_a, "dst": side_b, "drop": 1.0, "label": label},
+        {"src": side_b, "dst": side_a, "drop": 1.0, "label": label},
+    ]
+
+
+def ring_rules(order: Sequence[str], label: str, reach: int | None = None) -> list[dict]:
+    """The servers in ``order`` on a ring, each seeing only its ``reach`` neighbours on either
+    side (default: enough to see a majority, itself included; no two see the same majority
+    with 5 or more servers). One rule per server: what it may not send to (the relation is
+    symmetric, so this cuts both directions). Fewer than 4 servers: no rules."""
+    n = len(order)
+    if reach is None:
+        reach = (n // 2 + 1) // 2
+    rules = []
+    for i, node in enumerate(order):
+        near = {order[(i + d) % n] for d in range(-reach, reach + 1)}
+        far = sorted(m for m in order if m not in near)
+        if far:
+            rules.append({"src": [node], "dst": far, "drop": 1.0, "label": label})
+    return rules
+
+
+def blackhole_rules(target: str, label: str) -> list[dict]:
+    """Every record to and from ``target``, from any peer (servers, clients, the harness
+    but for its fault-rule calls), is swallowed; no connection is closed."""
+    return [
+        {"src": [target], "blackhole": True, "label": label},
+        {"dst": [target], "blackhole": True, "label": label},
+    ]
+
+
+def duplicate_rules(servers: Sequence[str], probability: float, hold: float,
+                    label: str) -> list[dict]:
+    """Raft batches between servers sent twice with ``probability``; the copy right after
+    (``hold`` 0) or up to ``hold`` seconds later."""
+    return [{"src": sorted(servers), "dst": sorted(servers), "message_types": [RAFT_BATCH],
+             "duplicate": probability, "hold": hold, "label": label}]
+
+
+def reorder_rules(servers: Sequence[str], probability: float, hold: float,
+                  label: str) -> list[dict]:
+    """Raft batches between servers held back with ``probability`` until the next batch to
+    the same server overtakes them (at most ``hold`` seconds)."""
+    return [{"src": sorted(servers), "dst": sorted(servers), "message_types": [RAFT_BATCH],
+             "reorder": probability, "hold": hold, "label": label}]
+
+
+def corrupt_rules(servers: Sequence[str], probability: float, label: str) -> list[dict]:
+    """Frames the servers send (to servers and clients alike: raft batches, requests,
+    replies) damaged with ``probability``."""
+    return [{"src": sorted(servers), "corrupt": probability, "label": label}]

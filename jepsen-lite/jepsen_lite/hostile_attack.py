@@ -33,6 +33,7 @@ from nokvpy.rpc.framed import ConnectionClosedError
 from nokvpy.rpc.identity import Identity
 from nokvpy.rpc.rawconn import RawConnection
 from nokvpy.wire import (
+    FRAME_HEADER_SIZE,
     DecodeError,
     ErrorReply,
     FaultRule,
@@ -151,7 +152,7 @@ class Attacker:
             payload = encode(Handshake(self.ctx.cluster_id, "client", ATTACKER_NODE_ID, 1,
                                        b"\x07" * 32))
             cut = max(1, int(len(payload) * attempt["cut"]))
-            return len(payload).to_bytes(4, "big") + payload[:cut]
+            return frame(payload)[:FRAME_HEADER_SIZE + cut]  # a valid header, a short body
         if op == "unknown-tag":
             return frame(pack_raw([attempt["tag"], self.ctx.marker, 1]))
         raise ValueError(f"not a pre-handshake garbage attempt: {op}")

@@ -25,6 +25,10 @@ holding the ``region_lookup`` grant); the resolved name is recorded in the histo
 also send (and record, as ordinary client operations) reads straight at the resumed process.
 ``hostile`` windows run :mod:`jepsen_lite.hostile` (attempts recorded as nemesis ``event``s;
 the heal is the check that they changed nothing, recorded in the ``stop`` event).
+The network faults (``partition``, ``lossy``, ``slow-net`` and the ``net-extra`` ones:
+``one-way``, ``bridge``, ``ring``, ``blackhole``, ``duplicate``, ``reorder``, ``corrupt``)
+set fault rules labelled by the window (:func:`fault_label`) on every process when the
+window opens and remove them when it closes.
 
 This module re-exports the public names of :mod:`.faults` and :mod:`.schedule`.
 """
@@ -48,13 +52,20 @@ from .faults import (
     METAROOT_CRASH_POINTS,
     PUBLISH_FAILPOINTS,
     NemesisError,
+    blackhole_rules,
+    bridge_rules,
+    corrupt_rules,
+    duplicate_rules,
     fault_label,
+    one_way_rules,
     parse_faults,
     partition_rules,
+    reorder_rules,
+    ring_rules,
 )
 from .history import json_safe as _json_safe
 from .lease import LOOKUP_HOLDER, METAROOT_LEADER, Prober
-from .schedule import ScheduleOptions, Window, build_schedule, churn_store_fault
+from .schedule import NET_EXTRA, ScheduleOptions, Window, build_schedule, churn_store_fault
 from .topology import MEMBERSHIP_OPS
 
 # -- control interface -----------------------------------------------------------------------
@@ -64,7 +75,9 @@ class ControlProtocol(Protocol):
     """What the nemesis needs from a cluster (``jepsen_lite.control.ClusterControl``).
 
     Fault rules are plain dicts ``{"src": [...], "dst": [...], "drop": p, "delay": s,
-    "jitter": s, "label": str}`` (empty ``src``/``dst`` match any node)."""
+    "jitter": s, "label": str}`` (empty ``src``/``dst`` match any node), and optionally
+    ``message_types``, ``duplicate``, ``reorder``, ``hold``, ``corrupt``, ``blackhole``
+    (:func:`jepsen_lite.control.to_fault_rule`)."""
 
     def names(self, kind: str | None = None) -> list[str]: ...
 
@@ -336,6 +349,34 @@ class Nemesis:
             window = hostile.HostileWindow(target, params)
             self._hostile[(fault, target)] = window
             return await hostile.open_window(c, self.recorder, window, self.clock, self.log)
+        if fault in NET_EXTRA:
+            rules = self._net_extra_rules(fault, target, params)
+            if not rules:
+                return {"skipped": "no rules for this cluster"}
+            return await c.add_fault_rules(fault_label(fault, target), rules)
+        raise NemesisError(f"unknown fault {fault!r}")
+
+    def _net_extra_rules(self, fault: str, target: str | None, params: dict) -> list[dict]:
+        """The fault rules of a ``one-way``, ``bridge``, ``ring``, ``blackhole``,
+        ``duplicate``, ``reorder`` or ``corrupt`` window (plain dicts)."""
+        servers = self.control.names()
+        label = fault_label(fault, target)
+        if fault == "one-way":
+            if target is None:
+                return []
+            return one_way_rules(target, params.get("direction", "out"), servers, label)
+        if fault in ("bridge", "ring"):
+            order = [n for n in params.get("order") or servers if n in servers]
+            return bridge_rules(order, label) if fault == "bridge" else ring_rules(order, label)
+        if fault == "blackhole":
+            return blackhole_rules(target, label) if target is not None else []
+        if fault == "duplicate":
+            return duplicate_rules(servers, params["probability"], params.get("hold", 0.0),
+                                   label)
+        if fault == "reorder":
+            return reorder_rules(servers, params["probability"], params.get("hold", 0.0), label)
+        if fault == "corrupt":
+            return corrupt_rules(servers, params["probability"], label)
         raise NemesisError(f"unknown fault {fault!r}")
 
     async def _inject_lease(self, target: str | None, params: dict) -> dict:
@@ -370,7 +411,7 @@ class Nemesis:
             return await c.start(target)
         if fault == "pause":
             return await c.resume(target)
-        if fault in ("partition", "lossy", "slow-net"):
+        if fault in ("partition", "lossy", "slow-net", *NET_EXTRA):
             return await c.remove_fault_rules(fault_label(fault, target))
         if fault in ("publish-fail", "slow-fsync", "crash-point"):
             out: dict = {}
@@ -547,9 +588,16 @@ __all__ = [
     "NemesisError",
     "ScheduleOptions",
     "Window",
+    "blackhole_rules",
+    "bridge_rules",
     "build_schedule",
     "churn_store_fault",
+    "corrupt_rules",
+    "duplicate_rules",
     "fault_label",
+    "one_way_rules",
     "parse_faults",
     "partition_rules",
+    "reorder_rules",
+    "ring_rules",
 ]

@@ -148,6 +148,46 @@ def _window_params(
         return lease.tick_stretch_params(rng, by_kind, opts.leader_share)
     if fault == "hostile":
         return hostile_params(rng, by_kind)
+    if fault in NET_EXTRA:
+        return _net_extra_params(fault, rng, by_kind, opts)
+    raise NemesisError(f"unknown fault {fault!r}")
+
+
+NET_EXTRA = ("one-way", "bridge", "ring", "blackhole", "duplicate", "reorder", "corrupt")
+
+
+def _net_extra_params(
+    fault: str, rng: random.Random, by_kind: dict[str, list[str]], opts: ScheduleOptions
+) -> tuple[str | None, dict]:
+    """Target and parameters of the network faults beyond partition / lossy / slow-net:
+
+    * ``one-way``: a process (sometimes the leader store) and the ``direction`` that is lost
+      (``out``: what it sends; ``in``: what the other servers send it);
+    * ``bridge`` / ``ring``: every server in a seeded ``order`` (the bridge is the middle
+      one, the window's target; the ring's neighbours are next to each other);
+    * ``blackhole``: a process (sometimes the leader store);
+    * ``duplicate`` / ``reorder``: the share of raft batches and how long a copy or a held
+      batch may wait (``hold``, seconds);
+    * ``corrupt``: the share of frames the servers send that are damaged."""
+    if fault in ("one-way", "blackhole"):
+        target = _pick_process(rng, by_kind, opts.leader_share)
+        if fault == "blackhole":
+            return target, {}
+        return target, {"direction": rng.choice(["out", "in"])}
+    if fault in ("bridge", "ring"):
+        order = sorted(n for names in by_kind.values() for n in names)
+        rng.shuffle(order)
+        if fault == "ring":
+            return "servers", {"order": order}
+        return (order[len(order) // 2] if len(order) >= 3 else None), {"order": order}
+    if fault == "duplicate":
+        return "servers", {"probability": rng.choice([0.1, 0.3, 0.5]),
+                           "hold": rng.choice([0.0, 0.02, 0.1])}
+    if fault == "reorder":
+        return "servers", {"probability": rng.choice([0.1, 0.3, 0.5]),
+                           "hold": rng.choice([0.01, 0.05, 0.1])}
+    if fault == "corrupt":
+        return "servers", {"probability": rng.choice([0.05, 0.1, 0.2])}
     raise NemesisError(f"unknown fault {fault!r}")
 
 

@@ -2,8 +2,9 @@
 
 Owns: connecting (with a handshake) and reconnecting (fail fast during a jittered exponential
 backoff after a failed connect), request ids, deadlines carried in every request, matching
-replies to callers, client-side fault rules on outbound requests, and turning every failure
-into a typed error (`RpcTimeoutError`, `RpcUnavailableError`, `HandshakeRefusedError`,
+replies to callers, client-side fault rules (`nokvpy.rpc.faults`: on the requests and cancels
+it sends, which a rule may also corrupt, and on the replies it receives), and turning every
+failure into a typed error (`RpcTimeoutError`, `RpcUnavailableError`, `HandshakeRefusedError`,
 `RemoteError`) that says whether the request's outcome is unknown. Never retries a request:
 retry policy belongs to the caller, who knows whether the request is idempotent.
 
@@ -15,6 +16,9 @@ handshake is a `HandshakeRefusedError` with reason `tls_handshake_failed`.
 Each connection is driven by one background task (reader) plus a writer task; they run in
 the `nursery` given to the constructor, or as trio system tasks when none is given, so a
 client can be created anywhere inside `trio.run`. Call `aclose()` (or use `async with`).
+A frame that fails its checksum (`FrameChecksumError`) closes its connection: it is counted
+(`frame_checksum_errors`), logged rate-limited, and the calls pending on it fail with their
+outcome unknown.
 """
 
 from __future__ import annotations
@@ -36,10 +40,11 @@ from nokvpy.rpc.errors import (
     RpcTimeoutError,
     RpcUnavailableError,
 )
-from nokvpy.rpc.faults import FaultRules
+from nokvpy.rpc.faults import CANCEL, REPLY, FaultRules, FaultVerdict
 from nokvpy.rpc.framed import ConnectionClosedError, FramedStream, sole_error
 from nokvpy.rpc.handshake import client_handshake
 from nokvpy.rpc.identity import Counters, Identity, PeerIdentity, parse_addr
+from nokvpy.rpc.logthrottle import LogThrottle
 from nokvpy.rpc.network import TCP, Network, secure, with_tls
 from nokvpy.rpc.tls import TlsConfig, TlsHandshakeError, resolve
 from nokvpy.wire import (
@@ -49,6 +54,7 @@ from nokvpy.wire import (
     DecodeError,
     DecodeLimits,
     ErrorReply,
+    FrameChecksumError,
     Request,
     Response,
     StreamEnd,
@@ -73,9 +79,10 @@ def _is_deadline_reply(e: BaseException | None) -> bool:
 
 
 class _Unary:
-    __slots__ = ("event", "result", "error", "done")
+    __slots__ = ("event", "result", "error", "done", "what")
 
-    def __init__(self) -> None:
+    def __init__(self, what: type | None = None) -> None:
+        self.what = what  # the request's type (fault rules match replies by its name)
         self.event = trio.Event()
         self.result: object = None
         self.error: BaseException | None = None
@@ -96,9 +103,10 @@ class _Unary:
 
 
 class _Stream:
-    __slots__ = ("items", "error", "done", "wake", "limit")
+    __slots__ = ("items", "error", "done", "wake", "limit", "what")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, what: type | None = None) -> None:
+        self.what = what
         self.items: deque[object] = deque()
         self.error: BaseException | None = None
         self.done = False
@@ -233,6 +241,7 @@ class RpcClient:
         self.backoff_max = backoff_max
         self.max_stream_buffer = max_stream_buffer
         self.counters = Counters()
+        self._log = LogThrottle(logger)
         self._nursery = nursery
         self._rng = random.Random(seed)
         self._conns: dict[str, _Conn] = {}
@@ -255,13 +264,16 @@ class RpcClient:
         `outcome_unknown`), HandshakeRefusedError, RemoteError (the server's error reply).
         """
         deadline = trio.current_time() + timeout
-        slot = _Unary()
+        slot = _Unary(type(request))
         sent = False
         with trio.CancelScope(deadline=deadline) as scope:
             conn = await self._connection(addr)
-            if self.faults.rules and await self._faulted(conn, request):
-                sent = True
-                await trio.sleep_forever()  # dropped: looks like packet loss to the caller
+            verdict = None
+            if self.faults.rules:
+                verdict = await self._faulted(conn, request, one_way=False)
+                if verdict.drop:
+                    sent = True
+                    await trio.sleep_forever()  # dropped: looks like packet loss to the caller
             conn.next_id += 1
             rid = conn.next_id
             ms = int((deadline - trio.current_time()) * 1000.0)
@@ -270,7 +282,10 @@ class RpcClient:
             assert framed is not None
             conn.pending[rid] = slot
             try:
-                framed.enqueue(data)
+                if verdict is None:
+                    framed.enqueue(data)
+                else:
+                    self._send_faulted(conn, data, verdict)
                 sent = True
                 await slot.event.wait()
             except ConnectionClosedError:
@@ -312,13 +327,20 @@ class RpcClient:
         """
         with trio.move_on_after(timeout):
             conn = await self._connection(addr)
-            if self.faults.rules and await self._faulted(conn, request):
-                return
+            verdict = None
+            if self.faults.rules:
+                verdict = await self._faulted(conn, request, one_way=True)
+                if verdict.drop:
+                    return
             framed = conn.framed
             assert framed is not None
             await framed.wait_writable()
             try:
-                framed.enqueue(frame(encode(Request(0, 0, request))))
+                data = frame(encode(Request(0, 0, request)))
+                if verdict is None:
+                    framed.enqueue(data)
+                else:
+                    self._send_faulted(conn, data, verdict)
             except ConnectionClosedError:
                 raise RpcUnavailableError(addr, "connection closed") from None
             return
@@ -338,17 +360,22 @@ class RpcClient:
             conn = await self._connection(addr)
         if scope.cancelled_caught:
             raise RpcTimeoutError(addr, what, timeout, sent=False)
-        slot = _Stream(self.max_stream_buffer)
+        slot = _Stream(self.max_stream_buffer, type(request))
         conn.next_id += 1
         rid = conn.next_id
-        dropped = bool(self.faults.rules) and await self._faulted(conn, request)
+        verdict = await self._faulted(conn, request, one_way=False) if self.faults.rules \
+            else None
+        dropped = verdict is not None and verdict.drop
         if not dropped:
             ms = 0 if timeout is None else max(1, int((deadline - trio.current_time()) * 1000))
             data = frame(encode(Request(rid, ms, request)))
             conn.pending[rid] = slot
             assert conn.framed is not None
             try:
-                conn.framed.enqueue(data)
+                if verdict is None:
+                    conn.framed.enqueue(data)
+                else:
+                    self._send_faulted(conn, data, verdict)
             except ConnectionClosedError:
                 conn.pending.pop(rid, None)
                 raise RpcUnavailableError(addr, "connection closed") from None
@@ -450,6 +477,11 @@ class RpcClient:
         except ConnectionClosedError as e:
             conn.error = RpcUnavailableError(addr, f"connection lost: {e}")
             logger.info("connection to %s lost: %s", addr, e)
+        except FrameChecksumError as e:
+            # the stream is damaged: nothing more read from it can be trusted
+            self.counters.inc("frame_checksum_errors")
+            conn.error = RpcUnavailableError(addr, f"damaged frame from server: {e}")
+            self._log.warning("frame_checksum", "closing connection to %s: %s", addr, e)
         except (DecodeError, _ProtocolViolationError) as e:
             self.counters.inc("protocol_errors")
             conn.error = RpcUnavailableError(addr, f"protocol violation by server: {e}")
@@ -491,17 +523,23 @@ class RpcClient:
         framed = conn.framed
         assert framed is not None
         pending = conn.pending
+        faults = self.faults
         while True:
             for msg in await framed.receive_batch():
                 t = type(msg)
                 if t is Response:
                     slot = pending.pop(msg.request_id, None)  # type: ignore[attr-defined]
                     if slot is not None:
+                        if faults.rules and self._reply_dropped(conn, slot):
+                            pending[msg.request_id] = slot  # type: ignore[attr-defined]
+                            continue
                         slot.on_response(msg.body)  # type: ignore[attr-defined]
                         continue
                 elif t is StreamItem:
                     slot = pending.get(msg.request_id)  # type: ignore[attr-defined]
                     if slot is not None:
+                        if faults.rules and self._reply_dropped(conn, slot):
+                            continue
                         if not slot.on_item(msg.body):  # type: ignore[attr-defined]
                             del pending[msg.request_id]  # type: ignore[attr-defined]
                             if type(slot) is _Unary:
@@ -516,10 +554,16 @@ class RpcClient:
                 elif t is ErrorReply:
                     slot = pending.pop(msg.request_id, None)  # type: ignore[attr-defined]
                     if slot is not None:
+                        if faults.rules and self._reply_dropped(conn, slot):
+                            pending[msg.request_id] = slot  # type: ignore[attr-defined]
+                            continue
                         slot.on_error(_remote_error(msg))  # type: ignore[arg-type]
                         continue
                 elif t is StreamEnd:
                     slot = pending.pop(msg.request_id, None)  # type: ignore[attr-defined]
+                    if slot is not None and faults.rules and self._reply_dropped(conn, slot):
+                        pending[msg.request_id] = slot  # type: ignore[attr-defined]
+                        continue
                     if type(slot) is _Unary:
                         slot.on_error(RpcUnavailableError(
                             conn.addr, "server streams this request: use client.stream()",
@@ -535,20 +579,51 @@ class RpcClient:
     def _send_cancel(self, conn: _Conn, rid: int) -> None:
         framed = conn.framed
         if framed is not None and conn.state == _READY:
+            if self.faults.rules and self.faults.decide(
+                    self.identity.name, self._peer_name(conn), "Cancel", kind=CANCEL).drop:
+                self.counters.inc("fault_blackholed")
+                return
             try:
                 framed.send(Cancel(rid))
             except ConnectionClosedError:
                 pass
 
-    async def _faulted(self, conn: _Conn, request: object) -> bool:
-        """Apply outbound fault rules; True when the request is to be dropped."""
-        peer = conn.peer.name if conn.peer is not None else conn.addr
-        verdict = self.faults.decide(self.identity.name, peer, type(request).__name__)
+    # ---- fault rules (only while the process has some) ----------------------------------
+
+    @staticmethod
+    def _peer_name(conn: _Conn) -> str:
+        return conn.peer.name if conn.peer is not None else conn.addr
+
+    async def _faulted(self, conn: _Conn, request: object, one_way: bool) -> FaultVerdict:
+        """Apply outbound fault rules to a request: count a drop, sleep a delay; the caller
+        drops the request when `verdict.drop`, else sends it with `_send_faulted`."""
+        verdict = self.faults.decide(self.identity.name, self._peer_name(conn),
+                                     type(request).__name__, one_way=one_way)
         if verdict.drop:
-            self.counters.inc("fault_dropped")
-            return True
+            self.counters.inc("fault_blackholed" if verdict.blackhole else "fault_dropped")
+            return verdict
         if verdict.delay:
             await trio.sleep(verdict.delay)
+        return verdict
+
+    def _send_faulted(self, conn: _Conn, data: bytes, verdict: FaultVerdict) -> None:
+        """Write one framed request as `verdict` says (damaged after framing, so that the
+        receiver's frame check sees it). Raises ConnectionClosedError."""
+        framed = conn.framed
+        assert framed is not None
+        if verdict.corrupt:
+            data = self.faults.corrupt_frame(data)
+            self.counters.inc("fault_corrupted")
+        framed.enqueue(data)
+
+    def _reply_dropped(self, conn: _Conn, slot: _Unary | _Stream) -> bool:
+        """Inbound fault rules on a reply (matched by its request's type name)."""
+        verdict = self.faults.decide(self._peer_name(conn), self.identity.name,
+                                     getattr(slot.what, "__name__", ""), kind=REPLY,
+                                     sending=False)
+        if verdict.drop:
+            self.counters.inc("fault_blackholed" if verdict.blackhole else "fault_dropped")
+            return True
         return False
 
 

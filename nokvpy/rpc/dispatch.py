@@ -4,9 +4,12 @@ Owns: a connection's reader loop once the handshake admitted it (requests, clien
 frames that do not decode), the per-request decision (route lookup, role authorization,
 fault injection rules, the in-flight limit), deadlines and client cancellation, running a
 handler (unary, inline or streaming) and turning its result or exception into a `Response`,
-`StreamItem`/`StreamEnd` or `ErrorReply` on the connection's writer. Never accepts
-connections, runs handshakes or enforces connection limits (`nokvpy.rpc.server`, whose
-`RpcServer` mixes `RequestDispatch` in), and never swallows `trio.Cancelled`.
+`StreamItem`/`StreamEnd` or `ErrorReply` on the connection's writer, and the fault rules
+(`nokvpy.rpc.faults`) on what it receives (requests, which a rule may drop, delay, deliver
+twice or hold back behind the next one, and cancels) and sends (every reply, which a rule
+may drop or corrupt). Never accepts connections, runs handshakes or enforces connection
+limits (`nokvpy.rpc.server`, whose `RpcServer` mixes `RequestDispatch` in), and never
+swallows `trio.Cancelled`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from nokvpy.protocol import roles
 from nokvpy.protocol.base import TAGS
 from nokvpy.protocol.enums import ErrorKind
 from nokvpy.rpc.errors import RemoteError
-from nokvpy.rpc.faults import FaultRules
+from nokvpy.rpc.faults import CANCEL, REPLY, FaultRules, FaultVerdict
 from nokvpy.rpc.framed import ConnectionClosedError, FramedStream, UndecodableFrame
 from nokvpy.rpc.identity import Counters, Identity, PeerIdentity
 from nokvpy.rpc.logthrottle import LogThrottle
@@ -92,7 +95,7 @@ class ActiveCall:
 class Connection:
     """An authenticated connection: its stream, peer, nursery and running requests."""
 
-    __slots__ = ("framed", "peer", "nursery", "active", "in_flight", "last_active")
+    __slots__ = ("framed", "peer", "nursery", "active", "in_flight", "last_active", "held")
 
     def __init__(self, framed: FramedStream, peer: PeerIdentity, nursery: trio.Nursery) -> None:
         self.framed = framed
@@ -103,6 +106,8 @@ class Connection:
         self.in_flight = 0
         # trio time of the last frames received, or of the last request finishing.
         self.last_active = trio.current_time()
+        # one-way requests a reorder rule holds back, in arrival order: (route, body, ctx)
+        self.held: list[tuple[Route, object, CallContext]] = []
 
 
 class ProtocolViolationError(Exception):
@@ -138,6 +143,11 @@ class RequestDispatch:
                 elif t is UndecodableFrame:
                     self._on_undecodable(conn, msg)  # type: ignore[arg-type]
                 elif t is Cancel:
+                    if self.faults.rules and self.faults.decide(
+                            conn.peer.name, self.identity.name, "Cancel", kind=CANCEL,
+                            sending=False).drop:
+                        self.counters.inc("fault_blackholed")
+                        continue
                     active = conn.active.get(msg.request_id)  # type: ignore[attr-defined]
                     if active is not None:
                         active.by_client = True
@@ -162,7 +172,8 @@ class RequestDispatch:
                           conn.peer.name, what, bad.error.reason)
         if rid:
             self._reply(conn, rid, ErrorReply(rid, ErrorKind.INVALID_ARGUMENT, "decode_error",
-                                              f"{what} does not decode: {bad.error.reason}"))
+                                              f"{what} does not decode: {bad.error.reason}"),
+                        what)
 
     async def _on_request(self, conn: Connection, req: Request) -> None:
         self.counters["requests"] += 1
@@ -175,6 +186,7 @@ class RequestDispatch:
                 conn, rid,
                 ErrorReply(rid, ErrorKind.INVALID_ARGUMENT, "unhandled_request_type",
                            f"{self.identity.name} has no handler for {type(body).__name__}"),
+                type(body),
             )
             return
         denied = self._authorize(conn.peer, type(body).__name__)
@@ -186,7 +198,7 @@ class RequestDispatch:
                               conn.peer.name, detail)
             self._reply(conn, rid, ErrorReply(
                 rid, ErrorKind.PERMISSION_DENIED, reason, detail,
-                {"role": conn.peer.node_kind, "rpc": type(body).__name__}))
+                {"role": conn.peer.node_kind, "rpc": type(body).__name__}), type(body))
             return
         if conn.in_flight >= self.max_in_flight:
             self.counters.inc("rejected_requests", reason="too_many_in_flight")
@@ -195,13 +207,16 @@ class RequestDispatch:
                 ErrorReply(rid, ErrorKind.UNAVAILABLE, "too_many_in_flight",
                            f"more than {self.max_in_flight} requests in flight on one connection",
                            {"retry": True}),
+                type(body),
             )
             return
         delay = 0.0
+        verdict = None
         if self.faults.rules:
-            verdict = self.faults.decide(conn.peer.name, self.identity.name, type(body).__name__)
+            verdict = self.faults.decide(conn.peer.name, self.identity.name, type(body).__name__,
+                                         one_way=not rid, sending=False)
             if verdict.drop:
-                self.counters.inc("fault_dropped")
+                self.counters.inc("fault_blackholed" if verdict.blackhole else "fault_dropped")
                 return
             delay = verdict.delay
         if req.deadline_ms > 0:
@@ -211,6 +226,16 @@ class RequestDispatch:
         else:
             deadline = -math.inf
         ctx = CallContext(conn.peer, rid, deadline, self)
+        if verdict is not None and not verdict.plain:
+            await self._deliver_faulted(conn, route, body, ctx, delay, verdict)
+            return
+        await self._dispatch(conn, route, body, ctx, delay)
+        if conn.held:  # a request held back by a reorder rule goes after this one
+            await self._release_held(conn)
+
+    async def _dispatch(self, conn: Connection, route: Route, body: object, ctx: CallContext,
+                        delay: float) -> None:
+        rid = ctx.request_id
         if route.stream:
             if rid == 0:
                 self.counters.inc("rejected_requests", reason="one_way_stream")
@@ -222,6 +247,46 @@ class RequestDispatch:
         else:
             conn.in_flight += 1
             conn.nursery.start_soon(self._run_unary, conn, route, body, ctx, delay)
+
+    async def _deliver_faulted(self, conn: Connection, route: Route, body: object,
+                               ctx: CallContext, delay: float, verdict: FaultVerdict) -> None:
+        """A one-way request that a rule delivers twice and/or holds back (`reorder`: until
+        the next request on the connection, or its hold time)."""
+        if verdict.reorder is not None:
+            self.counters.inc("fault_reordered")
+            item = (route, body, ctx)
+            conn.held.append(item)
+            conn.nursery.start_soon(self._release_later, conn, item, verdict.reorder)
+        else:
+            await self._dispatch(conn, route, body, ctx, delay)
+            if conn.held:
+                await self._release_held(conn)
+        if verdict.duplicate is not None:
+            self.counters.inc("fault_duplicated")
+            if verdict.duplicate <= 0:
+                await self._dispatch(conn, route, body, ctx, delay)
+            else:
+                conn.nursery.start_soon(self._deliver_later, conn, route, body, ctx,
+                                        verdict.duplicate)
+
+    async def _release_held(self, conn: Connection) -> None:
+        held, conn.held = conn.held, []
+        for route, body, ctx in held:
+            await self._dispatch(conn, route, body, ctx, 0.0)
+
+    async def _release_later(self, conn: Connection, item: tuple[Route, object, CallContext],
+                             after: float) -> None:
+        await trio.sleep(after)
+        for i, held in enumerate(conn.held):
+            if held is item:
+                del conn.held[i]
+                await self._dispatch(conn, *item, 0.0)
+                return
+
+    async def _deliver_later(self, conn: Connection, route: Route, body: object,
+                             ctx: CallContext, after: float) -> None:
+        await trio.sleep(after)
+        await self._dispatch(conn, route, body, ctx, 0.0)
 
     async def _run_unary(
         self, conn: Connection, route: Route, body: object, ctx: CallContext, delay: float
@@ -251,14 +316,14 @@ class RequestDispatch:
             if rid:
                 conn.active.pop(rid, None)
         if rid and reply is not None:
-            self._reply(conn, rid, reply)
+            self._reply(conn, rid, reply, type(body))
 
     async def _run_inline(self, conn: Connection, route: Route, body: object, ctx: CallContext) -> None:
         """Run a non-blocking handler in the reader task: no task, no cancel scope (it cannot
         be cancelled by a Cancel that the reader has not read yet)."""
         rid = ctx.request_id
         if ctx.deadline < trio.current_time():
-            self._reply(conn, rid, self._cancelled_reply(rid, body, ctx, None))
+            self._reply(conn, rid, self._cancelled_reply(rid, body, ctx, None), type(body))
             return
         try:
             reply: object = Response(rid, await route.handler(body, ctx))
@@ -267,7 +332,7 @@ class RequestDispatch:
             reply = ErrorReply(rid, e.kind, e.reason, e.message, e.details)
         except Exception as e:
             reply = self._internal_error(rid, body, ctx, e)
-        self._reply(conn, rid, reply)
+        self._reply(conn, rid, reply, type(body))
 
     async def _run_stream(
         self, conn: Connection, route: Route, body: object, ctx: CallContext, delay: float
@@ -284,7 +349,10 @@ class RequestDispatch:
                 agen = route.handler(body, ctx)
                 try:
                     async for item in agen:
-                        framed.send(StreamItem(rid, item))
+                        if self.faults.rules:
+                            self._reply(conn, rid, StreamItem(rid, item), type(body), True)
+                        else:
+                            framed.send(StreamItem(rid, item))
                         await framed.wait_writable()
                     reply = StreamEnd(rid)
                 except RemoteError as e:
@@ -309,7 +377,7 @@ class RequestDispatch:
                 conn.last_active = trio.current_time()
             conn.active.pop(rid, None)
         if reply is not None:
-            self._reply(conn, rid, reply)
+            self._reply(conn, rid, reply, type(body))
 
     def _cancelled_reply(
         self, rid: int, body: object, ctx: CallContext, active: ActiveCall | None
@@ -330,18 +398,37 @@ class RequestDispatch:
         return ErrorReply(rid, ErrorKind.INTERNAL, "handler_exception",
                           f"{type(e).__name__}: {e}"[:1000], {"request_type": type(body).__name__})
 
-    def _reply(self, conn: Connection, rid: int, reply: object) -> None:
+    def _reply(self, conn: Connection, rid: int, reply: object, request: type | str | None = None,
+               stream_item: bool = False) -> None:
+        """Send `reply` to request `rid` (whose body type or name is `request`, for the fault
+        rules). A stream item that does not encode raises EncodeError (the stream ends with
+        an error reply) and one on a closed connection raises ConnectionClosedError."""
         if not rid:
             if type(reply) is ErrorReply:
                 self.counters.inc("one_way_errors", kind=reply.kind)  # type: ignore[attr-defined]
             return
-        try:
+        if stream_item:
             data = frame(encode(reply))
-        except EncodeError as e:
-            self.counters.inc("handler_errors", type="unencodable_response")
-            logger.error("cannot encode the reply to request %d: %s", rid, e)
-            data = frame(encode(ErrorReply(rid, ErrorKind.INTERNAL, "unencodable_response",
-                                           e.reason[:1000])))
+        else:
+            try:
+                data = frame(encode(reply))
+            except EncodeError as e:
+                self.counters.inc("handler_errors", type="unencodable_response")
+                logger.error("cannot encode the reply to request %d: %s", rid, e)
+                data = frame(encode(ErrorReply(rid, ErrorKind.INTERNAL, "unencodable_response",
+                                               e.reason[:1000])))
+        if self.faults.rules:
+            what = request if isinstance(request, str) else getattr(request, "__name__", "")
+            verdict = self.faults.decide(self.identity.name, conn.peer.name, what, kind=REPLY)
+            if verdict.drop:
+                self.counters.inc("fault_blackholed" if verdict.blackhole else "fault_dropped")
+                return
+            if verdict.corrupt:
+                self.counters.inc("fault_corrupted")
+                data = self.faults.corrupt_frame(data)
+        if stream_item:
+            conn.framed.enqueue(data)
+            return
         try:
             conn.framed.enqueue(data)
         except ConnectionClosedError:

@@ -7,10 +7,19 @@ wake-up less per message); otherwise one writer task flushes everything queued a
 `send_all` (write batching). Never interprets
 records (that is the server/client) and never opens streams (that is the network).
 `sole_error` picks the one real error out of a connection nursery's exception group.
+
+Every frame carries CRC-32 checksums (`nokvpy.wire.framing`); a damaged frame raises
+`FrameChecksumError` from `receive_batch` and the owner closes the connection.
+TEST-ONLY: `NOKV_UNSAFE_SKIP_FRAME_CHECKSUM=1` in the environment (read once, when this
+module is imported) makes every receiver of the process accept frames whose checksums do not
+match, as a build without frame checksums would. It exists so that jepsen-lite can show
+that its `corrupt` nemesis catches such a build; never set it anywhere else. A process with
+it set logs a warning when its first connection is made.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 
@@ -28,6 +37,12 @@ from nokvpy.wire import (
 
 RECEIVE_SIZE = 64 * 1024
 DEFAULT_HIGH_WATER = 4 * 1024 * 1024
+
+UNSAFE_SKIP_FRAME_CHECKSUM = os.environ.get("NOKV_UNSAFE_SKIP_FRAME_CHECKSUM") == "1"
+"""Test-only (module docstring): receivers ignore frame checksum mismatches."""
+_warned_unsafe = False
+
+logger = logging.getLogger("nokvpy.rpc")
 
 
 class ConnectionClosedError(Exception):
@@ -55,7 +70,9 @@ class FramedStream:
         high_water: int = DEFAULT_HIGH_WATER,
     ) -> None:
         self.stream = stream
-        self._decoder = FrameDecoder(max_frame_size)
+        if UNSAFE_SKIP_FRAME_CHECKSUM:
+            _warn_unsafe()
+        self._decoder = FrameDecoder(max_frame_size, verify=not UNSAFE_SKIP_FRAME_CHECKSUM)
         self._limits = limits
         self._backlog: deque[object] = deque()
         self._outbox: list[bytes] = []
@@ -74,6 +91,11 @@ class FramedStream:
         self._writer_running = False
 
     @property
+    def ignored_checksum_mismatches(self) -> int:
+        """Damaged frames accepted anyway (only with the test-only unsafe switch)."""
+        return self._decoder.ignored_mismatches
+
+    @property
     def max_frame_size(self) -> int:
         """The largest frame accepted from now on (a larger header closes the stream)."""
         return self._decoder.max_frame_size
@@ -88,7 +110,8 @@ class FramedStream:
     async def receive_batch(self, lenient: bool = False) -> list[object]:
         """Every record completed by the next chunk of bytes (never empty).
 
-        Raises ConnectionClosedError on EOF, DecodeError on a malformed / oversized frame.
+        Raises ConnectionClosedError on EOF, DecodeError on a malformed / oversized frame
+        (FrameChecksumError, a DecodeError, on a damaged one).
         With `lenient`, a frame whose contents fail to decode comes back as an
         `UndecodableFrame` in its place (the caller decides whether the stream goes on).
         """
@@ -195,6 +218,14 @@ class FramedStream:
             self._writer_running = False
             self.closed = True
             self._drained.unpark_all()
+
+
+def _warn_unsafe() -> None:
+    global _warned_unsafe
+    if not _warned_unsafe:
+        _warned_unsafe = True
+        logger.warning("NOKV_UNSAFE_SKIP_FRAME_CHECKSUM=1: frame checksum mismatches are "
+                       "IGNORED (a test-only switch: damaged frames are accepted)")
 
 
 def sole_error(group: BaseExceptionGroup) -> BaseException:

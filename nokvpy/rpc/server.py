@@ -6,7 +6,11 @@ cancellation, error replies, fault rules on inbound requests, and the built-in a
 whose envelope decodes but whose body does not (unknown tag or enum value, wrong field type)
 gets an `invalid_argument/decode_error` reply and the connection goes on; malformed frames
 and other undecodable records close that one connection (logged and counted in `counters`);
-handler exceptions become "internal" error replies. Never swallows `trio.Cancelled`.
+handler exceptions become "internal" error replies. A frame whose CRC-32 does not match
+(`FrameChecksumError`: bytes damaged on the way) closes its connection at once, in the
+handshake as after it, since nothing read after it can be trusted: counted in
+`frame_checksum_errors{phase=...}` and `protocol_errors{reason=frame_checksum}`, logged
+rate-limited. Never swallows `trio.Cancelled`.
 
 Concurrency: one reader task per connection decodes requests; each request runs in its own
 task in the connection's nursery (or inline in the reader for `inline=True` handlers, which
@@ -63,6 +67,7 @@ from nokvpy.wire import (
     DecodeError,
     DecodeLimits,
     Echo,
+    FrameChecksumError,
     FrameTooLargeError,
     GetFaultRules,
     Ping,
@@ -293,6 +298,9 @@ class RpcServer(RequestDispatch):
             self.counters.inc("rejected_handshake", reason=e.reason)
             self._log.warning("handshake:" + e.reason, "refused handshake from %s: reason=%s (%s)",
                               remote, e.reason, e.detail)
+        except FrameChecksumError as e:
+            self.counters.inc("frame_checksum_errors", phase="session" if conn else "handshake")
+            self._protocol_error(remote, conn, "frame_checksum", e.reason)
         except FrameTooLargeError as e:
             self.counters.inc("frame_too_large", phase="session" if conn else "handshake")
             self._protocol_error(remote, conn, "frame_too_large", e.reason)

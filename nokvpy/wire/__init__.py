@@ -1,8 +1,8 @@
 """nokvpy.wire: typed records <-> bytes. The only importer of msgpack.
 
 Owns: the record codec (`encode`, `decode`, `decode_as`), its errors, length-prefixed
-framing, the wire tags of the raft types (1-39), the raft transport records (40-49) and the
-RPC envelope records (100-149). Never opens a socket (that is `nokvpy.rpc`).
+checksummed framing, the wire tags of the raft types (1-39), the raft transport records
+(40-49) and the RPC envelope records (100-149). Never opens a socket (that is `nokvpy.rpc`).
 """
 
 from nokvpy.wire import raft_codec as _raft_codec  # noqa: F401  (registers tags 1-39)
@@ -17,7 +17,13 @@ from nokvpy.wire.codec import (
     registered_types,
 )
 from nokvpy.wire.errors import DecodeError, EncodeError, FrameTooLargeError, WireSchemaError
-from nokvpy.wire.framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, frame
+from nokvpy.wire.framing import (
+    DEFAULT_MAX_FRAME_SIZE,
+    FRAME_HEADER_SIZE,
+    FrameChecksumError,
+    FrameDecoder,
+    frame,
+)
 from nokvpy.wire.raft_msgs import METAROOT_GROUP_ID, RaftBatch, RaftEnvelope
 from nokvpy.wire.rpc_msgs import (
     Cancel,
@@ -42,6 +48,7 @@ from nokvpy.wire.rpc_msgs import (
 __all__ = [
     "DEFAULT_LIMITS",
     "DEFAULT_MAX_FRAME_SIZE",
+    "FRAME_HEADER_SIZE",
     "METAROOT_GROUP_ID",
     "Cancel",
     "DecodeError",
@@ -51,6 +58,7 @@ __all__ = [
     "ErrorReply",
     "FaultRule",
     "FaultRulesState",
+    "FrameChecksumError",
     "FrameDecoder",
     "FrameTooLargeError",
     "GetFaultRules",

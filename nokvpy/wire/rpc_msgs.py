@@ -134,11 +134,18 @@ class Echo:
 @wire_type(130)
 @dataclass(slots=True, frozen=True)
 class FaultRule:
-    """Drop and/or delay requests from `src` to `dst` (node names like "store-2").
+    """What happens to the messages from `src` to `dst` (node names like "store-2").
 
     Empty `src` / `dst` / `message_types` match anything. `message_types` holds request body
-    class names. `drop` is a probability in [0, 1]; the delay is `delay + uniform(0, jitter)`
-    seconds.
+    class names (a reply matches by the type of the request it answers). `drop` is a
+    probability in [0, 1] (requests and replies); the delay is `delay + uniform(0, jitter)`
+    seconds (requests). On one-way requests, by the receiver: `duplicate` is the probability
+    of delivering it twice (the copy right after it, or after uniform(0, `hold`) s);
+    `reorder` the probability of holding it back until the next request on its connection
+    (at most uniform(0, `hold` or 0.05) s). `corrupt` is the probability that the sender
+    damages bytes of the framed message (requests and replies). `blackhole` swallows every record
+    of every kind. `nokvpy.rpc.faults` says where each acts. Fields after `label` were added
+    later and have defaults, so that a rule from an older sender still decodes.
     """
 
     src: frozenset[str] = frozenset()
@@ -148,6 +155,11 @@ class FaultRule:
     delay: float = 0.0
     jitter: float = 0.0
     label: str = ""
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    hold: float = 0.0
+    corrupt: float = 0.0
+    blackhole: bool = False
 
 
 @wire_type(131)
@@ -172,3 +184,7 @@ class FaultRulesState:
     rules: tuple[FaultRule, ...] = ()
     dropped: int = 0
     delayed: int = 0
+    duplicated: int = 0
+    reordered: int = 0
+    corrupted: int = 0
+    blackholed: int = 0

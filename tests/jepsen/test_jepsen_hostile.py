@@ -43,7 +43,7 @@ from nokvpy.protocol.store_rpc import AdminRequest
 from nokvpy.rpc import RpcServer
 from nokvpy.rpc.identity import Identity, role_key
 from nokvpy.rpc.ports import free_ports
-from nokvpy.wire import Pong
+from nokvpy.wire import FRAME_HEADER_SIZE, Pong
 from nokvpy.wire.raft_msgs import RaftBatch
 
 PROCS = ["metaroot-1", "coordinator-1", "store-1", "store-2", "store-3"]
@@ -102,7 +102,7 @@ def test_garbage_bytes_are_deterministic_and_hostile():
     assert huge[:4] == b"\xff\xff\xff\xff"
     cut = attacker.garbage_bytes({"op": "truncated", "cut": 0.5})
     declared = int.from_bytes(cut[:4], "big")
-    assert 0 < len(cut) - 4 < declared
+    assert 0 < len(cut) - FRAME_HEADER_SIZE < declared
 
 
 # ---- the effect check on hand-built observations ---------------------------------------

@@ -16,7 +16,17 @@ from rpc_helpers import Add, Count, RawPeer, Sum, ident
 
 from nokvpy.rpc import HandshakeRefusedError, MemoryNetwork, RemoteError, RpcClient, RpcServer
 from nokvpy.rpc.server import PREAUTH_MAX_FRAME_SIZE
-from nokvpy.wire import Echo, Handshake, HandshakeReply, Ping, Pong, Request, Response
+from nokvpy.wire import (
+    FRAME_HEADER_SIZE,
+    Echo,
+    Handshake,
+    HandshakeReply,
+    Ping,
+    Pong,
+    Request,
+    Response,
+    frame,
+)
 
 SECRET = b"limits-secret"
 
@@ -165,7 +175,7 @@ async def test_a_frame_trickled_in_slower_than_the_idle_timeout_is_cut(autojump_
         assert (await raw.handshake(ident("client", 5, SECRET))).ok
         start = trio.current_time()
         with pytest.raises(trio.BrokenResourceError):  # the server closes its end
-            await raw.send_raw((1024).to_bytes(4, "big"))
+            await raw.send_raw(frame(b"x" * 1024)[:FRAME_HEADER_SIZE])  # a header: 1024 B
             for _ in range(1024):  # one byte every 10 s: the frame would take 10240 s
                 await raw.send_raw(b"x")
                 await trio.sleep(10)

@@ -13,7 +13,7 @@ import trio
 from rpc_helpers import CLUSTER, Add, RawPeer, ident, serving
 
 from nokvpy.rpc import HandshakeRefusedError, RpcClient, RpcServer
-from nokvpy.wire import ErrorReply, Ping, Pong, Request, Response
+from nokvpy.wire import ErrorReply, Ping, Pong, Request, Response, frame
 from nokvpy.wire.codec import pack_raw
 
 SECRET = b"cluster-secret"
@@ -34,7 +34,7 @@ async def test_garbage_bytes_disconnect(caplog):
     async with serving(server) as addr:
         with trio.fail_after(10):
             raw = await RawPeer.connect(addr)
-            await raw.send_raw(b"\x00\x00\x00\x10" + b"\xc1" * 16)  # 0xc1: never valid msgpack
+            await raw.send_raw(frame(b"\xc1" * 16))  # 0xc1: never valid msgpack
             assert await raw.closed_by_server()
             await raw.aclose()
             await _still_serving(addr)
@@ -60,14 +60,14 @@ async def test_unknown_message_type_disconnects_or_is_answered(caplog):
     async with serving(server) as addr:
         with trio.fail_after(10):
             raw = await RawPeer.connect(addr)  # before the handshake
-            await raw.send_raw(len(pack_raw([9999, 1])).to_bytes(4, "big") + pack_raw([9999, 1]))
+            await raw.send_raw(frame(pack_raw([9999, 1])))
             assert await raw.closed_by_server()
             await raw.aclose()
 
             raw = await RawPeer.connect(addr)  # after the handshake, inside a request body:
             assert (await raw.handshake(ident("client", 5))).ok  # answered, connection kept
             body = pack_raw([Request.__wire_tag__, 1, 1000, [9999]])
-            await raw.send_raw(len(body).to_bytes(4, "big") + body)
+            await raw.send_raw(frame(body))
             reply = await raw.receive()
             assert isinstance(reply, ErrorReply) and reply.request_id == 1
             assert (reply.kind, reply.reason) == ("invalid_argument", "decode_error")
@@ -191,7 +191,7 @@ async def test_a_request_with_a_bad_field_is_answered_and_others_on_the_connecti
             bad = pack_raw([Request.__wire_tag__, 7, 1000, [Ping.__wire_tag__, "not bytes"]])
             oneway = pack_raw([Request.__wire_tag__, 0, 0, [Ping.__wire_tag__, 12]])
             good = pack_raw([Request.__wire_tag__, 8, 1000, [Ping.__wire_tag__, b"fine"]])
-            await raw.send_raw(b"".join(len(b).to_bytes(4, "big") + b for b in (bad, oneway, good)))
+            await raw.send_raw(b"".join(frame(b) for b in (bad, oneway, good)))
             first, second = await raw.receive(), await raw.receive()
             assert isinstance(first, ErrorReply) and first.request_id == 7
             assert first.reason == "decode_error" and "Ping" in first.message

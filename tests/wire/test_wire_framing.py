@@ -1,4 +1,4 @@
-"""Framing: 4-byte big-endian length prefix, sans-I/O decoder."""
+"""Framing: 4-byte big-endian length prefix (then the checksums), sans-I/O decoder."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nokvpy.wire import DecodeError, FrameDecoder, FrameTooLargeError, frame
+from nokvpy.wire import FRAME_HEADER_SIZE, DecodeError, FrameDecoder, FrameTooLargeError, frame
 
 
 @given(st.lists(st.binary(max_size=50), max_size=10), st.integers(1, 7))
@@ -31,4 +31,5 @@ def test_oversize_length_is_rejected_before_the_body_arrives():
 
 
 def test_frame_header_is_big_endian():
-    assert frame(b"abc") == b"\x00\x00\x00\x03abc"
+    data = frame(b"abc")
+    assert data[:4] == b"\x00\x00\x00\x03" and data[FRAME_HEADER_SIZE:] == b"abc"
