@@ -36,23 +36,11 @@ from typing import Any
 
 import trio
 
+from .faults import DISK_FAULTS as DISK_FAULT_NAMES
+from .faults import FAULTS
 from .history import is_nemesis
 
-DISK_FAULTS: dict[str, str] = {
-    "disk-full": "ENOSPC on a store's next WAL writes (or a metaroot peer's LMDB commits): the "
-    "process stops (fail-stop) and is restarted at the window's end",
-    "eio": "EIO on a store's WAL write or fdatasync (or a metaroot peer's LMDB commit): "
-    "fail-stop, restarted at the window's end",
-    "lose-unsynced": "crash a store between a WAL write and its fdatasync and restart it losing "
-    "every byte it never fdatasynced (a power loss of that machine)",
-    "torn-frame": "crash a store between a WAL write and its fdatasync and cut its newest frame "
-    "short: inside the unsynced tail it must recover, inside the synced part it must refuse to "
-    "start (then the bytes are put back)",
-    "bit-flip": "flip one bit in the synced part of a stopped store's newest WAL segment: it "
-    "must refuse to start with a corrupt-log error (then the bit is put back)",
-    "power-loss": "kill -9 every process at once, then restart them all, the stores losing "
-    "every write they never fdatasynced",
-}
+DISK_FAULTS: dict[str, str] = {name: FAULTS[name] for name in DISK_FAULT_NAMES}
 WAL_DIR = "raftwal"
 MARK_FILE = "SYNCED"
 LOSE_UNSYNCED_ENV = {"NOKV_LOSE_UNSYNCED": "1"}

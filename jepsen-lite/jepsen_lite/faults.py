@@ -34,14 +34,32 @@ FAULTS: dict[str, str] = {
     "hostile": "an attacker aims at one process: garbage bytes and frames, a replayed "
     "handshake, a forged role claim and privileged calls with the client credential; at the "
     "window's end nothing may have changed (checks[\"hostile\"])",
+    # disk and power (jepsen_lite.disk; every window judged in checks["disk"])
+    "disk-full": "ENOSPC on a store's next WAL writes (or a metaroot peer's LMDB commits): the "
+    "process stops (fail-stop) and is restarted at the window's end",
+    "eio": "EIO on a store's WAL write or fdatasync (or a metaroot peer's LMDB commit): "
+    "fail-stop, restarted at the window's end",
+    "lose-unsynced": "crash a store between a WAL write and its fdatasync and restart it losing "
+    "every byte it never fdatasynced (a power loss of that machine)",
+    "torn-frame": "crash a store between a WAL write and its fdatasync and cut its newest frame "
+    "short: inside the unsynced tail it must recover, inside the synced part it must refuse to "
+    "start (then the bytes are put back)",
+    "bit-flip": "flip one bit in the synced part of a stopped store's newest WAL segment: it "
+    "must refuse to start with a corrupt-log error (then the bit is put back)",
+    "power-loss": "kill -9 every process at once, then restart them all, the stores losing "
+    "every write they never fdatasynced",
+    "clock-skew": "skew the tick rate of one or two raft processes (stores, metaroot peers) "
+    "apart: driver.tick return(0.5..2), one fast and one slow, restored at the end",
 }
+DISK_FAULTS = ("disk-full", "eio", "lose-unsynced", "torn-frame", "bit-flip", "power-loss")
 ALIASES: dict[str, list[str]] = {
     "all": [f for f in FAULTS],
     "none": [],
     "net": ["partition", "lossy", "slow-net"],
     "process": ["kill", "pause"],
     "failpoints": ["publish-fail", "slow-fsync", "crash-point"],
-    "clock": ["lease", "tick-stretch"],
+    "clock": ["lease", "tick-stretch", "clock-skew"],
+    "disk": list(DISK_FAULTS),
 }
 PUBLISH_FAILPOINTS = ("store.publish_terminal", "store.publish_planned")
 CRASH_POINTS = (

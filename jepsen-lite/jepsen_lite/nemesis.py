@@ -39,10 +39,11 @@ from typing import Any, Protocol
 
 import trio
 
-from . import hostile, lease
+from . import disk, hostile, lease
 from .faults import (
     ALIASES,
     CRASH_POINTS,
+    DISK_FAULTS,
     FAULTS,
     LEADER,
     METAROOT_CRASH_POINTS,
@@ -331,6 +332,11 @@ class Nemesis:
                 return {"set": await c.set_failpoint(target, lease.TICK_FAILPOINT,
                                                      f"return({params['factor']})")}
             return {}  # stalls run in the window loop (see run_window)
+        if fault in DISK_FAULTS:
+            return await disk.inject(c, fault, target, params)
+        if fault == "clock-skew":
+            return {"set": {name: await c.set_failpoint(name, lease.TICK_FAILPOINT, f"return({f})")
+                            for name, f in params.get("factors", {}).items()}}
         if fault == "hostile":
             # kept before the attempts: a run that ends mid-window still checks what was done
             window = hostile.HostileWindow(target, params)
@@ -406,6 +412,10 @@ class Nemesis:
                 return {"process": "down", "stalls": len(active.details.get("stalls", []))}
             cleared = await c.clear_failpoint(target, lease.TICK_FAILPOINT)
             return {"stalls": len(active.details.get("stalls", [])), **cleared}
+        if fault in DISK_FAULTS:
+            return await disk.heal(c, fault, target, params)
+        if fault == "clock-skew":
+            return {name: await lease.restore_rate(c, name) for name in params.get("factors", {})}
         if fault == "hostile":  # nothing to heal: the check (recorded in the stop event)
             window = self._hostile.pop((fault, target), None)
             if window is None:

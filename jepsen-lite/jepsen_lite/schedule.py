@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from . import lease
+from .disk import disk_params
 from .faults import (
     CRASH_POINTS,
+    DISK_FAULTS,
     LEADER,
     METAROOT_CRASH_POINTS,
     PUBLISH_FAILPOINTS,
@@ -148,6 +150,10 @@ def _window_params(
         return lease.tick_stretch_params(rng, by_kind, opts.leader_share)
     if fault == "hostile":
         return hostile_params(rng, by_kind)
+    if fault in DISK_FAULTS:
+        return disk_params(fault, rng, by_kind)
+    if fault == "clock-skew":
+        return lease.clock_skew_params(rng, by_kind)
     raise NemesisError(f"unknown fault {fault!r}")
 
 
