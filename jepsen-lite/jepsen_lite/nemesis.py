@@ -453,15 +453,18 @@ class Nemesis:
                     break
                 await self._sleep_until(min(window.stop, self.clock() + crng.uniform(*every)))
             active.details["steps"] = steps
-        elif window.fault == "publish-fail" and window.params.get("topology", True):
-            # a publish failpoint only fires when a store publishes: change the topology once
-            # (a split, or a merge once every workload key is a boundary)
+        elif ((window.fault == "publish-fail" and window.params.get("topology", True))
+              or (window.fault in ("disk-full", "eio")
+                  and window.params.get("failpoint") == "storage.before_commit")):
+            # a publish failpoint only fires when a store publishes, and a metaroot peer
+            # commits only when the rooted state changes: change the topology once (a split,
+            # or a merge once every workload key is a boundary)
             try:
                 result = await self.control.churn_step(
                     random.Random(f"{window.start}"), self.keys, ops=("split", "merge"))
             except Exception as exc:  # noqa: BLE001
                 result = {"op": "?", "error": f"{type(exc).__name__}: {exc}"}
-            result = _json_safe({"at": round(self.clock(), 3), "for": "publish-fail", **result})
+            result = _json_safe({"at": round(self.clock(), 3), "for": window.fault, **result})
             self.events.append(result)
             self.recorder.nemesis("event", "churn", "topology", **result)
         elif (window.fault == "tick-stretch" and window.params.get("mode") == "stall"
