@@ -66,8 +66,8 @@ def disk_params(fault: str, rng: random.Random, by_kind: dict[str, list[str]]
     if fault in ("disk-full", "eio"):
         errno_name = "ENOSPC" if fault == "disk-full" else "EIO"
         spec = f'{rng.randint(1, 20)}*off->return("{errno_name}")'
-        if metaroots and rng.random() < 0.25:  # metaroot commits are rarer than WAL writes
-            spec = f'{rng.randint(1, 3)}*off->return("{errno_name}")'
+        if metaroots and rng.random() < 0.25:  # metaroot commits are rarer: fail the first
+            spec = f'return("{errno_name}")'
             return rng.choice(metaroots), {"failpoint": "storage.before_commit", "spec": spec}
         failpoint = "storage.wal_write" if fault == "disk-full" else rng.choice(
             ["storage.wal_write", BEFORE_SYNC])
