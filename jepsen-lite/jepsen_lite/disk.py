@@ -106,6 +106,31 @@ def synced_mark(directory: Path) -> tuple[Path, int] | None:
     return (segment, synced) if segment.exists() else None
 
 
+def frames(data: bytes, limit: int) -> list[tuple[int, int]]:
+    """(offset of the payload, its length) of every whole frame in ``data[:limit]`` (a frame is
+    a 20-byte header: payload length u32, CRC-32 u32, LSN u64, 4 magic bytes; then the
+    payload)."""
+    out, off = [], 0
+    while off + 20 <= limit:
+        length = int.from_bytes(data[off:off + 4], "big")
+        if off + 20 + length > limit:
+            break
+        out.append((off + 20, length))
+        off += 20 + length
+    return out
+
+
+def choose_flip(data: bytes, synced: int, rng: random.Random) -> tuple[int, int, str]:
+    """Where to flip one bit of the synced part: (offset, bit, where). Three times in four
+    inside the last bytes of a frame's payload (an entry's data: a value, which nothing but
+    the frame's checksum can tell from the original), else anywhere in the last 4 KiB."""
+    payloads = [(o, n) for o, n in frames(data, synced)[-64:] if n > 0]
+    if payloads and rng.random() < 0.75:
+        start, length = rng.choice(payloads)
+        return start + length - 1 - rng.randrange(min(length, 8)), rng.randrange(8), "payload"
+    return rng.randrange(max(0, synced - 4096), synced), rng.randrange(8), "anywhere"
+
+
 def flip_bit(path: Path, offset: int, bit: int) -> None:
     """Flip one bit of ``path`` in place (flipping it again undoes it)."""
     with open(path, "r+b") as f:
@@ -321,10 +346,10 @@ async def _heal_bit_flip(control: Any, target: str, params: dict) -> dict:
         out.update(restarted, outcome="nothing synced to damage", valid=restarted["serving"])
         return out
     segment, synced = mark
-    rng = random.Random(params.get("seed", 0))
-    offset, bit = rng.randrange(max(0, synced - 4096), synced), rng.randrange(8)
+    offset, bit, where = choose_flip(segment.read_bytes(), synced,
+                                     random.Random(params.get("seed", 0)))
     flip_bit(segment, offset, bit)
-    out.update(segment=segment.name, synced=synced, offset=offset, bit=bit)
+    out.update(segment=segment.name, synced=synced, offset=offset, bit=bit, where=where)
     out["refusal"] = await _expect_refusal(control, target, "corrupt")
     flip_bit(segment, offset, bit)
     restarted = await _restart(control, target)
