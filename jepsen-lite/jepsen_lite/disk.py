@@ -36,23 +36,11 @@ from typing import Any
 
 import trio
 
+from .faults import DISK_FAULTS as DISK_FAULT_NAMES
+from .faults import FAULTS
 from .history import is_nemesis
 
-DISK_FAULTS: dict[str, str] = {
-    "disk-full": "ENOSPC on a store's next WAL writes (or a metaroot peer's LMDB commits): the "
-    "process stops (fail-stop) and is restarted at the window's end",
-    "eio": "EIO on a store's WAL write or fdatasync (or a metaroot peer's LMDB commit): "
-    "fail-stop, restarted at the window's end",
-    "lose-unsynced": "crash a store between a WAL write and its fdatasync and restart it losing "
-    "every byte it never fdatasynced (a power loss of that machine)",
-    "torn-frame": "crash a store between a WAL write and its fdatasync and cut its newest frame "
-    "short: inside the unsynced tail it must recover, inside the synced part it must refuse to "
-    "start (then the bytes are put back)",
-    "bit-flip": "flip one bit in the synced part of a stopped store's newest WAL segment: it "
-    "must refuse to start with a corrupt-log error (then the bit is put back)",
-    "power-loss": "kill -9 every process at once, then restart them all, the stores losing "
-    "every write they never fdatasynced",
-}
+DISK_FAULTS: dict[str, str] = {name: FAULTS[name] for name in DISK_FAULT_NAMES}
 WAL_DIR = "raftwal"
 MARK_FILE = "SYNCED"
 LOSE_UNSYNCED_ENV = {"NOKV_LOSE_UNSYNCED": "1"}
@@ -78,8 +66,8 @@ def disk_params(fault: str, rng: random.Random, by_kind: dict[str, list[str]]
     if fault in ("disk-full", "eio"):
         errno_name = "ENOSPC" if fault == "disk-full" else "EIO"
         spec = f'{rng.randint(1, 20)}*off->return("{errno_name}")'
-        if metaroots and rng.random() < 0.25:  # metaroot commits are rarer than WAL writes
-            spec = f'{rng.randint(1, 3)}*off->return("{errno_name}")'
+        if metaroots and rng.random() < 0.25:  # metaroot commits are rarer: fail the first
+            spec = f'return("{errno_name}")'
             return rng.choice(metaroots), {"failpoint": "storage.before_commit", "spec": spec}
         failpoint = "storage.wal_write" if fault == "disk-full" else rng.choice(
             ["storage.wal_write", BEFORE_SYNC])
@@ -116,6 +104,31 @@ def synced_mark(directory: Path) -> tuple[Path, int] | None:
     first, synced = int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:16], "big")
     segment = directory / f"{first:016x}.wal"
     return (segment, synced) if segment.exists() else None
+
+
+def frames(data: bytes, limit: int) -> list[tuple[int, int]]:
+    """(offset of the payload, its length) of every whole frame in ``data[:limit]`` (a frame is
+    a 20-byte header: payload length u32, CRC-32 u32, LSN u64, 4 magic bytes; then the
+    payload)."""
+    out, off = [], 0
+    while off + 20 <= limit:
+        length = int.from_bytes(data[off:off + 4], "big")
+        if off + 20 + length > limit:
+            break
+        out.append((off + 20, length))
+        off += 20 + length
+    return out
+
+
+def choose_flip(data: bytes, synced: int, rng: random.Random) -> tuple[int, int, str]:
+    """Where to flip one bit of the synced part: (offset, bit, where). Three times in four
+    inside the last bytes of a frame's payload (an entry's data: a value, which nothing but
+    the frame's checksum can tell from the original), else anywhere in the last 4 KiB."""
+    payloads = [(o, n) for o, n in frames(data, synced)[-64:] if n > 0]
+    if payloads and rng.random() < 0.75:
+        start, length = rng.choice(payloads)
+        return start + length - 1 - rng.randrange(min(length, 8)), rng.randrange(8), "payload"
+    return rng.randrange(max(0, synced - 4096), synced), rng.randrange(8), "anywhere"
 
 
 def flip_bit(path: Path, offset: int, bit: int) -> None:
@@ -333,10 +346,10 @@ async def _heal_bit_flip(control: Any, target: str, params: dict) -> dict:
         out.update(restarted, outcome="nothing synced to damage", valid=restarted["serving"])
         return out
     segment, synced = mark
-    rng = random.Random(params.get("seed", 0))
-    offset, bit = rng.randrange(max(0, synced - 4096), synced), rng.randrange(8)
+    offset, bit, where = choose_flip(segment.read_bytes(), synced,
+                                     random.Random(params.get("seed", 0)))
     flip_bit(segment, offset, bit)
-    out.update(segment=segment.name, synced=synced, offset=offset, bit=bit)
+    out.update(segment=segment.name, synced=synced, offset=offset, bit=bit, where=where)
     out["refusal"] = await _expect_refusal(control, target, "corrupt")
     flip_bit(segment, offset, bit)
     restarted = await _restart(control, target)

@@ -100,6 +100,25 @@ def tick_stretch_params(rng: random.Random, by_kind: dict[str, list[str]],
                                                          "factor": rng.choice(SKEWS)}
 
 
+CLOCK_SKEW_FAST = (1.05, 1.1, 1.12)
+CLOCK_SKEW_SLOW = (0.9, 0.95)
+
+
+def clock_skew_params(rng: random.Random, by_kind: dict[str, list[str]]
+                      ) -> tuple[str | None, dict]:
+    """(target, params) for a ``clock-skew`` window: one raft process (store or metaroot
+    peer) ticks fast and, when there is another, one ticks slow. The two rates differ by at
+    most 1.12 / 0.9 = 24 %, inside the 28 % the leases assume (docs/protocols.md)."""
+    drivers = sorted(by_kind.get("store", []) + by_kind.get("metaroot", []))
+    if not drivers:
+        return None, {}
+    chosen = rng.sample(drivers, min(2, len(drivers)))
+    factors = {chosen[0]: rng.choice(CLOCK_SKEW_FAST)}
+    if len(chosen) > 1:
+        factors[chosen[1]] = rng.choice(CLOCK_SKEW_SLOW)
+    return ",".join(chosen), {"factors": factors}
+
+
 # -- plans -------------------------------------------------------------------------------
 
 

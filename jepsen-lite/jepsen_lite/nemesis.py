@@ -43,10 +43,11 @@ from typing import Any, Protocol
 
 import trio
 
-from . import hostile, lease
+from . import disk, hostile, lease
 from .faults import (
     ALIASES,
     CRASH_POINTS,
+    DISK_FAULTS,
     FAULTS,
     LEADER,
     METAROOT_CRASH_POINTS,
@@ -344,6 +345,11 @@ class Nemesis:
                 return {"set": await c.set_failpoint(target, lease.TICK_FAILPOINT,
                                                      f"return({params['factor']})")}
             return {}  # stalls run in the window loop (see run_window)
+        if fault in DISK_FAULTS:
+            return await disk.inject(c, fault, target, params)
+        if fault == "clock-skew":
+            return {"set": {name: await c.set_failpoint(name, lease.TICK_FAILPOINT, f"return({f})")
+                            for name, f in params.get("factors", {}).items()}}
         if fault == "hostile":
             # kept before the attempts: a run that ends mid-window still checks what was done
             window = hostile.HostileWindow(target, params)
@@ -447,6 +453,10 @@ class Nemesis:
                 return {"process": "down", "stalls": len(active.details.get("stalls", []))}
             cleared = await c.clear_failpoint(target, lease.TICK_FAILPOINT)
             return {"stalls": len(active.details.get("stalls", [])), **cleared}
+        if fault in DISK_FAULTS:
+            return await disk.heal(c, fault, target, params)
+        if fault == "clock-skew":
+            return {name: await lease.restore_rate(c, name) for name in params.get("factors", {})}
         if fault == "hostile":  # nothing to heal: the check (recorded in the stop event)
             window = self._hostile.pop((fault, target), None)
             if window is None:
@@ -484,15 +494,18 @@ class Nemesis:
                     break
                 await self._sleep_until(min(window.stop, self.clock() + crng.uniform(*every)))
             active.details["steps"] = steps
-        elif window.fault == "publish-fail" and window.params.get("topology", True):
-            # a publish failpoint only fires when a store publishes: change the topology once
-            # (a split, or a merge once every workload key is a boundary)
+        elif ((window.fault == "publish-fail" and window.params.get("topology", True))
+              or (window.fault in ("disk-full", "eio")
+                  and window.params.get("failpoint") == "storage.before_commit")):
+            # a publish failpoint only fires when a store publishes, and a metaroot peer
+            # commits only when the rooted state changes: change the topology once (a split,
+            # or a merge once every workload key is a boundary)
             try:
                 result = await self.control.churn_step(
                     random.Random(f"{window.start}"), self.keys, ops=("split", "merge"))
             except Exception as exc:  # noqa: BLE001
                 result = {"op": "?", "error": f"{type(exc).__name__}: {exc}"}
-            result = _json_safe({"at": round(self.clock(), 3), "for": "publish-fail", **result})
+            result = _json_safe({"at": round(self.clock(), 3), "for": window.fault, **result})
             self.events.append(result)
             self.recorder.nemesis("event", "churn", "topology", **result)
         elif (window.fault == "tick-stretch" and window.params.get("mode") == "stall"

@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from . import lease
+from .disk import disk_params
 from .faults import (
     CRASH_POINTS,
+    DISK_FAULTS,
     LEADER,
     METAROOT_CRASH_POINTS,
     PUBLISH_FAILPOINTS,
@@ -150,6 +152,10 @@ def _window_params(
         return hostile_params(rng, by_kind)
     if fault in NET_EXTRA:
         return _net_extra_params(fault, rng, by_kind, opts)
+    if fault in DISK_FAULTS:
+        return disk_params(fault, rng, by_kind)
+    if fault == "clock-skew":
+        return lease.clock_skew_params(rng, by_kind)
     raise NemesisError(f"unknown fault {fault!r}")
 
 
@@ -188,7 +194,6 @@ def _net_extra_params(
                            "hold": rng.choice([0.01, 0.05, 0.1])}
     if fault == "corrupt":
         return "servers", {"probability": rng.choice([0.05, 0.1, 0.2])}
-    raise NemesisError(f"unknown fault {fault!r}")
 
 
 def build_schedule(

@@ -74,6 +74,20 @@ async def test_any_flipped_bit_in_the_synced_part_is_refused(tmp_path_factory, d
     assert _payloads(frames)[: len(SYNCED)] == SYNCED
 
 
+async def test_flips_are_aimed_inside_synced_frames(tmp_path):
+    await _write(tmp_path, SYNCED, [b"tail" * 9])
+    segment, synced = disk.synced_mark(tmp_path)
+    data = segment.read_bytes()
+    found = disk.frames(data, synced)
+    assert [data[o:o + n] for o, n in found] == SYNCED  # the frame walk matches the WAL's
+    rng = random.Random(7)
+    for _ in range(200):
+        offset, bit, where = disk.choose_flip(data, synced, rng)
+        assert 0 <= offset < synced and 0 <= bit < 8
+        if where == "payload":
+            assert any(o <= offset < o + n for o, n in found)
+
+
 @SETTINGS
 @given(data=st.data())
 async def test_a_cut_is_repaired_in_the_unsynced_tail_and_refused_in_the_synced_part(

@@ -60,7 +60,7 @@ def test_tick_stretch_stalls_stores_and_skews_mildly():
 
 
 def test_clock_alias_and_all():
-    assert parse_faults("clock") == ["lease", "tick-stretch"]
+    assert parse_faults("clock") == ["lease", "tick-stretch", "clock-skew"]
     assert {"lease", "tick-stretch"} <= set(parse_faults("all"))
 
 
@@ -371,3 +371,20 @@ def test_workload_probe_writes_are_unique():
     w = RegisterWorkload(keys=2)
     a, b = w.probe_write("k0"), w.probe_write("k0")
     assert a.f == "write" and a.write and a.value != b.value
+
+
+def test_clock_skew_stays_inside_the_lease_drift_bound():
+    """clock-skew windows skew two raft processes apart by less than the 28 % the leases
+    assume (docs/protocols.md, Leader leases): skew beyond it breaks a lease by construction."""
+    import random
+
+    from jepsen_lite.lease import clock_skew_params
+
+    by_kind = {"store": ["store-1", "store-2", "store-3"], "metaroot": ["metaroot-1"],
+               "coordinator": ["coordinator-1"]}
+    for seed in range(200):
+        target, params = clock_skew_params(random.Random(seed), by_kind)
+        factors = params["factors"]
+        assert set(target.split(",")) == set(factors) and len(factors) == 2
+        assert not any(name.startswith("coordinator") for name in factors)
+        assert max(factors.values()) / min(factors.values()) < 1.28
