@@ -130,7 +130,11 @@ async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
         link = CoordinatorLink(rpc, coordinators)
         # Before load: every rehosted replica gets the topology apply handlers.
         topology = Topology(store, link)
-        store.load(image, restart)
+        try:
+            store.load(image, restart)
+        except CorruptLogError as exc:  # e.g. an applied index past the log's end
+            raise StartupError(f"store {store_id} refuses to start: its raft log is corrupt: "
+                               f"{exc} (data dir {data}; nothing was written)") from None
         store.register(server)
         topology.register(server)
         register_failpoint_admin(server)
