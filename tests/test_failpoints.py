@@ -206,7 +206,7 @@ def test_known_failpoints_are_exactly_the_call_sites():
     name in `KNOWN` is checked somewhere (so a documented failpoint really fires)."""
     import re
 
-    pattern = re.compile(r'(?:\bcheck|\bacheck|\b_fp)\("([a-z_]+\.[a-z_]+)"')
+    pattern = re.compile(r'(?:\bcheck|\bacheck|\b_fp|\braise_injected)\("([a-z_]+\.[a-z_]+)"')
     found: set[str] = set()
     for pkg in ("nokvpy", "raftstore", "metaroot", "coordinator"):
         for path in (ROOT / pkg).rglob("*.py"):
