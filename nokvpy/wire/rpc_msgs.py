@@ -46,12 +46,16 @@ class HandshakeReply:
 @wire_type(102)
 @dataclass(slots=True, frozen=True)
 class HandshakeProof:
+    """The client's answer to the server's challenge: its HMAC over the server's nonce."""
+
     hmac: bytes = b""  # HMAC-SHA256(secret, transcript of the server's nonce), or b""
 
 
 @wire_type(103)
 @dataclass(slots=True, frozen=True)
 class HandshakeResult:
+    """The server's verdict on a handshake; `reason` names a refusal (bad_hmac, cluster...)."""
+
     ok: bool
     reason: str = ""
 
@@ -62,6 +66,9 @@ class HandshakeResult:
 @wire_type(110)
 @dataclass(slots=True, frozen=True)
 class Request:
+    """A call: `body` is the request record; `request_id` matches the reply (0: one-way, never
+    answered) and `deadline_ms` is the budget the callee may spend."""
+
     request_id: int  # 0 = one-way
     deadline_ms: int  # remaining budget when sent, relative; 0 = no deadline
     body: object
@@ -70,6 +77,8 @@ class Request:
 @wire_type(111)
 @dataclass(slots=True, frozen=True)
 class Response:
+    """The successful answer to the `Request` with the same `request_id`."""
+
     request_id: int
     body: object
 
@@ -77,6 +86,9 @@ class Response:
 @wire_type(112)
 @dataclass(slots=True, frozen=True)
 class ErrorReply:
+    """The failed answer to the `Request` with the same `request_id`: `kind` and `reason`
+    are stable codes, `details` carries hints (the leader, a retry class)."""
+
     request_id: int
     kind: str  # an ErrorKind value for service errors; "timeout"/"internal"/... from rpc
     reason: str = ""
@@ -87,6 +99,9 @@ class ErrorReply:
 @wire_type(113)
 @dataclass(slots=True, frozen=True)
 class StreamItem:
+    """One item of a streamed answer to the `Request` with the same `request_id`; items
+    arrive in order and the stream ends with a `StreamEnd` or an `ErrorReply`."""
+
     request_id: int
     body: object
 
@@ -94,12 +109,18 @@ class StreamItem:
 @wire_type(114)
 @dataclass(slots=True, frozen=True)
 class StreamEnd:
+    """The end of a streamed answer: no more `StreamItem`s for `request_id`, and the
+    request is finished on both sides."""
+
     request_id: int
 
 
 @wire_type(115)
 @dataclass(slots=True, frozen=True)
 class Cancel:
+    """The caller gave up on `request_id`: the callee cancels its handler. Never answered;
+    a reply already on its way is dropped by the caller."""
+
     request_id: int
 
 
@@ -109,12 +130,17 @@ class Cancel:
 @wire_type(120)
 @dataclass(slots=True, frozen=True)
 class Ping:
+    """Answered inline by every server's reader task with a `Pong` (liveness): no handler
+    task and no deadline scope, the cheapest round trip there is."""
+
     payload: bytes = b""
 
 
 @wire_type(121)
 @dataclass(slots=True, frozen=True)
 class Pong:
+    """The answer to a `Ping`: its payload back, and the answering node's name."""
+
     payload: bytes = b""
     node_name: str = ""
 
