@@ -23,11 +23,20 @@ Modification indexes: with a `VersionedKV` (what a store gives its regions; its 
 raftstore.kvformat's) every value is stored behind a header naming the entry that last wrote
 it (region id, raft index). With a plain storage `KV` (tests of this module and of the driver)
 values are stored as they are and modification-index compares are refused.
+
+TEST-ONLY: `NOKV_UNSAFE_APPLY_FLIP=1` in a store's environment (read once, when this module
+is imported) makes ONE store (id `NOKV_UNSAFE_APPLY_FLIP_STORE`, default 3) flip the lowest
+bit of the last byte of every 50th put value its replicas apply (KV commands, counted per
+region: a PUT, or a CAS that writes; transactions are left alone), in what it writes and in
+what later entries of the apply see: a replica that applied a damaged entry and silently
+diverged from the others, for jepsen-lite's convergence check to catch. The store logs a
+loud warning when it is on. Never set it anywhere else.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -85,6 +94,17 @@ COMPACT_KEEP = 2048
 COMPACT_SLACK = 1024
 
 SNAPSHOT_CACHE_TTL = 60.0  # seconds a built snapshot is offered again
+
+# TEST-ONLY deliberately broken apply (see the module docstring); never enable it elsewhere.
+UNSAFE_APPLY_FLIP = os.environ.get("NOKV_UNSAFE_APPLY_FLIP", "") not in ("", "0")
+UNSAFE_APPLY_FLIP_STORE = int(os.environ.get("NOKV_UNSAFE_APPLY_FLIP_STORE", "") or 3)
+UNSAFE_APPLY_FLIP_EVERY = 50
+
+
+def unsafe_apply_flip_on(store_id: int) -> bool:
+    """Whether store `store_id` damages applied puts (`NOKV_UNSAFE_APPLY_FLIP=1`, test-only)."""
+    return UNSAFE_APPLY_FLIP and store_id == UNSAFE_APPLY_FLIP_STORE
+
 
 OK = KvResult(True)
 EPOCH_MISMATCH = "epoch_mismatch"
@@ -169,6 +189,9 @@ class RegionStateMachine:
         self._snap_building = False
         # A descriptor change staged by an admin handler (applied on commit).
         self.staged_descriptor: RegionDescriptor | None = None
+        # TEST-ONLY (NOKV_UNSAFE_APPLY_FLIP): damage every UNSAFE_APPLY_FLIP_EVERY-th put.
+        self.unsafe_flip = False
+        self.unsafe_puts = 0
 
     # ---- driver protocol -------------------------------------------------------------
 
@@ -442,13 +465,22 @@ class RegionStateMachine:
         for op in ops:
             kind = op.kind
             if kind == KvOpKind.PUT or (kind == KvOpKind.CAS and op.value is not None):
-                raw = self._stored(op.value, index)
+                raw = self._stored(self._flipped(op.value) if self.unsafe_flip else op.value,
+                                   index)
                 overlay[op.key] = raw
                 batch.put(kv_db, op.key, raw)
             else:  # DELETE, or a CAS to None
                 overlay[op.key] = None
                 batch.delete(kv_db, op.key)
         return OK
+
+    def _flipped(self, value: bytes) -> bytes:
+        """TEST-ONLY (NOKV_UNSAFE_APPLY_FLIP): every UNSAFE_APPLY_FLIP_EVERY-th put value
+        with the lowest bit of its last byte flipped; the others as they are."""
+        self.unsafe_puts += 1
+        if not value or self.unsafe_puts % UNSAFE_APPLY_FLIP_EVERY:
+            return value
+        return value[:-1] + bytes([value[-1] ^ 0x01])  # a plausible wrong value
 
     def _apply_txn(self, batch: WriteBatch, cmd: TxnCommand, index: int,
                    overlay: dict[bytes, Any], base: dict[bytes, bytes | None]) -> TxnResult:

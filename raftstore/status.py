@@ -8,26 +8,37 @@ restart state re-derived from localmeta (what a restart would find now: cached a
 second, derived again at once when the outbox or blocked table changed size), and the
 `OutboxRequest` RPC (list, retry or resolve a blocked entry; carried out by the publisher of
 raftstore.topology.outbox, a refusal built by raftstore.admission through the store's
-`refuse`). Never changes what the store hosts, and never fails to answer on a sick store (a
-read error becomes part of the answer).
+`refuse`), and the `RegionDigest` RPC (`region_digest`: a digest of each hosted replica's
+applied KV state, read with its applied index and descriptor in one LMDB read transaction,
+in a worker thread, one region at a time, bounded by `DIGEST_MAX_KEYS` / `DIGEST_MAX_BYTES`).
+Never changes what the store hosts, and never fails to answer on a sick store (a read error
+becomes part of the answer).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
+import struct
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from nokvpy import metrics as m
-from nokvpy.protocol import AdmissionClass, AdmissionReason, RestartStateKind
+from nokvpy.protocol import AdmissionClass, AdmissionReason, RegionEpoch, RestartStateKind
 from nokvpy.protocol.store_rpc import (
     ExecutionStatusReply,
     ExecutionStatusRequest,
     OutboxReply,
     OutboxRequest,
+    RegionDigest,
+    RegionDigestReply,
+    RegionDigestRequest,
 )
+from nokvpy.storage import KV, Env, LocalMeta
 from nokvpy.wire import DecodeError, decode
+from raftstore.apply import decode_descriptor
 from raftstore.restart import RestartState, derive, load_image
 from raftstore.topology.outbox import OutboxRefusal
 
@@ -38,6 +49,66 @@ log = logging.getLogger("nokvpy.raftstore")
 
 R = AdmissionReason
 
+# What one RegionDigest answer reads of a region at most; past it the replica answers
+# digest b"" with a `too_large` note instead of holding a read transaction (and a worker
+# thread) for long.
+DIGEST_MAX_KEYS = 1_000_000
+DIGEST_MAX_BYTES = 256 << 20
+DIGEST_SIZE = 32
+DIGEST_PERSON = b"nokv-region-kv"  # blake2b personalization: this digest and no other
+_LEN = struct.Struct(">I")
+NO_EPOCH = RegionEpoch(0, 0)  # the epoch of an uninitialized replica's answer
+
+
+def region_digest(env: Env, kv: KV, meta: LocalMeta, region_id: int, peer_id: int, *,
+                  store_id: int = 0, max_keys: int | None = None,
+                  max_bytes: int | None = None) -> RegionDigest:
+    """The digest of region `region_id`'s applied state on this store: its replay pointer
+    (applied index, term), its descriptor and every pair of its range, read in ONE LMDB read
+    transaction (so the data is exactly what the pointer says was applied). Blocking: call it
+    in a worker thread. `peer_id` is answered when the descriptor names no peer on
+    `store_id`. Pairs are hashed as LMDB holds them (`KV.walk_range`). Never raises: a read
+    error is the answer's note."""
+    max_keys = DIGEST_MAX_KEYS if max_keys is None else max_keys
+    max_bytes = DIGEST_MAX_BYTES if max_bytes is None else max_bytes
+
+    def read(txn: Any) -> RegionDigest:
+        ptr = meta.replay_pointer(region_id, txn=txn)
+        applied, term = (ptr.applied_index, ptr.applied_term) if ptr is not None else (0, 0)
+        raw = meta.region(region_id, txn=txn)
+        if raw is None:
+            return RegionDigest(region_id, peer_id, applied, term, NO_EPOCH, 0, b"",
+                                note="uninitialized")
+        desc = decode_descriptor(raw)
+        me = desc.peer_on(store_id) if store_id else None
+        h = hashlib.blake2b(digest_size=DIGEST_SIZE, person=DIGEST_PERSON)
+        keys = size = 0
+        note = ""
+        for k, v in kv.walk_range(txn, desc.start_key, desc.end_key or None):
+            keys += 1
+            size += len(k) + len(v)
+            if keys > max_keys or size > max_bytes:
+                keys -= 1
+                note = (f"too_large: more than {max_keys} keys or {max_bytes} bytes "
+                        f"(stopped after {keys} keys)")
+                break
+            h.update(_LEN.pack(len(k)))
+            h.update(k)
+            h.update(_LEN.pack(len(v)))
+            h.update(v)
+        return RegionDigest(
+            region_id, me.peer_id if me is not None else peer_id, applied, term, desc.epoch,
+            keys, b"" if note else h.digest(), note=note, byte_count=size,
+            start_key=desc.start_key, end_key=desc.end_key,
+            voters=tuple(sorted(p.store_id for p in desc.voters())),
+            learners=tuple(sorted(p.store_id for p in desc.peers if p.learner)))
+
+    try:
+        return env.read(read)
+    except Exception as exc:  # noqa: BLE001 - a sick store still answers, with the reason
+        return RegionDigest(region_id, peer_id, 0, 0, NO_EPOCH, 0, b"",
+                            note=f"read_failed: {type(exc).__name__}: {exc}"[:300])
+
 
 class StoreStatus:
     """The status answers of one store."""
@@ -45,6 +116,7 @@ class StoreStatus:
     def __init__(self, store: Store):
         self.store = store
         self._current_state: tuple[float, RestartState] | None = None
+        self._digest_limiter: trio.CapacityLimiter | None = None  # one digest at a time
 
     def current_state(self) -> RestartState:
         """The restart state derived again from localmeta now: what a restart would find.
@@ -144,6 +216,23 @@ class StoreStatus:
             body["transitions"] = {k: v for k, v in body["transitions"].items()
                                    if k == req.transition_id}
         return ExecutionStatusReply(body)
+
+    async def on_region_digest(self, req: RegionDigestRequest, ctx: Any) -> RegionDigestReply:
+        """A digest of each hosted replica asked for (`region_digest`), computed in a worker
+        thread, one region at a time per store (concurrent requests queue for the thread)."""
+        store = self.store
+        wanted = set(req.region_ids)
+        hosted = [(rid, p.peer_id) for rid, p in sorted(store.peers.items())
+                  if not wanted or rid in wanted]
+        if self._digest_limiter is None:
+            self._digest_limiter = trio.CapacityLimiter(1)
+        out = []
+        for rid, peer_id in hosted:
+            out.append(await trio.to_thread.run_sync(
+                functools.partial(region_digest, store.env, store.kv, store.meta, rid, peer_id,
+                                  store_id=store.store_id),
+                limiter=self._digest_limiter))
+        return RegionDigestReply(store.store_id, tuple(out))
 
     async def on_outbox(self, req: OutboxRequest, ctx: Any) -> OutboxReply:
         """The operator path of the publish outbox (raftstore.topology.outbox): list, retry or

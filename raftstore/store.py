@@ -7,8 +7,9 @@ after admission is built by raftstore.admission and recorded), execution trackin
 heartbeat's region reports and the handling of its replies, and the wiring of the pieces it
 delegates to: the raft traffic gate and outgoing routing (raftstore.traffic, every drop
 counted by reason), the KV read and write paths with the line of writes waiting for a
-proposal slot (raftstore.kvpath), the `ExecutionStatus` body and the outbox operator RPC
-(raftstore.status). It is the `StoreContext` of the topology runtime (raftstore.topology).
+proposal slot (raftstore.kvpath), the `ExecutionStatus` body, the outbox operator RPC and
+the `RegionDigest` RPC (raftstore.status). It is the `StoreContext` of the topology runtime
+(raftstore.topology).
 
 Peers are (region id, peer id): a tombstone keeps out the peer it destroyed and older ones,
 not a later peer of the same region (`raftstore.topology.tombstone`); a leader message for a
@@ -53,6 +54,8 @@ from nokvpy.protocol.store_rpc import (
     OutboxReply,
     OutboxRequest,
     PutRequest,
+    RegionDigestReply,
+    RegionDigestRequest,
     ScanReply,
     ScanRequest,
     TxnRequest,
@@ -67,9 +70,13 @@ from raftstore.admission import AdmissionRequest, Limits
 from raftstore.apply import (
     COMPACT_KEEP,
     COMPACT_SLACK,
+    UNSAFE_APPLY_FLIP,
+    UNSAFE_APPLY_FLIP_EVERY,
+    UNSAFE_APPLY_FLIP_STORE,
     RegionStateMachine,
     VersionedKV,
     encode_descriptor,
+    unsafe_apply_flip_on,
 )
 from raftstore.execution import ExecutionTracker
 from raftstore.kvpath import KvPath
@@ -155,6 +162,16 @@ class Store:
         self._nursery: trio.Nursery | None = None
         self.topology: Any = None  # raftstore.topology.service.Topology (wired by main)
         self.heartbeat_wake = trio.Event()  # set: heartbeat now rather than at the interval
+        # TEST-ONLY (NOKV_UNSAFE_APPLY_FLIP=1, raftstore.apply): this store damages applied
+        # put values, so that the replica-convergence check can show it catches it.
+        self.unsafe_apply_flip = unsafe_apply_flip_on(cfg.store_id)
+        if UNSAFE_APPLY_FLIP:
+            log.warning(
+                "store %d: NOKV_UNSAFE_APPLY_FLIP=1: TEST-ONLY UNSAFE MODE, store %d flips a "
+                "bit of the last byte of every %dth applied put value (%s)", cfg.store_id,
+                UNSAFE_APPLY_FLIP_STORE, UNSAFE_APPLY_FLIP_EVERY,
+                "THIS store: its replicas will diverge" if self.unsafe_apply_flip
+                else "not this store")
 
     # ================================================================= lifecycle
 
@@ -197,6 +214,7 @@ class Store:
         server.register(DeleteRangeRequest, self.kvpath.on_delete_range)
         server.register(ExecutionStatusRequest, self.on_execution_status)
         server.register(OutboxRequest, self.on_outbox)
+        server.register(RegionDigestRequest, self.on_region_digest)
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -247,6 +265,7 @@ class Store:
                                 applied, applied_term)
         sm.compact_keep, sm.compact_slack = self.cfg.compact_keep, self.cfg.compact_slack
         sm.spawn = self.spawn
+        sm.unsafe_flip = self.unsafe_apply_flip
         if self.topology is not None:
             self.topology.attach(sm)  # split / merge / membership apply handlers
         peer = Peer(rid, peer_id, self.store_id, sm, trio.current_time())
@@ -544,6 +563,9 @@ class Store:
 
     async def on_outbox(self, req: OutboxRequest, ctx: Any) -> OutboxReply:
         return await self.reporter.on_outbox(req, ctx)
+
+    async def on_region_digest(self, req: RegionDigestRequest, ctx: Any) -> RegionDigestReply:
+        return await self.reporter.on_region_digest(req, ctx)
 
 
 def _fp(name: str) -> Callable[[], None]:

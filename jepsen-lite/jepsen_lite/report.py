@@ -182,6 +182,7 @@ def summary_text(results: Mapping) -> str:
                 f"store they were removed from, {counts.get('fault_readds', 0)} of them around "
                 f"a paused or killed store), {counts.get('moves', 0)} moves")
     lines += topology_lines((results.get("checks") or {}).get("topology-recovery"))
+    lines += convergence_lines((results.get("checks") or {}).get("convergence"))
     lines += hostile_lines((results.get("checks") or {}).get("hostile"))
     heal = results.get("heal") or {}
     if isinstance(heal, dict) and heal.get("error"):
@@ -218,6 +219,28 @@ def hostile_lines(check: Mapping | None, limit: int = 10) -> list[str]:
         lines.append(f"  unchecked: window {u.get('window')} on {u.get('target')}: {u.get('what')}")
     for s in (check.get("skipped") or [])[:limit]:
         lines.append(f"  skipped: window {s.get('window')} on {s.get('target')}: {s.get('why')}")
+    return lines
+
+
+def convergence_lines(check: Mapping | None, limit: int = 10) -> list[str]:
+    """The replica convergence check for the summary: one line when every region agreed;
+    else every diverged region with each replica's applied index, key count and digest, and
+    the regions never settled or not compared."""
+    if not check:
+        return []
+    if check.get("valid") is True:
+        return [f"convergence: {check.get('note', '')}"]
+    lines = [f"convergence: {_verdict(check.get('valid'))}: {check.get('note', '')}"]
+    for d in (check.get("diverged") or [])[:limit]:
+        lines.append(f"  region {d.get('region')} DIVERGED at applied index "
+                     f"{d.get('applied_index')} (voters {', '.join(d.get('voters') or [])}):")
+        for store, r in (d.get("replicas") or {}).items():
+            lines.append(f"    {store}: applied {r.get('applied_index')}, {r.get('key_count')} "
+                         f"keys, digest {r.get('digest')}, epoch {r.get('epoch')}")
+    for rid, reason in list((check.get("unsettled") or {}).items())[:limit]:
+        lines.append(f"  region {rid} unsettled: {reason}")
+    for rid, reason in list((check.get("unchecked") or {}).items())[:limit]:
+        lines.append(f"  region {rid} not compared: {reason}")
     return lines
 
 

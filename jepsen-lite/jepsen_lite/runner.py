@@ -12,8 +12,10 @@ Owns the order of a run (:func:`run`):
    the cluster serves, check that the topology recovered (every region has exactly
    ``replication`` voters on live stores and every store hosts exactly the catalog's peers,
    polled for up to ``recovery_timeout`` seconds:
-   :func:`jepsen_lite.topology.check_topology_recovery`), and read every key once
-   (recorded, ``"final": true``);
+   :func:`jepsen_lite.topology.check_topology_recovery`), read every key once
+   (recorded, ``"final": true``), and compare the replicas: every region's voters must
+   reach one applied index and then hold the same data there
+   (:func:`jepsen_lite.convergence.check_convergence`, ``checks["convergence"]``);
 5. stop the cluster (its data and logs stay in ``RUN/cluster``), run the checkers, write
    ``RUN/results.json``, ``RUN/plot.svg`` and, when invalid, ``RUN/failing-subhistory.jsonl``.
 
@@ -40,6 +42,7 @@ from typing import Any
 import trio
 
 from .checkers import check_acknowledged_writes, check_route_reads, check_transitions
+from .convergence import check_convergence
 from .disk import DISK_FAULTS
 from .disk import check_history as check_disk
 from .history import History, Recorder, is_nemesis
@@ -326,6 +329,14 @@ async def _run_async(
             state["transitions"] = await collect_transitions(control, nemesis.events)
         log(f"final reads: {len(state['final']['values'])} keys read, "
             f"missing {state['final']['missing'] or 'none'}")
+        conv_t = trio.current_time()
+        try:
+            state["convergence"] = await check_convergence(control)
+        except Exception as exc:  # noqa: BLE001 - the check is unknown, the run goes on
+            state["convergence"] = {"valid": "unknown",
+                                    "note": f"not checked: {type(exc).__name__}: {exc}"[:300]}
+        timing["convergence_s"] = round(trio.current_time() - conv_t, 3)
+        log(f"convergence: {state['convergence']['valid']}: {state['convergence']['note']}")
     finally:
         with trio.CancelScope(shield=True):
             for client in clients:
@@ -529,6 +540,11 @@ def _check_and_report(
     elif checks:
         checks["topology-recovery"] = {"valid": "unknown",
                                        "note": "not checked: the run ended before healing"}
+    if state.get("convergence") is not None:
+        checks["convergence"] = dict(state["convergence"])
+    elif checks:
+        checks["convergence"] = {"valid": "unknown",
+                                 "note": "not checked: the run ended before the final reads"}
     if state.get("transitions") is not None:
         with open(run_dir / "transitions.jsonl", "w", encoding="utf-8") as fh:
             for event in state["transitions"]["events"]:

@@ -334,7 +334,12 @@ def build_parser() -> ArgumentParser:
     add_target(r)
     add_json(r)
 
-    rg = sub.add_parser("regions", help="list regions")
+    rg = sub.add_parser("regions", help="list regions; `regions digest`: compare replicas")
+    rg.add_argument("action", nargs="?", choices=["list", "digest"], default="list",
+                    help="list (default): the coordinator's regions; digest: every store's "
+                         "digest of each replica's applied data, per region the replicas' "
+                         "applied index, key count and digest and whether they agree (exit "
+                         "status 1 when replicas at the same applied index differ)")
     add_target(rg)
     add_json(rg)
     st = sub.add_parser("stores", help="list stores")

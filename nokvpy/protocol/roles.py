@@ -69,6 +69,8 @@ POLICY: Mapping[str, frozenset[str] | Mapping[str, frozenset[str]]] = {
     "AdminRequest": frozenset({ADMIN, STORE}),  # stores forward to a region's leader
     "ExecutionStatusRequest": ANY,
     "OutboxRequest": frozenset({ADMIN}),
+    # read-only, but it reads (a hash of) every key of a region, as a scan would: KV callers
+    "RegionDigestRequest": KV_CALLERS,
 }
 
 # RPCs that inject faults: refused unless the process runs with --enable-failpoints

@@ -357,3 +357,56 @@ class OutboxReply:
     action: str
     detail: str  # what was done, one line ("" for list)
     body: dict[str, object]  # the outbox after the action (pending, blocked, current_state)
+
+
+# ---- replica convergence (506-509) ----------------------------------------------------
+
+
+@wire_type(506)
+@dataclass(slots=True, frozen=True)
+class RegionDigestRequest:
+    """Ask a store for a digest of the applied KV state of each replica it hosts (of the
+    regions in `region_ids`; empty: all). Read-only: it changes nothing on the store."""
+
+    region_ids: tuple[int, ...] = ()
+
+
+@wire_type(507)
+@dataclass(slots=True, frozen=True)
+class RegionDigest:
+    """One replica's applied state: the replay pointer (applied index and term), the
+    descriptor and the region's KV range, all read in one LMDB read transaction, so the
+    digest is of the data at exactly `applied_index`.
+
+    `digest`: blake2b (32 bytes) over (key length, key, value length, value) of every pair
+    of [start_key, end_key) in key order, each length a u32 big-endian, values as the store
+    holds them (with their modification-index header, which is replicated too); `key_count`
+    and `byte_count` (keys + values) count the same pairs. `digest` is b"" when it was not
+    computed, and `note` says why: "uninitialized" (no descriptor yet), "too_large: ..." (the
+    range holds more than the store digests in one answer; `key_count` is then how many it
+    read before stopping), "read_failed: ...". `voters` and `learners` are the store ids of
+    the descriptor read with the data."""
+
+    region_id: int
+    peer_id: int
+    applied_index: int
+    applied_term: int
+    epoch: RegionEpoch
+    key_count: int
+    digest: bytes
+    note: str = ""
+    byte_count: int = 0
+    start_key: bytes = b""
+    end_key: bytes = b""
+    voters: tuple[int, ...] = ()
+    learners: tuple[int, ...] = ()
+
+
+@wire_type(508)
+@dataclass(slots=True, frozen=True)
+class RegionDigestReply:
+    """Answer to RegionDigestRequest: one digest per hosted replica asked for, by region id
+    (a region not hosted here is left out)."""
+
+    store_id: int
+    digests: tuple[RegionDigest, ...] = ()

@@ -113,6 +113,21 @@ class KV:
                 return
             cursor_start = pairs[-1][0] + b"\x00"
 
+    def walk_range(self, txn: Any, start: bytes, end: bytes | None) -> Iterator[Pair]:
+        """Every pair in [start, end) in key order, read lazily from the caller's read
+        transaction `txn` (consume it inside that transaction: `env.read(lambda txn: ...)`),
+        as LMDB holds it (no decoding, even in a subclass). For a pass over a range that
+        must agree with other reads of the same transaction without holding it all in
+        memory (a digest of a region at its applied index)."""
+        end = end or None
+        with txn.cursor(db=self._db) as cur:
+            if not cur.set_range(start or b"\x00"):
+                return
+            for k, v in cur:
+                if end is not None and k >= end:
+                    return
+                yield k, v
+
     def range_stats(self, start: bytes, end: bytes | None) -> tuple[int, int]:
         """(number of keys, bytes of keys + values) in [start, end); a full range scan."""
         end = end or None
