@@ -28,9 +28,8 @@ segments ``<data>/raftwal/<16 hex digits>.wal`` and the synced mark ``<data>/raf
 from __future__ import annotations
 
 import random
-import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -173,17 +172,17 @@ def _log_since(control: Any, name: str, offset: int) -> str:
 
 
 async def _wait_down(control: Any, name: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
+    deadline = trio.current_time() + timeout
     while control.alive(name):
-        if time.monotonic() > deadline:
+        if trio.current_time() > deadline:
             return False
         await trio.sleep(0.1)
     return True
 
 
 async def _wait_serving(control: Any, name: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    deadline = trio.current_time() + timeout
+    while trio.current_time() < deadline:
         if not control.alive(name):
             return False
         if await control.ping(name, timeout=1.0):
@@ -214,6 +213,19 @@ async def _expect_refusal(control: Any, name: str, expect: str) -> dict:
     if not down:
         await control.kill(name)  # started on damaged data: stop it before the repair
     return out
+
+
+async def _refused_then_repaired(control: Any, name: str, expect: str,
+                                 repair: Callable[[], None]) -> dict:
+    """The judgement of damaged durable data: ``name`` must refuse to start saying
+    ``expect``; then ``repair()`` (as an operator restoring the replica) and it must serve."""
+    refusal = await _expect_refusal(control, name, expect)
+    repair()
+    restarted = await _restart(control, name)
+    ok = refusal["refused"] and restarted["serving"]
+    outcome = ("refused, recovered once repaired" if ok else "did not recover"
+               if refusal["refused"] else "started on damaged durable data")
+    return {"refusal": refusal, **restarted, "outcome": outcome, "valid": ok}
 
 
 def _last_lines(text: str, n: int = 3) -> list[str]:
@@ -318,13 +330,8 @@ async def _heal_crash(control: Any, fault: str, target: str, params: dict) -> di
         at = rng.randrange(max(0, synced - 4096), synced)
         tail = cut(segment, at)
         out["cut_at"] = at
-        out["refusal"] = await _expect_refusal(control, target, "shorter than")
-        put_back(segment, tail)
-        restarted = await _restart(control, target)
-        ok = out["refusal"]["refused"] and restarted["serving"]
-        out.update(restarted, outcome="refused, recovered once repaired" if ok else
-                   "started on damaged durable data" if not out["refusal"]["refused"]
-                   else "did not recover", valid=ok)
+        out.update(await _refused_then_repaired(control, target, "shorter than",
+                                                lambda: put_back(segment, tail)))
         return out
     if size > synced + 1:  # a torn write: the unsynced tail cut short
         at = rng.randrange(synced + 1, size)
@@ -350,13 +357,8 @@ async def _heal_bit_flip(control: Any, target: str, params: dict) -> dict:
                                      random.Random(params.get("seed", 0)))
     flip_bit(segment, offset, bit)
     out.update(segment=segment.name, synced=synced, offset=offset, bit=bit, where=where)
-    out["refusal"] = await _expect_refusal(control, target, "corrupt")
-    flip_bit(segment, offset, bit)
-    restarted = await _restart(control, target)
-    ok = out["refusal"]["refused"] and restarted["serving"]
-    out.update(restarted, outcome="refused, recovered once repaired" if ok else
-               "started on damaged durable data" if not out["refusal"]["refused"]
-               else "did not recover", valid=ok)
+    out.update(await _refused_then_repaired(control, target, "corrupt",
+                                            lambda: flip_bit(segment, offset, bit)))
     return out
 
 

@@ -145,3 +145,75 @@ def test_the_check_fails_a_window_that_ended_outside_the_documented_outcomes():
     assert check["valid"] is False
     assert check["violations"][0]["outcome"] == "started on damaged durable data"
     assert disk.check_history([])["valid"] == "unknown"
+
+
+class FakeStoreControl:
+    """One store whose WAL is real: a start reads it like the store does (Wal.open) and either
+    serves or exits with the store's refusal line in its log, as `raftstore.main` does."""
+
+    def __init__(self, root):
+        self.root = root
+        self.running = False
+        self.starts = 0
+        (root / "logs").mkdir()
+
+    def data_dir(self, name):
+        return self.root / "data"
+
+    def log_path(self, name):
+        return self.root / "logs" / f"{name}.log"
+
+    def alive(self, name):
+        return self.running
+
+    async def kill(self, name):
+        self.running = False
+        return {"pid": 1, "action": "SIGKILL"}
+
+    async def start(self, name, extra_env=None):
+        self.starts += 1
+        try:
+            wal, _ = Wal.open(self.root / "data" / disk.WAL_DIR)
+            wal.close()
+            self.running = True
+        except CorruptLogError as exc:
+            with open(self.log_path(name), "a") as f:
+                f.write(f"nokv store: store 1 refuses to start: its raft log is corrupt: {exc}\n")
+            self.running = False
+        return {"pid": self.starts, "action": "restarted"}
+
+    async def ping(self, name, timeout=1.0):
+        return self.running
+
+    async def clear_failpoint(self, name, failpoint):
+        return {"process": "down"} if not self.running else {"hits": 1}
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_bit_flip_and_synced_cuts_are_refused_then_repaired(tmp_path, autojump_clock, seed):
+    control = FakeStoreControl(tmp_path)
+    await _write(tmp_path / "data" / disk.WAL_DIR, SYNCED, [b"unsynced"])
+    before = disk.synced_mark(tmp_path / "data" / disk.WAL_DIR)[0].read_bytes()
+    out = await disk.heal(control, "bit-flip", "store-1", {"seed": seed})
+    assert out["valid"] is True and out["outcome"] == "refused, recovered once repaired", out
+    assert "corrupt" in " ".join(out["refusal"]["log"])
+    out = await disk.heal(control, "torn-frame", "store-1",
+                          {"failpoint": disk.BEFORE_SYNC, "seed": seed, "where": "synced"})
+    assert out["valid"] is True and out["outcome"] == "refused, recovered once repaired", out
+    segment = disk.synced_mark(tmp_path / "data" / disk.WAL_DIR)[0]
+    assert segment.read_bytes().startswith(before[: out["synced"]])  # repaired, nothing lost
+
+
+async def test_a_store_that_starts_on_damaged_data_is_judged_invalid(
+        tmp_path, autojump_clock, monkeypatch):
+    from nokvpy.storage import wal as wal_module
+
+    control = FakeStoreControl(tmp_path)
+    await _write(tmp_path / "data" / disk.WAL_DIR, SYNCED)
+    monkeypatch.setattr(wal_module, "UNSAFE_SKIP_CHECKSUM", True)  # the broken build
+    monkeypatch.setattr(disk, "choose_flip",  # a payload byte: only the checksum can tell
+                        lambda data, synced, rng: (synced - 1, 0, "payload"))
+    out = await disk.heal(control, "bit-flip", "store-1", {"seed": 1})
+    assert out["valid"] is False and out["outcome"] == "started on damaged durable data"
+    assert disk.check_history([{"process": "nemesis", "f": "stop",
+                                "value": {"fault": "bit-flip", **out}}])["valid"] is False
