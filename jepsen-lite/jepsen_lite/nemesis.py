@@ -27,8 +27,8 @@ also send (and record, as ordinary client operations) reads straight at the resu
 the heal is the check that they changed nothing, recorded in the ``stop`` event).
 The network faults (``partition``, ``lossy``, ``slow-net`` and the ``net-extra`` ones:
 ``one-way``, ``bridge``, ``ring``, ``blackhole``, ``duplicate``, ``reorder``, ``corrupt``)
-set fault rules labelled by the window (:func:`fault_label`) on every process when the
-window opens and remove them when it closes.
+are injected and healed by :mod:`.netfaults` (fault rules labelled by the window, set on
+every process when it opens and removed when it closes), the disk faults by :mod:`.disk`.
 
 This module re-exports the public names of :mod:`.faults` and :mod:`.schedule`.
 """
@@ -43,7 +43,7 @@ from typing import Any, Protocol
 
 import trio
 
-from . import disk, hostile, lease
+from . import disk, hostile, lease, netfaults
 from .faults import (
     ALIASES,
     CRASH_POINTS,
@@ -66,7 +66,7 @@ from .faults import (
 )
 from .history import json_safe as _json_safe
 from .lease import LOOKUP_HOLDER, METAROOT_LEADER, Prober
-from .schedule import NET_EXTRA, ScheduleOptions, Window, build_schedule, churn_store_fault
+from .schedule import ScheduleOptions, Window, build_schedule, churn_store_fault
 from .topology import MEMBERSHIP_OPS
 
 # -- control interface -----------------------------------------------------------------------
@@ -317,20 +317,8 @@ class Nemesis:
             return await c.kill(target)
         if fault == "pause":
             return await c.pause(target)
-        if fault == "partition":
-            return await c.add_fault_rules(fault_label(fault, target), partition_rules(
-                params.get("mode", "isolate"), target, c.names(), params.get("minority")))
-        if fault == "lossy":
-            servers = c.names()
-            return await c.add_fault_rules(fault_label(fault, target), [
-                {"src": servers, "dst": servers, "drop": params["drop"], "label": fault_label(fault, target)}
-            ])
-        if fault == "slow-net":
-            servers = c.names()
-            return await c.add_fault_rules(fault_label(fault, target), [
-                {"src": servers, "dst": servers, "delay": params["delay"],
-                 "jitter": params.get("jitter", 0.0), "label": fault_label(fault, target)}
-            ])
+        if fault in netfaults.NET_FAULTS:
+            return await netfaults.inject(c, fault, target, params)
         if fault in ("publish-fail", "slow-fsync", "crash-point"):
             out: dict = {}
             for name in self._fp_targets(target):
@@ -355,34 +343,6 @@ class Nemesis:
             window = hostile.HostileWindow(target, params)
             self._hostile[(fault, target)] = window
             return await hostile.open_window(c, self.recorder, window, self.clock, self.log)
-        if fault in NET_EXTRA:
-            rules = self._net_extra_rules(fault, target, params)
-            if not rules:
-                return {"skipped": "no rules for this cluster"}
-            return await c.add_fault_rules(fault_label(fault, target), rules)
-        raise NemesisError(f"unknown fault {fault!r}")
-
-    def _net_extra_rules(self, fault: str, target: str | None, params: dict) -> list[dict]:
-        """The fault rules of a ``one-way``, ``bridge``, ``ring``, ``blackhole``,
-        ``duplicate``, ``reorder`` or ``corrupt`` window (plain dicts)."""
-        servers = self.control.names()
-        label = fault_label(fault, target)
-        if fault == "one-way":
-            if target is None:
-                return []
-            return one_way_rules(target, params.get("direction", "out"), servers, label)
-        if fault in ("bridge", "ring"):
-            order = [n for n in params.get("order") or servers if n in servers]
-            return bridge_rules(order, label) if fault == "bridge" else ring_rules(order, label)
-        if fault == "blackhole":
-            return blackhole_rules(target, label) if target is not None else []
-        if fault == "duplicate":
-            return duplicate_rules(servers, params["probability"], params.get("hold", 0.0),
-                                   label)
-        if fault == "reorder":
-            return reorder_rules(servers, params["probability"], params.get("hold", 0.0), label)
-        if fault == "corrupt":
-            return corrupt_rules(servers, params["probability"], label)
         raise NemesisError(f"unknown fault {fault!r}")
 
     async def _inject_lease(self, target: str | None, params: dict) -> dict:
@@ -417,8 +377,8 @@ class Nemesis:
             return await c.start(target)
         if fault == "pause":
             return await c.resume(target)
-        if fault in ("partition", "lossy", "slow-net", *NET_EXTRA):
-            return await c.remove_fault_rules(fault_label(fault, target))
+        if fault in netfaults.NET_FAULTS:
+            return await netfaults.heal(c, fault, target)
         if fault in ("publish-fail", "slow-fsync", "crash-point"):
             out: dict = {}
             for name in self._fp_targets(target):

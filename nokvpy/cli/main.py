@@ -503,6 +503,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from nokvpy.cli import metrics_cmd
 
         return metrics_cmd.run(args)
+    if cmd == "regions" and args.action == "digest":
+        from nokvpy.cli import digest_cmd
+
+        return digest_cmd.run(args)
     from nokvpy.cli import data_cmd
 
     return data_cmd.run(args)

@@ -2,11 +2,13 @@
 
 Owns: connecting (with a handshake) and reconnecting (fail fast during a jittered exponential
 backoff after a failed connect), request ids, deadlines carried in every request, matching
-replies to callers, client-side fault rules (`nokvpy.rpc.faults`: on the requests and cancels
-it sends, which a rule may also corrupt, and on the replies it receives), and turning every
-failure into a typed error (`RpcTimeoutError`, `RpcUnavailableError`, `HandshakeRefusedError`,
-`RemoteError`) that says whether the request's outcome is unknown. Never retries a request:
-retry policy belongs to the caller, who knows whether the request is idempotent.
+replies to callers (by request id, into the call and stream slots of `nokvpy.rpc.calls`),
+consulting the fault rules (`nokvpy.rpc.faults`) only while the process holds some (what is
+then done with their verdicts on the requests and cancels it sends and the replies it
+receives is `nokvpy.rpc.clientfaults`), and turning every failure into a typed error
+(`RpcTimeoutError`, `RpcUnavailableError`, `HandshakeRefusedError`, `RemoteError`) that says
+whether the request's outcome is unknown. Never retries a request: retry policy belongs to
+the caller, who knows whether the request is idempotent.
 
 With TLS (`tls=`, default `nokvpy.rpc.tls.configured(cluster id)`), a connection runs the TLS
 handshake (presenting this side's certificate, verifying the server's against the cluster CA)
@@ -26,21 +28,21 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
-from nokvpy.protocol.enums import ErrorKind
+from nokvpy.rpc import clientfaults
+from nokvpy.rpc.calls import RpcStream, StreamCall, UnaryCall, is_deadline_reply
 from nokvpy.rpc.errors import (
     HandshakeRefusedError,
     RemoteError,
     RpcTimeoutError,
     RpcUnavailableError,
 )
-from nokvpy.rpc.faults import CANCEL, REPLY, FaultRules, FaultVerdict
+from nokvpy.rpc.faults import FaultRules
 from nokvpy.rpc.framed import ConnectionClosedError, FramedStream, sole_error
 from nokvpy.rpc.handshake import client_handshake
 from nokvpy.rpc.identity import Counters, Identity, PeerIdentity, parse_addr
@@ -72,108 +74,6 @@ def _remote_error(msg: ErrorReply) -> RemoteError:
     return RemoteError(msg.kind, msg.reason, msg.message, msg.details)
 
 
-def _is_deadline_reply(e: BaseException | None) -> bool:
-    return isinstance(e, RemoteError) and e.kind == ErrorKind.TIMEOUT and (
-        e.reason == "deadline_exceeded"
-    )
-
-
-class _Unary:
-    __slots__ = ("event", "result", "error", "done", "what")
-
-    def __init__(self, what: type | None = None) -> None:
-        self.what = what  # the request's type (fault rules match replies by its name)
-        self.event = trio.Event()
-        self.result: object = None
-        self.error: BaseException | None = None
-        self.done = False
-
-    def on_response(self, body: object) -> None:
-        self.result = body
-        self.done = True
-        self.event.set()
-
-    def on_error(self, error: BaseException) -> None:
-        self.error = error
-        self.done = True
-        self.event.set()
-
-    def on_item(self, body: object) -> bool:
-        return False  # a unary call cannot take stream items
-
-
-class _Stream:
-    __slots__ = ("items", "error", "done", "wake", "limit", "what")
-
-    def __init__(self, limit: int, what: type | None = None) -> None:
-        self.what = what
-        self.items: deque[object] = deque()
-        self.error: BaseException | None = None
-        self.done = False
-        self.wake: trio.Event | None = None
-        self.limit = limit
-
-    def _notify(self) -> None:
-        wake = self.wake
-        if wake is not None:
-            self.wake = None
-            wake.set()
-
-    def on_item(self, body: object) -> bool:
-        if len(self.items) >= self.limit:
-            return False
-        self.items.append(body)
-        self._notify()
-        return True
-
-    def on_end(self, body: object = None) -> None:
-        self.done = True
-        self._notify()
-
-    def on_response(self, body: object) -> None:
-        self.on_item(body)  # a unary handler answered: a stream of one item
-        self.on_end()
-
-    def on_error(self, error: BaseException) -> None:
-        if not self.done:
-            self.error = error
-            self.done = True
-        self._notify()
-
-
-class RpcStream:
-    """Async iterator over the records a server streams back (see `RpcClient.stream`)."""
-
-    def __init__(self, slot: _Stream, addr: str, what: str, deadline: float,
-                 timeout: float | None) -> None:
-        self._slot = slot
-        self._addr = addr
-        self._what = what
-        self._deadline = deadline
-        self._timeout = timeout
-
-    def __aiter__(self) -> RpcStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        slot = self._slot
-        while True:
-            if slot.items:
-                return slot.items.popleft()
-            if slot.done:
-                if slot.error is not None:
-                    err = slot.error
-                    if _is_deadline_reply(err):
-                        raise RpcTimeoutError(self._addr, self._what, self._timeout, sent=True)
-                    raise err
-                raise StopAsyncIteration
-            wake = slot.wake = trio.Event()
-            with trio.move_on_at(self._deadline):
-                await wake.wait()
-                continue
-            raise RpcTimeoutError(self._addr, self._what, self._timeout, sent=True)
-
-
 class _Conn:
     __slots__ = ("addr", "host", "port", "state", "ready", "finished", "error", "framed",
                  "peer", "pending", "next_id", "scope")
@@ -187,7 +87,7 @@ class _Conn:
         self.error: RpcUnavailableError | None = None
         self.framed: FramedStream | None = None
         self.peer: PeerIdentity | None = None
-        self.pending: dict[int, _Unary | _Stream] = {}
+        self.pending: dict[int, UnaryCall | StreamCall] = {}
         self.next_id = 0
         self.scope = trio.CancelScope()
 
@@ -264,13 +164,13 @@ class RpcClient:
         `outcome_unknown`), HandshakeRefusedError, RemoteError (the server's error reply).
         """
         deadline = trio.current_time() + timeout
-        slot = _Unary(type(request))
+        slot = UnaryCall(type(request))
         sent = False
         with trio.CancelScope(deadline=deadline) as scope:
             conn = await self._connection(addr)
             verdict = None
             if self.faults.rules:
-                verdict = await self._faulted(conn, request, one_way=False)
+                verdict = await clientfaults.outbound(self, conn, request, one_way=False)
                 if verdict.drop:
                     sent = True
                     await trio.sleep_forever()  # dropped: looks like packet loss to the caller
@@ -285,7 +185,7 @@ class RpcClient:
                 if verdict is None:
                     framed.enqueue(data)
                 else:
-                    self._send_faulted(conn, data, verdict)
+                    clientfaults.send(self, conn, data, verdict)
                 sent = True
                 await slot.event.wait()
             except ConnectionClosedError:
@@ -299,7 +199,7 @@ class RpcClient:
             self.counters.inc("timeouts")
             raise RpcTimeoutError(addr, type(request).__name__, timeout, sent=sent)
         if slot.error is not None:
-            if _is_deadline_reply(slot.error):
+            if is_deadline_reply(slot.error):
                 raise RpcTimeoutError(addr, type(request).__name__, timeout, sent=True)
             raise slot.error
         return slot.result
@@ -329,7 +229,7 @@ class RpcClient:
             conn = await self._connection(addr)
             verdict = None
             if self.faults.rules:
-                verdict = await self._faulted(conn, request, one_way=True)
+                verdict = await clientfaults.outbound(self, conn, request, one_way=True)
                 if verdict.drop:
                     return
             framed = conn.framed
@@ -340,7 +240,7 @@ class RpcClient:
                 if verdict is None:
                     framed.enqueue(data)
                 else:
-                    self._send_faulted(conn, data, verdict)
+                    clientfaults.send(self, conn, data, verdict)
             except ConnectionClosedError:
                 raise RpcUnavailableError(addr, "connection closed") from None
             return
@@ -360,11 +260,12 @@ class RpcClient:
             conn = await self._connection(addr)
         if scope.cancelled_caught:
             raise RpcTimeoutError(addr, what, timeout, sent=False)
-        slot = _Stream(self.max_stream_buffer, type(request))
+        slot = StreamCall(self.max_stream_buffer, type(request))
         conn.next_id += 1
         rid = conn.next_id
-        verdict = await self._faulted(conn, request, one_way=False) if self.faults.rules \
-            else None
+        verdict = None
+        if self.faults.rules:
+            verdict = await clientfaults.outbound(self, conn, request, one_way=False)
         dropped = verdict is not None and verdict.drop
         if not dropped:
             ms = 0 if timeout is None else max(1, int((deadline - trio.current_time()) * 1000))
@@ -375,7 +276,7 @@ class RpcClient:
                 if verdict is None:
                     conn.framed.enqueue(data)
                 else:
-                    self._send_faulted(conn, data, verdict)
+                    clientfaults.send(self, conn, data, verdict)
             except ConnectionClosedError:
                 conn.pending.pop(rid, None)
                 raise RpcUnavailableError(addr, "connection closed") from None
@@ -530,7 +431,7 @@ class RpcClient:
                 if t is Response:
                     slot = pending.pop(msg.request_id, None)  # type: ignore[attr-defined]
                     if slot is not None:
-                        if faults.rules and self._reply_dropped(conn, slot):
+                        if faults.rules and clientfaults.reply_dropped(self, conn, slot.what):
                             pending[msg.request_id] = slot  # type: ignore[attr-defined]
                             continue
                         slot.on_response(msg.body)  # type: ignore[attr-defined]
@@ -538,11 +439,11 @@ class RpcClient:
                 elif t is StreamItem:
                     slot = pending.get(msg.request_id)  # type: ignore[attr-defined]
                     if slot is not None:
-                        if faults.rules and self._reply_dropped(conn, slot):
+                        if faults.rules and clientfaults.reply_dropped(self, conn, slot.what):
                             continue
                         if not slot.on_item(msg.body):  # type: ignore[attr-defined]
                             del pending[msg.request_id]  # type: ignore[attr-defined]
-                            if type(slot) is _Unary:
+                            if type(slot) is UnaryCall:
                                 reason = "server streams this request: use client.stream()"
                             else:
                                 self.counters.inc("stream_overflows")
@@ -554,17 +455,18 @@ class RpcClient:
                 elif t is ErrorReply:
                     slot = pending.pop(msg.request_id, None)  # type: ignore[attr-defined]
                     if slot is not None:
-                        if faults.rules and self._reply_dropped(conn, slot):
+                        if faults.rules and clientfaults.reply_dropped(self, conn, slot.what):
                             pending[msg.request_id] = slot  # type: ignore[attr-defined]
                             continue
                         slot.on_error(_remote_error(msg))  # type: ignore[arg-type]
                         continue
                 elif t is StreamEnd:
                     slot = pending.pop(msg.request_id, None)  # type: ignore[attr-defined]
-                    if slot is not None and faults.rules and self._reply_dropped(conn, slot):
+                    if slot is not None and faults.rules and clientfaults.reply_dropped(
+                            self, conn, slot.what):
                         pending[msg.request_id] = slot  # type: ignore[attr-defined]
                         continue
-                    if type(slot) is _Unary:
+                    if type(slot) is UnaryCall:
                         slot.on_error(RpcUnavailableError(
                             conn.addr, "server streams this request: use client.stream()",
                             outcome_unknown=True))
@@ -579,52 +481,12 @@ class RpcClient:
     def _send_cancel(self, conn: _Conn, rid: int) -> None:
         framed = conn.framed
         if framed is not None and conn.state == _READY:
-            if self.faults.rules and self.faults.decide(
-                    self.identity.name, self._peer_name(conn), "Cancel", kind=CANCEL).drop:
-                self.counters.inc("fault_blackholed")
+            if self.faults.rules and clientfaults.cancel_dropped(self, conn):
                 return
             try:
                 framed.send(Cancel(rid))
             except ConnectionClosedError:
                 pass
-
-    # ---- fault rules (only while the process has some) ----------------------------------
-
-    @staticmethod
-    def _peer_name(conn: _Conn) -> str:
-        return conn.peer.name if conn.peer is not None else conn.addr
-
-    async def _faulted(self, conn: _Conn, request: object, one_way: bool) -> FaultVerdict:
-        """Apply outbound fault rules to a request: count a drop, sleep a delay; the caller
-        drops the request when `verdict.drop`, else sends it with `_send_faulted`."""
-        verdict = self.faults.decide(self.identity.name, self._peer_name(conn),
-                                     type(request).__name__, one_way=one_way)
-        if verdict.drop:
-            self.counters.inc("fault_blackholed" if verdict.blackhole else "fault_dropped")
-            return verdict
-        if verdict.delay:
-            await trio.sleep(verdict.delay)
-        return verdict
-
-    def _send_faulted(self, conn: _Conn, data: bytes, verdict: FaultVerdict) -> None:
-        """Write one framed request as `verdict` says (damaged after framing, so that the
-        receiver's frame check sees it). Raises ConnectionClosedError."""
-        framed = conn.framed
-        assert framed is not None
-        if verdict.corrupt:
-            data = self.faults.corrupt_frame(data)
-            self.counters.inc("fault_corrupted")
-        framed.enqueue(data)
-
-    def _reply_dropped(self, conn: _Conn, slot: _Unary | _Stream) -> bool:
-        """Inbound fault rules on a reply (matched by its request's type name)."""
-        verdict = self.faults.decide(self._peer_name(conn), self.identity.name,
-                                     getattr(slot.what, "__name__", ""), kind=REPLY,
-                                     sending=False)
-        if verdict.drop:
-            self.counters.inc("fault_blackholed" if verdict.blackhole else "fault_dropped")
-            return True
-        return False
 
 
 def _copy_error(error: RpcUnavailableError | None, addr: str) -> RpcUnavailableError:
