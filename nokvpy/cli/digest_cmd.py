@@ -112,7 +112,7 @@ async def cmd_regions_digest(args, target: Target, client: Client) -> int:
         counts: dict[str, int] = {}
         for r in regions:
             counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
-        print(f"{len(regions)} regions: " + (", ".join(f"{n} {v}" for v, n in sorted(
+        print(f"{len(regions)} region{'' if len(regions) == 1 else 's'}: " + (", ".join(f"{n} {v}" for v, n in sorted(
             counts.items())) or "none"))
         for r in regions:
             if r["verdict"] != "agree":
