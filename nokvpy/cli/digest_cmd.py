@@ -112,8 +112,9 @@ async def cmd_regions_digest(args, target: Target, client: Client) -> int:
         counts: dict[str, int] = {}
         for r in regions:
             counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
-        print(f"{len(regions)} region{'' if len(regions) == 1 else 's'}: " + (", ".join(f"{n} {v}" for v, n in sorted(
-            counts.items())) or "none"))
+        noun = "region" if len(regions) == 1 else "regions"
+        tally = ", ".join(f"{n} {v}" for v, n in sorted(counts.items())) or "none"
+        print(f"{len(regions)} {noun}: {tally}")
         for r in regions:
             if r["verdict"] != "agree":
                 print(f"region {r['region']} {r['verdict']}: {r['why']}")
