@@ -11,6 +11,13 @@ each one to the store leading its region in that store's next heartbeat reply:
 - replica repair: a region with a replica on a store DOWN for longer than `repair_after`
   gets a peer added on a live store that has none (least loaded first), then the dead
   replica removed (only once enough live replicas exist: never below the replication);
+- draining (store retirement): a store with a rooted drain record (`drain_record_id`, a
+  RecoveryRecord `store_draining` the RetireStore RPC appends) and not yet retired is left
+  like a DOWN store: each region with a replica on it gets a peer added on a live store that
+  has none (least loaded first), then its replica removed (only while every other replica
+  is on an UP store and enough of them are voters: never below the replication; the leader
+  hands its leadership over first). A draining store never receives a replica (repair,
+  replica count). Runs even when `repair_after` is 0 (an operator asked for it);
 - replica count: a region with every replica on a live store but fewer (more) peers than
   the replication for longer than `replica_after` (a removal with no re-add, a move cut
   short by a fault) gets a peer added on the least loaded live store lacking one (the
@@ -46,6 +53,28 @@ from nokvpy.protocol.enums import (
     TransitionKind,
 )
 from nokvpy.protocol.records import RegionDescriptor, RegionEpoch
+
+DRAIN_PREFIX = "store-retire:"  # the transition id of a store's drain record
+DRAIN_ACTION = "store_draining"  # the action of a store's drain record
+
+
+def drain_record_id(store_id: int) -> str:
+    """The id under which a store's drain record is rooted (a RecoveryRecord)."""
+    return f"{DRAIN_PREFIX}{store_id}"
+
+
+def draining_store_ids(state: Any) -> set[int]:
+    """Stores being retired: a rooted drain record, not retired yet (pure; `state` is a
+    RootState or anything with its `stores` and `recovery_index`)."""
+    out = set()
+    for rec in state.stores.values():
+        if rec.retired:
+            continue
+        entries = state.recovery_index.get(drain_record_id(rec.store_id), ())
+        if any(action == DRAIN_ACTION for action, _ in entries):
+            out.add(rec.store_id)
+    return out
+
 
 CANCEL_KINDS = (EventKind.SPLIT_CANCELLED, EventKind.MERGE_CANCELLED,
                 EventKind.PEER_ADDITION_CANCELLED, EventKind.PEER_REMOVAL_CANCELLED)
@@ -184,10 +213,11 @@ class Scheduler:
         self._retire_done(catalog, state, now)
         self._stuck(state, obs, now)
         busy = set(self.inflight) | set(state.pending_by_region.keys())
-        if self.config.repair_after > 0:
-            self._repair(catalog, obs, busy, now)
+        draining = draining_store_ids(state)
+        if self.config.repair_after > 0 or draining:
+            self._repair(catalog, obs, busy, now, draining)
         if self.config.replica_after > 0:
-            self._replica_count(catalog, obs, busy, now)
+            self._replica_count(catalog, obs, busy, now, draining)
         if self.config.split_keys > 0:
             self._split(catalog, obs, busy, now)
         if self.config.merge_keys > 0:
@@ -241,54 +271,69 @@ class Scheduler:
                 out.add(sid)
         return out
 
-    def _repair(self, catalog: Any, obs: dict, busy: set[int], now: float) -> None:
-        down = self._down_stores(now)
-        if not down:
+    def _repair(self, catalog: Any, obs: dict, busy: set[int], now: float,
+                draining: set[int] | frozenset[int] = frozenset()) -> None:
+        down = self._down_stores(now) if self.config.repair_after > 0 else set()
+        leaving = down | set(draining)
+        if not leaving:
             return
         tracker = self.svc.stores
         up = [sid for sid, sv in catalog.stores().items()
-              if sv.state != StoreState.RETIRED and tracker.is_up(sid, now)]
+              if sv.state != StoreState.RETIRED and sid not in leaving
+              and tracker.is_up(sid, now)]
         load = Counter()
         for d in catalog.regions():
             for q in d.peers:
                 load[q.store_id] += 1
         for d in catalog.regions():
             rid = d.region_id
-            dead = [q for q in d.peers if q.store_id in down]
+            dead = [q for q in d.peers if q.store_id in leaving]
             if not dead or rid in busy or rid not in obs:
                 continue
             sid, rh = obs[rid]
             if rh.epoch != d.epoch:
                 continue  # the leader has not caught up with root yet
-            alive = [q for q in d.peers if q.store_id not in down]
+            alive = [q for q in d.peers if q.store_id not in leaving]
             candidates = sorted((s for s in up if d.peer_on(s) is None),
                                 key=lambda s: (load[s], s))
+            # a replica on a down store goes first; a draining store's only while every
+            # other replica is on an UP store (its removal must not cost a live quorum)
+            dead.sort(key=lambda q: (q.store_id not in down, q.store_id))
+            victim = dead[0]
+            what = "down" if victim.store_id in down else "draining"
+            safe = victim.store_id in down or (
+                all(tracker.is_up(q.store_id, now) for q in alive)
+                and sum(1 for q in alive if not q.learner) >= self.svc.replication)
             if len(alive) < self.svc.replication and candidates:
                 target = candidates[0]
                 load[target] += 1
                 op = SchedulerOperation("add_peer", rid, store_id=target)
-                self._issue(rid, op, sid, now, d.epoch, f"replica on down store(s) "
+                self._issue(rid, op, sid, now, d.epoch, f"replica on {what} store(s) "
                             f"{sorted(q.store_id for q in dead)}: add one on store {target}")
-            elif len(alive) >= self.svc.replication:
-                victim = dead[0]
+            elif len(alive) >= self.svc.replication and safe:
                 op = SchedulerOperation("remove_peer", rid, store_id=victim.store_id,
                                         peer_id=victim.peer_id)
                 self._issue(rid, op, sid, now, d.epoch,
-                            f"remove the replica on down store {victim.store_id}")
+                            f"remove the replica on {what} store {victim.store_id}")
+            elif len(alive) >= self.svc.replication:
+                self.counters["drain_blocked"] += 1
+                continue
             else:
                 # no live store can take a replacement: never shrink below the replication
                 self.counters["repair_blocked_no_store"] += 1
                 continue
             busy.add(rid)
 
-    def _replica_count(self, catalog: Any, obs: dict, busy: set[int], now: float) -> None:
+    def _replica_count(self, catalog: Any, obs: dict, busy: set[int], now: float,
+                       draining: set[int] | frozenset[int] = frozenset()) -> None:
         """Level-triggered: a region whose peer count differs from the replication, all of
         its peers on UP stores and its leader at the catalog epoch, for `replica_after`
         seconds in a row, gets one peer added (removed)."""
         tracker = self.svc.stores
         want = self.svc.replication
         up = [sid for sid, sv in catalog.stores().items()
-              if sv.state != StoreState.RETIRED and tracker.is_up(sid, now)]
+              if sv.state != StoreState.RETIRED and sid not in draining
+              and tracker.is_up(sid, now)]
         load = Counter(q.store_id for d in catalog.regions() for q in d.peers)
         live_ids = set()
         for d in catalog.regions():
@@ -317,7 +362,8 @@ class Scheduler:
                        f"{now - since:.1f}s: add one on store {target}")
             else:
                 others = [q for q in d.peers if q.store_id != sid]
-                victim = max(others, key=lambda q: (q.learner, load[q.store_id], q.store_id))
+                victim = max(others, key=lambda q: (q.store_id in draining, q.learner,
+                                                    load[q.store_id], q.store_id))
                 op = SchedulerOperation("remove_peer", rid, store_id=victim.store_id,
                                         peer_id=victim.peer_id)
                 why = (f"{len(d.peers)} peers > replication {want} for {now - since:.1f}s: "
@@ -406,6 +452,7 @@ class Scheduler:
                                     "delivered": f.delivered}
                          for rid, f in sorted(self.inflight.items())},
             "down_stores": sorted(self._down_stores(now)),
+            "draining_stores": sorted(draining_store_ids(self.svc.sub.state)),
             "counters": dict(sorted(self.counters.items())),
             "recent": list(self.history[-16:]),
         }

@@ -13,6 +13,8 @@ read at a weaker class, or serves a duty without a live grant (a STRONG read che
 region_lookup grant when it is admitted and again when its answer is decided). Time:
 trio.current_time() except grant expiry (coordinator.grantloop).
 
+Store joins and retirements (StoreJoin, RetireStore): coordinator.membership.
+
 Route refusals: RemoteError(kind "rejected", reason, detail, {"witness": RouteWitness,
 "retry_class", "try_another_coordinator"}). Duty refusals: kind "not_leader" with reason
 grant_not_held / grant_expiring / grant_draining / ... and the holder hint.
@@ -33,6 +35,7 @@ from coordinator import diagnostics
 from coordinator.allocators import Allocator
 from coordinator.confirm import ConfirmBatcher
 from coordinator.grantloop import ALL_DUTIES, DEFAULT_WINDOWS, GateRejected, GrantLoop, wall_ms
+from coordinator.membership import StoreMembershipService
 from coordinator.scheduler import Scheduler, SchedulerConfig
 from coordinator.serving import (
     RouteRequest,
@@ -61,12 +64,12 @@ from nokvpy.protocol.coordinator_rpc import (
     PublishRootEventRequest,
     RemoveRegionReply,
     RemoveRegionRequest,
+    RetireStoreRequest,
     RouteReply,
     ScanRegionsReply,
     ScanRegionsRequest,
     StoreHeartbeatReply,
     StoreHeartbeatRequest,
-    StoreJoinReply,
     StoreJoinRequest,
     TsoReply,
     TsoRequest,
@@ -90,7 +93,6 @@ from nokvpy.protocol.records import (
     RegionUpsert,
     RootEvent,
     RootToken,
-    StoreMembership,
 )
 from nokvpy.rpc.errors import RemoteError
 
@@ -155,6 +157,7 @@ class CoordinatorService:
         self.bootstrap_state = "waiting"
         self._bootstrap_lock = trio.Lock()
         self._bootstrap_kick = trio.Event()
+        self.membership = StoreMembershipService(self)
         self.stopped = trio.Event()
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -216,11 +219,12 @@ class CoordinatorService:
         server.register(RemoveRegionRequest, self.on_remove_region)
         server.register(AllocIdRequest, self.on_alloc_id)
         server.register(TsoRequest, self.on_tso)
-        server.register(StoreJoinRequest, self.on_store_join)
+        server.register(StoreJoinRequest, self.membership.on_store_join)
         server.register(StoreHeartbeatRequest, self.on_store_heartbeat)
         server.register(ListStoresRequest, self.on_list_stores)
         server.register(DiagnosticsRequest, self.on_diagnostics)
         server.register(PauseCatchUpRequest, self.on_pause_catch_up)
+        server.register(RetireStoreRequest, self.membership.on_retire_store)
 
     # ---- shared helpers ----------------------------------------------------------------
 
@@ -444,38 +448,12 @@ class CoordinatorService:
             return before[0] if duty == Duty.ALLOC_ID else before[1]  # nothing served
         return None
 
-    # ---- stores ------------------------------------------------------------------------
+    # ---- stores (joins and retirements: coordinator.membership) ------------------------
 
-    async def on_store_join(self, req: StoreJoinRequest, ctx) -> StoreJoinReply:
-        if not isinstance(req.address, str) or ":" not in req.address:
-            raise RemoteError(ErrorKind.INVALID_ARGUMENT, "invalid_address",
-                              f"store address {req.address!r} is not host:port")
-        if not isinstance(req.store_id, int) or req.store_id < 0:
-            raise RemoteError(ErrorKind.INVALID_ARGUMENT, "invalid_store_id",
-                              f"store id {req.store_id!r}")
-        sid = req.store_id
-        if sid == 0:
-            try:
-                sid, _ = await self.ids.allocate(1)
-            except GateRejected as exc:
-                raise exc.remote() from None
-            self.counters["store_ids_allocated"] += 1
-        else:
-            rec = self.sub.state.store(sid)
-            if rec is not None and rec.retired:
-                raise RemoteError(ErrorKind.REJECTED, "store_retired",
-                                  f"store {sid} was retired at root index {rec.retired_index}",
-                                  {"retry_class": RetryClass.PERMANENT.name})
-            if rec is not None and rec.address == req.address:
-                self.counters["store_rejoins"] += 1
-                self._bootstrap_kick.set()
-                return StoreJoinReply(sid, self.cluster_id, self.sub.served_token)
-        reply = await self.append([RootEvent(EventKind.STORE_JOINED,
-                                              StoreMembership(sid, req.address))])
-        self.counters["store_joins"] += 1
-        log.info("store %d joined at %s (root %s)", sid, req.address, reply.last_token)
+    def kick_bootstrap(self) -> None:
+        """Wake the bootstrap loop (a store joined: the first region may now be placed)."""
         self._bootstrap_kick.set()
-        return StoreJoinReply(sid, self.cluster_id, reply.last_token)
+
 
     async def on_store_heartbeat(self, req: StoreHeartbeatRequest, ctx) -> StoreHeartbeatReply:
         catalog, rs, _ = self.snapshot_view()
@@ -579,9 +557,15 @@ class CoordinatorService:
             catalog, rs, _ = self.snapshot_view()
             if catalog is None:
                 continue
-            self.stores.recompute(catalog, rs.catch_up_state not in _UNTRUSTED,
-                                  rs.root_lag == 0 and rs.catch_up_state == CatchUpState.FRESH,
+            fresh = rs.root_lag == 0 and rs.catch_up_state == CatchUpState.FRESH
+            self.stores.recompute(catalog, rs.catch_up_state not in _UNTRUSTED, fresh,
                                   trio.current_time())
+            if fresh and self.grants.holds(Duty.REGION_LOOKUP):
+                try:
+                    await self.membership.finish_retirements()
+                except Exception as exc:  # noqa: BLE001 - tried again on the next scan
+                    self.counters["retire_errors"] += 1
+                    log.warning("finishing store retirements failed: %s", exc)
 
     # ---- diagnostics -------------------------------------------------------------------
 

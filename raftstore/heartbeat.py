@@ -5,7 +5,9 @@ jittered exponential backoff until some coordinator answers, and the heartbeat l
 once a second, to every coordinator: one `RegionHeartbeat` per hosted region) whose replies tell the store which
 regions to host and which are tombstoned, and carry every store's address. Never decides
 what to host itself: it hands each reply to `Store.on_heartbeat_reply` (level-triggered: a
-missed reply is repaired by the next one).
+missed reply is repaired by the next one). A retired store (refusal `store_retired`) is
+refused the join for good (`JoinRefusedError`: the process exits) and, when retired while
+running, stays idle (`Store.retired`; heartbeats are refused, so it is given nothing).
 """
 
 from __future__ import annotations
@@ -112,6 +114,11 @@ async def join(store: Store, link: CoordinatorLink, rng: random.Random | None = 
         try:
             reply = await link.call(StoreJoinRequest(store.store_id, store.cfg.address))
         except (RpcError, RemoteError) as exc:
+            if isinstance(exc, RemoteError) and exc.reason == "store_retired":
+                # retired in root for good: this store must never host a replica again
+                raise JoinRefusedError(f"store {store.store_id} is retired: {exc.message}; "
+                                       "it cannot rejoin (start a new store with a new id "
+                                       "and data directory)") from None
             if attempt == 1 or attempt % 20 == 0:
                 log.warning("store %d: join attempt %d failed: %s", store.store_id, attempt, exc)
             await trio.sleep(backoff * (0.8 + 0.4 * rng.random()))
@@ -149,6 +156,13 @@ async def heartbeat_loop(store: Store, link: CoordinatorLink, interval: float = 
                 store.joined = False
                 await join(store, link)
                 continue
+            if exc.reason == "store_retired":
+                # Retired while running: no coordinator answers it any more, so it is given
+                # nothing; it stays idle until it is stopped.
+                if not store.retired:
+                    log.error("store %d is retired: heartbeats are refused, it hosts "
+                              "nothing; stop this process", store.store_id)
+                store.retired = True
             if failures == 1 or failures % 30 == 0:
                 log.warning("store %d: heartbeat refused (%d in a row): %s", store.store_id,
                             failures, exc)

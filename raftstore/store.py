@@ -153,6 +153,7 @@ class Store:
         self.restart: RestartState | None = None
         self.limits = Limits(queue_limit=cfg.queue_limit)
         self.joined = False
+        self.retired = False  # the coordinators refuse it as retired (raftstore.heartbeat)
         self.heartbeats_sent = 0
         self.last_heartbeat_error = ""
         self.outbox_backlog = 0

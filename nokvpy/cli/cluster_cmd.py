@@ -1,9 +1,11 @@
-"""`nokv cluster up | down | status | logs | kill | restart | stop | pause | resume`.
+"""`nokv cluster up | down | status | logs | kill | restart | stop | pause | resume | add-store`.
 
 Owns: what these commands print and their exit status (`status` exits 3, like `systemctl
 status`, when a process is down or unhealthy; it shows each process's metrics URL, `nokv
 metrics NAME` prints what is served there). Never changes an existing cluster's shape:
-`up` on an existing directory refuses flags that disagree with its cluster.json.
+`up` on an existing directory refuses flags that disagree with its cluster.json. `add-store`
+grows a running cluster by one store (a new entry in cluster.json, started like the others);
+the scheduler places new replicas on it (least loaded first).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def run(args) -> int:
         return status(cluster, args)
     if action == "logs":
         return logs(cluster, args)
+    if action == "add-store":
+        return add_store(cluster, args)
     spec = cluster.load()
     proc = spec.get(args.name)
     if action == "kill":
@@ -79,9 +83,10 @@ def up(cluster: LocalCluster, args) -> int:
             progress.update(f"TLS certificates were about to expire: issued new ones in {spec.tls['dir']}")
         else:
             progress.update(f"TLS with certificates in {spec.tls['dir']}")
+    full, spec = spec, spec.serving()  # a retired store is never started again
     for proc in spec.processes:
         running = cluster.pid(proc.name)
-        pid = cluster.start(spec, proc)
+        pid = cluster.start(full, proc)
         progress.update(f"{proc.name} {'already running' if running else 'started'} "
                         f"(pid {pid}, {proc.address})")
     from nokvpy.client.admin import wait_cluster_ready
@@ -102,7 +107,7 @@ def up(cluster: LocalCluster, args) -> int:
                        f"(logs in {cluster.root / 'logs'}; stop it with "
                        f"`nokv cluster down --dir {args.dir}`)") from None
     progress.done("serving")
-    rows = process_rows(cluster, spec)
+    rows = process_rows(cluster, full)
     if args.json:
         print_json({"dir": str(cluster.root), "created": created, "cluster_id": spec.cluster_id,
                     "tls": bool(spec.tls), "processes": rows})
@@ -143,6 +148,23 @@ def refuse_shape_change(cluster: LocalCluster, spec: ClusterSpec, args) -> None:
                        "leave the flag out, or use another --dir)")
 
 
+def add_store(cluster: LocalCluster, args) -> int:
+    """Add one store to the cluster in `cluster`, start it and wait until it answers."""
+    spec = cluster.load()
+    proc = cluster.add_store(spec)
+    pid = cluster.start(spec, proc)
+    wait_serving(cluster, spec, proc, timeout=args.wait)
+    result = {"name": proc.name, "store_id": proc.node_id, "address": proc.address,
+              "metrics_address": proc.metrics_address, "data_dir": proc.data_dir, "pid": pid,
+              "action": "added and started"}
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{proc.name}: added and started (store id {proc.node_id}, {proc.address}, "
+              f"pid {pid}, data {proc.data_dir})")
+    return 0
+
+
 def down(cluster: LocalCluster, args) -> int:
     spec = cluster.load()
     stopped = cluster.stop_all(spec)
@@ -165,6 +187,11 @@ def process_rows(cluster: LocalCluster, spec) -> list[dict]:
     for proc in spec.processes:
         pid = cluster.pid(proc.name)
         probe = probes.get(proc.name, {})
+        if proc.retired:
+            rows.append({"name": proc.name, "kind": proc.kind, "role": "-", "pid": pid,
+                         "address": proc.address, "health": "retired", "healthy": pid is None,
+                         "metrics": None})
+            continue
         rows.append({
             "name": proc.name, "kind": proc.kind, "role": probe.get("role", "-"), "pid": pid,
             "address": proc.address,

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from nokvpy.cli.argtypes import addresses, key_text, metrics_address, non_negative, positive
 from nokvpy.cli.common import CliError as CliError  # re-exported (tests, callers)
 from nokvpy.cli.common import remote_text, use_tls
 
@@ -24,71 +25,6 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
         print(f"nokv: {message} (see `{self.prog} --help`)", file=sys.stderr)
         raise SystemExit(2)
-
-
-def key_text(text: str) -> str:
-    """A key or value argument: `0x...` is hex, anything else UTF-8. Checked while parsing, so a
-    malformed one is a usage error; the string itself is kept (data_cmd converts it)."""
-    if text.startswith("0x"):
-        try:
-            bytes.fromhex(text[2:])
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"bad hex {text!r}: expected 0x followed by an even number of hex digits") from None
-    return text
-
-
-def positive(kind):
-    def check(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
-        return value
-
-    check.__name__ = f"positive {kind.__name__}"
-    return check
-
-
-def non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
-    return value
-
-
-def addresses(text: str) -> str:
-    """`--coordinator host:port[,host:port]`: checked while parsing, so `localhost` (no port)
-    is a usage error. The text itself is kept (the commands split it)."""
-    from nokvpy.rpc.identity import parse_addr
-
-    addrs = [a.strip() for a in text.split(",") if a.strip()]
-    if not addrs:
-        raise argparse.ArgumentTypeError("no address given: expected host:port[,host:port]")
-    for addr in addrs:
-        try:
-            parse_addr(addr)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"bad address {addr!r}: expected host:port (for example 127.0.0.1:2379)") from None
-    return text
-
-
-def metrics_address(text: str) -> str:
-    """`--metrics-addr host:port`: checked while parsing, so a wildcard (0.0.0.0, ::) or a
-    malformed address is a usage error. The text itself is kept."""
-    from nokvpy.rpc.metrics_http import MetricsAddressError, parse_metrics_addr
-
-    try:
-        parse_metrics_addr(text)
-    except MetricsAddressError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text.strip()
 
 
 def version() -> str:
@@ -218,6 +154,11 @@ def build_parser() -> ArgumentParser:
         p = clsub.add_parser(name, help=text)
         add_dir(p)
         add_json(p)
+    ast = clsub.add_parser("add-store", help="add a store to the cluster and start it")
+    add_dir(ast)
+    ast.add_argument("--wait", type=positive(float), default=30.0,
+                     help="seconds to wait until it answers (default %(default)g)")
+    add_json(ast)
     logs = clsub.add_parser("logs", help="print a process's log (default: all, last lines)")
     logs.add_argument("name", nargs="?", help="process name, e.g. store-1 (default: every process)")
     add_dir(logs)
@@ -389,6 +330,15 @@ def build_parser() -> ArgumentParser:
         a.add_argument("--wait-timeout", type=positive(float), default=30.0, metavar="S",
                        help="seconds to wait for the end state (catalog and stores) after the "
                             "reply (default %(default)g); exit status 1 when it is not reached")
+    a = adsub.add_parser("retire-store", help="move every replica off STORE, then retire it")
+    a.add_argument("store", type=int, help="store id")
+    add_target(a)
+    add_json(a)
+    a.add_argument("--wait", action="store_true",
+                   help="print the progress until the store is retired")
+    a.add_argument("--wait-timeout", type=positive(float), default=600.0, metavar="S",
+                   help="seconds --wait waits (default %(default)g); exit status 1 when the "
+                        "store is still draining then")
 
     fp = sub.add_parser("failpoint", help="failpoints of a running process")
     fpsub = fp.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
@@ -507,6 +457,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from nokvpy.cli import digest_cmd
 
         return digest_cmd.run(args)
+    if cmd == "admin" and args.action == "retire-store":
+        from nokvpy.cli import membership_cmd
+
+        return membership_cmd.run(args)
     from nokvpy.cli import data_cmd
 
     return data_cmd.run(args)

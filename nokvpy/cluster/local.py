@@ -2,6 +2,9 @@
 
 Owns: the layout of a cluster directory (`cluster.json`, `pids/`, `logs/`, `data/`), starting
 and stopping the `nokv ... serve` processes it describes, and finding them again by name.
+`add_store` grows a cluster by one store (`nokv cluster add-store`, jepsen-lite's `join`);
+`retire` records a store retired in root (`retired` in cluster.json) and stops it: it is
+never started again.
 Never talks to a running process over RPC (callers do that with the addresses it records) and
 never touches files outside its directory.
 
@@ -37,7 +40,7 @@ import stat
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -63,6 +66,7 @@ class ProcessSpec:
     data_dir: str = ""
     extra_args: list[str] = field(default_factory=list)
     metrics_address: str = ""  # host:port of its metrics endpoint ("": none, an older file)
+    retired: bool = False  # a store retired in root: never started again (`retire`)
 
     @property
     def metrics_url(self) -> str:
@@ -98,6 +102,10 @@ class ClusterSpec:
                 return p
         names = ", ".join(p.name for p in self.processes)
         raise ClusterError(f"no process named {name!r} in this cluster (have: {names})")
+
+    def serving(self) -> ClusterSpec:
+        """This spec without its retired processes (what `cluster up` starts and waits for)."""
+        return replace(self, processes=[p for p in self.processes if not p.retired])
 
     def metaroot_addrs(self) -> list[str]:
         return [p.address for p in self.of_kind("metaroot")]
@@ -196,6 +204,38 @@ class LocalCluster:
         self.save(spec)
         return [p.name for p in missing]
 
+    def add_store(self, spec: ClusterSpec) -> ProcessSpec:
+        """Add a store to `spec` (the next free store id, two free loopback ports, its data
+        directory) and save cluster.json; the caller starts it (`start`). A store id is
+        never reused: a retired store keeps its entry. Refused for a TLS cluster (its CA
+        key is not kept, so no certificate can be issued for a new process)."""
+        if spec.tls:
+            raise ClusterError("adding a store to a TLS cluster is not supported: its CA key "
+                               "is not kept, so the new store could get no certificate")
+        node_id = max((p.node_id for p in spec.of_kind("store")), default=0) + 1
+        name = f"store-{node_id}"
+        taken = {p.address for p in spec.processes} | \
+            {p.metrics_address for p in spec.processes}
+        ports = [port for port in free_ports(4) if f"127.0.0.1:{port}" not in taken][:2]
+        if len(ports) < 2:
+            raise ClusterError("no free loopback ports for a new store")
+        proc = ProcessSpec(name, "store", node_id, f"127.0.0.1:{ports[0]}",
+                           str(self.root / "data" / name),
+                           metrics_address=f"127.0.0.1:{ports[1]}")
+        spec.processes.append(proc)
+        self.save(spec)
+        return proc
+
+    def retire(self, spec: ClusterSpec, name: str, grace: float = 5.0) -> int | None:
+        """Record that store `name` was retired (rooted STORE_RETIRED: it may never host a
+        replica again) and stop it; `start` refuses it from now on. Returns the pid stopped."""
+        proc = spec.get(name)
+        if proc.kind != "store":
+            raise ClusterError(f"{name} is not a store")
+        proc.retired = True
+        self.save(spec)
+        return self.stop(name, grace)
+
     def renew_tls(self, spec: ClusterSpec, within: timedelta = TLS_RENEW_WITHIN) -> bool:
         """Issue a new CA and certificates when one of the cluster's expires within `within`
         (or is missing) and none of its processes runs; True when it did."""
@@ -263,6 +303,9 @@ class LocalCluster:
         return lines[-1].strip() if lines else ""
 
     def start(self, spec: ClusterSpec, proc: ProcessSpec, env: dict[str, str] | None = None) -> int:
+        if proc.retired:
+            raise ClusterError(f"{proc.name} is retired: it cannot be started again (add a "
+                               "store with `nokv cluster add-store`)")
         if (pid := self.pid(proc.name)) is not None:
             return pid
         (self.root / "pids").mkdir(parents=True, exist_ok=True)

@@ -329,3 +329,32 @@ class PauseCatchUpRequest:
     """Test and demo control: stop applying root deltas (the coordinator falls behind)."""
 
     paused: bool
+
+
+@wire_type(329)
+@dataclass(slots=True, frozen=True)
+class RetireStoreRequest:
+    """Operator (admin role): retire store `store_id`. The first call roots the store's
+    drain record (a RecoveryRecord `store_draining`, `coordinator.scheduler.drain_record_id`);
+    the scheduler then moves every replica off it and never places one on it; once the
+    catalog lists no replica on it and nothing pending names it, STORE_RETIRED is rooted.
+    Idempotent: every call answers the progress (docs/operations.md "Retiring a store")."""
+
+    store_id: int
+
+
+@wire_type(330)
+@dataclass(slots=True, frozen=True)
+class RetireStoreReply:
+    """Progress of a retirement. `state`: "draining" | "retired". `replicas_left`: regions the
+    catalog still lists with a replica on the store (`region_ids`, the first 64);
+    `pending`: transitions pending in root that name the store; `retired_index`: root index
+    of STORE_RETIRED (0 while draining)."""
+
+    store_id: int
+    state: str
+    replicas_left: int
+    region_ids: tuple[int, ...] = ()
+    pending: tuple[str, ...] = ()
+    retired_index: int = 0
+    detail: str = ""

@@ -57,6 +57,7 @@ POLICY: Mapping[str, frozenset[str] | Mapping[str, frozenset[str]]] = {
     "AssessRootEventRequest": frozenset({STORE, ADMIN}),
     "RemoveRegionRequest": frozenset({STORE}),
     "PauseCatchUpRequest": frozenset({ADMIN}),
+    "RetireStoreRequest": frozenset({ADMIN}),
     # stores
     "GetRequest": KV_CALLERS,
     "BatchGetRequest": KV_CALLERS,

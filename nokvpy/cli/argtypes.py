@@ -1,0 +1,75 @@
+"""The argument types of the `nokv` command: each checks its text while parsing, so a bad
+value is a usage error (one line, exit status 2) before anything runs.
+
+Owns: `key_text` (UTF-8 or 0x-hex keys and values), `positive`, `non_negative`, `addresses`
+(`host:port[,host:port]`) and `metrics_address` (a `--metrics-addr`, a wildcard refused).
+Never converts what it checked (the commands do) and never does I/O.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from nokvpy.rpc.identity import parse_addr
+from nokvpy.rpc.metrics_http import MetricsAddressError, parse_metrics_addr
+
+
+def key_text(text: str) -> str:
+    """A key or value argument: `0x...` is hex, anything else UTF-8. Checked while parsing, so a
+    malformed one is a usage error; the string itself is kept (data_cmd converts it)."""
+    if text.startswith("0x"):
+        try:
+            bytes.fromhex(text[2:])
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"bad hex {text!r}: expected 0x followed by an even number of hex digits") from None
+    return text
+
+
+def positive(kind):
+    def check(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+        return value
+
+    check.__name__ = f"positive {kind.__name__}"
+    return check
+
+
+def non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value
+
+
+def addresses(text: str) -> str:
+    """`--coordinator host:port[,host:port]`: checked while parsing, so `localhost` (no port)
+    is a usage error. The text itself is kept (the commands split it)."""
+    addrs = [a.strip() for a in text.split(",") if a.strip()]
+    if not addrs:
+        raise argparse.ArgumentTypeError("no address given: expected host:port[,host:port]")
+    for addr in addrs:
+        try:
+            parse_addr(addr)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"bad address {addr!r}: expected host:port (for example 127.0.0.1:2379)") from None
+    return text
+
+
+def metrics_address(text: str) -> str:
+    """`--metrics-addr host:port`: checked while parsing, so a wildcard (0.0.0.0, ::) or a
+    malformed address is a usage error. The text itself is kept."""
+    try:
+        parse_metrics_addr(text)
+    except MetricsAddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip()
