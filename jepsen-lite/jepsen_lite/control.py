@@ -46,6 +46,7 @@ from nokvpy.protocol.store_rpc import ExecutionStatusRequest
 from nokvpy.rpc import Identity, RpcClient
 from nokvpy.wire import FaultRule, SetFaultRules
 
+from . import membership
 from .control_topology import (
     CATALOG_SETTLE,
     MEMBERSHIP_TIMEOUT,
@@ -166,7 +167,7 @@ class ClusterControl(TopologyControl):
         talks to has its liveness; ``wait_cluster_ready`` asks the first coordinator only.)"""
         assert self.spec is not None
         deadline = time.monotonic() + timeout
-        want = len(self.spec.of_kind("store"))
+        want = len(self.names("store"))  # a retired store is never UP again
         last = "starting"
         while True:
             for addr in self.coordinator_addrs():
@@ -200,10 +201,20 @@ class ClusterControl(TopologyControl):
 
     def names(self, kind: str | None = None) -> list[str]:
         assert self.spec is not None
-        return [p.name for p in self.spec.processes if kind is None or p.kind == kind]
+        return [p.name for p in self.spec.processes
+                if (kind is None or p.kind == kind) and not p.retired]
 
     def alive(self, name: str) -> bool:
         return self.cluster.pid(name) is not None
+
+    def retired(self, name: str) -> bool:
+        """Was process ``name`` retired (a store drained and STORE_RETIRED rooted)?"""
+        assert self.spec is not None
+        return self.spec.get(name).retired
+
+    async def add_store(self) -> dict:
+        """Add a store to the running cluster and wait until a coordinator lists it UP."""
+        return await membership.add_store(self)
 
     def data_dir(self, name: str) -> Path:
         """The data directory of process ``name`` (for the disk faults)."""

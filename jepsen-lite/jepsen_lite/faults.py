@@ -67,6 +67,11 @@ FAULTS: dict[str, str] = {
     "must refuse to start with a corrupt-log error (then the bit is put back)",
     "power-loss": "kill -9 every process at once, then restart them all, the stores losing "
     "every write they never fdatasynced",
+    # store membership (jepsen_lite.membership)
+    "join": "add a store process to the running cluster (new id, ports and data directory); "
+    "a coordinator must list it UP",
+    "retire": "retire a store (a store joins first when the others could not hold the "
+    "replication): every replica moved off it, STORE_RETIRED rooted, the process stopped",
     "clock-skew": "skew the tick rate of one or two raft processes (stores, metaroot peers) "
     "apart: driver.tick return(1.05..1.12) on one, return(0.9..0.95) on another, inside the "
     "leases' 28 % bound, restored at the end",
@@ -80,6 +85,7 @@ ALIASES: dict[str, list[str]] = {
     "failpoints": ["publish-fail", "slow-fsync", "crash-point"],
     "clock": ["lease", "tick-stretch", "clock-skew"],
     "disk": list(DISK_FAULTS),
+    "membership": ["join", "retire"],
     "net-extra": ["one-way", "bridge", "ring", "blackhole", "duplicate", "reorder", "corrupt"],
 }
 PUBLISH_FAILPOINTS = ("store.publish_terminal", "store.publish_planned")

@@ -10,8 +10,8 @@ scheduler drains a retiring store (docs/operations.md "Retiring a store").
 * ``join``: a new store process (next store id, free loopback ports, its own data
   directory: ``LocalCluster.add_store``) is started like the others; the window is valid
   when a coordinator lists it UP. New replicas then go to the least loaded live store.
-* ``retire``: only when the coordinator lists more live stores than the replication
-  (typically after a ``join``), else the window records ``skipped``. Inject asks a
+* ``retire``: when the coordinator lists no more live stores than the replication, a store
+  joins first (the retirement is then a replacement). Inject asks a
   coordinator to retire the store (RetireStore: it starts draining); heal waits until it
   is retired (``drain_timeout``), then checks that no catalog region lists a replica on it,
   that it is RETIRED in root (STORE_RETIRED) and that the cluster serves (the first region
@@ -36,12 +36,9 @@ from nokvpy.protocol.coordinator_rpc import (
 )
 from nokvpy.rpc import RemoteError
 
-MEMBERSHIP_FAULTS: dict[str, str] = {
-    "join": "add a store process to the running cluster (new id, ports and data directory); "
-            "a coordinator must list it UP",
-    "retire": "retire a store: every replica moved off it, STORE_RETIRED rooted, the process "
-              "stopped (skipped unless there are more live stores than the replication)",
-}
+from .faults import FAULTS
+
+MEMBERSHIP_FAULTS: dict[str, str] = {name: FAULTS[name] for name in ("join", "retire")}
 JOIN_TIMEOUT = 30.0  # seconds a new store has to be listed UP
 DRAIN_TIMEOUT = 90.0  # seconds a retiring store has to be drained and retired at heal
 SERVE_TIMEOUT = 20.0  # seconds the cluster has to route the first region to a leader
@@ -179,9 +176,11 @@ async def _start_retirement(control: Any, target: str | None) -> dict:
     replication = control.spec.replication
     if states.get(proc.node_id) == "RETIRED":
         return {"skipped": f"{target} is retired already"}
-    if len(live) <= replication:
-        return {"skipped": f"{len(live)} live store(s) for a replication of {replication}: "
-                           "none can be retired (a join first)"}
+    joined = None
+    if len(live) <= replication:  # a replacement: a store joins first, then one retires
+        joined = await add_store(control)
+        if not joined["up"]:
+            return {"joined": joined, "skipped": f"{joined['added']} did not come up"}
     try:
         reply = await _call(control, RetireStoreRequest(proc.node_id))
     except RemoteError as exc:
@@ -189,7 +188,7 @@ async def _start_retirement(control: Any, target: str | None) -> dict:
             return {"skipped": exc.message}
         raise
     return {"store_id": proc.node_id, "state": reply.state,
-            "replicas_left": reply.replicas_left}
+            "replicas_left": reply.replicas_left, **({"joined": joined} if joined else {})}
 
 
 async def heal(control: Any, fault: str, target: str | None, params: dict) -> dict:

@@ -43,7 +43,7 @@ from typing import Any, Protocol
 
 import trio
 
-from . import disk, hostile, lease, netfaults
+from . import disk, hostile, lease, membership, netfaults
 from .faults import (
     ALIASES,
     CRASH_POINTS,
@@ -242,6 +242,16 @@ class Nemesis:
             name = self.rng.choice(names) if names else None
         return name
 
+    def _retired(self, target: str | None) -> bool:
+        """Is ``target`` a process retired during the run (never started again)?"""
+        retired = getattr(self.control, "retired", None)
+        if target is None or retired is None:
+            return False
+        try:
+            return bool(retired(target))
+        except Exception:  # noqa: BLE001 - not one process name ("servers", "a,b", ...)
+            return False
+
     async def _plan_lease(self, window: Window) -> str | None:
         """Resolve a store ``lease`` window: a region with a leader and the workload keys in
         it (the plan is kept for ``_inject``)."""
@@ -267,6 +277,11 @@ class Nemesis:
         else:
             target = await self._resolve(window.target)
         ident = (window.fault, target)
+        if window.fault != "retire" and self._retired(target):  # a store retired earlier
+            record.errors.append("target retired")
+            record.target, record.start = target, self.clock()
+            record.stop = record.start
+            return ActiveFault(window, target, {"skipped": "target retired"}, record.start)
         if ident in self.active:  # the same fault is already on that target: skip
             record.errors.append("already active")
             record.target = target
@@ -335,6 +350,8 @@ class Nemesis:
             return {}  # stalls run in the window loop (see run_window)
         if fault in DISK_FAULTS:
             return await disk.inject(c, fault, target, params)
+        if fault in membership.MEMBERSHIP_FAULTS:
+            return await membership.inject(c, fault, target, params)
         if fault == "clock-skew":
             return {"set": {name: await c.set_failpoint(name, lease.TICK_FAILPOINT, f"return({f})")
                             for name, f in params.get("factors", {}).items()}}
@@ -415,6 +432,8 @@ class Nemesis:
             return {"stalls": len(active.details.get("stalls", [])), **cleared}
         if fault in DISK_FAULTS:
             return await disk.heal(c, fault, target, params)
+        if fault in membership.MEMBERSHIP_FAULTS:
+            return await membership.heal(c, fault, target, params)
         if fault == "clock-skew":
             return {name: await lease.restore_rate(c, name) for name in params.get("factors", {})}
         if fault == "hostile":  # nothing to heal: the check (recorded in the stop event)

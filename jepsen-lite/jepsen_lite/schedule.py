@@ -28,6 +28,7 @@ from .faults import (
     parse_faults,
 )
 from .hostile_plan import hostile_params
+from .membership import MEMBERSHIP_FAULTS, membership_params
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,8 @@ def _window_params(
         return disk_params(fault, rng, by_kind)
     if fault == "clock-skew":
         return lease.clock_skew_params(rng, by_kind)
+    if fault in MEMBERSHIP_FAULTS:
+        return membership_params(fault, rng, by_kind)
     raise NemesisError(f"unknown fault {fault!r}")
 
 

@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 import trio
 from jepsen_lite.history import History, Recorder
-from jepsen_lite.nemesis import LEADER, Nemesis, ScheduleOptions, Window, build_schedule
+from jepsen_lite.nemesis import (
+    LEADER,
+    Nemesis,
+    ScheduleOptions,
+    Window,
+    build_schedule,
+    parse_faults,
+)
 
 PROCS = ["metaroot-1", "coordinator-1", "store-1", "store-2", "store-3"]
 
@@ -106,7 +113,11 @@ def nemesis_for(control, recorder, seed=1):
 async def test_every_window_is_injected_healed_and_recorded(autojump_clock):
     control = FakeControl()
     recorder = Recorder()
-    schedule = build_schedule("all", 120, 5, PROCS)
+    # every fault this fake models: disk and membership windows need real data directories
+    # and a real cluster (tests/jepsen/test_disk_faults.py, test_membership_faults.py)
+    faults = [f for f in parse_faults("all")
+              if f not in parse_faults("disk,membership")]
+    schedule = build_schedule(faults, 120, 5, PROCS)
     nemesis = nemesis_for(control, recorder)
     await nemesis.run(schedule)
     history = History(recorder.history.events)
@@ -226,3 +237,18 @@ def test_schedule_for_the_smoke_run_is_stable():
     again = build_schedule("kill,partition,publish-fail", 60, 1, PROCS, ScheduleOptions())
     assert windows == again
     assert {w.fault for w in windows} == {"kill", "partition", "publish-fail"}
+
+
+async def test_a_window_aimed_at_a_retired_store_is_skipped(autojump_clock):
+    """A store retired during the run (a `retire` window) is never started again: later
+    windows the schedule aimed at it are recorded as skipped and inject nothing."""
+    control = FakeControl()
+    control.retired = lambda name: name == "store-1"
+    recorder = Recorder()
+    nemesis = nemesis_for(control, recorder)
+    await nemesis.run([Window(1, 2, "kill", "store-1"), Window(3, 4, "kill", "store-2")])
+    assert [c for c in control.calls if c[0] == "kill"] == [("kill", "store-2")]
+    skipped = [r for r in nemesis.intervals if r.target == "store-1"]
+    assert skipped and skipped[0].errors == ["target retired"]
+    assert skipped[0].stop is not None
+    assert control.dead == set() and nemesis.active == {}

@@ -156,10 +156,28 @@ async def test_a_join_that_never_comes_up_is_invalid(tmp_path, autojump_clock):
     assert (healed["valid"], healed["outcome"]) == (False, "not up")
 
 
-async def test_retire_is_skipped_without_a_spare_store(tmp_path, autojump_clock):
+async def test_retire_without_a_spare_store_adds_one_first(tmp_path, autojump_clock):
+    control, coord = make_control(tmp_path)
+    start = control.cluster.start
+
+    def start_and_join(spec, proc, env=None):  # the new process joins as it starts
+        coord.up.add(proc.node_id)
+        return start(spec, proc, env)
+
+    control.cluster.start = start_and_join
+    result = await membership.inject(control, "retire", "store-1", {"drain_timeout": 30.0})
+    assert result["joined"]["added"] == "store-4" and result["joined"]["up"]
+    assert (result["store_id"], result["state"]) == (1, "draining")
+    healed = await membership.heal(control, "retire", "store-1", {"drain_timeout": 30.0})
+    assert (healed["valid"], healed["outcome"]) == (True, "retired, drained"), healed
+    for d in coord.regions:
+        assert sorted(p.store_id for p in d.peers) == [2, 3, 4]
+
+
+async def test_retire_is_skipped_when_the_replacement_never_comes_up(tmp_path, autojump_clock):
     control, coord = make_control(tmp_path)
     result = await membership.inject(control, "retire", "store-1", {"drain_timeout": 5.0})
-    assert "none can be retired" in result["skipped"]
+    assert "did not come up" in result["skipped"]
     assert "RetireStoreRequest" not in coord.calls
     healed = await membership.heal(control, "retire", "store-1", {"drain_timeout": 5.0})
     assert (healed["valid"], healed["outcome"]) == (True, "skipped")
@@ -201,3 +219,23 @@ async def test_a_refusal_by_the_coordinator_is_recorded_as_skipped(tmp_path, aut
     coord.draining.add(3)  # another retirement is under way: the coordinator refuses
     result = await membership.inject(control, "retire", "store-1", {})
     assert "would leave" in result["skipped"]
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_a_run_that_replaces_stores_is_valid(tmp_path):
+    """`retire` windows on a real cluster: a store joins, another is drained and retired while
+    the workload runs; the run must be valid and every window retire a store."""
+    from jepsen_lite.report import summary_text
+    from jepsen_lite.runner import RunConfig, run
+
+    config = RunConfig(workload="register", nemesis=["retire"], time_limit=40, seed=1,
+                       dir=str(tmp_path / "run"), fault_duration=(20.0, 25.0))
+    results = run(config, log=lambda msg: print(msg, flush=True))
+    explain = f"\n{summary_text(results)}\nrun directory: {results['dir']}\n"
+    assert results["valid"] is True, explain
+    stops = [e["value"] for e in
+             map(json.loads, (tmp_path / "run" / "history.jsonl").read_text().splitlines())
+             if e.get("process") == "nemesis" and e.get("f") == "stop"
+             and e["value"].get("fault") == "retire"]
+    assert stops and all(s.get("outcome") == "retired, drained" for s in stops), stops
