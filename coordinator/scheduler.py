@@ -40,7 +40,6 @@ Never: writes root, talks to stores (replies carry the operations), or reads a w
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, fields
 from typing import Any
@@ -55,10 +54,6 @@ from nokvpy.protocol.enums import (
 )
 from nokvpy.protocol.records import RegionDescriptor, RegionEpoch
 
-# TEST-ONLY (NOKV_UNSAFE_DRAIN=1, read once at import; never set it elsewhere): a draining
-# replica is removed without checking that the region's other replicas are up, so a
-# retirement can cost a region its quorum (tests/coordinator/test_scheduler_drain.py).
-UNSAFE_DRAIN = os.environ.get("NOKV_UNSAFE_DRAIN") == "1"
 DRAIN_PREFIX = "store-retire:"  # the transition id of a store's drain record
 DRAIN_ACTION = "store_draining"  # the action of a store's drain record
 
@@ -145,9 +140,14 @@ def key_region(kind: TransitionKind, targets: tuple[RegionDescriptor, ...],
 
 
 class Scheduler:
-    def __init__(self, svc: Any, config: SchedulerConfig | None = None):
+    def __init__(self, svc: Any, config: SchedulerConfig | None = None, *,
+                 unsafe_drain: bool = False):
         self.svc = svc
         self.config = config or SchedulerConfig()
+        # TEST-ONLY (NOKV_UNSAFE_DRAIN=1 in a coordinator's environment; never set it
+        # elsewhere): a draining replica is removed without checking that the region's other
+        # replicas are up (tests/coordinator/test_scheduler_drain.py catches it).
+        self.unsafe_drain = unsafe_drain
         self.inflight: dict[int, InFlight] = {}  # region id -> its one operation
         self.pending_seen: dict[str, float] = {}  # transition id -> last progress seen
         self.cold: Counter[int] = Counter()  # region id -> consecutive cold leader reports
@@ -306,7 +306,7 @@ class Scheduler:
             dead.sort(key=lambda q: (q.store_id not in down, q.store_id))
             victim = dead[0]
             what = "down" if victim.store_id in down else "draining"
-            safe = victim.store_id in down or UNSAFE_DRAIN or (
+            safe = victim.store_id in down or self.unsafe_drain or (
                 all(tracker.is_up(q.store_id, now) for q in alive)
                 and sum(1 for q in alive if not q.learner) >= self.svc.replication)
             if len(alive) < self.svc.replication and candidates:

@@ -151,7 +151,8 @@ class CoordinatorService:
         self.stores.record_orphan = self._record_orphan
         self._orphans_in_flight: set[tuple[int, int]] = set()
         self.transitions = Transitions(self)
-        self.scheduler = Scheduler(self, scheduler)
+        self.scheduler = Scheduler(self, scheduler,
+                                   unsafe_drain=os.environ.get("NOKV_UNSAFE_DRAIN") == "1")
         self.counters: Counter[str] = Counter()
         self.started_at = 0.0
         self.bootstrap_state = "waiting"

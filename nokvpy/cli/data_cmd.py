@@ -23,10 +23,10 @@ from typing import Any
 import trio
 
 from nokvpy.cli import admin_wait
-from nokvpy.cli.common import CliError, remote_text
+from nokvpy.cli.common import CliError, one_line_errors, remote_text
 from nokvpy.cli.output import kv_lines, parse_key, plain, print_json, readable, show_key, table
 from nokvpy.client import Client, Compare, Op
-from nokvpy.client.errors import NokvError, RouteRejectedError, UnavailableError
+from nokvpy.client.errors import RouteRejectedError, UnavailableError
 from nokvpy.cluster.local import ClusterError, LocalCluster
 from nokvpy.protocol import Freshness, RootToken
 from nokvpy.protocol.admin import FailpointClearRequest, FailpointListRequest, FailpointSetRequest
@@ -154,15 +154,8 @@ def run_handler(args, handler: Callable[..., Awaitable[int]]) -> int:
 async def _run(args, target: Target, handler: Callable[..., Awaitable[int]]) -> int:
     client = target.client()
     try:
-        return await handler(args, target, client)
-    except UnavailableError as exc:
-        raise CliError(target.explain_unavailable(exc)) from None
-    except NokvError as exc:
-        raise CliError(f"{type(exc).__name__}: {exc}") from None
-    except RemoteError as exc:
-        raise CliError(remote_text(exc)) from None
-    except (RpcUnavailableError, RpcTimeoutError) as exc:
-        raise CliError(f"{type(exc).__name__}: {exc}") from None
+        with one_line_errors(target.explain_unavailable):
+            return await handler(args, target, client)
     finally:
         await client.aclose()
 

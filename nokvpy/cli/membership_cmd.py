@@ -18,13 +18,11 @@ from typing import Any
 
 import trio
 
-from nokvpy.cli.common import CliError, remote_text
+from nokvpy.cli.common import CliError, one_line_errors
 from nokvpy.cli.output import Progress, print_json
 from nokvpy.client import Client
-from nokvpy.client.errors import NokvError, UnavailableError
 from nokvpy.cluster.local import ClusterError, LocalCluster
 from nokvpy.protocol.coordinator_rpc import RetireStoreReply, RetireStoreRequest
-from nokvpy.rpc import RemoteError, RpcTimeoutError, RpcUnavailableError
 
 POLL = 1.0  # seconds between progress requests with --wait
 
@@ -116,15 +114,8 @@ async def _run(args) -> int:
     client = admin_client(args)
     progress = Progress("retire-store", enabled=args.wait and not args.json)
     try:
-        reply = await retire(client, args.store, args.wait, args.wait_timeout, progress)
-    except UnavailableError as exc:
-        raise CliError(str(exc)) from None
-    except NokvError as exc:
-        raise CliError(f"{type(exc).__name__}: {exc}") from None
-    except RemoteError as exc:
-        raise CliError(remote_text(exc)) from None
-    except (RpcUnavailableError, RpcTimeoutError) as exc:
-        raise CliError(f"{type(exc).__name__}: {exc}") from None
+        with one_line_errors():
+            reply = await retire(client, args.store, args.wait, args.wait_timeout, progress)
     finally:
         await client.aclose()
     stopped = stop_retired(args, args.store) if reply.state == "retired" else None

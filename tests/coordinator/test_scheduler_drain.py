@@ -177,17 +177,15 @@ def test_draining_store_ids_reads_the_rooted_drain_records():
 
 
 @pytest.mark.parametrize("unsafe", [False, True], ids=["guarded", "NOKV_UNSAFE_DRAIN"])
-def test_a_drain_never_takes_a_region_below_its_replication_on_up_stores(monkeypatch, unsafe):
+def test_a_drain_never_takes_a_region_below_its_replication_on_up_stores(unsafe):
     """Region on stores 1-4 (replication 3): 2 is not UP (not down long enough for repair
     yet), 3 is draining. Removing 3 now would leave 2 replicas on UP stores (1, 4): one more
     failure and the region has no quorum. The guard waits; the test-only switch that turns
     it off is caught here."""
-    import coordinator.scheduler as sched
-
-    monkeypatch.setattr(sched, "UNSAFE_DRAIN", unsafe)
     up = {1, 3, 4}
     d = region(1, [1, 2, 3, 4])
     s = scheduler(up)
+    s.unsafe_drain = unsafe  # what NOKV_UNSAFE_DRAIN=1 sets in a coordinator
     s._repair(FakeCatalog([d], [1, 2, 3, 4, 5]), {1: obs_for(d, 1)}, set(), 100.0, {3})
     f = s.inflight.get(1)
     removed = f.op.store_id if f is not None and f.op.kind == "remove_peer" else None
