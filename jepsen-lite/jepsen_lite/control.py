@@ -96,6 +96,7 @@ class ClusterControl(TopologyControl):
         self._rules_applied: dict[str, int] = {}
         self._failpoints: dict[str, dict[str, str]] = {}
         self._paused: set[str] = set()
+        self._held: set[str] = set()  # kept down while a disk fault edits their files
         self._fresh: set[str] = set()  # started by us, no rules pushed since
         self._store_names: dict[int, str] = {}
         self._removed: dict[int, int] = {}  # region id -> store a churn removal took it from
@@ -242,10 +243,21 @@ class ClusterControl(TopologyControl):
             await self.kill(name)  # reaps it and forgets its pid file and paused state
         return pids
 
-    async def start(self, name: str, extra_env: dict[str, str] | None = None) -> dict:
+    def hold(self, name: str) -> None:
+        """Keep ``name`` down: until ``release``, only a ``start(..., force=True)`` starts it
+        (a disk fault edits its files: no heal or churn restart may race it)."""
+        self._held.add(name)
+
+    def release(self, name: str) -> None:
+        self._held.discard(name)
+
+    async def start(self, name: str, extra_env: dict[str, str] | None = None, *,
+                    force: bool = False) -> dict:
         """Start ``name`` if it is not running (``extra_env`` added to its environment for
-        this start only, e.g. ``NOKV_LOSE_UNSYNCED=1``)."""
+        this start only, e.g. ``NOKV_LOSE_UNSYNCED=1``); a held process only with ``force``."""
         assert self.spec is not None
+        if name in self._held and not force:
+            return {"pid": None, "action": "held down by a disk fault"}
         proc = self.spec.get(name)
         was = self.cluster.pid(name)
         env = {**self._env_for(name), **(extra_env or {})}

@@ -194,7 +194,7 @@ async def _wait_serving(control: Any, name: str, timeout: float) -> bool:
 async def _restart(control: Any, name: str, env: dict[str, str] | None = None) -> dict:
     """Start ``name`` and judge: recovered when it serves, else what its log says."""
     offset = _log_size(control, name)
-    started = await control.start(name, extra_env=env) if env else await control.start(name)
+    started = await control.start(name, extra_env=env, force=True)
     serving = await _wait_serving(control, name, SERVE_TIMEOUT)
     out = {"start": started, "serving": serving}
     if not serving:
@@ -205,7 +205,9 @@ async def _restart(control: Any, name: str, env: dict[str, str] | None = None) -
 async def _expect_refusal(control: Any, name: str, expect: str) -> dict:
     """Start ``name`` on damaged durable data: it must exit saying it refuses and why."""
     offset = _log_size(control, name)
-    await control.start(name)
+    started = await control.start(name, force=True)
+    if started.get("action") != "restarted":  # someone else's process: not a judgement
+        return {"refused": False, "exited": False, "log": [f"not started: {started}"]}
     down = await _wait_down(control, name, REFUSE_TIMEOUT)
     text = _log_since(control, name, offset)
     refused = down and REFUSAL in text and expect in text
@@ -253,10 +255,14 @@ async def heal(control: Any, fault: str, target: str | None, params: dict) -> di
         return {"skipped": "no target", "valid": True}
     if fault in ("disk-full", "eio"):
         return await _heal_failstop(control, target, params)
-    if fault in ("lose-unsynced", "torn-frame"):
-        return await _heal_crash(control, fault, target, params)
-    if fault == "bit-flip":
-        return await _heal_bit_flip(control, target, params)
+    if fault in ("lose-unsynced", "torn-frame", "bit-flip"):
+        control.hold(target)  # no heal or churn restart may race the surgery on its files
+        try:
+            if fault == "bit-flip":
+                return await _heal_bit_flip(control, target, params)
+            return await _heal_crash(control, fault, target, params)
+        finally:
+            control.release(target)
     if fault == "power-loss":
         env = LOSE_UNSYNCED_ENV if params.get("lose_unsynced") else None
         out: dict[str, Any] = {}

@@ -154,6 +154,7 @@ class FakeStoreControl:
     def __init__(self, root):
         self.root = root
         self.running = False
+        self.held = False
         self.starts = 0
         (root / "logs").mkdir()
 
@@ -170,7 +171,14 @@ class FakeStoreControl:
         self.running = False
         return {"pid": 1, "action": "SIGKILL"}
 
-    async def start(self, name, extra_env=None):
+    def hold(self, name):
+        self.held = True
+
+    def release(self, name):
+        self.held = False
+
+    async def start(self, name, extra_env=None, force=False):
+        assert force or not self.held, "a held store started without force"
         self.starts += 1
         try:
             wal, _ = Wal.open(self.root / "data" / disk.WAL_DIR)
@@ -217,3 +225,16 @@ async def test_a_store_that_starts_on_damaged_data_is_judged_invalid(
     assert out["valid"] is False and out["outcome"] == "started on damaged durable data"
     assert disk.check_history([{"process": "nemesis", "f": "stop",
                                 "value": {"fault": "bit-flip", **out}}])["valid"] is False
+
+
+async def test_a_held_process_is_started_only_by_the_fault_that_holds_it(tmp_path):
+    """While a disk fault edits a store's files, the run's heal or a churn restart must not
+    start it (found by a soak: a restart raced the bit-flip surgery)."""
+    from jepsen_lite.control import ClusterControl
+
+    control = ClusterControl(tmp_path / "c")
+    control.create()
+    control.hold("store-1")
+    assert (await control.start("store-1"))["action"] == "held down by a disk fault"
+    assert not control.alive("store-1")
+    control.release("store-1")
