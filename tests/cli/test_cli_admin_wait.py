@@ -352,6 +352,7 @@ def test_remove_add_and_transfer_print_their_end_states(cluster):
     assert set(body) == {"transition_id", "outcome", "stage", "detail"}, body
 
 
+@pytest.mark.slow  # waits out a deadline (about 11 s)
 @pytest.mark.cli_last(7)
 def test_an_end_state_that_is_not_reached_fails_with_the_reason(cluster):
     """With store 3 paused (SIGSTOP): removing its replica succeeds and says store 3 is not

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from cli_harness import Cluster, kill_leftovers, nokv, ok, one_line_error, start_cluster, wait_for
 
 from nokvpy.cluster.local import LocalCluster
@@ -22,6 +23,7 @@ def _stores(cluster: Cluster) -> dict[int, dict]:
     return {s["store_id"]: s for s in cluster.json("stores")}
 
 
+@pytest.mark.slow  # about 30 s of real processes (the default run stays under 10 minutes)
 def test_add_a_store_then_retire_one(tmp_path):
     directory = tmp_path / "cluster"
     cluster = Cluster(directory, None)

@@ -189,6 +189,7 @@ async def test_a_resumed_leader_never_serves_a_stale_read_50_times(tmp_path):
     assert not any(r["stale"] for r in results), _summary(results)
 
 
+@pytest.mark.slow  # a catch experiment (about 9 s): the default run keeps the safe check
 async def test_the_unsafe_lease_switch_is_caught(tmp_path):
     """NOKV_UNSAFE_LEASE=1 (one tick per wake-up): an isolated paused leader still trusts
     its lease after SIGCONT and answers from it. Caught within a few iterations."""
