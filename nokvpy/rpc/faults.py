@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from nokvpy.wire import FRAME_HEADER_SIZE, FaultRule, FaultRulesState, SetFaultRules
 
@@ -201,6 +201,12 @@ class FaultRules:
         self.add(FaultRule(src=frozenset({node}), blackhole=True, label=label))
         self.add(FaultRule(dst=frozenset({node}), blackhole=True, label=label))
 
+    def _add_matching(self, src: Iterable[str], dst: Iterable[str],
+                      message_types: Iterable[str], label: str, **effect: Any) -> None:
+        """Add one rule with `effect` (FaultRule fields) for the matching messages."""
+        self.add(FaultRule(frozenset(src), frozenset(dst), frozenset(message_types),
+                           label=label, **effect))
+
     def drop(
         self,
         probability: float,
@@ -210,10 +216,7 @@ class FaultRules:
         message_types: Iterable[str] = (),
         label: str = "drop",
     ) -> None:
-        self.add(
-            FaultRule(frozenset(src), frozenset(dst), frozenset(message_types), drop=probability,
-                      label=label)
-        )
+        self._add_matching(src, dst, message_types, label, drop=probability)
 
     def delay(
         self,
@@ -225,10 +228,7 @@ class FaultRules:
         message_types: Iterable[str] = (),
         label: str = "delay",
     ) -> None:
-        self.add(
-            FaultRule(frozenset(src), frozenset(dst), frozenset(message_types), delay=seconds,
-                      jitter=jitter, label=label)
-        )
+        self._add_matching(src, dst, message_types, label, delay=seconds, jitter=jitter)
 
     def duplicate(
         self,
@@ -242,8 +242,7 @@ class FaultRules:
     ) -> None:
         """Deliver a matching one-way request twice with `probability`; the copy right after
         it (`hold` 0) or uniform(0, `hold`) seconds later, after newer messages."""
-        self.add(FaultRule(frozenset(src), frozenset(dst), frozenset(message_types),
-                           duplicate=probability, hold=hold, label=label))
+        self._add_matching(src, dst, message_types, label, duplicate=probability, hold=hold)
 
     def reorder(
         self,
@@ -258,8 +257,7 @@ class FaultRules:
         """Hold a matching one-way request back with `probability`: it is delivered right
         after the next request that arrives on its connection, or after uniform(0, `hold`)
         seconds (0: DEFAULT_REORDER_HOLD) if none comes first."""
-        self.add(FaultRule(frozenset(src), frozenset(dst), frozenset(message_types),
-                           reorder=probability, hold=hold, label=label))
+        self._add_matching(src, dst, message_types, label, reorder=probability, hold=hold)
 
     def corrupt(
         self,
@@ -271,8 +269,7 @@ class FaultRules:
         label: str = "corrupt",
     ) -> None:
         """Damage bytes of a matching framed request or reply with `probability`."""
-        self.add(FaultRule(frozenset(src), frozenset(dst), frozenset(message_types),
-                           corrupt=probability, label=label))
+        self._add_matching(src, dst, message_types, label, corrupt=probability)
 
     # ---- admin records --------------------------------------------------------------------
 
