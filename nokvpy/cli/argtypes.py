@@ -3,15 +3,13 @@ value is a usage error (one line, exit status 2) before anything runs.
 
 Owns: `key_text` (UTF-8 or 0x-hex keys and values), `positive`, `non_negative`, `addresses`
 (`host:port[,host:port]`) and `metrics_address` (a `--metrics-addr`, a wildcard refused).
-Never converts what it checked (the commands do) and never does I/O.
+Never converts what it checked (the commands do) and never does I/O; imports the RPC layer
+only when a check needs it (every `nokv` invocation parses arguments, `--help` included).
 """
 
 from __future__ import annotations
 
 import argparse
-
-from nokvpy.rpc.identity import parse_addr
-from nokvpy.rpc.metrics_http import MetricsAddressError, parse_metrics_addr
 
 
 def key_text(text: str) -> str:
@@ -53,6 +51,8 @@ def non_negative(text: str) -> int:
 def addresses(text: str) -> str:
     """`--coordinator host:port[,host:port]`: checked while parsing, so `localhost` (no port)
     is a usage error. The text itself is kept (the commands split it)."""
+    from nokvpy.rpc.identity import parse_addr
+
     addrs = [a.strip() for a in text.split(",") if a.strip()]
     if not addrs:
         raise argparse.ArgumentTypeError("no address given: expected host:port[,host:port]")
@@ -68,6 +68,8 @@ def addresses(text: str) -> str:
 def metrics_address(text: str) -> str:
     """`--metrics-addr host:port`: checked while parsing, so a wildcard (0.0.0.0, ::) or a
     malformed address is a usage error. The text itself is kept."""
+    from nokvpy.rpc.metrics_http import MetricsAddressError, parse_metrics_addr
+
     try:
         parse_metrics_addr(text)
     except MetricsAddressError as exc:

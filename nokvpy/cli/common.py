@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-
-from nokvpy.client.errors import NokvError, UnavailableError
-from nokvpy.rpc import RemoteError, RpcTimeoutError, RpcUnavailableError
+from typing import Any
 
 
 class CliError(Exception):
@@ -41,9 +39,13 @@ def remote_text(exc) -> str:
 
 
 @contextmanager
-def one_line_errors(unavailable: Callable[[UnavailableError], str] = str) -> Iterator[None]:
+def one_line_errors(unavailable: Callable[[Any], str] = str) -> Iterator[None]:
     """Turn the failures of a command's client calls into one-line `CliError`s
-    (`unavailable` words an UnavailableError, e.g. naming the addresses tried)."""
+    (`unavailable` words an UnavailableError, e.g. naming the addresses tried). Imports the
+    client and RPC layers when used, not at start-up (as `use_tls` does)."""
+    from nokvpy.client.errors import NokvError, UnavailableError
+    from nokvpy.rpc import RemoteError, RpcTimeoutError, RpcUnavailableError
+
     try:
         yield
     except UnavailableError as exc:
