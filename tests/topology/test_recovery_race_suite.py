@@ -167,4 +167,7 @@ async def _applied_somewhere(c, client, tid):
 
 async def _settled(c, client, tid):
     phase = await c.phase(client, tid)
-    return phase if phase in ("COMPLETED", "CANCELLED") else None
+    if phase == "CANCELLED":  # the compensator records "compensated" after the cancel lands
+        actions = [r.action for r in await c.recovery_records(client, tid)]
+        return phase if "compensated" in actions else None
+    return phase if phase == "COMPLETED" else None

@@ -39,10 +39,13 @@ async def test_leader_killed_before_proposing_is_compensated(module_topo):
             assert await c.phase(client, tid) in ("ADMITTED", "CANCELLED")
             await wait_until(lambda: _phase_is(c, client, tid, "CANCELLED"), 45,
                              what="the plan to be cancelled")
-            records = await wait_until(lambda: c.recovery_records(client, tid), 15,
-                                       what="a recovery record")
+            # the "fenced" witness is recorded before the cancel, "compensated" after it
+            records = await wait_until(lambda: _with_action(c, client, tid, "compensated"), 15,
+                                       what="a compensated recovery record")
             rec = records[-1]
             assert rec.action == "compensated", rec
+            witness = [r.action for r in await c.recovery_records(client, tid)]
+            assert witness.index("fenced") < witness.index("compensated"), witness
             assert "pending since root index" in rec.failure_evidence, rec
             assert "not applied" in rec.failure_evidence, rec
             assert "restored" in rec.undone and "keeps serving" in rec.remained, rec
@@ -62,6 +65,10 @@ async def test_leader_killed_before_proposing_is_compensated(module_topo):
         assert await client.get(b"m/09") == b"v9"
 
 
+async def _with_action(c, client, tid, action):
+    return [r for r in await c.recovery_records(client, tid) if r.action == action]
+
+
 async def _dead(c, name):
     return not c.alive(name)
 
@@ -73,6 +80,8 @@ async def _phase_is(c, client, tid, phase):
 async def test_false_failure_report_does_not_cancel_an_applied_transition(module_topo):
     c = module_topo
     async with c.client() as client:
+        for name in c.store_names():  # the module's cluster whole again, whatever ran before
+            await c.wait_store(client, name)
         await client.put(b"n/1", b"x")
         for name in c.store_names():
             await c.failpoint(client, name, "store.publish_terminal", "raise")
