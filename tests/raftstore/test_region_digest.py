@@ -137,6 +137,7 @@ def test_the_data_and_the_applied_index_come_from_one_read_transaction(env):
     every digest must be the one of the state its applied index names."""
     write(env, {b"k": b"1"}, applied=1)
     stop = threading.Event()
+    advanced = threading.Event()  # the writer committed a step since it was last cleared
 
     def writer() -> None:
         meta = LocalMeta(env)
@@ -148,6 +149,7 @@ def test_the_data_and_the_applied_index_come_from_one_read_transaction(env):
             batch.put("kv", b"k%05d" % i, b"v")
             meta.stage_replay_pointer(batch, 1, i, 2)
             env.commit_sync(batch)
+            advanced.set()
 
     t = threading.Thread(target=writer)
     t.start()
@@ -162,7 +164,10 @@ def test_the_data_and_the_applied_index_come_from_one_read_transaction(env):
 
     env.read = counting
     try:
-        for _ in range(300):
+        for n in range(300):
+            if n % 50 == 0:  # the writer moves on between digests (the GIL may starve it)
+                assert advanced.wait(10), "the writer committed nothing for 10 s"
+                advanced.clear()
             d = digest(env)
             i = d.applied_index
             state = {b"k": str(i).encode(), **{b"k%05d" % j: b"v" for j in range(2, i + 1)}}
