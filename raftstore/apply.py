@@ -68,6 +68,7 @@ from nokvpy.raft.types import (
 from nokvpy.storage import KV, Env, LocalMeta, RaftLogStore, WriteBatch
 from nokvpy.wire import DecodeError, decode, encode
 from raftstore import commands as _commands  # noqa: F401  (installs the fast entry codec)
+from raftstore.changelog import RegionChanges
 from raftstore.kvformat import (
     INVALID,
     KEY_NOT_IN_REGION,
@@ -108,6 +109,22 @@ def unsafe_apply_flip_on(store_id: int) -> bool:
 
 OK = KvResult(True)
 EPOCH_MISMATCH = "epoch_mismatch"
+
+
+class _Overlay(dict):
+    """The apply's overlay of staged writes (key -> stored value, None: deleted) that also
+    lists, while `log` is a list, the writes made to it (a region's change log records them)."""
+
+    __slots__ = ("log",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[tuple[bytes, bytes | None]] | None = None
+
+    def __setitem__(self, key: bytes, value: bytes | None) -> None:
+        dict.__setitem__(self, key, value)
+        if self.log is not None:
+            self.log.append((key, value))
 
 AdminHandler = Callable[["RegionStateMachine", WriteBatch, Entry, AdminCommand], Any]
 
@@ -180,7 +197,9 @@ class RegionStateMachine:
         # `_pending` then maps each key they wrote to its value (None: deleted), so a CAS
         # staged after them reads what they wrote. Cleared when the last one is durable.
         self._staged: deque[tuple[int, int, RegionDescriptor | None, int]] = deque()
-        self._pending: dict[bytes, bytes | None] = {}
+        self._pending = _Overlay()
+        # The region's change log (raftstore.changelog), for watches; None: not recorded.
+        self.changes: RegionChanges | None = None
         self._plain = False
         # Background snapshot building: `spawn(async_fn)` starts a task and says whether it
         # could (None, or False: build inline).
@@ -223,7 +242,8 @@ class RegionStateMachine:
             decoded.append(cmd)
         plain = self.staged_descriptor is None
         base = self._prefetch(read_keys) if read_keys else {}
-        overlay: dict[bytes, Any] = self._pending
+        overlay = self._pending
+        changes = self.changes
         results: list[Any] = []
         writes = 0
         for e, cmd in zip(entries, decoded, strict=True):
@@ -235,19 +255,29 @@ class RegionStateMachine:
                     results.append(None)  # conf change or the leader's empty entry
                 if e.type != EntryType.NORMAL:
                     plain = False
-            elif isinstance(cmd, KvCommand):
-                res = self._apply_kv(batch, cmd, e.index, overlay, base)
-                if res.ok and res.succeeded:
-                    writes += len(cmd.ops)
-                results.append(res)
-            elif isinstance(cmd, TxnCommand):
-                txn_res = self._apply_txn(batch, cmd, e.index, overlay, base)
-                writes += txn_res.writes
-                results.append(txn_res)
-            elif isinstance(cmd, DeleteRangeCommand):
-                range_res = self._apply_delete_range(batch, cmd, overlay)
-                writes += range_res.deleted
-                results.append(range_res)
+            elif isinstance(cmd, KvCommand | TxnCommand | DeleteRangeCommand):
+                if changes is not None:
+                    overlay.log = []
+                if isinstance(cmd, KvCommand):
+                    res = self._apply_kv(batch, cmd, e.index, overlay, base)
+                    if res.ok and res.succeeded:
+                        writes += len(cmd.ops)
+                    results.append(res)
+                elif isinstance(cmd, TxnCommand):
+                    txn_res = self._apply_txn(batch, cmd, e.index, overlay, base)
+                    writes += txn_res.writes
+                    results.append(txn_res)
+                else:
+                    range_res = self._apply_delete_range(batch, cmd, overlay)
+                    writes += range_res.deleted
+                    results.append(range_res)
+                if changes is not None:
+                    if overlay.log:
+                        desc = self.staged_descriptor or self.descriptor
+                        assert desc is not None  # a write applied: the region has a range
+                        changes.record(batch, desc.epoch.version, e.index, overlay.log,
+                                       self._value_of)
+                    overlay.log = None
             elif isinstance(cmd, AdminCommand):
                 plain = False
                 handler = self.admin_handlers.get(cmd.op)
@@ -259,6 +289,10 @@ class RegionStateMachine:
                 results.append(KvResult(False, error=INVALID))
         last = entries[-1]
         self.meta.stage_replay_pointer(batch, self.region_id, last.index, last.term)
+        if changes is not None:
+            desc = self.staged_descriptor or self.descriptor
+            if desc is not None:
+                changes.applied(batch, desc.epoch.version, last.index)
         if self.staged_descriptor is not None:
             self.meta.stage_region(batch, self.region_id, encode_descriptor(self.staged_descriptor))
         if self._maybe_compact(batch):
@@ -277,6 +311,14 @@ class RegionStateMachine:
         back to share the next fsync: replaying it after a crash is idempotent."""
         return self._plain
 
+    def staged_index(self) -> int:
+        """The last index whose apply is staged (acknowledged writes included), durable or
+        not; the applied index while a staged apply changes the descriptor."""
+        staged = self._staged
+        if not staged or any(desc is not None for _, _, desc, _ in staged):
+            return self.applied
+        return staged[-1][0]
+
     def has_staged(self) -> bool:
         """Is an apply staged whose batch has not committed yet?"""
         return bool(self._staged)
@@ -287,6 +329,8 @@ class RegionStateMachine:
         staged = self._staged.popleft()
         if not self._staged:
             self._pending.clear()
+            if self.changes is not None:
+                self.changes.committed()
         self.applied, self.applied_term, desc, writes = staged
         self.writes_since_heartbeat += writes
         self.total_writes += writes
@@ -370,6 +414,8 @@ class RegionStateMachine:
         index, term = snapshot.metadata.index, snapshot.metadata.term
         self.meta.stage_region(batch, self.region_id, encode_descriptor(desc))
         self.meta.stage_replay_pointer(batch, self.region_id, index, term)
+        if self.changes is not None:
+            self.changes.restore(batch, desc.epoch.version, index)
 
         def installed() -> None:
             self.descriptor = desc
@@ -418,6 +464,10 @@ class RegionStateMachine:
 
     def _unpack(self, raw: bytes) -> tuple[bytes, int, int]:
         return unpack_stored(raw) if self.versioned else (raw, 0, 0)
+
+    def _value_of(self, raw: bytes) -> bytes:
+        """The user value of stored bytes."""
+        return unpack_stored(raw)[0] if self.versioned else raw
 
     def _current(self, key: bytes, overlay: dict[bytes, Any],
                  base: dict[bytes, bytes | None]) -> bytes | None:

@@ -38,6 +38,7 @@ from nokvpy.rpc.metrics_http import (
 )
 from nokvpy.storage import CorruptLogError, Env, LocalMeta, RaftLogStore, StoreIdentity
 from raftstore import metrics as store_metrics
+from raftstore.changelog import WATCH_KEEP
 from raftstore.heartbeat import CoordinatorLink, JoinRefusedError, heartbeat_loop
 from raftstore.restart import DATA_FORMAT, derive, load_image
 from raftstore.store import Store, StoreConfig
@@ -178,6 +179,7 @@ async def serve_until_signal(nursery, args, coordinators, secret,
             await inner.start(functools.partial(
                 serve, args.id, args.listen, coordinators, args.data, args.cluster_id,
                 args.tick_ms / 1000.0, 1.0, secret,
+                options={"watch_keep": getattr(args, "watch_keep", WATCH_KEEP)},
                 metrics_addr=getattr(args, "metrics_addr", None)))
             task_status.started()
             async for signum in signals:

@@ -61,9 +61,10 @@ from nokvpy.protocol.store_rpc import (
     TxnRequest,
     WriteReply,
 )
+from nokvpy.protocol.watch import KvWatchRequest
 from nokvpy.replication.driver import Driver
 from nokvpy.rpc import RaftTransport, RemoteError, RpcClient
-from nokvpy.storage import Env, LocalMeta, RaftLogStore, WriteBatch
+from nokvpy.storage import ChangeTable, Env, LocalMeta, RaftLogStore, WriteBatch
 from nokvpy.wire import RaftBatch, RaftEnvelope, encode
 from raftstore import admission as adm_mod
 from raftstore.admission import AdmissionRequest, Limits
@@ -78,6 +79,7 @@ from raftstore.apply import (
     encode_descriptor,
     unsafe_apply_flip_on,
 )
+from raftstore.changelog import WATCH_KEEP, RegionChanges
 from raftstore.execution import ExecutionTracker
 from raftstore.kvpath import KvPath
 from raftstore.peer import Peer
@@ -86,6 +88,7 @@ from raftstore.restart import LocalImage, RestartState
 from raftstore.status import StoreStatus
 from raftstore.topology.tombstone import UNKNOWN_EPOCH, blocks, newer
 from raftstore.traffic import RaftTraffic, overlaps
+from raftstore.watchpath import WatchPath
 
 log = logging.getLogger("nokvpy.raftstore")
 
@@ -108,6 +111,7 @@ class StoreConfig:
     uninitialized_gc_after: float = 60.0  # drop a peer never initialized and unheard-of
     compact_keep: int = COMPACT_KEEP  # applied raft entries kept behind the applied index
     compact_slack: int = COMPACT_SLACK
+    watch_keep: int = WATCH_KEEP  # indexes of changes a region keeps for watches (0: none)
     # TEST-ONLY deliberately broken modes for jepsen-lite's detection experiment
     # (NOKV_UNSAFE_READS=1 / NOKV_UNSAFE_ACK=1): never enable them anywhere else.
     unsafe_reads: bool = False  # linearizable reads served from local state, no ReadIndex
@@ -125,9 +129,11 @@ class Store:
         self.rpc = rpc
         self.raftlog = raftlog if raftlog is not None else RaftLogStore(env)
         self.kv = VersionedKV(env)  # values carry their modification index
+        self.changes = ChangeTable(env)  # each region's recent writes, for watches
         self.meta = LocalMeta(env)
         self.traffic = RaftTraffic(self)
         self.kvpath = KvPath(self)
+        self.watchpath = WatchPath(self)
         self.reporter = StoreStatus(self)
         self.driver = Driver(env, self.raftlog, self.traffic.send,
                              tick_interval=cfg.tick_interval)
@@ -206,6 +212,7 @@ class Store:
     def register(self, server: Any) -> None:
         server.register(RaftBatch, self.traffic.on_raft_batch, inline=True)
         server.register(GetRequest, self.on_get)
+        server.register(KvWatchRequest, self.watchpath.on_watch)
         server.register(BatchGetRequest, self.on_batch_get)
         server.register(ScanRequest, self.on_scan)
         server.register(PutRequest, self.on_put)
@@ -267,6 +274,8 @@ class Store:
         sm.compact_keep, sm.compact_slack = self.cfg.compact_keep, self.cfg.compact_slack
         sm.spawn = self.spawn
         sm.unsafe_flip = self.unsafe_apply_flip
+        if self.cfg.watch_keep > 0:
+            sm.changes = RegionChanges(self.changes, rid, self.cfg.watch_keep)
         if self.topology is not None:
             self.topology.attach(sm)  # split / merge / membership apply handlers
         peer = Peer(rid, peer_id, self.store_id, sm, trio.current_time())
@@ -408,6 +417,7 @@ class Store:
         self.meta.stage_delete_region(batch, rid)
         self.meta.stage_delete_replay_pointer(batch, rid)
         self.raftlog.stage_destroy_group(batch, rid)
+        self.changes.stage_drop(batch, rid)
         return batch
 
     async def commit_destroy(self, rid: int, batch: WriteBatch, reason: str) -> None:

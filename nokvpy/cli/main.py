@@ -220,6 +220,9 @@ def build_parser() -> ArgumentParser:
             s.add_argument("--data", required=True, help="data directory (created if missing)")
             s.add_argument("--tick-ms", type=int, default=100,
                            help="raft tick in milliseconds (default %(default)s)")
+            s.add_argument("--watch-keep", type=non_negative, default=4096,
+                           help="raft indexes of changes each region keeps for watches "
+                                "(default %(default)s; 0: keep none, watches are refused)")
 
     # ---- data -----------------------------------------------------------------------------
     kv = sub.add_parser("kv", help="key-value operations")
@@ -262,6 +265,19 @@ def build_parser() -> ArgumentParser:
     for q in (g, p, d, sc, cas, tx, dr):
         add_target(q)
         add_json(q)
+
+    wa = sub.add_parser("watch", help="print the changes of a prefix (or of [KEY, --end)) as "
+                        "they happen")
+    wa.add_argument("key", nargs="?", default="", type=key_text, metavar="PREFIX",
+                    help='a key prefix: UTF-8 text, or 0x followed by hex (default "": every key)')
+    wa.add_argument("--end", type=key_text, default=None,
+                    help="watch the range [PREFIX, END) instead of a prefix (\"\": to the end)")
+    wa.add_argument("--count", type=positive(int), default=None,
+                    help="stop after this many changes")
+    wa.add_argument("--duration", type=positive(float), default=None,
+                    help="stop after this many seconds (default: run until Ctrl-C)")
+    add_target(wa)
+    add_json(wa)
 
     r = sub.add_parser("route", help="which region holds KEY, with the freshness witness")
     r.add_argument("key", type=key_text, help="a key: UTF-8 text, or 0x followed by hex")
@@ -453,6 +469,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from nokvpy.cli import metrics_cmd
 
         return metrics_cmd.run(args)
+    if cmd == "watch":
+        from nokvpy.cli import watch_cmd
+
+        return watch_cmd.run(args)
     if cmd == "regions" and args.action == "digest":
         from nokvpy.cli import digest_cmd
 

@@ -23,6 +23,7 @@ from nokvpy.client.kv import (
 )
 from nokvpy.client.loopcheck import WrongEventLoopError
 from nokvpy.client.sync import SyncClient, connect
+from nokvpy.client.watch import Watch, WatchCompactedError, WatchEvent, WatchSegment
 from nokvpy.protocol import Freshness
 from nokvpy.protocol.store_rpc import ReadMode, TxnGetResult
 
@@ -31,5 +32,5 @@ __all__ = [
     "OutcomeUnknownError", "UnavailableError", "DeadlineExceededError", "InvalidRequestError",
     "WrongEventLoopError", "Freshness", "ReadMode",
     "Compare", "Op", "TxnResponse", "TxnGetResult", "ScanResult", "DeleteRangeResult",
-    "RegionDeleted",
+    "RegionDeleted", "Watch", "WatchEvent", "WatchSegment", "WatchCompactedError",
 ]

@@ -81,6 +81,13 @@ from nokvpy.client.txn import (  # noqa: F401 - the builders and result types re
     TxnOps,
     TxnResponse,
 )
+from nokvpy.client.watch import (  # noqa: F401 - the watch types re-exported
+    Watch,
+    WatchCompactedError,
+    WatchEvent,
+    WatchOps,
+    WatchSegment,
+)
 from nokvpy.protocol import Freshness, RegionDescriptor, RootToken
 from nokvpy.protocol.coordinator_rpc import (
     DiagnosticsRequest,
@@ -123,7 +130,7 @@ class CachedRoute:
     leader_store_id: int
 
 
-class Client(ScanOps, TxnOps):
+class Client(ScanOps, TxnOps, WatchOps):
     """Async client. `coordinators`: addresses; `timeout`: default deadline per operation;
     `attempt_timeout`: longest read attempt on one store or coordinator before trying
     another (None: the whole deadline); `suspect_base`: seconds a store or coordinator that

@@ -17,6 +17,7 @@ import trio
 
 from nokvpy.client.kv import Client, DeleteRangeResult, ScanResult, TxnResponse
 from nokvpy.client.settings import cluster_dir_settings, target_settings
+from nokvpy.client.watch import WAIT_MS, Watch, WatchEvent, WatchSegment
 from nokvpy.protocol import Freshness, RootToken
 from nokvpy.protocol.coordinator_rpc import RouteReply, ScanRegionsReply
 from nokvpy.protocol.store_rpc import ReadMode, TxnCompare, TxnOp
@@ -34,6 +35,7 @@ class SyncClient:
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
         self._client: Client | None = None
+        self._nursery: trio.Nursery | None = None
         self._error: BaseException | None = None
         self._ready = threading.Event()
         self._lock = threading.Lock()
@@ -58,9 +60,12 @@ class SyncClient:
             self._token = trio.lowlevel.current_trio_token()
             self._stop = trio.Event()
             self._client = Client(coordinators, **kwargs)
-            self._ready.set()
             try:
-                await self._stop.wait()
+                async with trio.open_nursery() as nursery:  # open watches run here
+                    self._nursery = nursery
+                    self._ready.set()
+                    await self._stop.wait()
+                    nursery.cancel_scope.cancel()
             finally:
                 with trio.CancelScope(shield=True):
                     await self._client.aclose()
@@ -140,6 +145,17 @@ class SyncClient:
                      freshness: Freshness = Freshness.BEST_EFFORT) -> ScanRegionsReply:
         return self.call(Client.scan_regions, start, end, limit, freshness)
 
+    def watch(self, start: bytes, end: bytes = b"", *, prefix: bool = False,
+              since: tuple[int, int] | None = None, resume: list[WatchSegment] | None = None,
+              wait_ms: int = WAIT_MS) -> SyncWatch:
+        """Watch a range (see `Client.watch`): `with c.watch(b"app/", prefix=True) as w:
+        for ev in w: ...`; `w.next(timeout)` returns None when nothing came in time. The
+        watch runs on the client's loop until closed."""
+        assert self._client is not None
+        w = self._client.watch(start, end, prefix=prefix, since=since, resume=resume,
+                               wait_ms=wait_ms)
+        return SyncWatch(self, w)
+
     # ---- lifetime ----------------------------------------------------------------------
 
     def close(self) -> None:
@@ -170,3 +186,69 @@ def connect(target: str | os.PathLike[str] | list[str], **kwargs: Any) -> SyncCl
     and `secret` default to NOKV_CLUSTER_ID and NOKV_CLUSTER_SECRET. Other keyword arguments
     are `Client`'s (`timeout`, `attempt_timeout`, ...)."""
     return SyncClient(**target_settings(target, **kwargs))
+
+
+class SyncWatch:
+    """A watch opened by `SyncClient.watch`: iterate it for `WatchEvent`s (blocking)."""
+
+    def __init__(self, sync: SyncClient, watch: Watch):
+        self._sync = sync
+        self._watch = watch
+        self._done: trio.Event | None = None
+        self._closed = False
+
+        async def open_it(_client: Client) -> None:
+            assert sync._nursery is not None
+            await sync._nursery.start(self._hold)
+
+        sync.call(open_it)
+
+    async def _hold(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        self._done = trio.Event()
+        async with self._watch:
+            task_status.started()
+            await self._done.wait()
+
+    def next(self, timeout: float | None = None) -> WatchEvent | None:
+        """The next event; with `timeout`, None when none came within it."""
+        w = self._watch
+
+        async def one(_client: Client) -> WatchEvent | None:
+            if timeout is None:
+                return await w.__anext__()
+            return await w.next(timeout)
+
+        return self._sync.call(one)
+
+    def segments(self) -> list[WatchSegment]:
+        """The resume token (see `Watch.segments`)."""
+        return self._watch.segments()
+
+    def __iter__(self) -> SyncWatch:
+        return self
+
+    def __next__(self) -> WatchEvent:
+        ev = self.next()
+        assert ev is not None
+        return ev
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        done = self._done
+
+        async def stop(_client: Client) -> None:
+            if done is not None:
+                done.set()
+
+        try:
+            self._sync.call(stop)
+        except RuntimeError:
+            pass  # the client is closed: its loop stopped every watch
+
+    def __enter__(self) -> SyncWatch:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -67,6 +67,7 @@ POLICY: Mapping[str, frozenset[str] | Mapping[str, frozenset[str]]] = {
     "CasRequest": KV_CALLERS,
     "TxnRequest": KV_CALLERS,
     "DeleteRangeRequest": KV_CALLERS,
+    "KvWatchRequest": KV_CALLERS,
     "AdminRequest": frozenset({ADMIN, STORE}),  # stores forward to a region's leader
     "ExecutionStatusRequest": ANY,
     "OutboxRequest": frozenset({ADMIN}),

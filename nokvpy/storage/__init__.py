@@ -6,6 +6,7 @@ Owns: LMDB environments (`Env`, `WriteBatch`, group commit), raft log storage fo
 and never holds a read transaction across an `await`.
 """
 
+from nokvpy.storage.changes import ChangeTable
 from nokvpy.storage.env import Env, EnvStats, WriteBatch
 from nokvpy.storage.errors import (
     CorruptLogError,
@@ -30,6 +31,7 @@ __all__ = [
     "KV",
     "MAX_KEY_SIZE",
     "BlockedEvent",
+    "ChangeTable",
     "CorruptLogError",
     "CorruptMetadataError",
     "Env",

@@ -10,6 +10,10 @@ owns the table). Never opens anything; `Env.open` declares these names up front.
 |                   |                                  | s: snapshot metadata; c: conf state       |              |
 | kv                | user key (1..511 bytes)          | opaque value bytes (a store's values:     | kv.py        |
 |                   |                                  | raftstore's stored-value header + value)  |              |
+| kv_changes        | region_id u64 BE, version u32 BE,| kind u8, key length u16 BE, key, value    | raftstore/   |
+|                   | index u64 BE, seq u32 BE         | (a region's recent writes, for watches;   | changelog.py |
+|                   | (all zero after the region id:   | the floor record: version u32 BE, index   |              |
+|                   | the region's floor record)       | u64 BE)                                   |              |
 | meta_store        | b"cluster_id" / b"store_id" /    | crc32 u32 BE + u64 BE                     | localmeta.py |
 |                   | b"data_format"                   |                                           |              |
 | meta_regions      | region_id u64 BE                 | crc32 + opaque descriptor                 | localmeta.py |
@@ -27,6 +31,7 @@ from __future__ import annotations
 RAFT_LOG = "raft_log"
 RAFT_STATE = "raft_state"
 KV = "kv"
+KV_CHANGES = "kv_changes"
 META_STORE = "meta_store"
 META_REGIONS = "meta_regions"
 META_REPLAY = "meta_replay"
@@ -35,7 +40,7 @@ META_BLOCKED = "meta_blocked"
 META_TOMBSTONES = "meta_tombstones"
 
 RAFT_DBS = (RAFT_LOG, RAFT_STATE)
-KV_DBS = (KV,)
+KV_DBS = (KV, KV_CHANGES)
 META_DBS = (META_STORE, META_REGIONS, META_REPLAY, META_OUTBOX, META_BLOCKED, META_TOMBSTONES)
 ALL_DBS = RAFT_DBS + KV_DBS + META_DBS
 

@@ -190,6 +190,7 @@ class ApplyHandlers:
         store.meta.stage_delete_region(batch, rid)
         store.meta.stage_delete_replay_pointer(batch, rid)
         store.raftlog.stage_destroy_group(batch, rid)
+        store.changes.stage_drop(batch, rid)
 
         def gone() -> None:
             if store.peers.get(rid) is peer:
@@ -226,6 +227,9 @@ class ApplyHandlers:
             self.store.counters["split_child_stage_errors"] += 1
             log.error("store %d: staging child %d of split %s failed: %s", self.store.store_id,
                       p.right.region_id, cmd.transition_id, exc)
+        if child_staged and sm.changes is not None:  # the child's range keeps its history
+            sm.changes.hand_on(batch, p.right.region_id, p.right.start_key, p.right.end_key,
+                               None)
         tid = cmd.transition_id
         event = RootEvent(EventKind.SPLIT_COMMITTED,
                           RangeSplit(sm.region_id, p.split_key, left, p.right, p.base))
@@ -331,6 +335,7 @@ class ApplyHandlers:
                       store.store_id, cmd.transition_id, src)
         merged = p.merged
         sm.staged_descriptor = merged
+        self._merge_changes(sm, batch, local_src, p, e.index)
         if local_src is not None or src not in store.tombstones:
             self._stage_teardown(batch, src, f"merged into region {sm.region_id}")
         base_left, base_right = ((p.target, p.source) if p.left_region_id == p.target.region_id
@@ -341,6 +346,22 @@ class ApplyHandlers:
                              p.executor_store)
         store.counters["merges_applied"] += 1
         return OK
+
+    @staticmethod
+    def _merge_changes(sm: Any, batch: WriteBatch, local_src: Any, p: MergePayload,
+                       index: int) -> None:
+        """The target takes the frozen source's change log (raftstore.changelog); without
+        one here, the merged range's history starts at the merge."""
+        mine = sm.changes
+        if mine is None:
+            return
+        theirs = local_src.sm.changes if local_src is not None else None
+        if theirs is None or mine.floor is None:
+            mine.cut(batch, (p.merged.epoch.version, index))
+            return
+        floor, moved = theirs.hand_on(batch, sm.region_id, p.source.start_key,
+                                      p.source.end_key, mine.floor)
+        mine.took_over(floor, moved)
 
     def apply_fence(self, sm: Any, batch: WriteBatch, e: Entry, cmd: AdminCommand) -> KvResult:
         stamp = cmd.payload

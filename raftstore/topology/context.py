@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from nokvpy.protocol.store_rpc import KvContext
     from nokvpy.replication.driver import Driver
     from nokvpy.rpc import RemoteError, RpcClient
-    from nokvpy.storage import KV, Env, LocalMeta, RaftLogStore
+    from nokvpy.storage import KV, ChangeTable, Env, LocalMeta, RaftLogStore
     from raftstore.admission import Limits
     from raftstore.execution import ExecutionTracker
     from raftstore.peer import Peer
@@ -76,6 +76,7 @@ class StoreContext(Protocol):
     driver: Driver
     env: Env
     kv: KV
+    changes: ChangeTable  # each region's recent writes (raftstore.changelog)
     meta: LocalMeta
     raftlog: RaftLogStore
     rpc: RpcClient
