@@ -53,7 +53,7 @@ class RegionChanges:
         self.keep = keep
         self.floor: Rev | None = table.floor(region_id)
         # staged and not yet durable (the state machine clears them when its applies are)
-        self.pending: dict[tuple[int, int, int], Change] = {}
+        self.pending: dict[tuple[int, int, int, int], Change] = {}
         self._trim_checked = 0
         self._waiters: trio.Event | None = None
         self.recorded = 0
@@ -74,7 +74,7 @@ class RegionChanges:
             else:
                 kind, value = PUT, unpack(raw)
             stage(batch, rid, version, index, seq, kind, key, value)
-            pending[(version, index, seq)] = (version, index, seq, kind, key, value)
+            pending[(version, index, rid, seq)] = (version, index, seq, kind, key, value, rid)
         self.recorded += len(writes)
 
     def applied(self, batch: WriteBatch, version: int, applied: int) -> None:
@@ -113,18 +113,19 @@ class RegionChanges:
         self.pending.clear()
 
     def hand_on(self, batch: WriteBatch, dst: int, lo: bytes, hi: bytes,
-                dst_floor: Rev | None) -> tuple[Rev, list[Change]]:
+                dst_floor: Rev | None, cut: Rev) -> tuple[Rev, list[Change]]:
         """Stage this region's changes of [lo, hi) under region `dst` (a split child or a
         merge target) and its floor: the higher of ours and `dst_floor` (what `dst` already
-        holds). Returns that floor and the changes handed on."""
-        have = {c[:3]: c for c in self.table.export(self.region_id, lo, hi)}
+        holds); `cut` (the revision the hand-on applies at) when we have no floor, so know
+        nothing of our history. Returns that floor and the changes handed on."""
+        have = {_ident(c): c for c in self.table.export(self.region_id, lo, hi)}
         for k, c in self.pending.items():
             if c[4] >= lo and (not hi or c[4] < hi):
                 have[k] = c
-        changes = [] if UNSAFE_HANDOFF else sorted(have.values())
+        changes = [] if UNSAFE_HANDOFF else sorted(have.values(), key=_ident)
         if changes:
             self.table.stage_raw(batch, dst, changes)
-        mine = self.floor if self.floor is not None else (0, 0)
+        mine = self.floor if self.floor is not None else cut
         floor = max(mine, dst_floor) if dst_floor is not None else mine
         self.table.stage_floor(batch, dst, *floor)
         return floor, changes
@@ -133,7 +134,7 @@ class RegionChanges:
         """`hand_on` staged `changes` and `floor` under this region (a merge target)."""
         self.floor = floor
         for c in changes:
-            self.pending[c[:3]] = c
+            self.pending[_ident(c)] = c
 
     def cut(self, batch: WriteBatch, rev: Rev) -> None:
         """The region's history of its range is whole only above `rev` (a merge whose source
@@ -159,3 +160,8 @@ class RegionChanges:
         ev = self._waiters
         with trio.move_on_after(timeout):
             await ev.wait()
+
+
+def _ident(c: Change) -> tuple[int, int, int, int]:
+    """What tells two changes apart: (version, index, origin region, seq)."""
+    return c[0], c[1], c[6], c[2]

@@ -23,6 +23,7 @@ import trio
 
 from nokvpy.protocol import AdmissionClass, AdmissionReason
 from nokvpy.protocol.watch import MAX_WATCH_EVENTS, MAX_WATCH_WAIT_MS, KvWatchReply, KvWatchRequest
+from nokvpy.storage.changes import MAX_INDEX, MAX_VERSION
 from raftstore.admission import rejection
 
 if TYPE_CHECKING:
@@ -85,6 +86,8 @@ def _invalid(req: KvWatchRequest) -> str:
             return f"watch {name} must be an int"
     if req.after_version < -1 or req.after_index < 0 or req.wait_ms < 0:
         return "watch revision and wait must not be negative"
+    if req.after_version > MAX_VERSION or req.after_index > MAX_INDEX:
+        return "watch revision out of range"
     if not 1 <= req.limit <= MAX_WATCH_EVENTS:
         return f"watch limit must be 1..{MAX_WATCH_EVENTS}"
     return ""

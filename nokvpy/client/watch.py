@@ -57,7 +57,9 @@ NOW = (-1, 0)  # the cursor of a segment that starts at its region's head
 class WatchEvent:
     """One change: `kind` "put" or "delete" of `key` (`value` None for a delete), made by
     entry `index` of region `region_id` at epoch version `version`; `seq` orders the changes
-    of one entry (a transaction or a range delete makes several)."""
+    of one entry (a transaction or a range delete makes several). The revision (version,
+    index, seq) grows with each change of one key; changes of different keys may share one
+    (made by split siblings, which number their entries separately)."""
 
     kind: str
     key: bytes
@@ -218,13 +220,12 @@ class Watch:
                     await self._send.send(_Progress([(rest_id, rest),
                                                      (seg_id, WatchSegment(start, end,
                                                                            *cursor))]))
-                rid = reply.region_id
                 events = reply.events
-                for i, (version, index, seq, kind, key, value) in enumerate(events):
-                    done = i + 1 == len(events) or events[i + 1][:2] != (version, index)
+                for i, (version, index, seq, kind, key, value, origin) in enumerate(events):
+                    done = i + 1 == len(events) or tuple(events[i + 1][:2]) != (version, index)
                     await self._send.send((seg_id, done, WatchEvent(
                         "delete" if kind == DELETE else "put", key,
-                        None if kind == DELETE else value, rid, version, index, seq)))
+                        None if kind == DELETE else value, origin, version, index, seq)))
                 self.stats["events"] += len(events)
                 cursor = max(cursor, (reply.head_version, reply.head_index))
                 await self._send.send(_Progress([(seg_id, WatchSegment(start, end, *cursor))]))

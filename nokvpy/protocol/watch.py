@@ -52,14 +52,15 @@ class KvWatchRequest:
 class KvWatchReply:
     """Answer to KvWatchRequest, read at one point of the region's applied state.
 
-    `events`: (version, index, seq, kind, key, value) tuples in revision order, value None
-    for a delete. The reply holds every event of the served range [served_start, served_end)
+    `events`: (version, index, seq, kind, key, value, origin) tuples in revision order,
+    value None for a delete, origin the region whose entry made the change (after a merge,
+    two changes of different keys may share (version, index, seq) and differ in origin). The reply holds every event of the served range [served_start, served_end)
     (the request's range clipped to the region at the read point) with a revision up to
     (`head_version`, `head_index`); the client's cursor for that range moves there. When
     `compacted`, the region no longer holds the events after the requested revision (its
     oldest is (`floor_version`, `floor_index`)) and `events` is empty."""
 
-    events: list[tuple[int, int, int, int, bytes, bytes | None]]
+    events: list[tuple[int, int, int, int, bytes, bytes | None, int]]
     head_version: int
     head_index: int
     served_start: bytes

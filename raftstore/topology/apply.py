@@ -229,7 +229,7 @@ class ApplyHandlers:
                       p.right.region_id, cmd.transition_id, exc)
         if child_staged and sm.changes is not None:  # the child's range keeps its history
             sm.changes.hand_on(batch, p.right.region_id, p.right.start_key, p.right.end_key,
-                               None)
+                               None, (p.right.epoch.version, 0))
         tid = cmd.transition_id
         event = RootEvent(EventKind.SPLIT_COMMITTED,
                           RangeSplit(sm.region_id, p.split_key, left, p.right, p.base))
@@ -360,7 +360,8 @@ class ApplyHandlers:
             mine.cut(batch, (p.merged.epoch.version, index))
             return
         floor, moved = theirs.hand_on(batch, sm.region_id, p.source.start_key,
-                                      p.source.end_key, mine.floor)
+                                      p.source.end_key, mine.floor,
+                                      (p.merged.epoch.version, index))
         mine.took_over(floor, moved)
 
     def apply_fence(self, sm: Any, batch: WriteBatch, e: Entry, cmd: AdminCommand) -> KvResult:
