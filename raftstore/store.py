@@ -38,6 +38,7 @@ from nokvpy.protocol import (
     RegionDescriptor,
     RegionEpoch,
 )
+from nokvpy.protocol.backup import RegionExportRequest
 from nokvpy.protocol.coordinator_rpc import StoreHeartbeatReply, StoreHeartbeatRequest
 from nokvpy.protocol.raftstore_cmds import RegionTombstone
 from nokvpy.protocol.store_rpc import (
@@ -81,6 +82,7 @@ from raftstore.apply import (
 )
 from raftstore.changelog import WATCH_KEEP, RegionChanges
 from raftstore.execution import ExecutionTracker
+from raftstore.exportpath import ExportPath
 from raftstore.kvpath import KvPath
 from raftstore.peer import Peer
 from raftstore.peer import bootstrap as bootstrap_group
@@ -134,6 +136,7 @@ class Store:
         self.traffic = RaftTraffic(self)
         self.kvpath = KvPath(self)
         self.watchpath = WatchPath(self)
+        self.exportpath = ExportPath(self)
         self.reporter = StoreStatus(self)
         self.driver = Driver(env, self.raftlog, self.traffic.send,
                              tick_interval=cfg.tick_interval)
@@ -213,6 +216,7 @@ class Store:
         server.register(RaftBatch, self.traffic.on_raft_batch, inline=True)
         server.register(GetRequest, self.on_get)
         server.register(KvWatchRequest, self.watchpath.on_watch)
+        server.register(RegionExportRequest, self.exportpath.on_export)
         server.register(BatchGetRequest, self.on_batch_get)
         server.register(ScanRequest, self.on_scan)
         server.register(PutRequest, self.on_put)

@@ -279,6 +279,21 @@ def build_parser() -> ArgumentParser:
     add_target(wa)
     add_json(wa)
 
+    bk = sub.add_parser("backup", help="write every key of the cluster to one checksummed "
+                        "file (each region at one applied index)")
+    bk.add_argument("--out", required=True, help="the backup file to write")
+    add_target(bk)
+    add_json(bk)
+    rs = sub.add_parser("restore", help="write a backup into a new cluster in --dir (created "
+                        "there when it has none) or into an empty running one")
+    rs.add_argument("file", help="a file `nokv backup` wrote")
+    rs.add_argument("--stores", type=positive(int), default=None,
+                    help="stores of the cluster created to restore into (default 3)")
+    rs.add_argument("--wait", type=positive(float), default=60.0,
+                    help="seconds to wait for a created cluster to serve (default %(default)g)")
+    add_target(rs)
+    add_json(rs)
+
     r = sub.add_parser("route", help="which region holds KEY, with the freshness witness")
     r.add_argument("key", type=key_text, help="a key: UTF-8 text, or 0x followed by hex")
     r.add_argument("--freshness", choices=["strong", "bounded", "best-effort"], default="bounded",
@@ -469,6 +484,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from nokvpy.cli import metrics_cmd
 
         return metrics_cmd.run(args)
+    if cmd in ("backup", "restore"):
+        from nokvpy.cli import backup_cmd
+
+        return backup_cmd.run(args)
     if cmd == "watch":
         from nokvpy.cli import watch_cmd
 

@@ -68,6 +68,8 @@ POLICY: Mapping[str, frozenset[str] | Mapping[str, frozenset[str]]] = {
     "TxnRequest": KV_CALLERS,
     "DeleteRangeRequest": KV_CALLERS,
     "KvWatchRequest": KV_CALLERS,
+    # read-only, but it reads every key of a region: KV callers (a backup)
+    "RegionExportRequest": KV_CALLERS,
     "AdminRequest": frozenset({ADMIN, STORE}),  # stores forward to a region's leader
     "ExecutionStatusRequest": ANY,
     "OutboxRequest": frozenset({ADMIN}),
