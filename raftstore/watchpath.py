@@ -61,6 +61,14 @@ class WatchPath:
         now = trio.current_time()
         until = min(now + min(req.wait_ms, MAX_WATCH_WAIT_MS) / 1000.0, deadline - REPLY_MARGIN)
         while True:
+            desc = peer.descriptor
+            if desc is None or desc.epoch.version != req.ctx.epoch.version:
+                # the range moved while the poll waited (a split or merge): the client routes
+                # its start key again; answering from the new range could serve a range that
+                # no longer holds the start
+                raise store.refuse(AdmissionClass.READ, R.EPOCH_MISMATCH,
+                                   f"region {rid} moved to epoch {desc.epoch if desc else None} "
+                                   "while the watch waited", peer)
             reply = _read(peer, req)
             if (reply.events or reply.compacted or req.after_version < 0
                     or trio.current_time() >= until):

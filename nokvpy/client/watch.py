@@ -210,6 +210,13 @@ class Watch:
                         f"[{start[:64]!r}, {end[:64]!r}) after revision {cursor} (its oldest "
                         f"is {floor}): start a new watch", reply.region_id, floor,
                         WatchSegment(start, end, *cursor))
+                if reply.served_start != start or (reply.served_end
+                                                   and reply.served_end <= start):
+                    # a reply for a range that does not hold the segment's start (a store of
+                    # another build, or a range that moved under the poll): never act on it
+                    self.stats["retries"] += 1
+                    await trio.sleep(0.05)
+                    continue
                 rest: WatchSegment | None = None
                 if _rest(reply, end):  # the region ends inside the segment: the rest goes
                     # on by itself, from the old cursor (before this reply's events, so a

@@ -194,3 +194,27 @@ async def test_unsafe_handoff_is_caught(tmp_path, seed):
             await watch_through_topology_changes(t, env)
     finally:
         t.stop_all()
+
+
+async def test_a_split_left_of_the_range_during_a_poll_keeps_the_watch_whole(module_topo):
+    """The region splits at or left of the watched start while a poll waits at the store:
+    the poll is refused (the range moved) and the watch routes again, instead of taking the
+    left part's reply for its own (it then watched keys outside its range, and failed)."""
+    c = module_topo
+    async with c.client() as client:
+        await client.put(b"w5a/1", b"x")
+        await client.put(b"w5b/1", b"x")
+        async with client.watch(b"w5b/", prefix=True) as w:
+            await trio.sleep(0.2)  # the poll is waiting at the store
+            split = await c.split(client, b"w5a/5")
+            assert split.outcome == "APPLIED", split
+            await client.put(b"w5a/6", b"outside")
+            await client.put(b"w5b/2", b"inside")
+            ev = await w.next(20)
+            assert ev is not None and (ev.key, ev.value) == (b"w5b/2", b"inside"), ev
+            await client.put(b"w5b/3", b"inside")
+            ev = await w.next(20)
+            assert ev is not None and ev.key == b"w5b/3", ev
+            segments = w.segments()
+        assert all(b"w5b/" <= s.start and (not s.end or s.start < s.end) for s in segments), \
+            segments
