@@ -3,34 +3,29 @@
 Owns: interpreting a region's entry payloads (`KvCommand`, `AdminCommand`), the in-batch
 overlay (a later entry of the same batch sees the writes of an earlier one), staging the
 replay pointer (applied index, term) into the SAME write batch as the data it covers (so
-replay after a crash is idempotent: raft restarts after the pointer and re-applies nothing
-that is durable), snapshots of the region (descriptor + KV range + applied index) and their
-installation (snapshots are built in a worker thread and cached), and raft log compaction
+replay after a crash is idempotent), snapshots of the region (descriptor + KV range + applied
+index; built in a worker thread and cached) and their installation, and raft log compaction
 behind the applied index. Never awaits on the apply path and never commits: the driver
 commits the batch; in-memory views change only in `after_commit`.
 
 Apply-time rules: a command proposed under an older region version (a split or merge
 happened since) or touching a key outside the region is refused as a whole (nothing written);
 a CAS command writes only if every CAS predicate holds. Invalid payloads are refused, never
-raised: an apply must never fail the batch that persists other groups' work.
+raised: an apply must never fail the batch that persists other groups' work. Transactions,
+range deletes (raftstore.txnapply) and lease sweeps (raftstore.leaseapply) are refused here
+when stale and otherwise applied there, in the entry's batch, against this batch's overlay.
+Every write is recorded in the region's change log (raftstore.changelog) when it has one.
 
-Transactions (`TxnCommand`) and range deletes (`DeleteRangeCommand`) are refused here when
-stale (the epoch check) and otherwise applied by raftstore.txnapply, in the entry's batch,
-against this batch's overlay, then LMDB; both answer what they did (`TxnResult`,
-`RangeDeleteResult`).
+Modification indexes: with a `VersionedKV` (what a store gives its regions; raftstore.kvformat)
+every value is stored behind a header naming the entry that last wrote it (region id, raft
+index) and the lease it lives by, if any. With a plain storage `KV` (tests of this module and
+of the driver) values are stored as they are; mod compares and leases are refused.
 
-Modification indexes: with a `VersionedKV` (what a store gives its regions; its format is
-raftstore.kvformat's) every value is stored behind a header naming the entry that last wrote
-it (region id, raft index). With a plain storage `KV` (tests of this module and of the driver)
-values are stored as they are and modification-index compares are refused.
-
-TEST-ONLY: `NOKV_UNSAFE_APPLY_FLIP=1` in a store's environment (read once, when this module
-is imported) makes ONE store (id `NOKV_UNSAFE_APPLY_FLIP_STORE`, default 3) flip the lowest
-bit of the last byte of every 50th put value its replicas apply (KV commands, counted per
-region: a PUT, or a CAS that writes; transactions are left alone), in what it writes and in
-what later entries of the apply see: a replica that applied a damaged entry and silently
-diverged from the others, for jepsen-lite's convergence check to catch. The store logs a
-loud warning when it is on. Never set it anywhere else.
+TEST-ONLY: `NOKV_UNSAFE_APPLY_FLIP=1` in a store's environment (read once, at import) makes
+ONE store (id `NOKV_UNSAFE_APPLY_FLIP_STORE`, default 3) flip the lowest bit of the last byte
+of every 50th put value its replicas apply (a PUT, or a CAS that writes), in what it writes and
+what later entries see: a silently diverged replica, for jepsen-lite's convergence check to
+catch. The store logs a loud warning when it is on. Never set it anywhere else.
 """
 
 from __future__ import annotations
@@ -44,6 +39,7 @@ from typing import Any
 import trio
 
 from nokvpy.protocol import RegionDescriptor, RegionState
+from nokvpy.protocol.leases import LeaseSweepCommand
 from nokvpy.protocol.raftstore_cmds import (
     AdminCommand,
     KvCommand,
@@ -65,10 +61,10 @@ from nokvpy.raft.types import (
     Snapshot,
     SnapshotTemporarilyUnavailableError,
 )
-from nokvpy.storage import KV, Env, LocalMeta, RaftLogStore, WriteBatch
+from nokvpy.storage import KV, Env, LeaseIndex, LocalMeta, RaftLogStore, WriteBatch
 from nokvpy.wire import DecodeError, decode, encode
 from raftstore import commands as _commands  # noqa: F401  (installs the fast entry codec)
-from raftstore.changelog import RegionChanges
+from raftstore.changelog import RecordingOverlay, RegionChanges
 from raftstore.kvformat import (
     INVALID,
     KEY_NOT_IN_REGION,
@@ -78,6 +74,7 @@ from raftstore.kvformat import (
     unpack_stored,
     valid_key,
 )
+from raftstore.leaseapply import apply_sweep, restore_lease_index
 from raftstore.txnapply import (
     RangeDeleteResult,
     TxnResult,
@@ -110,21 +107,6 @@ def unsafe_apply_flip_on(store_id: int) -> bool:
 OK = KvResult(True)
 EPOCH_MISMATCH = "epoch_mismatch"
 
-
-class _Overlay(dict):
-    """The apply's overlay of staged writes (key -> stored value, None: deleted) that also
-    lists, while `log` is a list, the writes made to it (a region's change log records them)."""
-
-    __slots__ = ("log",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.log: list[tuple[bytes, bytes | None]] | None = None
-
-    def __setitem__(self, key: bytes, value: bytes | None) -> None:
-        dict.__setitem__(self, key, value)
-        if self.log is not None:
-            self.log.append((key, value))
 
 AdminHandler = Callable[["RegionStateMachine", WriteBatch, Entry, AdminCommand], Any]
 
@@ -197,9 +179,11 @@ class RegionStateMachine:
         # `_pending` then maps each key they wrote to its value (None: deleted), so a CAS
         # staged after them reads what they wrote. Cleared when the last one is durable.
         self._staged: deque[tuple[int, int, RegionDescriptor | None, int]] = deque()
-        self._pending = _Overlay()
+        self._pending = RecordingOverlay()
         # The region's change log (raftstore.changelog), for watches; None: not recorded.
         self.changes: RegionChanges | None = None
+        # The store's lease index (keys written with a lease); None: leases are refused.
+        self.leases: LeaseIndex | None = None
         self._plain = False
         # Background snapshot building: `spawn(async_fn)` starts a task and says whether it
         # could (None, or False: build inline).
@@ -236,6 +220,8 @@ class RegionStateMachine:
                                 read_keys.append(op.key)
                     elif isinstance(cmd, TxnCommand):
                         read_keys.extend(txn_read_keys(cmd))
+                    elif isinstance(cmd, LeaseSweepCommand) and isinstance(cmd.keys, list):
+                        read_keys.extend(k for k in cmd.keys if valid_key(k))
             elif (e.type == EntryType.CONF_CHANGE and self.descriptor is None
                   and self.staged_descriptor is None):
                 self.staged_descriptor = self._descriptor_from_conf_change(e)
@@ -255,7 +241,8 @@ class RegionStateMachine:
                     results.append(None)  # conf change or the leader's empty entry
                 if e.type != EntryType.NORMAL:
                     plain = False
-            elif isinstance(cmd, KvCommand | TxnCommand | DeleteRangeCommand):
+            elif isinstance(cmd, KvCommand | TxnCommand | DeleteRangeCommand
+                            | LeaseSweepCommand):
                 if changes is not None:
                     overlay.log = []
                 if isinstance(cmd, KvCommand):
@@ -267,6 +254,8 @@ class RegionStateMachine:
                     txn_res = self._apply_txn(batch, cmd, e.index, overlay, base)
                     writes += txn_res.writes
                     results.append(txn_res)
+                elif isinstance(cmd, LeaseSweepCommand):
+                    results.append(self._apply_sweep(batch, cmd, overlay, base))
                 else:
                     range_res = self._apply_delete_range(batch, cmd, overlay)
                     writes += range_res.deleted
@@ -276,7 +265,7 @@ class RegionStateMachine:
                         desc = self.staged_descriptor or self.descriptor
                         assert desc is not None  # a write applied: the region has a range
                         changes.record(batch, desc.epoch.version, e.index, overlay.log,
-                                       self._value_of)
+                                       lambda raw: self._unpack(raw)[0])
                     overlay.log = None
             elif isinstance(cmd, AdminCommand):
                 plain = False
@@ -411,6 +400,8 @@ class RegionStateMachine:
         if old is not None and (old.start_key, old.end_key) != (desc.start_key, desc.end_key):
             self.kv.stage_delete_range(batch, old.start_key, old.end_key or None)
         self.kv.stage_import_range(batch, desc.start_key, desc.end_key or None, snap.pairs)
+        if self.leases is not None:
+            restore_lease_index(batch, self.leases, desc, snap.pairs)
         index, term = snapshot.metadata.index, snapshot.metadata.term
         self.meta.stage_region(batch, self.region_id, encode_descriptor(desc))
         self.meta.stage_replay_pointer(batch, self.region_id, index, term)
@@ -465,10 +456,6 @@ class RegionStateMachine:
     def _unpack(self, raw: bytes) -> tuple[bytes, int, int]:
         return unpack_stored(raw) if self.versioned else (raw, 0, 0)
 
-    def _value_of(self, raw: bytes) -> bytes:
-        """The user value of stored bytes."""
-        return unpack_stored(raw)[0] if self.versioned else raw
-
     def _current(self, key: bytes, overlay: dict[bytes, Any],
                  base: dict[bytes, bytes | None]) -> bytes | None:
         """The stored bytes of `key` as this apply sees them (None: missing): a write staged
@@ -501,6 +488,9 @@ class RegionStateMachine:
                 return KvResult(False, error=INVALID)
             if op.value is not None and len(op.value) > MAX_VALUE_SIZE:
                 return KvResult(False, error=INVALID)
+            if op.lease and (op.kind != KvOpKind.PUT or not self.versioned
+                             or self.leases is None or not 0 < op.lease < 1 << 63):
+                return KvResult(False, error=INVALID)  # only a store's puts carry a lease
             if not in_range(desc, op.key):
                 return KvResult(False, error=KEY_NOT_IN_REGION)
         for op in ops:
@@ -515,8 +505,13 @@ class RegionStateMachine:
         for op in ops:
             kind = op.kind
             if kind == KvOpKind.PUT or (kind == KvOpKind.CAS and op.value is not None):
-                raw = self._stored(self._flipped(op.value) if self.unsafe_flip else op.value,
-                                   index)
+                value = self._flipped(op.value) if self.unsafe_flip else op.value
+                if op.lease:
+                    raw = pack_stored(value, self.region_id, index, op.lease)
+                    assert self.leases is not None
+                    self.leases.stage_attach(batch, op.lease, op.key)
+                else:
+                    raw = self._stored(value, index)
                 overlay[op.key] = raw
                 batch.put(kv_db, op.key, raw)
             else:  # DELETE, or a CAS to None
@@ -541,6 +536,15 @@ class RegionStateMachine:
         return apply_txn(batch, cmd, index, desc, overlay, versioned=self.versioned,
                          current=lambda key: self._current(key, overlay, base),
                          unpack=self._unpack, stored=self._stored)
+
+    def _apply_sweep(self, batch: WriteBatch, cmd: LeaseSweepCommand,
+                     overlay: dict[bytes, Any], base: dict[bytes, bytes | None]) -> KvResult:
+        """Refused when stale; else `leaseapply.apply_sweep` against this apply's state."""
+        desc, err = self._epoch_refusal(cmd.region_id, cmd.epoch.version)
+        if desc is None:
+            return KvResult(False, error=err)
+        return apply_sweep(batch, cmd, desc, overlay, self.leases,
+                           lambda key: self._current(key, overlay, base))
 
     def _apply_delete_range(self, batch: WriteBatch, cmd: DeleteRangeCommand,
                             overlay: dict[bytes, Any]) -> RangeDeleteResult:

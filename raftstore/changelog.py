@@ -44,6 +44,21 @@ Rev = tuple[int, int]
 UNSAFE_HANDOFF = os.environ.get("NOKV_UNSAFE_WATCH_HANDOFF", "") not in ("", "0")
 
 
+class RecordingOverlay(dict):
+    """The apply's overlay of staged writes (key -> stored value, None: deleted) that also
+    lists, while `log` is a list, the writes made to it (a region's change log records them)."""
+
+    __slots__ = ("log",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[tuple[bytes, bytes | None]] | None = None
+
+    def __setitem__(self, key: bytes, value: bytes | None) -> None:
+        dict.__setitem__(self, key, value)
+        if self.log is not None:
+            self.log.append((key, value))
+
 class RegionChanges:
     """One region's change log on this store (owned by its RegionStateMachine)."""
 

@@ -4,7 +4,7 @@ Owns: how a store turns client writes and admin commands into entry bytes and ba
 records themselves live in `nokvpy.protocol.raftstore_cmds` (tags 450-499); this module
 installs hand-written encoders/decoders for the hot ones (`KvCommand`, `KvOp`) that produce
 exactly the generic codec's wire shape (`[451, region_id, [51, version, conf_ver],
-[[450, kind, key, value, expected], ...]]`), so any other reader decodes them unchanged.
+[[450, kind, key, value, expected(, lease)], ...]]`, the lease only when set), so any other reader decodes them unchanged.
 Transactions and range deletes (`TxnCommand`, `DeleteRangeCommand`, records of
 `nokvpy.protocol.store_rpc`) use the generic codec. Never interprets a command (that is
 `raftstore.apply`).
@@ -27,6 +27,8 @@ _KINDS = {int(k): k for k in KvOpKind}
 
 
 def _enc_op(op: KvOp) -> list:
+    if op.lease:
+        return [_OP_TAG, int(op.kind), op.key, op.value, op.expected, op.lease]
     return [_OP_TAG, int(op.kind), op.key, op.value, op.expected]
 
 
@@ -43,6 +45,11 @@ def _dec_op(v: list, budget: int) -> KvOp:
     if type(key) is not bytes or (value is not None and type(value) is not bytes) or (
             expected is not None and type(expected) is not bytes):
         raise DecodeError("KvOp: key, value and expected must be bytes (or nil)")
+    if n > 5:
+        lease = v[5]
+        if type(lease) is not int:  # its range is checked at apply
+            raise DecodeError("KvOp.lease: expected an int")
+        return KvOp(kind, key, value, expected, lease)
     return KvOp(kind, key, value, expected)
 
 

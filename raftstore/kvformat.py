@@ -24,14 +24,29 @@ KEY_NOT_IN_REGION = "key_not_in_region"
 INVALID = "invalid"
 
 # The stored form of a value in a VersionedKV: format byte 1, the id of the region whose log
-# wrote it and the raft index of that entry (both u64 big-endian), then the value.
+# wrote it and the raft index of that entry (both u64 big-endian), then the value. A value
+# written with a lease: format byte 2, the same two fields and the lease id (u64), then the
+# value (the lease travels with the value: in snapshots, across splits and merges; a later
+# write without the lease drops it).
 STORED_FORMAT = 1
+LEASED_FORMAT = 2
 _HEADER = struct.Struct(">BQQ")
+_LEASED = struct.Struct(">BQQQ")
 HEADER_SIZE = _HEADER.size
+LEASED_SIZE = _LEASED.size
 
 
-def pack_stored(value: bytes, region_id: int, index: int) -> bytes:
+def pack_stored(value: bytes, region_id: int, index: int, lease: int = 0) -> bytes:
+    if lease:
+        return _LEASED.pack(LEASED_FORMAT, region_id, index, lease) + value
     return _HEADER.pack(STORED_FORMAT, region_id, index) + value
+
+
+def stored_lease(raw: bytes) -> int:
+    """The lease a stored value is attached to (0: none)."""
+    if len(raw) >= LEASED_SIZE and raw[0] == LEASED_FORMAT:
+        return _LEASED.unpack_from(raw)[3]
+    return 0
 
 
 def unpack_stored(raw: bytes) -> tuple[bytes, int, int]:
@@ -42,6 +57,9 @@ def unpack_stored(raw: bytes) -> tuple[bytes, int, int]:
     if len(raw) >= HEADER_SIZE and raw[0] == STORED_FORMAT:
         _, region_id, index = _HEADER.unpack_from(raw)
         return raw[HEADER_SIZE:], region_id, index
+    if len(raw) >= LEASED_SIZE and raw[0] == LEASED_FORMAT:
+        _, region_id, index, _ = _LEASED.unpack_from(raw)
+        return raw[LEASED_SIZE:], region_id, index
     return raw, 0, 0
 
 

@@ -166,8 +166,11 @@ class KvPath:
     # ================================================================= writes
 
     async def on_put(self, req: PutRequest, ctx: Any) -> WriteReply:
+        lease = req.lease
+        if isinstance(lease, bool) or not isinstance(lease, int) or not 0 <= lease < 1 << 63:
+            raise self.store.refuse(AdmissionClass.WRITE, R.INVALID, f"bad lease id {lease!r}")
         return await self._write(req.ctx, ctx, (req.key,), (req.value,),
-                                 [KvOp(KvOpKind.PUT, req.key, req.value)])
+                                 [KvOp(KvOpKind.PUT, req.key, req.value, None, lease)])
 
     async def on_delete(self, req: DeleteRequest, ctx: Any) -> WriteReply:
         return await self._write(req.ctx, ctx, (req.key,), (),

@@ -129,6 +129,7 @@ async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
         cfg = StoreConfig(store_id, cluster_id, listen, tick_interval=tick_interval, **options)
         store = Store(cfg, env, rpc, raftlog)
         link = CoordinatorLink(rpc, coordinators)
+        store.leases.link = link  # the sweeper routes to lease records through it
         # Before load: every rehosted replica gets the topology apply handlers.
         topology = Topology(store, link)
         try:

@@ -40,6 +40,7 @@ from nokvpy.protocol import (
 )
 from nokvpy.protocol.backup import RegionExportRequest
 from nokvpy.protocol.coordinator_rpc import StoreHeartbeatReply, StoreHeartbeatRequest
+from nokvpy.protocol.leases import LeaseAliveRequest, LeaseKeepAliveRequest
 from nokvpy.protocol.raftstore_cmds import RegionTombstone
 from nokvpy.protocol.store_rpc import (
     BatchGetReply,
@@ -65,7 +66,7 @@ from nokvpy.protocol.store_rpc import (
 from nokvpy.protocol.watch import KvWatchRequest
 from nokvpy.replication.driver import Driver
 from nokvpy.rpc import RaftTransport, RemoteError, RpcClient
-from nokvpy.storage import ChangeTable, Env, LocalMeta, RaftLogStore, WriteBatch
+from nokvpy.storage import ChangeTable, Env, LeaseIndex, LocalMeta, RaftLogStore, WriteBatch
 from nokvpy.wire import RaftBatch, RaftEnvelope, encode
 from raftstore import admission as adm_mod
 from raftstore.admission import AdmissionRequest, Limits
@@ -84,6 +85,7 @@ from raftstore.changelog import WATCH_KEEP, RegionChanges
 from raftstore.execution import ExecutionTracker
 from raftstore.exportpath import ExportPath
 from raftstore.kvpath import KvPath
+from raftstore.leases import LeaseService
 from raftstore.peer import Peer
 from raftstore.peer import bootstrap as bootstrap_group
 from raftstore.restart import LocalImage, RestartState
@@ -132,6 +134,8 @@ class Store:
         self.raftlog = raftlog if raftlog is not None else RaftLogStore(env)
         self.kv = VersionedKV(env)  # values carry their modification index
         self.changes = ChangeTable(env)  # each region's recent writes, for watches
+        self.lease_index = LeaseIndex(env)  # which keys were written with which lease
+        self.leases = LeaseService(self)  # authority and sweeper (its link: set_link)
         self.meta = LocalMeta(env)
         self.traffic = RaftTraffic(self)
         self.kvpath = KvPath(self)
@@ -216,6 +220,8 @@ class Store:
         server.register(RaftBatch, self.traffic.on_raft_batch, inline=True)
         server.register(GetRequest, self.on_get)
         server.register(KvWatchRequest, self.watchpath.on_watch)
+        server.register(LeaseKeepAliveRequest, self.leases.on_keep_alive)
+        server.register(LeaseAliveRequest, self.leases.on_alive)
         server.register(RegionExportRequest, self.exportpath.on_export)
         server.register(BatchGetRequest, self.on_batch_get)
         server.register(ScanRequest, self.on_scan)
@@ -234,6 +240,7 @@ class Store:
             await nursery.start(self.transport.run)
             await nursery.start(self.driver.run)
             nursery.start_soon(self._housekeeping)
+            await nursery.start(self.leases.run)
             task_status.started()
 
     async def _housekeeping(self) -> None:
@@ -280,6 +287,7 @@ class Store:
         sm.unsafe_flip = self.unsafe_apply_flip
         if self.cfg.watch_keep > 0:
             sm.changes = RegionChanges(self.changes, rid, self.cfg.watch_keep)
+        sm.leases = self.lease_index
         if self.topology is not None:
             self.topology.attach(sm)  # split / merge / membership apply handlers
         peer = Peer(rid, peer_id, self.store_id, sm, trio.current_time())

@@ -63,6 +63,7 @@ PURE_FILES = [
     "raftstore/admission.py",
     "raftstore/execution.py",
     "raftstore/topology/lifecycle.py",
+    "nokvpy/client/leases.py",
     "nokvpy/storage/errors.py",
     "nokvpy/storage/schema.py",
     "nokvpy/wire/errors.py",

@@ -180,7 +180,7 @@ async def cmd_kv(args, target: Target, client: Client) -> int:
             print(show_key(value))
         return 0 if value is not None or args.json else 1
     if action == "put":
-        index = await client.put(key_arg(args.key), key_arg(args.value))
+        index = await client.put(key_arg(args.key), key_arg(args.value), lease=args.lease)
         _done(args, {"key": args.key, "applied_index": index}, "OK")
         return 0
     if action == "delete":

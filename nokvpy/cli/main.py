@@ -236,6 +236,8 @@ def build_parser() -> ArgumentParser:
     p = kvsub.add_parser("put", help="write a key")
     p.add_argument("key", type=key_text, help=keyhelp)
     p.add_argument("value", type=key_text, help="UTF-8 text, or 0x followed by hex")
+    p.add_argument("--lease", type=positive(int), default=0, metavar="ID",
+                   help="the key lives only while lease ID does (`nokv lease grant`)")
     d = kvsub.add_parser("delete", help="delete a key (the store does not say whether it existed)")
     d.add_argument("key", type=key_text, help=keyhelp)
     sc = kvsub.add_parser("scan", help="keys in [START, END) in order")
@@ -278,6 +280,25 @@ def build_parser() -> ArgumentParser:
                     help="stop after this many seconds (default: run until Ctrl-C)")
     add_target(wa)
     add_json(wa)
+
+    ls = sub.add_parser("lease", help="leases: keys that live only while kept alive")
+    lsub = ls.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
+    lg = lsub.add_parser("grant", help="a new lease; prints its id")
+    lg.add_argument("ttl", type=positive(float), help="seconds it lives without a keep-alive "
+                    "(1 to 86400)")
+    lk = lsub.add_parser("keep-alive", help="extend lease ID by its TTL (exit status 1 when "
+                         "it is gone)")
+    lk.add_argument("lease_id", type=positive(int), metavar="ID", help="the lease's id")
+    lk.add_argument("--every", type=positive(float), default=None,
+                    help="keep it alive every this many seconds until Ctrl-C or --duration")
+    lk.add_argument("--duration", type=positive(float), default=None,
+                    help="with --every: stop after this many seconds")
+    lr = lsub.add_parser("revoke", help="end lease ID now: its keys are deleted")
+    lr.add_argument("lease_id", type=positive(int), metavar="ID", help="the lease's id")
+    ll = lsub.add_parser("list", help="every lease alive, with its TTL")
+    for q in (lg, lk, lr, ll):
+        add_target(q)
+        add_json(q)
 
     bk = sub.add_parser("backup", help="write every key of the cluster to one checksummed "
                         "file (each region at one applied index)")
@@ -484,6 +505,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from nokvpy.cli import metrics_cmd
 
         return metrics_cmd.run(args)
+    if cmd == "lease":
+        from nokvpy.cli import lease_cmd
+
+        return lease_cmd.run(args)
     if cmd in ("backup", "restore"):
         from nokvpy.cli import backup_cmd
 

@@ -21,6 +21,7 @@ from nokvpy.client.kv import (
     ScanResult,
     TxnResponse,
 )
+from nokvpy.client.leases import LeaseNotFoundError
 from nokvpy.client.loopcheck import WrongEventLoopError
 from nokvpy.client.sync import SyncClient, connect
 from nokvpy.client.watch import Watch, WatchCompactedError, WatchEvent, WatchSegment
@@ -32,5 +33,5 @@ __all__ = [
     "OutcomeUnknownError", "UnavailableError", "DeadlineExceededError", "InvalidRequestError",
     "WrongEventLoopError", "Freshness", "ReadMode",
     "Compare", "Op", "TxnResponse", "TxnGetResult", "ScanResult", "DeleteRangeResult",
-    "RegionDeleted", "Watch", "WatchEvent", "WatchSegment", "WatchCompactedError",
+    "RegionDeleted", "LeaseNotFoundError", "Watch", "WatchEvent", "WatchSegment", "WatchCompactedError",
 ]

@@ -71,6 +71,7 @@ from nokvpy.client.errors import (
     UnavailableError,
 )
 from nokvpy.client.failover import SUSPECT_BASE, Suspects, next_voter, pick_store
+from nokvpy.client.leases import LeaseNotFoundError, LeaseOps  # noqa: F401 - re-exported
 from nokvpy.client.loopcheck import require_trio
 from nokvpy.client.scan import ScanOps, ScanResult  # noqa: F401 - ScanResult re-exported
 from nokvpy.client.txn import (  # noqa: F401 - the builders and result types re-exported
@@ -130,7 +131,7 @@ class CachedRoute:
     leader_store_id: int
 
 
-class Client(ScanOps, TxnOps, WatchOps):
+class Client(ScanOps, TxnOps, WatchOps, LeaseOps):
     """Async client. `coordinators`: addresses; `timeout`: default deadline per operation;
     `attempt_timeout`: longest read attempt on one store or coordinator before trying
     another (None: the whole deadline); `suspect_base`: seconds a store or coordinator that
@@ -534,11 +535,16 @@ class Client(ScanOps, TxnOps, WatchOps):
             pending = [k for k in pending if k not in out]
         return out
 
-    async def put(self, key: bytes, value: bytes, timeout: float | None = None) -> int:
+    async def put(self, key: bytes, value: bytes, timeout: float | None = None, *,
+                  lease: int = 0) -> int:
+        """Write `key`; returns the raft index it applied at. With `lease` (from `grant`)
+        the key lives only while the lease does (LeaseNotFoundError: it is gone)."""
         check_key(key)
         check_value(value)
-        reply: WriteReply = await self._execute(key, lambda ctx: PutRequest(ctx, key, value),
-                                                write=True, timeout=timeout)
+        if lease:
+            await self._check_lease(lease, timeout)
+        reply: WriteReply = await self._execute(
+            key, lambda ctx: PutRequest(ctx, key, value, lease), write=True, timeout=timeout)
         return reply.applied_index
 
     async def delete(self, key: bytes, timeout: float | None = None) -> int:

@@ -110,9 +110,30 @@ class SyncClient:
         a list of (key, value) with `more` (the limit cut it) and `next_key`."""
         return self.call(Client.scan, start, end, limit, timeout)
 
-    def put(self, key: bytes, value: bytes, timeout: float | None = None) -> int:
-        """Write `key`; returns the raft index it applied at."""
-        return self.call(Client.put, key, value, timeout)
+    def put(self, key: bytes, value: bytes, timeout: float | None = None, *,
+            lease: int = 0) -> int:
+        """Write `key`; returns the raft index it applied at. With `lease` (from `grant`)
+        the key lives only while the lease does."""
+        async def put(client: Client) -> int:
+            return await client.put(key, value, timeout, lease=lease)
+
+        return self.call(put)
+
+    def grant(self, ttl: float, timeout: float | None = None) -> int:
+        """A new lease of `ttl` seconds; returns its id (see `Client.grant`)."""
+        return self.call(Client.grant, ttl, timeout)
+
+    def keep_alive(self, lease_id: int, timeout: float | None = None) -> float:
+        """Extend the lease by its TTL; returns the TTL (LeaseNotFoundError: it is gone)."""
+        return self.call(Client.keep_alive, lease_id, timeout)
+
+    def revoke(self, lease_id: int, timeout: float | None = None) -> None:
+        """End the lease now: its keys are deleted."""
+        return self.call(Client.revoke, lease_id, timeout)
+
+    def leases(self, timeout: float | None = None) -> dict[int, float]:
+        """Every lease alive now: id -> TTL in seconds."""
+        return self.call(Client.leases, timeout)
 
     def delete(self, key: bytes, timeout: float | None = None) -> int:
         return self.call(Client.delete, key, timeout)

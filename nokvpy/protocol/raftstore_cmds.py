@@ -29,6 +29,7 @@ class KvOp:
     key: bytes
     value: bytes | None = None
     expected: bytes | None = None
+    lease: int = 0  # a PUT: the lease the key lives by (nokvpy.protocol.leases; 0: none)
 
 
 @wire_type(451)

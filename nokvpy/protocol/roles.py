@@ -70,6 +70,9 @@ POLICY: Mapping[str, frozenset[str] | Mapping[str, frozenset[str]]] = {
     "KvWatchRequest": KV_CALLERS,
     # read-only, but it reads every key of a region: KV callers (a backup)
     "RegionExportRequest": KV_CALLERS,
+    "LeaseKeepAliveRequest": KV_CALLERS,
+    # a store's sweeper asks the lease's authority before deleting the lease's keys
+    "LeaseAliveRequest": frozenset({CLIENT, ADMIN, STORE}),
     "AdminRequest": frozenset({ADMIN, STORE}),  # stores forward to a region's leader
     "ExecutionStatusRequest": ANY,
     "OutboxRequest": frozenset({ADMIN}),

@@ -105,11 +105,13 @@ class ScanReply:
 @wire_type(407)
 @dataclass(slots=True, frozen=True)
 class PutRequest:
-    """Write `key` = `value` in the region of `ctx`: clients send it to the region's leader."""
+    """Write `key` = `value` in the region of `ctx`: clients send it to the region's leader.
+    With `lease`, the key lives only while that lease does (nokvpy.protocol.leases)."""
 
     ctx: KvContext
     key: bytes
     value: bytes
+    lease: int = 0
 
 
 @wire_type(408)

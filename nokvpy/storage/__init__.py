@@ -22,6 +22,7 @@ from nokvpy.storage.errors import (
 )
 from nokvpy.storage.groupstorage import GroupStorage
 from nokvpy.storage.kv import KV
+from nokvpy.storage.leaseindex import LeaseIndex
 from nokvpy.storage.localmeta import BlockedEvent, LocalMeta, ReplayPointer, StoreIdentity
 from nokvpy.storage.raftlog import RaftLogStore
 from nokvpy.storage.schema import ALL_DBS, MAX_KEY_SIZE
@@ -29,6 +30,7 @@ from nokvpy.storage.schema import ALL_DBS, MAX_KEY_SIZE
 __all__ = [
     "ALL_DBS",
     "KV",
+    "LeaseIndex",
     "MAX_KEY_SIZE",
     "BlockedEvent",
     "ChangeTable",

@@ -14,6 +14,7 @@ owns the table). Never opens anything; `Env.open` declares these names up front.
 |                   | index u64 BE, seq u32 BE         | (a region's recent writes, for watches;   | changelog.py |
 |                   | (all zero after the region id:   | the floor record: version u32 BE, index   |              |
 |                   | the region's floor record)       | u64 BE)                                   |              |
+| kv_leased         | lease id u64 BE, user key        | empty (a key written with that lease)     | leaseindex.py|
 | meta_store        | b"cluster_id" / b"store_id" /    | crc32 u32 BE + u64 BE                     | localmeta.py |
 |                   | b"data_format"                   |                                           |              |
 | meta_regions      | region_id u64 BE                 | crc32 + opaque descriptor                 | localmeta.py |
@@ -32,6 +33,7 @@ RAFT_LOG = "raft_log"
 RAFT_STATE = "raft_state"
 KV = "kv"
 KV_CHANGES = "kv_changes"
+KV_LEASED = "kv_leased"
 META_STORE = "meta_store"
 META_REGIONS = "meta_regions"
 META_REPLAY = "meta_replay"
@@ -40,7 +42,7 @@ META_BLOCKED = "meta_blocked"
 META_TOMBSTONES = "meta_tombstones"
 
 RAFT_DBS = (RAFT_LOG, RAFT_STATE)
-KV_DBS = (KV, KV_CHANGES)
+KV_DBS = (KV, KV_CHANGES, KV_LEASED)
 META_DBS = (META_STORE, META_REGIONS, META_REPLAY, META_OUTBOX, META_BLOCKED, META_TOMBSTONES)
 ALL_DBS = RAFT_DBS + KV_DBS + META_DBS
 
