@@ -17,6 +17,7 @@ from xml.sax.saxutils import escape
 
 from .commands import format_table
 from .history import History, is_nemesis
+from .watchcheck import watch_lines
 
 COMPLETION_COLORS = {"ok": "#2ca02c", "fail": "#d62728", "info": "#ff7f0e"}
 FAULT_COLORS = {
@@ -184,6 +185,7 @@ def summary_text(results: Mapping) -> str:
     lines += topology_lines((results.get("checks") or {}).get("topology-recovery"))
     lines += convergence_lines((results.get("checks") or {}).get("convergence"))
     lines += hostile_lines((results.get("checks") or {}).get("hostile"))
+    lines += watch_lines((results.get("checks") or {}).get("watch"))
     heal = results.get("heal") or {}
     if isinstance(heal, dict) and heal.get("error"):
         lines.append(f"heal: {heal['error']}")

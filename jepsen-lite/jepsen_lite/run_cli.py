@@ -36,6 +36,16 @@ def _env(text: str) -> tuple[str, str]:
     return name, value
 
 
+def _workload_option(text: str) -> tuple[str, object]:
+    name, value = _env(text)
+    for kind in (int, float):
+        try:
+            return name.replace("-", "_"), kind(value)
+        except ValueError:
+            pass
+    return name.replace("-", "_"), value
+
+
 def _lease_modes(text: str) -> tuple[str, ...]:
     from .lease import LEASE_MODES
 
@@ -47,12 +57,17 @@ def _lease_modes(text: str) -> tuple[str, ...]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from .workloads import WORKLOADS
+    from .watchload import WORKLOADS  # every workload, watch included
 
     faults = "; ".join(f"{k}: {v}" for k, v in FAULTS.items())
     aliases = "; ".join(f"{k} = {','.join(v) or '-'}" for k, v in ALIASES.items())
     parser.epilog = f"faults: {faults}. aliases: {aliases}."
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="register")
+    parser.add_argument("--workload-option", type=_workload_option, action="append", default=[],
+                        metavar="NAME=VALUE",
+                        help="a workload's own option, e.g. watch: watchers=10, prefixes=3, "
+                             "resume_every=8 (s), marker_timeout=60 (s), watch_keep=N (a tiny "
+                             "store change log on purpose: compacted watches are expected)")
     parser.add_argument("--nemesis", default="kill,partition",
                         help="comma-separated faults (or 'none', 'all'); default kill,partition")
     parser.add_argument("--time-limit", type=float, default=60.0, metavar="S",
@@ -132,6 +147,7 @@ def config_from_args(args: argparse.Namespace):
         recovery_timeout=args.recovery_timeout,
         churn_store_fault=args.churn_store_fault,
         keep_cluster=args.keep_cluster,
+        workload_options=dict(args.workload_option),
     )
 
 
@@ -146,6 +162,13 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_UNKNOWN
     if config.concurrency < 1 or config.time_limit <= 0:
         print("error: --concurrency must be >= 1 and --time-limit > 0", file=sys.stderr)
+        return EXIT_UNKNOWN
+    try:
+        from .watchload import make_workload
+
+        make_workload(config.workload, keys=config.keys, **config.workload_options)
+    except (TypeError, ValueError) as exc:
+        print(f"error: --workload-option: {exc}", file=sys.stderr)
         return EXIT_UNKNOWN
     try:
         results = run_config(config)

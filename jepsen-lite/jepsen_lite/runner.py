@@ -61,7 +61,8 @@ from .report import (
     write_subhistory,
 )
 from .topology import check_topology_recovery, membership_counts
-from .workloads import final_reads, make_workload, run_worker
+from .watchload import WORKLOADS, make_workload  # every workload, watch included
+from .workloads import final_reads, run_worker
 
 FINAL_PROCESS_BASE = 1_000_000
 
@@ -93,6 +94,7 @@ class RunConfig:
     recovery_timeout: float = 30.0
     churn_store_fault: float = 0.5
     keep_cluster: bool = False
+    workload_options: dict[str, Any] = field(default_factory=dict)  # e.g. watch: watchers
 
     def schedule_options(self) -> ScheduleOptions:
         tail = min(3.0, max(self.time_limit * 0.1, 0.5))
@@ -137,6 +139,8 @@ class RunConfig:
             args += ["--churn-store-fault", f"{self.churn_store_fault:g}"]
         for k, v in sorted(self.env.items()):
             args += ["--env", f"{k}={v}"]
+        for k, v in sorted(self.workload_options.items()):
+            args += ["--workload-option", f"{k}={v}"]
         return " ".join(shlex.quote(a) for a in args)
 
 
@@ -195,6 +199,9 @@ def run(config: RunConfig, *, log: Callable[[str], None] | None = None) -> dict:
     previous = _sigterm_as_interrupt()
     try:
         control.create()
+        for proc in control.spec.of_kind("store"):  # e.g. watch: a tiny --watch-keep
+            proc.extra_args += WORKLOADS[config.workload].store_args(config.workload_options)
+        control.cluster.save(control.spec)
         schedule = build_schedule(
             config.nemesis, config.time_limit, config.seed, control.names(),
             config.schedule_options(),
@@ -257,11 +264,13 @@ async def _run_async(
 
     timing: dict[str, float] = {}
     state["timing"] = timing
+    run_dir = Path(config.dir)
     ready_s = await control.start_all(config.ready_timeout)
     timing["cluster_ready_s"] = round(ready_s, 3)
     log(f"cluster serving after {ready_s:.1f}s: {', '.join(control.names())}")
 
-    workload = make_workload(config.workload, keys=config.keys, seed=config.seed)
+    workload = make_workload(config.workload, keys=config.keys, seed=config.seed,
+                             **config.workload_options)
     state["workload"] = workload
 
     def new_client(index: int) -> Client:
@@ -296,47 +305,50 @@ async def _run_async(
     log(f"workload {workload.name}: {config.concurrency} clients, {config.rate:g} ops/s, "
         f"{config.time_limit:g}s")
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(nemesis_task)
-            for i in range(config.concurrency):
-                nursery.start_soon(worker, i)
-        timing["workload_s"] = round(trio.current_time() - t0, 3)
-        log(f"workload done: {sum(s.ops for s in worker_stats)} ops; healing")
-        heal_t = trio.current_time()
-        heal = await nemesis.heal_all()
-        timing["heal_s"] = round(trio.current_time() - heal_t, 3)
-        state["heal"] = heal
-        if heal.get("error"):
-            log(f"heal: {heal['error']}")
-        if (heal.get("replication") or {}).get("error"):
-            log(f"heal: {heal['replication']['error']}")
-        topo_t = trio.current_time()
-        state["topology"] = await check_topology_recovery(
-            control, control.replication, config.recovery_timeout,
-            repair=getattr(control, "restore_replication", None))
-        timing["topology_recovery_s"] = round(trio.current_time() - topo_t, 3)
-        log(f"topology recovery: {'ok' if state['topology']['valid'] is True else 'FAILED'}: "
-            f"{state['topology']['note']}")
-        reader = new_client(0)
-        clients.append(reader)
-        final_t = trio.current_time()
-        state["final"] = await final_reads(
-            workload, reader, recorder, first_process=FINAL_PROCESS_BASE,
-            timeout=config.final_read_timeout, op_timeout=config.op_timeout,
-        )
-        timing["final_reads_s"] = round(trio.current_time() - final_t, 3)
-        if {"churn", "publish-fail"} & set(config.nemesis):
-            state["transitions"] = await collect_transitions(control, nemesis.events)
-        log(f"final reads: {len(state['final']['values'])} keys read, "
-            f"missing {state['final']['missing'] or 'none'}")
-        conv_t = trio.current_time()
-        try:
-            state["convergence"] = await check_convergence(control)
-        except Exception as exc:  # noqa: BLE001 - the check is unknown, the run goes on
-            state["convergence"] = {"valid": "unknown",
-                                    "note": f"not checked: {type(exc).__name__}: {exc}"[:300]}
-        timing["convergence_s"] = round(trio.current_time() - conv_t, 3)
-        log(f"convergence: {state['convergence']['valid']}: {state['convergence']['note']}")
+        async with workload.session(new_client, recorder, run_dir, log,
+                                    config.op_timeout) as side:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(nemesis_task)
+                for i in range(config.concurrency):
+                    nursery.start_soon(worker, i)
+            timing["workload_s"] = round(trio.current_time() - t0, 3)
+            log(f"workload done: {sum(s.ops for s in worker_stats)} ops; healing")
+            heal_t = trio.current_time()
+            heal = await nemesis.heal_all()
+            timing["heal_s"] = round(trio.current_time() - heal_t, 3)
+            state["heal"] = heal
+            if heal.get("error"):
+                log(f"heal: {heal['error']}")
+            if (heal.get("replication") or {}).get("error"):
+                log(f"heal: {heal['replication']['error']}")
+            topo_t = trio.current_time()
+            state["topology"] = await check_topology_recovery(
+                control, control.replication, config.recovery_timeout,
+                repair=getattr(control, "restore_replication", None))
+            timing["topology_recovery_s"] = round(trio.current_time() - topo_t, 3)
+            log(f"topology recovery: {'ok' if state['topology']['valid'] is True else 'FAILED'}: "
+                f"{state['topology']['note']}")
+            state["session"] = await side.finish()  # e.g. watch: the markers, the watchers end
+            reader = new_client(0)
+            clients.append(reader)
+            final_t = trio.current_time()
+            state["final"] = await final_reads(
+                workload, reader, recorder, first_process=FINAL_PROCESS_BASE,
+                timeout=config.final_read_timeout, op_timeout=config.op_timeout,
+            )
+            timing["final_reads_s"] = round(trio.current_time() - final_t, 3)
+            if {"churn", "publish-fail"} & set(config.nemesis):
+                state["transitions"] = await collect_transitions(control, nemesis.events)
+            log(f"final reads: {len(state['final']['values'])} keys read, "
+                f"missing {state['final']['missing'] or 'none'}")
+            conv_t = trio.current_time()
+            try:
+                state["convergence"] = await check_convergence(control)
+            except Exception as exc:  # noqa: BLE001 - the check is unknown, the run goes on
+                state["convergence"] = {"valid": "unknown",
+                                        "note": f"not checked: {type(exc).__name__}: {exc}"[:300]}
+            timing["convergence_s"] = round(trio.current_time() - conv_t, 3)
+            log(f"convergence: {state['convergence']['valid']}: {state['convergence']['note']}")
     finally:
         with trio.CancelScope(shield=True):
             for client in clients:
@@ -422,10 +434,8 @@ async def collect_transitions(control: Any, churn_steps: list[dict], settle: flo
 
 def run_checks(workload_name: str, history: History, final: dict | None,
                check_time_limit: float = 120.0, transitions: list[dict] | None = None,
-               ) -> dict[str, dict]:
+               run_dir: Path | None = None) -> dict[str, dict]:
     """The checkers of a workload's history (with its final reads already recorded)."""
-    from .workloads import WORKLOADS
-
     model = WORKLOADS[workload_name].model
     checks: dict[str, dict] = {}
     ops = history.operations()
@@ -467,6 +477,8 @@ def run_checks(workload_name: str, history: History, final: dict | None,
     if any(is_nemesis(e) and isinstance(e.get("value"), dict)
            and e["value"].get("fault") in DISK_FAULTS for e in history.events):
         checks["disk"] = check_disk(history.events)
+    if run_dir is not None:
+        checks.update(WORKLOADS[workload_name].run_checks(history, run_dir))
     return checks
 
 
@@ -489,7 +501,7 @@ def _check_and_report(
         try:
             transitions = (state.get("transitions") or {}).get("events")
             checks = run_checks(config.workload, history, state.get("final"),
-                                config.check_time_limit, transitions)
+                                config.check_time_limit, transitions, run_dir)
         except Exception as exc:  # noqa: BLE001
             results["error"] = results.get("error") or f"checker failed: {type(exc).__name__}: {exc}"
             results["traceback"] = traceback.format_exc()
@@ -575,7 +587,7 @@ def _check_and_report(
     results["files"] = {
         name: name for name in ("history.jsonl", "results.json", "plot.svg", "schedule.json",
                                 "config.json", "failing-subhistory.jsonl", "transitions.jsonl",
-                                "cluster")
+                                "watch-events.jsonl", "cluster")
         if (run_dir / name).exists() or name == "results.json"
     }
     write_json(run_dir / "results.json", results)

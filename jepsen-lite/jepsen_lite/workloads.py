@@ -1,6 +1,8 @@
 """jepsen-lite workloads: what the clients do, how each outcome is recorded, final reads.
 
-Owns: the operation mix of each workload (``register``, ``append``, ``routes``), encoding of
+Owns: the operation mix of each workload (``register``, ``append``, ``routes``; ``watch`` is
+:mod:`.watchload`, which adds itself to :data:`WORKLOADS`: import the registry from there to
+have every workload), encoding of
 values in the store, the mapping of client errors to ``ok`` / ``fail`` / ``info``
 (:func:`classify_error`), the client worker loop (one outstanding operation per process, a
 fresh process id after every ``info``, a read after a failed write, pacing to ``--rate``), and
@@ -116,6 +118,33 @@ class Workload:
     def probe_write(self, key: str) -> Op | None:
         """A write of ``key`` with a fresh unique value, for the nemesis's own writes (the
         lease nemesis writes through a new leader); None when the workload has none."""
+        return None
+
+    @classmethod
+    def store_args(cls, options: dict) -> list[str]:
+        """Extra command-line arguments for every store the run creates."""
+        return []
+
+    def session(self, new_client: Callable[[int], Any], recorder: Any, run_dir: Any,
+                log: Callable[[str], None], op_timeout: float = 2.0) -> Any:
+        """Tasks that run beside the clients for the whole run (``async with``, opened before
+        the clients start; ``await finish()`` after the heal, before the final reads)."""
+        return NoSession()
+
+    @staticmethod
+    def run_checks(history: Any, run_dir: Any) -> dict[str, dict]:
+        """The workload's own checks of a run directory (``checks[name]``)."""
+        return {}
+
+
+class NoSession:
+    async def __aenter__(self) -> NoSession:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool:
+        return False
+
+    async def finish(self) -> None:
         return None
 
 
