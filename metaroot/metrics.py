@@ -30,6 +30,7 @@ def status(service: Any, driver: Any = None, transport: Any = None, env: Any = N
     group = service.group
     state = service.sm.state
     commit, term = None, group.term
+    members = getattr(service.sm, "members", None)  # voters and learners (metaroot.members)
     try:  # the raw node's: the driver's copy of the term changes only with a hard state
         basic = group.node.basic_status()
         commit, term = basic.commit, basic.term
@@ -47,7 +48,7 @@ def status(service: Any, driver: Any = None, transport: Any = None, env: Any = N
         "retained_from": service.sm.first_retained,
         "id_fence": state.id_fence,
         "tso_fence": state.tso_fence,
-        "peers": len(service.peers),
+        "peers": len(members.ids()) if members is not None else len(service.peers),
         "driver": dict(getattr(driver, "counters", None) or {}),
         "transport": dict(getattr(transport, "counters", None) or {}),
         "storage": m.storage_stats(env, raftlog),

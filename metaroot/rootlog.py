@@ -6,7 +6,10 @@ Owns: the LMDB tables of one metaroot peer besides its raft log:
 |-------------|--------------------------|-----------------------------------------------|
 | root_events | root index u64 BE        | encoded CommittedEvent (the retained tail)    |
 | root_meta   | b"cluster_id"            | utf-8 cluster id (stamped on first start)     |
-|             | b"peers"                 | JSON {peer id: address}                       |
+|             | b"members"               | JSON metaroot membership (metaroot.members)   |
+|             | b"peers"                 | JSON {peer id: address}: founding peers of a  |
+|             |                          | data dir written before b"members" (read only)|
+|             | b"removed"               | why this peer may not serve: it was removed   |
 |             | b"checkpoint"            | encoded RootCheckpoint (state at some token)  |
 |             | b"applied"               | raft index of the last applied entry, u64 BE  |
 
@@ -17,7 +20,6 @@ resumes exactly where apply stopped. Never decides what an event means (metaroot
 
 from __future__ import annotations
 
-import json
 import struct
 
 from metaroot.state import RootState
@@ -33,25 +35,25 @@ _U64 = struct.Struct(">Q")
 
 
 class StampError(Exception):
-    """The data directory belongs to another cluster or another membership."""
+    """The data directory belongs to another cluster."""
 
 
-def stamp(env: Env, cluster_id: str, peers: dict[int, str]) -> None:
-    """Stamp a fresh data dir, or check that an existing one matches (one clear line)."""
+def stamp(env: Env, cluster_id: str, members_json: str) -> bool:
+    """Stamp a fresh data dir with the cluster id and the first membership record (one
+    transaction), or check that an existing one belongs to `cluster_id` (one clear line).
+    True when the data dir was fresh. The membership of an existing data dir is its own
+    (metaroot.members), whatever the command line says."""
     existing = env.get(ROOT_META, b"cluster_id")
     if existing is None:
         batch = WriteBatch()
         batch.put(ROOT_META, b"cluster_id", cluster_id.encode())
-        batch.put(ROOT_META, b"peers", json.dumps({str(k): v for k, v in peers.items()}).encode())
+        batch.put(ROOT_META, b"members", members_json.encode())
         env.commit_sync(batch)
-        return
+        return True
     if existing.decode() != cluster_id:
         raise StampError(f"data dir {env.path} belongs to cluster {existing.decode()!r}, "
                          f"not {cluster_id!r}")
-    stored = {int(k) for k in json.loads(env.get(ROOT_META, b"peers") or b"{}")}
-    if sorted(stored) != sorted(peers):
-        raise StampError(f"peer list {sorted(peers)} disagrees with the persisted metaroot "
-                         f"membership {sorted(stored)} in {env.path}")
+    return False
 
 
 def stage_event(batch: WriteBatch, ce: CommittedEvent) -> None:

@@ -1,27 +1,33 @@
 """metaroot: the replicated rooted event log that owns durable cluster truth.
 
-Owns: one raft group (group id 0) of 1, 3 or 5 peers whose entries are encoded
-`AppendRequest`, `GrantRequest` and `FenceAllocatorRequest` records. Applying an entry is
-deterministic on every peer: fences are checked, events validated against the rooted state and
-given dense tokens `RootToken(entry term, index)`, written to the event log in the same
-transaction as the raft applied index, and the retained tail is compacted behind a checkpoint.
-Serves Append / Snapshot / Watch / ConfirmToken / FenceAllocator / ApplyGrant / Status over
-`nokvpy.rpc`. Never serves routes and never decides topology: it records what it is told,
-once, in order.
+Owns: one raft group (group id 0) of 1, 3 or 5 peers (founded so; grown or shrunk one peer
+at a time, metaroot.members) whose normal entries are encoded `AppendRequest`,
+`GrantRequest` and `FenceAllocatorRequest` records. Applying an entry is deterministic on
+every peer: fences are checked, events validated against the rooted state and given dense
+tokens `RootToken(entry term, index)`, written to the event log in the same transaction as
+the raft applied index, and the retained tail is compacted behind a checkpoint; a conf change
+entry updates the membership record (metaroot.members) in that same transaction. Serves
+Append / Snapshot / Watch / ConfirmToken / FenceAllocator / ApplyGrant / Status and
+MetarootConfChange (metaroot.reconfig) over `nokvpy.rpc`; a removed peer serves only its
+status. Never serves routes and never decides topology: it records what it is told, once,
+in order.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
 
-from metaroot import rootlog
+from metaroot import members as members_mod
+from metaroot import reconfig, rootlog
 from metaroot.errors import RootEventRejected
 from metaroot.grants import plan_grant_command
+from metaroot.members import Members
 from metaroot.state import RootState
 from nokvpy import failpoints, grantsig
 from nokvpy.adminsvc import register_failpoint_admin
@@ -46,6 +52,9 @@ from nokvpy.protocol.metaroot_rpc import (
     FenceAllocatorRequest,
     GrantReply,
     GrantRequest,
+    MetarootConfChangeReply,
+    MetarootConfChangeRequest,
+    MetarootSnapshotData,
     MetarootStatus,
     MetarootStatusRequest,
     SnapshotReply,
@@ -86,17 +95,21 @@ def _rejection(exc: RootEventRejected) -> Rejection:
 
 
 class RootStateMachine:
-    """Applies metaroot entries; holds the committed `RootState` in memory."""
+    """Applies metaroot entries; holds the committed `RootState` and the metaroot
+    membership (`metaroot.members.Members`, folded from the conf change entries) in memory."""
 
-    def __init__(self, env: Env, retained_tail: int):
+    def __init__(self, env: Env, retained_tail: int, members: Members | None = None):
         self.env = env
         self.retained_tail = retained_tail
         self.state, self._applied, self.first_retained = rootlog.load(env)
+        self.members = members if members is not None else members_mod.load(env)
+        self.on_members: Callable[[Members], None] | None = None  # after a change commits
         self.changed = trio.Event()
         self.checkpoints = 0
-        # A snapshot staged but not yet committed: (state, applied, first_retained). Entries
-        # applied in the same Ready as the snapshot must build on it, not on self.state.
-        self._restored: tuple[RootState, int, int] | None = None
+        # A snapshot staged but not yet committed: (state, applied, first_retained, members).
+        # Entries applied in the same Ready as the snapshot must build on it, not on
+        # self.state.
+        self._restored: tuple[RootState, int, int, Members] | None = None
 
     # -- driver protocol ------------------------------------------------------------------
 
@@ -105,13 +118,22 @@ class RootStateMachine:
 
     def stage_apply(self, batch: WriteBatch, entries: list[Entry]) -> list[Any]:
         if self._restored is not None:
-            state, _, first_retained = self._restored
+            state, _, first_retained, members = self._restored
         else:
-            state, first_retained = self.state, self.first_retained
+            state, first_retained, members = self.state, self.first_retained, self.members
         results: list[Any] = []
         for e in entries:
             result: Any = None
-            if e.type == EntryType.NORMAL and e.data:
+            if e.type == EntryType.CONF_CHANGE:
+                try:
+                    cc = ConfChange.decode(e.data)
+                except ValueError:  # the raft core fails on it first; never proposed by us
+                    log.error("metaroot entry %d: undecodable conf change", e.index)
+                else:
+                    members = members.after(cc, e.index)
+                    members_mod.stage(batch, members)
+                    result = members
+            elif e.type == EntryType.NORMAL and e.data:
                 try:
                     cmd = decode(e.data)
                 except DecodeError as exc:  # cannot happen for entries we proposed
@@ -139,29 +161,45 @@ class RootStateMachine:
             rootlog.stage_compact(batch, keep_from)
             first_retained = keep_from
             self.checkpoints += 1
-        self._staged = (state, last, first_retained)
+        self._staged = (state, last, first_retained, members)
         return results
 
     def after_commit(self, entries: list[Entry], results: list[Any]) -> None:
-        self.state, self._applied, self.first_retained = self._staged
+        before = self.members
+        self.state, self._applied, self.first_retained, self.members = self._staged
         self._restored = None
+        if self.members is not before and self.on_members is not None:
+            self.on_members(self.members)
         self._notify()
 
     def snapshot(self) -> tuple[int, bytes]:
-        return self._applied, encode(self.state.to_checkpoint())
+        data = MetarootSnapshotData(self.state.to_checkpoint(), self.members.to_json())
+        return self._applied, encode(data)
 
     def stage_restore(self, batch: WriteBatch, snapshot: Snapshot) -> None:
-        state = RootState.from_checkpoint(decode(snapshot.data))
+        data = decode(snapshot.data)
+        meta = snapshot.metadata
+        if isinstance(data, MetarootSnapshotData):
+            checkpoint = data.checkpoint
+            members = Members.from_json(data.members) if data.members else \
+                self.members.restored(meta.conf_state, meta.index)
+        else:  # an older snapshot: the bare checkpoint
+            checkpoint, members = data, self.members.restored(meta.conf_state, meta.index)
+        state = RootState.from_checkpoint(checkpoint)
         rootlog.stage_reset(batch)
         rootlog.stage_checkpoint(batch, state)
-        rootlog.stage_applied(batch, snapshot.metadata.index)
+        rootlog.stage_applied(batch, meta.index)
+        members_mod.stage(batch, members)
 
-        self._restored = (state, snapshot.metadata.index, state.token.index + 1)
+        self._restored = (state, meta.index, state.token.index + 1, members)
 
         def installed() -> None:
-            self.state, self._applied, self.first_retained = self._restored or (
-                state, snapshot.metadata.index, state.token.index + 1)
+            before = self.members
+            self.state, self._applied, self.first_retained, self.members = self._restored or (
+                state, meta.index, state.token.index + 1, members)
             self._restored = None
+            if self.members is not before and self.on_members is not None:
+                self.on_members(self.members)
             self._notify()
 
         batch.on_commit(installed)
@@ -268,23 +306,65 @@ def _is_int(v: object) -> bool:
 
 class MetarootService:
     def __init__(self, node_id: int, cluster_id: str, peers: dict[int, str], env: Env,
-                 driver: Driver, raftlog: RaftLogStore, retained_tail: int = 4096):
+                 driver: Driver, raftlog: RaftLogStore, retained_tail: int = 4096,
+                 members: Members | None = None):
         self.node_id = node_id
         self.cluster_id = cluster_id
+        # the address book the raft transport resolves through: kept equal to the applied
+        # membership's addresses (metaroot.members), updated in place
         self.peers = peers
         self.env = env
         self.driver = driver
-        self.sm = RootStateMachine(env, retained_tail)
+        self.sm = RootStateMachine(env, retained_tail, members)
+        self.sm.on_members = self.members_changed
+        self.sync_peers(self.sm.members)
+        # why this peer may not serve ("" while it may); removed_event fires when it learns
+        self.removed = members_mod.removed_reason(env, node_id, self.sm.members)
+        self.removed_event = trio.Event()
+        self.conf_lock = trio.Lock()  # one membership change at a time on this leader
         storage = raftlog.group(GROUP_ID)
         self.group = driver.add_group(GROUP_ID, node_id, storage, self.sm,
-                                      route=lambda peer: peer if peer in peers else None,
+                                      route=lambda peer: peer if peer in self.peers else None,
                                       election_tick=10, heartbeat_tick=1)
         self._signing_keys: dict[bytes, object] = {}  # cluster secret -> grant key
         self.counters: dict[str, int] = {}
 
+    # -- membership -----------------------------------------------------------------------
+
+    def sync_peers(self, members: Members) -> None:
+        for pid in [p for p in self.peers if p not in members.addrs]:
+            del self.peers[pid]
+        self.peers.update(members.addrs)
+
+    def members_changed(self, members: Members) -> None:
+        """A conf change (or a snapshot) applied and is durable."""
+        self.sync_peers(members)
+        raft = self.group.conf_state if hasattr(self, "group") else None
+        if raft is not None and (tuple(sorted(raft.voters)), tuple(sorted(raft.learners))) != \
+                (members.voters, members.learners):
+            log.error("metaroot-%d: membership record %s disagrees with the raft "
+                      "configuration %s", self.node_id, members.conf_state(), raft)
+        log.info("metaroot-%d: membership at raft index %d: voters %s, learners %s",
+                 self.node_id, members.conf_index, list(members.voters),
+                 list(members.learners))
+        if self.node_id in members.removed:
+            self.note_removed(members_mod.removed_reason(self.env, self.node_id, members))
+
+    def note_removed(self, how: str) -> None:
+        if not self.removed:
+            self.removed = how
+            log.warning("%s", how)
+        self.removed_event.set()
+
+    def check_serving(self) -> None:
+        if self.removed:
+            raise reconfig.removed_error(self)
+
     # -- helpers --------------------------------------------------------------------------
 
-    def _not_leader(self) -> RemoteError:
+    def not_leader_error(self) -> RemoteError:
+        if self.removed:
+            return reconfig.removed_error(self)
         lead = self.group.leader_id
         return RemoteError(ErrorKind.NOT_LEADER, "not_leader",
                            f"metaroot-{self.node_id} is not the leader"
@@ -294,12 +374,12 @@ class MetarootService:
 
     async def _propose(self, record: Any) -> Any:
         if not self.group.is_leader:
-            raise self._not_leader()
+            raise self.not_leader_error()
         try:
             result = await self.driver.propose(self.group, encode(record))
         except ProposalError as exc:
             if exc.reason == "not_leader":
-                raise self._not_leader() from None
+                raise self.not_leader_error() from None
             raise RemoteError(ErrorKind.UNAVAILABLE, exc.reason, str(exc),
                               {"retry_class": RetryClass.RETRY.name}) from None
         if isinstance(result, Rejection):
@@ -309,6 +389,7 @@ class MetarootService:
     # -- handlers -------------------------------------------------------------------------
 
     async def on_append(self, req: AppendRequest, ctx) -> AppendReply:
+        self.check_serving()
         if not req.events:
             raise RemoteError(ErrorKind.INVALID_ARGUMENT, "empty", "append needs at least one event")
         for ev in req.events:
@@ -321,12 +402,14 @@ class MetarootService:
         return await self._propose(req)
 
     async def on_fence(self, req: FenceAllocatorRequest, ctx) -> FenceAllocatorReply:
+        self.check_serving()
         bad = _check_fence_request(req)  # shape errors answered without a raft round
         if bad is not None:
             raise bad.error()
         return await self._propose(req)
 
     async def on_grant(self, req: GrantRequest, ctx) -> GrantReply:
+        self.check_serving()
         cmd = req.command
         if not isinstance(cmd, GrantCommand):
             raise RemoteError(ErrorKind.INVALID_ARGUMENT, "invalid_command",
@@ -376,21 +459,24 @@ class MetarootService:
         return max((g.issued_at_ms for g in grants), default=0)
 
     async def on_snapshot(self, req: SnapshotRequest, ctx) -> SnapshotReply:
+        self.check_serving()
         state = self.sm.state
         return SnapshotReply(state.token, state.to_checkpoint())
 
     async def on_confirm(self, req: ConfirmTokenRequest, ctx) -> ConfirmTokenReply:
+        self.check_serving()
         if not self.group.is_leader:
-            raise self._not_leader()
+            raise self.not_leader_error()
         try:
             index = await self.driver.read_index(self.group)
         except ProposalError as exc:
             if exc.reason == "not_leader":
-                raise self._not_leader() from None
+                raise self.not_leader_error() from None
             raise RemoteError(ErrorKind.UNAVAILABLE, exc.reason, str(exc),
                               {"retry_class": RetryClass.RETRY.name}) from None
         await self.driver.wait_applied(self.group, index)
-        return ConfirmTokenReply(self.sm.state.token)
+        members = self.sm.members
+        return ConfirmTokenReply(self.sm.state.token, members.peers(), members.conf_index)
 
     def _leader_with_quorum(self) -> bool:
         """This peer is the leader, holds its quorum lease (a majority answered a heartbeat
@@ -408,9 +494,11 @@ class MetarootService:
     async def on_watch(self, req: WatchRequest, ctx):
         """Deltas from `req.after`, then keepalives; every item says whether it comes from
         a leader holding its quorum (`from_leader`), decided when it is sent."""
+        self.check_serving()
         after = req.after.index
         keepalive = max(0.05, req.keepalive_ms / 1000)
         while True:
+            self.check_serving()  # removed while streaming: the subscriber moves on
             sm = self.sm
             state = sm.state
             # a subscriber ahead of this peer (it watched a newer leader) just waits here
@@ -443,9 +531,14 @@ class MetarootService:
             leader_id=lead, leader_addr=self.peers.get(lead, ""), term=self.group.term,
             committed_token=state.token, applied_token=state.token,
             cluster_epoch=state.cluster_epoch, retained_from=self.sm.first_retained,
-            checkpoint_token=state.token, peers=dict(self.peers),
+            checkpoint_token=state.token,
             id_fence=state.id_fence, tso_fence=state.tso_fence,
+            **reconfig.status_fields(self),
         )
+
+    async def on_conf_change(self, req: MetarootConfChangeRequest,
+                             ctx) -> MetarootConfChangeReply:
+        return await reconfig.on_conf_change(self, req, ctx)
 
     def register(self, server) -> None:
         server.register(AppendRequest, self.on_append)
@@ -454,6 +547,7 @@ class MetarootService:
         server.register(SnapshotRequest, self.on_snapshot)
         server.register(ConfirmTokenRequest, self.on_confirm)
         server.register(MetarootStatusRequest, self.on_status)
+        server.register(MetarootConfChangeRequest, self.on_conf_change)
         server.register_stream(WatchRequest, self.on_watch)
         register_failpoint_admin(server)
 

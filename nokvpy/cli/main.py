@@ -203,6 +203,17 @@ def build_parser() -> ArgumentParser:
             s.add_argument("--data", required=True, help="data directory (created if missing)")
             s.add_argument("--retained-tail", type=int, default=4096,
                            help="rooted events kept after the checkpoint (default %(default)s)")
+            s.add_argument("--join", action="store_true", help="a fresh data dir joins a "
+                           "running group (`nokv metaroot add-peer`) instead of founding one")
+            ap = ksub.add_parser("add-peer", help="add a peer to a local cluster's metaroot")
+            rp = ksub.add_parser("remove-peer", help="remove peer ID from a local cluster's "
+                                 "metaroot, then stop it")
+            rp.add_argument("peer_id", type=positive(int), metavar="ID", help="the peer's id")
+            for mp in (ap, rp):
+                add_dir(mp)
+                mp.add_argument("--wait", type=positive(float), default=60.0,
+                                help="seconds to wait for each step (default %(default)g)")
+                add_json(mp)
         elif kind == "coordinator":
             s.add_argument("--metaroot", required=True, help="metaroot addresses, comma separated")
             s.add_argument("--replication", type=int, default=3,
@@ -482,6 +493,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from nokvpy.cli import cluster_cmd
 
         return cluster_cmd.run(args)
+    if cmd == "metaroot" and args.action != "serve":
+        from nokvpy.cli import metaroot_cmd
+
+        return metaroot_cmd.run(args)
     if cmd in ("metaroot", "coordinator", "store"):
         from nokvpy.cli import serve_cmd
 

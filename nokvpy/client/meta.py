@@ -6,7 +6,10 @@ reads may go to any peer. A peer that timed out or could not be reached is suspe
 seconds (`failover.Suspects`): left out of the passes over the peers while another is not
 suspect, and a hint naming it is not followed until its latest failure is `suspect_base`
 seconds old. Each attempt lasts at most
-`attempt_timeout`. Never interprets the answers, and never resends an append whose outcome
+`attempt_timeout`. Follows metaroot membership changes: a reply that carries the peer list
+(`peers` with the raft `conf_index` of the membership it shows: status, ConfirmToken, a conf
+change) replaces the addresses when its membership is newer than the last one seen.
+Never interprets the answers otherwise, and never resends an append whose outcome
 is unknown unless its events carry request ids.
 """
 
@@ -34,6 +37,24 @@ class MetaClient:
         self.attempt_timeout = attempt_timeout
         self.suspects: Suspects[str] = Suspects(suspect_base, 8 * suspect_base)
         self.leader: str | None = addrs[0] if len(addrs) == 1 else None
+        self.conf_index = 0  # raft index of the newest metaroot membership seen (learn_peers)
+
+    def learn_peers(self, reply: Any) -> bool:
+        """Adopt the metaroot peer list a reply carries when its membership is newer than
+        the last one seen (memberships are ordered by the raft index of their conf change);
+        True when the addresses changed."""
+        peers, index = getattr(reply, "peers", None), getattr(reply, "conf_index", 0)
+        if not isinstance(peers, dict) or not peers or not isinstance(index, int) \
+                or index <= self.conf_index:
+            return False
+        self.conf_index = index
+        addrs = [a for _, a in sorted(peers.items()) if a]
+        if not addrs or addrs == self.addrs:
+            return False
+        self.addrs = addrs
+        if self.leader not in addrs:
+            self.leader = None
+        return True
 
     def _candidates(self) -> list[str]:
         """The peers to try in one pass: the believed leader first, then the others, leaving
@@ -84,6 +105,7 @@ class MetaClient:
                 self.suspects.clear(addr)
                 if leader:
                     self.leader = addr
+                self.learn_peers(reply)
                 return reply
             else:
                 await trio.sleep(min(backoff, max(0.0, deadline - trio.current_time())))
@@ -96,6 +118,7 @@ class MetaClient:
         async def one(addr: str) -> None:
             try:
                 out[addr] = await self.rpc.call(addr, MetarootStatusRequest(), timeout=timeout)
+                self.learn_peers(out[addr])
             except Exception as exc:  # noqa: BLE001 - reported per peer
                 out[addr] = exc
 

@@ -3,8 +3,9 @@
 Owns: the layout of a cluster directory (`cluster.json`, `pids/`, `logs/`, `data/`), starting
 and stopping the `nokv ... serve` processes it describes, and finding them again by name.
 `add_store` grows a cluster by one store (`nokv cluster add-store`, jepsen-lite's `join`);
-`retire` records a store retired in root (`retired` in cluster.json) and stops it: it is
-never started again.
+`retire` records a store retired in root, or a metaroot peer removed from the metaroot group
+(`retired` in cluster.json), and stops it: it is never started again. `add_metaroot` records
+a new metaroot peer that joins the running group (`--join`; `nokv metaroot add-peer`).
 Never talks to a running process over RPC (callers do that with the addresses it records) and
 never touches files outside its directory.
 
@@ -66,7 +67,7 @@ class ProcessSpec:
     data_dir: str = ""
     extra_args: list[str] = field(default_factory=list)
     metrics_address: str = ""  # host:port of its metrics endpoint ("": none, an older file)
-    retired: bool = False  # a store retired in root: never started again (`retire`)
+    retired: bool = False  # a retired store / removed metaroot peer: never started again
 
     @property
     def metrics_url(self) -> str:
@@ -108,7 +109,7 @@ class ClusterSpec:
         return replace(self, processes=[p for p in self.processes if not p.retired])
 
     def metaroot_addrs(self) -> list[str]:
-        return [p.address for p in self.of_kind("metaroot")]
+        return [p.address for p in self.of_kind("metaroot") if not p.retired]
 
     def coordinator_addrs(self) -> list[str]:
         return [p.address for p in self.of_kind("coordinator")]
@@ -230,11 +231,38 @@ class LocalCluster:
         """Record that store `name` was retired (rooted STORE_RETIRED: it may never host a
         replica again) and stop it; `start` refuses it from now on. Returns the pid stopped."""
         proc = spec.get(name)
-        if proc.kind != "store":
-            raise ClusterError(f"{name} is not a store")
+        if proc.kind not in ("store", "metaroot"):
+            raise ClusterError(f"{name} is not a store or a metaroot peer")
         proc.retired = True
         self.save(spec)
         return self.stop(name, grace)
+
+    def add_metaroot(self, spec: ClusterSpec, node_id: int) -> ProcessSpec:
+        """Record metaroot peer `node_id` (two free loopback ports, its data directory; it
+        starts with `--join`: empty, waiting to be added to the running group) and save
+        cluster.json; the caller starts it. Refused for a TLS cluster (see add_store)."""
+        if spec.tls:
+            raise ClusterError("adding a metaroot peer to a TLS cluster is not supported: its "
+                               "CA key is not kept, so the new peer could get no certificate")
+        name = f"metaroot-{node_id}"
+        if any(p.name == name for p in spec.processes):
+            raise ClusterError(f"{name} is already in {self.spec_path}")
+        taken = {p.address for p in spec.processes} | \
+            {p.metrics_address for p in spec.processes}
+        ports = [port for port in free_ports(4) if f"127.0.0.1:{port}" not in taken][:2]
+        if len(ports) < 2:
+            raise ClusterError("no free loopback ports for a new metaroot peer")
+        proc = ProcessSpec(name, "metaroot", node_id, f"127.0.0.1:{ports[0]}",
+                           str(self.root / "data" / name), extra_args=["--join"],
+                           metrics_address=f"127.0.0.1:{ports[1]}")
+        spec.processes.append(proc)
+        self.save(spec)
+        return proc
+
+    def forget(self, spec: ClusterSpec, name: str) -> None:
+        """Drop process `name` from cluster.json (undoing an add that was refused)."""
+        spec.processes = [p for p in spec.processes if p.name != name]
+        self.save(spec)
 
     def renew_tls(self, spec: ClusterSpec, within: timedelta = TLS_RENEW_WITHIN) -> bool:
         """Issue a new CA and certificates when one of the cluster's expires within `within`
@@ -254,8 +282,10 @@ class LocalCluster:
         base = [sys.executable, "-m", "nokvpy.cli.main", proc.kind, "serve", "--id", str(proc.node_id),
                 "--listen", proc.address, "--cluster-id", spec.cluster_id, "--enable-failpoints"]
         if proc.kind == "metaroot":
+            # seeds a fresh data dir only: an existing one serves with its own membership
             for peer in spec.of_kind("metaroot"):
-                base += ["--peer", f"{peer.node_id}={peer.address}"]
+                if not peer.retired:
+                    base += ["--peer", f"{peer.node_id}={peer.address}"]
             base += ["--data", proc.data_dir]
         elif proc.kind == "coordinator":
             base += ["--metaroot", ",".join(spec.metaroot_addrs()),
@@ -304,8 +334,10 @@ class LocalCluster:
 
     def start(self, spec: ClusterSpec, proc: ProcessSpec, env: dict[str, str] | None = None) -> int:
         if proc.retired:
+            how = ("`nokv metaroot add-peer`" if proc.kind == "metaroot"
+                   else "`nokv cluster add-store`")
             raise ClusterError(f"{proc.name} is retired: it cannot be started again (add a "
-                               "store with `nokv cluster add-store`)")
+                               f"new one with {how})")
         if (pid := self.pid(proc.name)) is not None:
             return pid
         (self.root / "pids").mkdir(parents=True, exist_ok=True)

@@ -88,9 +88,15 @@ class ConfirmTokenRequest:
 @wire_type(207)
 @dataclass(slots=True, frozen=True)
 class ConfirmTokenReply:
-    """The current committed token, confirmed by a ReadIndex round on the metaroot group."""
+    """The current committed token, confirmed by a ReadIndex round on the metaroot group.
+
+    `peers` / `conf_index`: the metaroot membership (id -> address) as of the raft index of
+    its last applied conf change, so a client follows membership changes (trailing and
+    defaulted: an older peer omits them)."""
 
     token: RootToken
+    peers: dict[int, str] | None = None
+    conf_index: int = 0
 
 
 @wire_type(208)
@@ -146,3 +152,59 @@ class MetarootStatus:
     peers: dict[int, str]
     id_fence: int = 0
     tso_fence: int = 0
+    # membership (trailing and defaulted: an older peer omits them). `peers` holds the
+    # address of every voter and learner; `conf_index` is the raft index of the last conf
+    # change this peer applied (a higher one is a newer membership); `removed_ids` are the
+    # ids removed from the group (never reused); `removed`: this very peer was removed and
+    # serves nothing. `raft_applied` / `raft_commit`: this peer's raft indexes; `match`: on
+    # the leader, the raft index each member is known to hold.
+    voters: tuple[int, ...] = ()
+    learners: tuple[int, ...] = ()
+    removed_ids: tuple[int, ...] = ()
+    conf_index: int = 0
+    removed: bool = False
+    raft_applied: int = 0
+    raft_commit: int = 0
+    match: dict[int, int] | None = None
+
+
+CONF_CHANGE_KINDS = ("add_learner", "promote", "remove")
+
+
+@wire_type(214)
+@dataclass(slots=True, frozen=True)
+class MetarootConfChangeRequest:
+    """Change the metaroot group's membership by one step, on the leader (admin only).
+
+    `kind`: `add_learner` (a new, empty peer at `address` that receives the log but does
+    not vote), `promote` (that learner becomes a voter once it caught up) or `remove` (a
+    voter or learner leaves; its id is never used again). Refused while another change is
+    pending (a learner not yet promoted counts as one), for the last voter, for an unknown
+    or reused id."""
+
+    kind: str
+    node_id: int
+    address: str = ""
+
+
+@wire_type(215)
+@dataclass(slots=True, frozen=True)
+class MetarootConfChangeReply:
+    """The membership after the change applied on the leader (at raft `conf_index`)."""
+
+    conf_index: int
+    voters: tuple[int, ...]
+    learners: tuple[int, ...]
+    peers: dict[int, str]
+    removed_ids: tuple[int, ...] = ()
+
+
+@wire_type(216)
+@dataclass(slots=True, frozen=True)
+class MetarootSnapshotData:
+    """What a metaroot raft snapshot carries: the rooted checkpoint and the membership
+    record (`metaroot.members`, JSON), so a peer restored from it knows every member's
+    address. (An older snapshot's data is the bare checkpoint.)"""
+
+    checkpoint: object  # nokvpy.protocol.grants.RootCheckpoint
+    members: str = ""

@@ -42,6 +42,7 @@ POLICY: Mapping[str, frozenset[str] | Mapping[str, frozenset[str]]] = {
     "WatchRequest": frozenset({COORDINATOR, ADMIN}),
     "SnapshotRequest": frozenset({COORDINATOR, ADMIN}),
     "MetarootStatusRequest": ANY,
+    "MetarootConfChangeRequest": frozenset({ADMIN}),  # metaroot membership: operators only
     # coordinator
     "GetRegionByKeyRequest": ANY,
     "ScanRegionsRequest": ANY,

@@ -1,4 +1,5 @@
-"""Real metaroot peer processes for the cluster tests: start, kill -9, restart, poll.
+"""Real metaroot peer processes for the cluster tests: start, kill -9, restart, poll, and
+grow the group (`new_peer` + `start(join=True)`, then a MetarootConfChangeRequest).
 
 Every peer is `python -m nokvpy.cli.main metaroot serve ...` on a free 127.0.0.1 port with
 its data dir under the test's tmp_path and its output in `<root>/metaroot-<id>.log`. The
@@ -51,7 +52,8 @@ class MetarootProcs:
         return self.root / f"metaroot-{node_id}.log"
 
     def argv(self, node_id: int, *, cluster_id: str | None = None,
-             peers: dict[int, str] | None = None, data: Path | None = None) -> list[str]:
+             peers: dict[int, str] | None = None, data: Path | None = None,
+             join: bool = False) -> list[str]:
         peers = self.addrs if peers is None else peers
         argv = [sys.executable, "-m", "nokvpy.cli.main", "metaroot", "serve",
                 "--id", str(node_id), "--listen", self.addrs[node_id],
@@ -61,14 +63,23 @@ class MetarootProcs:
             argv += ["--peer", f"{pid}={addr}"]
         if self.retained_tail is not None:
             argv += ["--retained-tail", str(self.retained_tail)]
+        if join:
+            argv += ["--join"]
         return argv
 
-    def start(self, node_id: int) -> subprocess.Popen:
+    def new_peer(self, node_id: int) -> str:
+        """A free address for a peer that will join the running group (`start(join=True)`)."""
+        taken = set(self.addrs.values())
+        port = next(p for p in free_ports(4) if f"127.0.0.1:{p}" not in taken)
+        self.addrs[node_id] = f"127.0.0.1:{port}"
+        return self.addrs[node_id]
+
+    def start(self, node_id: int, join: bool = False) -> subprocess.Popen:
         assert node_id not in self.procs, f"metaroot-{node_id} is running"
         out = open(self.log_path(node_id), "ab")  # noqa: SIM115 - closed in kill()
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        proc = subprocess.Popen(self.argv(node_id), stdout=out, stderr=subprocess.STDOUT,
-                                cwd=REPO, env=env)
+        proc = subprocess.Popen(self.argv(node_id, join=join), stdout=out,
+                                stderr=subprocess.STDOUT, cwd=REPO, env=env)
         self.procs[node_id] = proc
         self._logs[node_id] = out
         return proc

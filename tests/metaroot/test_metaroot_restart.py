@@ -2,8 +2,10 @@
 
 A watcher behind the retained tail is told `bootstrap_required`, installs the checkpoint and
 converges on the leader's state; a peer killed with kill -9 and restarted on its data dir
-rebuilds from checkpoint + tail and agrees with the others; a data dir of another cluster or a
-peer list that disagrees with the persisted membership is refused at start, in one line.
+rebuilds from checkpoint + tail and agrees with the others; a data dir of another cluster, or
+a fresh data dir with a founding peer list that cannot found a group, is refused at start, in
+one line. (An existing data dir serves with its own durable membership whatever --peer says:
+tests/metaroot/test_metaroot_membership.py.)
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ async def test_watch_behind_tail_bootstraps_and_restart_rebuilds(tmp_path):
     finally:
         cluster.kill_all()
 
-    # a data dir stamped by another cluster, or a disagreeing peer list: refused in one line
+    # a data dir stamped by another cluster, or a bad founding list: refused in one line
     def refuse(argv: list[str], needle: str) -> None:
         done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=30)
         out = (done.stdout + done.stderr).strip()
@@ -127,7 +129,10 @@ async def test_watch_behind_tail_bootstraps_and_restart_rebuilds(tmp_path):
         assert len(out.splitlines()) == 1 and needle in out, out
 
     refuse(cluster.argv(1, cluster_id="another"), "belongs to cluster 'mr-test'")
-    two = {1: cluster.addrs[1], 2: cluster.addrs[2], 4: "127.0.0.1:1"}
-    refuse(cluster.argv(1, peers=two), "disagrees with the persisted metaroot membership")
-    refuse(cluster.argv(1, peers={1: cluster.addrs[1]}),
-           "disagrees with the persisted metaroot membership")
+    fresh = cluster.root / "fresh"
+    two = {1: cluster.addrs[1], 2: cluster.addrs[2]}
+    refuse(cluster.argv(1, peers=two, data=fresh), "metaroot needs 1, 3 or 5 peers, got 2")
+    refuse(cluster.argv(1, peers={2: cluster.addrs[2], 3: cluster.addrs[3], 4: "127.0.0.1:1"},
+                        data=fresh), "--id 1 is not in the peer list")
+    refuse(cluster.argv(1, peers={1: cluster.addrs[1]}, data=fresh, join=True),
+           "--join needs the current metaroot peers")
