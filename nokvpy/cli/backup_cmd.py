@@ -36,8 +36,9 @@ def run(args) -> int:
     if args.coordinator is None and not cluster.exists():
         from nokvpy.cli import cluster_cmd
 
+        stores = args.stores or 3
         up = argparse.Namespace(dir=args.dir, metaroot=None, coordinators=None,
-                                stores=args.stores, replication=None, tls=False,
+                                stores=stores, replication=min(3, stores), tls=False,
                                 wait=args.wait, json=True)
         _say(args, f"creating a cluster in {args.dir} to restore into")
         status = _quiet(cluster_cmd.up, cluster, up)  # its output is not this command's

@@ -81,6 +81,7 @@ def append(local: LocalCluster, n: int, prefix: str) -> None:
         root_call(local, AppendRequest([ev]), role="coordinator")  # appends are theirs
 
 
+@pytest.mark.slow  # ~12 s; tests/metaroot/test_metaroot_membership.py runs by default
 def test_add_and_remove_a_metaroot_peer(tmp_path):
     directory = tmp_path / "cluster"
     cluster = Cluster(directory, None)

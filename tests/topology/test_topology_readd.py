@@ -40,6 +40,7 @@ pytestmark = pytest.mark.cluster
 ROUNDS = 6  # every store removed and re-added twice
 
 
+@pytest.mark.slow  # ~13 s; the re-add cases below keep one in the default run
 async def test_remove_and_readd_the_same_store_repeatedly(topo):
     c = await topo(stores=3)
     async with c.client(timeout=20) as client:

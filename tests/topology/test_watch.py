@@ -11,6 +11,7 @@ from topo_harness import Topo, wait_until
 from nokvpy.client import Compare, Op, OutcomeUnknownError, WatchCompactedError
 from nokvpy.protocol import Freshness
 from nokvpy.protocol.store_rpc import AdminRequest
+from nokvpy.rpc import RemoteError
 
 pytestmark = pytest.mark.cluster
 
@@ -136,8 +137,7 @@ async def watch_through_topology_changes(c, env: dict[str, str] | None = None) -
                 right = (await client.route(b"w4/06", Freshness.STRONG)).descriptor
                 lead = await c.leader_store(client, b"w4/00")
                 slow[0] = True
-                merged = await c.admin(client, AdminRequest(
-                    "merge", left.region_id, other_region_id=right.region_id), lead)
+                merged = await _merge(c, client, left.region_id, right.region_id, lead)
                 assert merged.outcome == "APPLIED", merged
                 await trio.sleep(1.0)
                 slow[0] = False
@@ -149,6 +149,21 @@ async def watch_through_topology_changes(c, env: dict[str, str] | None = None) -
                                  what="the end marker")
                 nursery.cancel_scope.cancel()
     _check(written, seen)
+
+
+async def _merge(c, client, left: int, right: int, lead: int):
+    """Merge `right` into `left` through `lead`, again while a replica is still unreachable
+    from the leader (a store just restarted: its connection is in reconnect backoff; the
+    merge refuses before planning anything)."""
+    deadline = trio.current_time() + 30
+    while True:
+        try:
+            return await c.admin(client, AdminRequest("merge", left, other_region_id=right),
+                                 lead)
+        except RemoteError as exc:
+            if "did not answer" not in str(exc) or trio.current_time() > deadline:
+                raise
+            await trio.sleep(0.5)
 
 
 async def _seen_key(seen, key):
