@@ -627,6 +627,7 @@ async def test_paused_metaroot_leader_never_serves_stale_strong(tmp_path):
 
 
 @cluster
+@pytest.mark.slow  # ~10 s; the paused leader-and-holder test above stays in the default run
 async def test_holder_paused_mid_read_never_claims_an_expired_grant(tmp_path):
     await repeat(tmp_path, lambda p: scenario_holder_paused_mid_read(p, UNSAFE))
 

@@ -138,7 +138,7 @@ def run_lane(path: Path, seed: int, segment_bytes: int, kills: int, deadline: fl
 
 def test_random_sigkill_in_wal_mode_loses_no_committed_batch(tmp_path):
     seed = int(os.environ.get("NOKV_CRASH_SEED", random.randrange(1 << 30)))
-    kills = int(os.environ.get("NOKV_WAL_CRASH_KILLS", 40))
+    kills = int(os.environ.get("NOKV_WAL_CRASH_KILLS", 24))
     budget = float(os.environ.get("NOKV_WAL_CRASH_BUDGET", 12))
     print(f"WAL crash campaign seed={seed} kills={kills} budget={budget}s "
           f"(rerun: NOKV_CRASH_SEED={seed})")

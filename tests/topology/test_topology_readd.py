@@ -120,8 +120,10 @@ async def test_an_addition_goes_on_once_its_plan_is_rooted(topo, case):
 
 
 @pytest.mark.parametrize("role,fault", [
-    ("leader", "pause"),
-    pytest.param("follower", "pause", marks=pytest.mark.slow),  # the default run keeps one
+    # ~30 s each: slow tier (the default run keeps the re-add of
+    # test_an_addition_goes_on_once_its_plan_is_rooted and test_topology_sequences')
+    pytest.param("leader", "pause", marks=pytest.mark.slow),
+    pytest.param("follower", "pause", marks=pytest.mark.slow),
     pytest.param("follower", "kill", marks=pytest.mark.slow),
 ])
 async def test_remove_an_unreachable_replica_then_add_it_back(topo, role, fault):
