@@ -318,8 +318,8 @@ class RegionStateMachine:
         staged = self._staged.popleft()
         if not self._staged:
             self._pending.clear()
-            if self.changes is not None:
-                self.changes.committed()
+        if self.changes is not None:  # the head moves: waiting watches read again
+            self.changes.after_commit(drained=not self._staged)
         self.applied, self.applied_term, desc, writes = staged
         self.writes_since_heartbeat += writes
         self.total_writes += writes

@@ -901,3 +901,28 @@ async def test_a_durable_apply_wakes_waiting_watches(env):
     with trio.move_on_after(5) as scope:  # a zero wait returns at once
         await a.changes.wait_applied(0)
     assert not scope.cancelled_caught
+
+
+async def test_each_durable_apply_wakes_watches_while_later_ones_are_still_staged(env):
+    """Under steady load the staged queue is seldom empty: a watch must wake when the head
+    moves, not only when the queue drains (it waited for a gap: p50 100 ms put-to-event)."""
+    a = Applier(env)
+    b1, e1, r1 = a.stage(a.put(b"c", b"1"))
+    b2, e2, r2 = a.stage(a.put(b"c", b"2"))  # held back behind the first
+    woke = []
+
+    async def waiter():
+        await a.changes.wait_applied(60)
+        woke.append(a.sm.applied)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        env.commit_sync(b1)
+        a.sm.after_commit(e1, r1)  # the second apply is still staged
+        await trio.testing.wait_all_tasks_blocked()
+        assert woke == [1]
+        assert len(a.changes.pending) == 2  # kept until the last staged apply is durable
+    env.commit_sync(b2)
+    a.sm.after_commit(e2, r2)
+    assert a.changes.pending == {}
