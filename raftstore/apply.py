@@ -106,8 +106,6 @@ def unsafe_apply_flip_on(store_id: int) -> bool:
 
 OK = KvResult(True)
 EPOCH_MISMATCH = "epoch_mismatch"
-
-
 AdminHandler = Callable[["RegionStateMachine", WriteBatch, Entry, AdminCommand], Any]
 
 
@@ -164,8 +162,7 @@ class RegionStateMachine:
         self.snapshots_built = 0
         self.snapshots_installed = 0
         self.compactions = 0
-        self.compact_keep = COMPACT_KEEP
-        self.compact_slack = COMPACT_SLACK
+        self.compact_keep, self.compact_slack = COMPACT_KEEP, COMPACT_SLACK
         # Extension points for topology (split / merge / peer change): op -> handler, and a
         # callback on committed membership changes.
         self.admin_handlers: dict[str, AdminHandler] = {}
@@ -378,16 +375,19 @@ class RegionStateMachine:
             raise SnapshotTemporarilyUnavailableError(f"region {self.region_id} has no range")
         kv, meta, rid = self.kv, self.meta, self.region_id
 
-        def read(txn):
-            ptr = meta.replay_pointer(rid, txn=txn)
-            pairs = kv.export_range(desc.start_key, desc.end_key or None, txn=txn)
-            return ptr, pairs
+        changes = self.changes
 
-        ptr, pairs = self.env.read(read)
+        def read(txn):  # the change log travels with the data it describes
+            return (meta.replay_pointer(rid, txn=txn),
+                    kv.export_range(desc.start_key, desc.end_key or None, txn=txn),
+                    *(changes.snapshot(txn) if changes is not None else (None, None)))
+
+        ptr, pairs, log, floor = self.env.read(read)
         if ptr is None or ptr.applied_index == 0:
             raise SnapshotTemporarilyUnavailableError(f"region {rid} has applied nothing yet")
         self.snapshots_built += 1
-        data = encode(RegionSnapshot(desc, ptr.applied_index, ptr.applied_term, pairs))
+        data = encode(RegionSnapshot(desc, ptr.applied_index, ptr.applied_term, pairs,
+                                     log if floor is not None else None, floor))
         return ptr.applied_index, data
 
     def stage_restore(self, batch: WriteBatch, snapshot: Snapshot) -> None:
@@ -406,7 +406,7 @@ class RegionStateMachine:
         self.meta.stage_region(batch, self.region_id, encode_descriptor(desc))
         self.meta.stage_replay_pointer(batch, self.region_id, index, term)
         if self.changes is not None:
-            self.changes.restore(batch, desc.epoch.version, index)
+            self.changes.restore(batch, desc.epoch.version, index, snap.changes, snap.change_floor)
 
         def installed() -> None:
             self.descriptor = desc

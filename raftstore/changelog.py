@@ -12,7 +12,8 @@ floor, of every key in its CURRENT range, whichever region made it.
 - A merge target takes the source's changes (the source is frozen and every replica of it
   applied everything before the commit: raftstore.topology.merge) and the higher floor.
   Without a local source replica to copy from, the target's floor rises to the merge.
-- A replica filled by a snapshot holds nothing below the snapshot: its floor is the snapshot.
+- A replica filled by a snapshot takes the change log and floor the snapshot carries (read
+  in the snapshot's read transaction); from a store without one, its floor is the snapshot.
 - Trimming keeps at least `keep` indexes of the current version, and older versions until
   then (so a split does not cut the history of a range that just moved).
 TEST-ONLY: `NOKV_UNSAFE_WATCH_HANDOFF=1` in a store's environment makes `hand_on` copy nothing
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -123,12 +125,24 @@ class RegionChanges:
             self.pending.clear()
         self.wake()
 
-    def restore(self, batch: WriteBatch, version: int, index: int) -> None:
-        """A snapshot at (version, index) replaces the region's state: nothing below it."""
+    def restore(self, batch: WriteBatch, version: int, index: int,
+                changes: list[Change] | None = None, floor: Rev | None = None) -> None:
+        """A snapshot at (version, index) replaces the region's state: its change log is the
+        one the snapshot carries (`changes`, whole above `floor`), or nothing below it."""
         self.table.stage_drop(batch, self.region_id)
         self.pending.clear()
         self.floor = None
+        if changes is not None and floor is not None:
+            self.table.stage_raw(batch, self.region_id, [tuple(c) for c in changes])
+            self._stage_floor(batch, (int(floor[0]), int(floor[1])))
+            return
         self._stage_floor(batch, (version, index))
+
+    def snapshot(self, txn: Any) -> tuple[list[Change], Rev | None]:
+        """What a region snapshot carries (from the caller's read transaction): every change
+        this region holds and its floor (None: it has none yet)."""
+        return (self.table.read(txn, self.region_id, (0, 0), b"", b"", 1 << 62)[0],
+                self.table.floor(self.region_id, txn=txn))
 
     def stage_drop(self, batch: WriteBatch) -> None:
         """The replica leaves this store: its change log goes with it."""

@@ -58,12 +58,16 @@ class AdminCommand:
 @wire_type(453)
 @dataclass(slots=True, frozen=True)
 class RegionSnapshot:
-    """A region's state at `applied_index`: descriptor plus every KV pair in its range."""
+    """A region's state at `applied_index`: descriptor plus every KV pair in its range, and
+    its change log for watches (raftstore.changelog: the changes, as the change table reads
+    them, and the floor they are whole above; None from a store that keeps none)."""
 
     descriptor: RegionDescriptor
     applied_index: int
     applied_term: int
     pairs: list[tuple[bytes, bytes]]
+    changes: list[tuple[int, int, int, int, bytes, bytes | None, int]] | None = None
+    change_floor: tuple[int, int] | None = None
 
 
 @wire_type(454)

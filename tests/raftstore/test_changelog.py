@@ -615,6 +615,9 @@ def test_restore_drops_the_log_and_starts_at_the_snapshot(env):
 
 
 def test_a_snapshot_install_restores_the_change_log(env, tmp_path):
+    """The snapshot carries the leader's change log and floor: a replica filled by it (one
+    that may lead the region later) answers watches from the same history, not `compacted`
+    for every cursor below the snapshot."""
     leader = Applier(env)
     for i in range(5):
         leader.apply(leader.put(b"c", b"%d" % i))
@@ -627,10 +630,26 @@ def test_a_snapshot_install_restores_the_change_log(env, tmp_path):
         f.sm.stage_restore(b, Snapshot(SnapshotMetadata(index, 1, ConfState((101,))), data))
         env2.commit_sync(b)
         assert f.sm.applied == 5
-        assert f.log() == [] and f.changes.floor == (1, 5) and f.table.floor(1) == (1, 5)
+        assert f.log() == leader.log() and len(f.log()) == 5  # the stale changes are gone
+        assert f.changes.floor == leader.changes.floor == f.table.floor(1) == (1, 0)
         f.index = 5
         f.apply(f.put(b"c", b"6"))
-        assert f.log() == [(1, 6, 0, PUT, b"c", b"6")]
+        assert f.log()[-1] == (1, 6, 0, PUT, b"c", b"6")
+
+
+def test_a_snapshot_from_a_store_without_a_change_log_starts_the_floor_there(env, tmp_path):
+    leader = Applier(env)
+    leader.sm.changes = None  # --watch-keep 0
+    for i in range(5):
+        leader.apply(leader.put(b"c", b"%d" % i))
+    index, data = leader.sm.snapshot()
+    with Env.open(tmp_path / "follower", map_size=1 << 22) as env2:
+        f = Applier(env2)
+        f.apply(f.put(b"d", b"stale"))
+        b = WriteBatch()
+        f.sm.stage_restore(b, Snapshot(SnapshotMetadata(index, 1, ConfState((101,))), data))
+        env2.commit_sync(b)
+        assert f.log() == [] and f.changes.floor == (1, 5) and f.table.floor(1) == (1, 5)
 
 
 # ---- property: every key keeps its whole history as its range moves ----------------------
