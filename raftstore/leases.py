@@ -68,6 +68,7 @@ log = logging.getLogger("nokvpy.raftstore.leases")
 INTERVAL = 0.25  # seconds between two passes of expiry and sweeping
 SWEEP_EVERY = 4  # passes between two sweeps
 SWEEP_KEYS = 1000  # keys one sweep entry deletes at most
+PROPOSE_TIMEOUT = 5.0  # a pass gives up a proposal after this long (a deposed leader's waits)
 MAX_RECORDS = 10_000  # lease records one region's pass reads
 # TEST-ONLY deliberately broken failover (see the module docstring).
 UNSAFE_EXTEND = os.environ.get("NOKV_UNSAFE_LEASE_EXTEND", "") not in ("", "0")
@@ -189,7 +190,8 @@ class LeaseService:
         if expired:
             data = kv_command(desc.region_id, desc.epoch,
                               [KvOp(KvOpKind.DELETE, key) for key in expired])
-            await self.store.driver.propose(peer.group, data)
+            with trio.move_on_after(PROPOSE_TIMEOUT):
+                await self.store.driver.propose(peer.group, data)
             self.counters["leases_expired"] += len(expired)
             log.info("store %d: %d lease(s) of region %d expired", self.store.store_id,
                      len(expired), desc.region_id)
@@ -205,7 +207,8 @@ class LeaseService:
             for i in range(0, len(keys), SWEEP_KEYS):
                 data = encode(LeaseSweepCommand(desc.region_id, desc.epoch, lid,
                                                 keys[i:i + SWEEP_KEYS]))
-                await self.store.driver.propose(peer.group, data)
+                with trio.move_on_after(PROPOSE_TIMEOUT):
+                    await self.store.driver.propose(peer.group, data)
             self.counters["keys_swept"] += len(keys)
 
     async def _alive(self, lease_id: int) -> bool | None:
