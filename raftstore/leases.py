@@ -15,6 +15,10 @@ region were written with; for each, the lease's authority is asked whether it is
 only a lease whose record is gone (expired or revoked, for good: ids are not reused) gets a
 `LeaseSweepCommand` (raftstore.leaseapply deletes the keys still attached to it).
 
+A keep-alive and an expiry never cross: while a keep-alive waits for its barrier no pass
+expires its lease, and once a pass proposed a lease's delete every keep-alive of it answers
+"not found" (the delete may commit after the keep-alive's read).
+
 Why no key is deleted while its lease is alive: its keys are swept only after the authority
 answered, linearizably, that the record is gone; the record is deleted only by a revoke or by
 an authority whose deadline passed, and every deadline is at least TTL after the last
@@ -83,15 +87,28 @@ class LeaseService:
         self.deadlines: dict[int, float] = {}  # lease id -> when it expires (monotonic)
         self.region_of: dict[int, int] = {}  # lease id -> the region holding its record
         self.terms: dict[int, int] = {}  # region id -> the term its deadlines were set in
+        # keep-alives arrived and not yet answered (a pass expires none of their leases), and
+        # leases whose delete this store proposed (a keep-alive answers them not found)
+        self.inflight: Counter[int] = Counter()
+        self.expiring: set[int] = set()
         self.counters: Counter[str] = Counter()
 
     # ---- requests -------------------------------------------------------------------------
 
     async def on_keep_alive(self, req: LeaseKeepAliveRequest, ctx: Any) -> LeaseKeepAliveReply:
+        """While the barrier runs no pass may expire the lease (a keep-alive that arrived
+        before the deadline must win); one whose delete is already proposed is gone."""
         arrival = trio.current_time()
-        peer, ttl_ms = await self._read_record(req.ctx, ctx, req.lease_id)
+        lid = req.lease_id
+        self.inflight[lid] += 1
+        try:
+            peer, ttl_ms = await self._read_record(req.ctx, ctx, lid)
+        finally:
+            self.inflight[lid] -= 1
+            if self.inflight[lid] <= 0:
+                del self.inflight[lid]
         self.counters["keep_alives"] += 1
-        if ttl_ms is None:
+        if ttl_ms is None or lid in self.expiring:
             return LeaseKeepAliveReply(False)
         self._track(peer)
         deadline = arrival + ttl_ms / 1000.0
@@ -160,6 +177,7 @@ class LeaseService:
             for lid in [lid for lid, rid in self.region_of.items() if rid == peer.region_id]:
                 self.deadlines.pop(lid, None)
                 self.region_of.pop(lid, None)
+                self.expiring.discard(lid)
 
     async def _expire(self, peer: Peer) -> None:
         desc = peer.descriptor
@@ -181,12 +199,14 @@ class LeaseService:
             if deadline is None:  # new, or this store just came to lead: extend
                 self.deadlines[lid] = now if UNSAFE_EXTEND else now + ttl_ms / 1000.0
                 self.region_of[lid] = peer.region_id
-            elif now >= deadline:
+            elif now >= deadline and not self.inflight.get(lid):
                 expired.append(key)
+                self.expiring.add(lid)
         for lid in [lid for lid, rid in self.region_of.items()
                     if rid == peer.region_id and lid not in seen]:
             self.deadlines.pop(lid, None)  # revoked or expired: its record is gone
             self.region_of.pop(lid, None)
+            self.expiring.discard(lid)
         if expired:
             data = kv_command(desc.region_id, desc.epoch,
                               [KvOp(KvOpKind.DELETE, key) for key in expired])
