@@ -46,6 +46,7 @@ MAGIC = b"NOKVBAK1\n"
 FORMAT = 1
 _LEN = struct.Struct(">Q")
 TXN_OPS = 128  # puts per restore transaction (the store's limit)
+EXPORT_TIMEOUT = 60.0  # seconds one region's export may take (its image built in one go)
 TXN_BYTES = 2 << 20  # keys and values per restore transaction (half the store's limit)
 
 
@@ -115,8 +116,9 @@ def _write(path: Path, data: bytes) -> None:
 async def _export(client: Any, key: bytes) -> bytes:
     """The image of the region holding `key`, fetched whole and checked."""
     used: list[Any] = []
-    first: RegionExportReply = await client._execute(
-        key, lambda ctx: RegionExportRequest(ctx, key), write=False, seen=used.append)
+    first: RegionExportReply = await client._execute(  # building the image takes a while
+        key, lambda ctx: RegionExportRequest(ctx, key), write=False, seen=used.append,
+        timeout=max(client.timeout, EXPORT_TIMEOUT), attempt=EXPORT_TIMEOUT)
     chunks = [first.chunk]
     got = len(first.chunk)
     addr = await client._store_addr(first.store_id)

@@ -381,10 +381,12 @@ class Client(ScanOps, TxnOps, WatchOps, LeaseOps):
 
     async def _execute(self, key: bytes, build, *, write: bool, read_mode: ReadMode = ReadMode.LINEARIZABLE,
                        timeout: float | None = None,
-                       seen: Callable[[RegionDescriptor], None] | None = None) -> Any:
+                       seen: Callable[[RegionDescriptor], None] | None = None,
+                       attempt: float | None = None) -> Any:
         """Run `build(ctx)` on the region holding `key`, retrying by reason (see the module
         docstring). `seen(descriptor)` is told the region of each attempt: the answer is
-        that of the last one."""
+        that of the last one. `attempt`: a read attempt's budget instead of
+        `attempt_timeout` (a request known to take long, such as a region export)."""
         require_trio()
         deadline = trio.current_time() + (timeout or self.timeout)
         backoff = 0.01
@@ -420,8 +422,9 @@ class Client(ScanOps, TxnOps, WatchOps, LeaseOps):
             if seen is not None:
                 seen(d)
             budget = remaining
-            if not write and self.attempt_timeout is not None and len(voters) > 1:
-                budget = min(remaining, self.attempt_timeout * 2 ** timeouts)
+            per_attempt = attempt if attempt is not None else self.attempt_timeout
+            if not write and per_attempt is not None and len(voters) > 1:
+                budget = min(remaining, per_attempt * 2 ** timeouts)
             try:
                 reply = await self.rpc.call(addr, build(ctx), timeout=budget)
             except RemoteError as exc:
