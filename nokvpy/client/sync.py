@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from nokvpy.client.backup import BackupSummary, backup
 from nokvpy.client.kv import Client, DeleteRangeResult, ScanResult, TxnResponse
 from nokvpy.client.settings import cluster_dir_settings, target_settings
 from nokvpy.client.watch import WAIT_MS, Watch, WatchEvent, WatchSegment
@@ -118,6 +119,13 @@ class SyncClient:
             return await client.put(key, value, timeout, lease=lease)
 
         return self.call(put)
+
+    def backup(self, path: str | os.PathLike[str]) -> BackupSummary:
+        """Write every key of the cluster to `path` (nokvpy.client.backup.backup)."""
+        async def run(client: Client) -> BackupSummary:
+            return await backup(client, path)
+
+        return self.call(run)
 
     def grant(self, ttl: float, timeout: float | None = None) -> int:
         """A new lease of `ttl` seconds; returns its id (see `Client.grant`)."""

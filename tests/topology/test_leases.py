@@ -5,6 +5,7 @@ while its lease is kept alive through a kill -9 of the authority's store."""
 
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
@@ -144,3 +145,50 @@ def _holds(exc: BaseException, kind: type) -> bool:
     if isinstance(exc, kind):
         return True
     return isinstance(exc, BaseExceptionGroup) and any(_holds(e, kind) for e in exc.exceptions)
+
+
+@pytest.mark.slow  # ~20 s: python -m pytest -m slow tests/topology/test_leases.py
+async def test_no_key_is_deleted_while_kept_alive_through_a_pause_of_the_authority(module_topo):
+    """SIGSTOP the authority's store for twice the TTL while the client keeps the lease alive
+    (the region elects elsewhere and the new authority extends it), then SIGCONT it: the old
+    authority, past every deadline it knew, must not delete anything (its proposals belong to
+    a deposed term) and the key lives on."""
+    c = module_topo
+    async with c.client() as client:
+        for name in c.store_names():
+            await c.wait_store(client, name)
+        lease = await client.grant(TTL)
+        await client.put(b"lp/a", b"1", lease=lease)
+        name = f"store-{await c.leader_store(client, lease_key(lease))}"
+        stop = trio.Event()
+        lost: list[float] = []
+
+        async def keep() -> None:
+            while not stop.is_set():
+                try:
+                    await client.keep_alive(lease, timeout=1.0)
+                except LeaseNotFoundError:
+                    lost.append(time.monotonic())
+                    return
+                except Exception:  # noqa: BLE001 - the authority is being replaced
+                    pass
+                await trio.sleep(TTL / 3)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(keep)
+                await trio.sleep(0.5)
+                c.cluster.signal(name, signal.SIGSTOP)
+                await trio.sleep(2 * TTL)
+                c.cluster.signal(name, signal.SIGCONT)
+                for _ in range(20):  # 6 s after the resume
+                    if await client.get(b"lp/a", timeout=10) != b"1":
+                        raise LeaseLostError("a key of a lease kept alive was deleted")
+                    await trio.sleep(0.3)
+                stop.set()
+        finally:
+            c.cluster.signal(name, signal.SIGCONT)
+        if lost:
+            raise LeaseLostError(f"the lease was lost while kept alive: {lost}")
+        await client.revoke(lease)
+        await wait_until(lambda: _gone(client, b"lp/a"), 15, what="the key to go")
