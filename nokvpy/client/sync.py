@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from nokvpy.client.backup import BackupSummary, backup
+from nokvpy.client.backup import BackupSummary, backup, restore
 from nokvpy.client.kv import Client, DeleteRangeResult, ScanResult, TxnResponse
 from nokvpy.client.settings import cluster_dir_settings, target_settings
 from nokvpy.client.watch import WAIT_MS, Watch, WatchEvent, WatchSegment
@@ -124,6 +124,14 @@ class SyncClient:
         """Write every key of the cluster to `path` (nokvpy.client.backup.backup)."""
         async def run(client: Client) -> BackupSummary:
             return await backup(client, path)
+
+        return self.call(run)
+
+    def restore(self, path: str | os.PathLike[str]) -> BackupSummary:
+        """Write the backup at `path` into this (empty) cluster, one region's keys per
+        transaction (nokvpy.client.backup.restore; `nokv restore` also splits first)."""
+        async def run(client: Client) -> BackupSummary:
+            return await restore(client, path)
 
         return self.call(run)
 

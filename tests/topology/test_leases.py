@@ -193,3 +193,30 @@ async def test_no_key_is_deleted_while_kept_alive_through_a_pause_of_the_authori
             raise LeaseLostError(f"the lease was lost while kept alive: {lost}")
         await client.revoke(lease)
         await wait_until(lambda: _gone(client, b"lp/a"), 15, what="the key to go")
+
+
+@pytest.mark.slow  # ~15 s: python -m pytest -m slow tests/topology/test_leases.py
+async def test_a_lease_whose_authority_dies_expires_within_ttl_plus_2s(module_topo):
+    """One keep-alive, then kill -9 of the authority's store and no keep-alive again: the new
+    authority gives the lease a TTL from when it took over, so the key goes after the TTL
+    (never earlier) and within TTL + 2 s of that keep-alive's send (an election is faster
+    than 2 s here)."""
+    c = module_topo
+    async with c.client() as client:
+        for name in c.store_names():
+            await c.wait_store(client, name)
+        lease = await client.grant(TTL)
+        await client.put(b"le/a", b"1", lease=lease)
+        name = f"store-{await c.leader_store(client, lease_key(lease))}"
+        sent = time.monotonic()
+        await client.keep_alive(lease)
+        c.kill(name)
+        try:
+            await wait_until(lambda: _gone(client, b"le/a"), 3 * TTL, 0.1,
+                             what="the key to expire", errors_ok=True)
+            after = time.monotonic() - sent
+        finally:
+            c.start_process(name)
+        print(f"deleted {after:.2f} s after the last keep-alive was sent (TTL {TTL:g} s)")
+        assert TTL <= after <= TTL + 2.0, after
+        await c.wait_store(client, name)
