@@ -7,7 +7,7 @@ turned into one line (`run_handler`), and these commands' requests, output and e
 module never imports it.
 
 `nokv kv txn` takes its compares and operations as small phrases (`nokv kv txn --help`,
-nokvpy.cli.main.TXN_SYNTAX): keys and values in them are UTF-8 text or 0x-hex, quoted as in
+nokvpy.cli.flags.TXN_SYNTAX): keys and values in them are UTF-8 text or 0x-hex, quoted as in
 a shell when they hold spaces.
 """
 
