@@ -5,7 +5,6 @@ pause, lease windows and topology churn (splits, merges, leader transfers, re-ad
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from jepsen_lite.watchload import WatchWorkload
 from jepsen_lite.workloads import WORKLOADS, make_workload, run_worker
 
 from nokvpy.client import WatchCompactedError
-from nokvpy.client.watch import WatchSegment
+from nokvpy.client.watch import WatchEvent, WatchSegment
 
 # -- hand-made histories --------------------------------------------------------------------
 
@@ -305,15 +304,7 @@ def test_generated_watches_are_valid_and_each_mutation_is_caught(run, data):
 # -- the watchers against an in-memory store -----------------------------------------------
 
 
-@dataclass(frozen=True)
-class FakeEvent:
-    kind: str
-    key: bytes
-    value: bytes | None
-    region_id: int
-    version: int
-    index: int
-    seq: int
+FakeEvent = WatchEvent  # the in-memory store hands out the client's own event type
 
 
 class FakeStore:
