@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nokvpy.cli.common import CliError
 from nokvpy.cli.output import Progress, print_json, table
-from nokvpy.cluster.local import ClusterSpec, LocalCluster
+from nokvpy.cluster.local import LOOPBACK, ClusterSpec, LocalCluster
 
 STATUS_UNHEALTHY = 3  # `cluster status` when a process is down or unhealthy (systemctl's "not running")
 # `cluster up` flags that shape a new cluster: flag -> (process kind, noun, default)
@@ -70,7 +70,8 @@ def up(cluster: LocalCluster, args) -> int:
     if created:
         spec = cluster.create(metaroots=given(args, "metaroot"), coordinators=given(args, "coordinators"),
                               stores=given(args, "stores"), replication=given(args, "replication"),
-                              tls=bool(getattr(args, "tls", False)))
+                              tls=bool(getattr(args, "tls", False)),
+                              host=getattr(args, "host", None) or LOOPBACK)
     else:
         spec = cluster.load()
         refuse_shape_change(cluster, spec, args)
@@ -142,6 +143,9 @@ def refuse_shape_change(cluster: LocalCluster, spec: ClusterSpec, args) -> None:
         conflicts.append(f"--replication {want} but it has replication {spec.replication}")
     if getattr(args, "tls", False) and not spec.tls:
         conflicts.append("--tls but it was created without TLS")
+    host = getattr(args, "host", None)
+    if host is not None and host != spec.host:
+        conflicts.append(f"--host {host} but its processes listen on {spec.host}")
     if conflicts:
         raise CliError(f"{cluster.root} already holds cluster {spec.cluster_id}: "
                        f"{'; '.join(conflicts)} (`cluster up` starts an existing cluster as it is: "
@@ -235,17 +239,59 @@ def status(cluster: LocalCluster, args) -> int:
 def logs(cluster: LocalCluster, args) -> int:
     spec = cluster.load()
     names = [spec.get(args.name).name] if args.name else [p.name for p in spec.processes]
+    offsets: dict[str, int] = {}
     for name in names:
         path = cluster.log_path(name)
         if not path.exists():
             print(f"== {name}: no log yet ({path})")
             continue
-        lines = path.read_text(errors="replace").splitlines()
+        data = path.read_bytes()
+        offsets[name] = len(data)
+        lines = data.decode(errors="replace").splitlines()
         lines = lines[-args.lines:] if args.lines else []
         print(f"== {name} ({path})")
         if lines:
             print("\n".join(lines))
+    if getattr(args, "follow", False):
+        follow(cluster, names, offsets, prefix=len(names) > 1)
     return 0
+
+
+FOLLOW_POLL = 0.25  # seconds between looks at the logs under `cluster logs -f`
+
+
+def follow(cluster: LocalCluster, names: list[str], offsets: dict[str, int], prefix: bool,
+           rounds: int | None = None) -> None:
+    """`cluster logs -f`: print each complete line appended to the logs of `names` as it
+    comes (prefixed with the process name when there are several), until Ctrl-C. A log
+    that shrinks (a new file) is read again from its start. `rounds` bounds the polls."""
+    partial: dict[str, bytes] = {}
+    n = 0
+    try:
+        while rounds is None or n < rounds:
+            n += 1
+            for name in names:
+                path = cluster.log_path(name)
+                try:
+                    size = path.stat().st_size
+                except FileNotFoundError:
+                    continue
+                start = offsets.get(name, 0)
+                if size < start:  # truncated or replaced: from the start again
+                    start, partial[name] = 0, b""
+                if size == start:
+                    continue
+                with open(path, "rb") as fh:
+                    fh.seek(start)
+                    chunk = fh.read(size - start)
+                offsets[name] = start + len(chunk)
+                *complete, partial[name] = (partial.get(name, b"") + chunk).split(b"\n")
+                for line in complete:
+                    text = line.decode(errors="replace")
+                    print(f"{name} | {text}" if prefix else text, flush=True)
+            time.sleep(FOLLOW_POLL)
+    except KeyboardInterrupt:
+        pass
 
 
 def exited_message(cluster: LocalCluster, name: str) -> str:

@@ -80,6 +80,10 @@ def build_parser() -> ArgumentParser:
     up.add_argument("--tls", action="store_true",
                     help="a new cluster talks TLS with mutual authentication: a throwaway CA "
                          "and certificates in DIR/tls (an existing cluster keeps its setting)")
+    up.add_argument("--host", default=None, metavar="ADDR",
+                    help="the IPv4 address (or name) of this machine every process listens on "
+                         "and advertises, so other hosts can reach it (default 127.0.0.1; not a "
+                         "wildcard)")
     add_json(up)
     for name, text in (("down", "stop every process (data and logs stay)"),
                        ("status", "list processes and health (exit status 3 when one is down "
@@ -97,6 +101,8 @@ def build_parser() -> ArgumentParser:
     add_dir(logs)
     logs.add_argument("--lines", type=non_negative, default=20,
                       help="lines from the end of each log (default %(default)s)")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="then print lines as they are written, until Ctrl-C")
     for name, text in (("kill", "kill -9 a process"), ("restart", "start a stopped process (or restart)"),
                        ("pause", "SIGSTOP a process"), ("resume", "SIGCONT a process"),
                        ("stop", "stop a process gracefully")):

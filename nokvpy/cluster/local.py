@@ -52,6 +52,7 @@ SECRET_FILE_MODE = 0o600  # files holding the cluster secret or a private key
 TLS_VALID_DAYS = 5  # certificates of `cluster up --tls`: a throwaway cluster's
 TLS_RENEW_WITHIN = timedelta(days=1)  # `cluster up` of a stopped cluster reissues them then
 ADMIN_TLS_NAME = "admin"  # the certificate of the local CLI / admin client
+LOOPBACK = "127.0.0.1"  # where a local cluster's processes listen unless `--host` says otherwise
 
 
 class ClusterError(Exception):
@@ -83,6 +84,9 @@ class ClusterSpec:
     # TLS files (absolute paths): {"dir", "ca", "cert", "key"} (cert and key: the admin
     # client's); None: plain TCP
     tls: dict[str, str] | None = None
+    # the address every process listens on and advertises (`cluster up --host`); an older
+    # cluster.json has none: loopback
+    host: str = "127.0.0.1"
 
     def tls_files(self, name: str = ADMIN_TLS_NAME) -> dict[str, str] | None:
         """{"cert", "key", "ca"} of process `name` (default: the admin client), or None."""
@@ -155,10 +159,11 @@ class LocalCluster:
 
     def create(
         self, metaroots: int = 1, coordinators: int = 1, stores: int = 3, replication: int = 3,
-        tls: bool = False,
+        tls: bool = False, host: str = LOOPBACK,
     ) -> ClusterSpec:
         if self.exists():
             raise ClusterError(f"a cluster already exists in {self.root}")
+        host = check_host(host)
         if metaroots not in (1, 3, 5):
             raise ClusterError("--metaroot must be 1, 3 or 5")
         if coordinators < 1 or stores < 1:
@@ -167,19 +172,20 @@ class LocalCluster:
             raise ClusterError("--replication must be at least 1")
         replication = min(replication, stores)
         # one RPC port and one metrics port per process, all distinct
-        ports = iter(free_ports(2 * (metaroots + coordinators + stores)))
+        ports = iter(host_ports(host, 2 * (metaroots + coordinators + stores)))
         procs: list[ProcessSpec] = []
         for kind, count in (("metaroot", metaroots), ("coordinator", coordinators), ("store", stores)):
             for i in range(1, count + 1):
                 name = f"{kind}-{i}"
                 data = str(self.root / "data" / name) if kind != "coordinator" else ""
-                procs.append(ProcessSpec(name, kind, i, f"127.0.0.1:{next(ports)}", data,
-                                         metrics_address=f"127.0.0.1:{next(ports)}"))
+                procs.append(ProcessSpec(name, kind, i, join(host, next(ports)), data,
+                                         metrics_address=join(host, next(ports))))
         spec = ClusterSpec(
             cluster_id=f"nokv-{secrets.token_hex(4)}",
             secret=secrets.token_hex(16),
             replication=replication,
             processes=procs,
+            host=host,
         )
         if tls:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -196,12 +202,12 @@ class LocalCluster:
         if not missing or any(self.pid(p.name) is not None for p in spec.processes):
             return []
         taken = {p.address for p in spec.processes} | {p.metrics_address for p in spec.processes}
-        ports = [port for port in free_ports(2 * len(missing))
-                 if f"127.0.0.1:{port}" not in taken][: len(missing)]
+        ports = [port for port in host_ports(spec.host, 2 * len(missing))
+                 if join(spec.host, port) not in taken][: len(missing)]
         if len(ports) < len(missing):
             return []
         for proc, port in zip(missing, ports, strict=True):
-            proc.metrics_address = f"127.0.0.1:{port}"
+            proc.metrics_address = join(spec.host, port)
         self.save(spec)
         return [p.name for p in missing]
 
@@ -217,12 +223,12 @@ class LocalCluster:
         name = f"store-{node_id}"
         taken = {p.address for p in spec.processes} | \
             {p.metrics_address for p in spec.processes}
-        ports = [port for port in free_ports(4) if f"127.0.0.1:{port}" not in taken][:2]
+        ports = [port for port in host_ports(spec.host, 4) if join(spec.host, port) not in taken][:2]
         if len(ports) < 2:
-            raise ClusterError("no free loopback ports for a new store")
-        proc = ProcessSpec(name, "store", node_id, f"127.0.0.1:{ports[0]}",
+            raise ClusterError(f"no free ports on {spec.host} for a new store")
+        proc = ProcessSpec(name, "store", node_id, join(spec.host, ports[0]),
                            str(self.root / "data" / name),
-                           metrics_address=f"127.0.0.1:{ports[1]}")
+                           metrics_address=join(spec.host, ports[1]))
         spec.processes.append(proc)
         self.save(spec)
         return proc
@@ -249,12 +255,12 @@ class LocalCluster:
             raise ClusterError(f"{name} is already in {self.spec_path}")
         taken = {p.address for p in spec.processes} | \
             {p.metrics_address for p in spec.processes}
-        ports = [port for port in free_ports(4) if f"127.0.0.1:{port}" not in taken][:2]
+        ports = [port for port in host_ports(spec.host, 4) if join(spec.host, port) not in taken][:2]
         if len(ports) < 2:
-            raise ClusterError("no free loopback ports for a new metaroot peer")
-        proc = ProcessSpec(name, "metaroot", node_id, f"127.0.0.1:{ports[0]}",
+            raise ClusterError(f"no free ports on {spec.host} for a new metaroot peer")
+        proc = ProcessSpec(name, "metaroot", node_id, join(spec.host, ports[0]),
                            str(self.root / "data" / name), extra_args=["--join"],
-                           metrics_address=f"127.0.0.1:{ports[1]}")
+                           metrics_address=join(spec.host, ports[1]))
         spec.processes.append(proc)
         self.save(spec)
         return proc
@@ -398,6 +404,33 @@ class LocalCluster:
             if self.stop(proc.name, grace) is not None:
                 stopped.append(proc.name)
         return stopped
+
+
+def check_host(host: str) -> str:
+    """`host` as processes will listen on and advertise it: an IPv4 address or a name of this
+    machine, never a wildcard (no other process could reach an address like 0.0.0.0)."""
+    host = host.strip()
+    if not host:
+        raise ClusterError("--host needs an address, e.g. 10.0.0.5")
+    if host in ("0.0.0.0", "*") or ":" in host:
+        raise ClusterError(f"--host {host}: give the IPv4 address or name other hosts reach this "
+                           f"one by (processes advertise the address they listen on, so not a "
+                           f"wildcard; IPv6 is not supported)")
+    return host
+
+
+def join(host: str, port: int) -> str:
+    return f"{host}:{port}"
+
+
+def host_ports(host: str, count: int) -> list[int]:
+    """`count` distinct ports free on `host`; ClusterError when this machine cannot listen
+    there (not one of its addresses)."""
+    try:
+        return free_ports(count, host)
+    except OSError as exc:
+        raise ClusterError(f"cannot listen on {host}: {exc.strerror or exc} (is it an address "
+                           f"of this machine?)") from None
 
 
 def write_secret_file(path: Path, data: bytes) -> None:

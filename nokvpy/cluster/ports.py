@@ -7,7 +7,7 @@ socket opening to `nokvpy.rpc`, so this asks rpc for them.
 from __future__ import annotations
 
 
-def free_ports(count: int) -> list[int]:
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     from nokvpy.rpc.ports import free_ports as _free
 
-    return _free(count)
+    return _free(count, host)

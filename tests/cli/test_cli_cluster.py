@@ -53,14 +53,15 @@ def test_up_refuses_flags_that_conflict_with_the_existing_cluster(cluster):
     before = cluster.pids()
     stores, several = cluster.many(("cluster", "up", "--stores", "5"),
                                    ("cluster", "up", "--metaroot", "3", "--coordinators", "2",
-                                    "--replication", "2", "--json"))
+                                    "--replication", "2", "--host", "127.0.0.2", "--json"))
     line = one_line_error(stores, 1)
     assert f"{cluster.dir} already holds cluster {cluster.spec['cluster_id']}" in line
     assert "--stores 5 but it has 3 stores" in line and "leave the flag out" in line
     assert stores.stdout == ""
     line = one_line_error(several, 1)
     for part in ("--metaroot 3 but it has 1 metaroot peer", "--coordinators 2 but it has 1 coordinator;",
-                 "--replication 2 but it has replication 3"):
+                 "--replication 2 but it has replication 3",
+                 "--host 127.0.0.2 but its processes listen on 127.0.0.1"):
         assert part in line, line
     assert cluster.pids() == before and len(cluster.spec["processes"]) == 5
 
