@@ -72,6 +72,9 @@ FAULTS: dict[str, str] = {
     "a coordinator must list it UP",
     "retire": "retire a store (a store joins first when the others could not hold the "
     "replication): every replica moved off it, STORE_RETIRED rooted, the process stopped",
+    "metaroot-swap": "add a metaroot peer to the running group (`nokv metaroot add-peer`: a "
+    "learner, then a voter), then remove a voter (the leader or another, seeded; `remove-peer`): "
+    "the group must elect among the new voters and every coordinator serve STRONG routes",
     "clock-skew": "skew the tick rate of one or two raft processes (stores, metaroot peers) "
     "apart: driver.tick return(1.05..1.12) on one, return(0.9..0.95) on another, inside the "
     "leases' 28 % bound, restored at the end",

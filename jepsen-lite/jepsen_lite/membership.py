@@ -1,9 +1,11 @@
-"""Store membership faults: a store joins the running cluster, a store is retired.
+"""Membership faults: a store joins the running cluster, a store is retired, a metaroot peer
+is swapped (:mod:`.metaroot_swap`).
 
 Owns: the meaning (``MEMBERSHIP_FAULTS``), the seeded parameters
 (:func:`membership_params`), adding a store through the cluster control (:func:`add_store`),
 and injecting and judging each window (:func:`inject`, :func:`heal`, whose results carry
-``valid`` and ``outcome`` as ``jepsen_lite.disk``'s do). Never decides whether the history is
+``valid`` and ``outcome`` as ``jepsen_lite.disk``'s do; ``checks["membership"]`` gathers them:
+:func:`check_history`). Never decides whether the history is
 linearizable (the checkers do) and never moves a replica itself: the coordinator's
 scheduler drains a retiring store (docs/operations.md "Retiring a store").
 
@@ -22,6 +24,7 @@ scheduler drains a retiring store (docs/operations.md "Retiring a store").
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from typing import Any
 
 import trio
@@ -36,9 +39,12 @@ from nokvpy.protocol.coordinator_rpc import (
 )
 from nokvpy.rpc import RemoteError
 
+from . import metaroot_swap
 from .faults import FAULTS
+from .history import is_nemesis
 
-MEMBERSHIP_FAULTS: dict[str, str] = {name: FAULTS[name] for name in ("join", "retire")}
+MEMBERSHIP_FAULTS: dict[str, str] = {name: FAULTS[name]
+                                     for name in ("join", "retire", "metaroot-swap")}
 JOIN_TIMEOUT = 30.0  # seconds a new store has to be listed UP
 DRAIN_TIMEOUT = 90.0  # seconds a retiring store has to be drained and retired at heal
 SERVE_TIMEOUT = 20.0  # seconds the cluster has to route the first region to a leader
@@ -63,6 +69,8 @@ def membership_params(fault: str, rng: random.Random, by_kind: dict[str, list[st
     if fault == "retire":
         stores = sorted(by_kind.get("store", []))
         return (rng.choice(stores) if stores else None), {"drain_timeout": DRAIN_TIMEOUT}
+    if fault == "metaroot-swap":
+        return metaroot_swap.swap_params(rng, by_kind)
     raise ValueError(f"not a membership fault: {fault!r}")
 
 
@@ -162,6 +170,8 @@ async def inject(control: Any, fault: str, target: str | None, params: dict) -> 
         return await add_store(control, params.get("timeout", JOIN_TIMEOUT))
     if fault == "retire":
         return await _start_retirement(control, target)
+    if fault == "metaroot-swap":
+        return await metaroot_swap.inject(control, params)
     raise ValueError(f"not a membership fault: {fault!r}")
 
 
@@ -202,6 +212,8 @@ async def heal(control: Any, fault: str, target: str | None, params: dict) -> di
                 "valid": up}
     if fault == "retire":
         return await _finish_retirement(control, target, params)
+    if fault == "metaroot-swap":
+        return await metaroot_swap.heal(control, params)
     raise ValueError(f"not a membership fault: {fault!r}")
 
 
@@ -244,3 +256,31 @@ async def _finish_retirement(control: Any, target: str | None, params: dict) -> 
     out.update(outcome="retired, drained" if not problems else "; ".join(problems),
                valid=not problems)
     return out
+
+
+# -- the check ---------------------------------------------------------------------------------
+
+
+def check_history(events: Iterable[dict]) -> dict:
+    """``checks["membership"]``: every membership window's own judgement (its stop event's
+    ``valid``: the store joined and is UP; the retired store was drained, rooted RETIRED and
+    the cluster serves; the metaroot group elected among its new voters and coordinators
+    serve STRONG routes). INVALID when one was not; unknown when a window was never judged."""
+    windows: list[dict] = []
+    for event in events:
+        if not is_nemesis(event) or event.get("f") != "stop":
+            continue
+        value = event.get("value") if isinstance(event.get("value"), dict) else {}
+        if value.get("fault") not in MEMBERSHIP_FAULTS:
+            continue
+        windows.append({"fault": value.get("fault"), "target": value.get("target"),
+                        "outcome": value.get("outcome") or value.get("skipped"),
+                        "valid": value.get("valid")})
+    bad = [w for w in windows if w["valid"] is False]
+    unjudged = [w for w in windows if w["valid"] is None]
+    outcomes: dict[str, int] = {}
+    for w in windows:
+        key = f"{w['fault']}: {w['outcome']}"
+        outcomes[key] = outcomes.get(key, 0) + 1
+    valid: bool | str = False if bad else ("unknown" if unjudged or not windows else True)
+    return {"valid": valid, "windows": len(windows), "outcomes": outcomes, "violations": bad}

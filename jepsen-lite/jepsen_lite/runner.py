@@ -48,6 +48,8 @@ from .disk import check_history as check_disk
 from .history import History, Recorder, is_nemesis
 from .hostile import check_history as check_hostile
 from .linearizable import check_linearizable
+from .membership import MEMBERSHIP_FAULTS
+from .membership import check_history as check_membership
 from .nemesis import Nemesis, ScheduleOptions, build_schedule, parse_faults
 from .report import (
     combine_valid,
@@ -471,12 +473,12 @@ def run_checks(workload_name: str, history: History, final: dict | None,
         checks["routes"] = check_route_reads(history)
     if transitions:
         checks["transitions"] = check_transitions(transitions)
-    if any(is_nemesis(e) and isinstance(e.get("value"), dict)
-           and e["value"].get("fault") == "hostile" for e in history.events):
-        checks["hostile"] = check_hostile(history.events)
-    if any(is_nemesis(e) and isinstance(e.get("value"), dict)
-           and e["value"].get("fault") in DISK_FAULTS for e in history.events):
-        checks["disk"] = check_disk(history.events)
+    for name, faults, check in (("hostile", ("hostile",), check_hostile),
+                                ("disk", DISK_FAULTS, check_disk),
+                                ("membership", MEMBERSHIP_FAULTS, check_membership)):
+        if any(is_nemesis(e) and isinstance(e.get("value"), dict)
+               and e["value"].get("fault") in faults for e in history.events):
+            checks[name] = check(history.events)
     if run_dir is not None:
         checks.update(WORKLOADS[workload_name].run_checks(history, run_dir))
     return checks
