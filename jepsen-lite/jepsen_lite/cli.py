@@ -183,7 +183,8 @@ register_subcommand(
 
 def _load_extensions() -> None:
     """Register subcommands that live in other modules (``run``: :mod:`.run_cli`, ``soak``:
-    :mod:`.soak`) unless a subcommand of that name is registered already."""
+    :mod:`.soak`, ``index``: :mod:`.htmlindex`) unless a subcommand of that name is
+    registered already."""
     if "run" not in SUBCOMMANDS:
         from . import run_cli
 
@@ -192,6 +193,10 @@ def _load_extensions() -> None:
         from . import soak
 
         soak.register()
+    if "index" not in SUBCOMMANDS:
+        from . import htmlindex
+
+        htmlindex.register()
 
 
 def build_parser() -> argparse.ArgumentParser:

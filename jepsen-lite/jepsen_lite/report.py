@@ -198,6 +198,8 @@ def summary_text(results: Mapping) -> str:
     lines.append(
         f"result: {_verdict(results.get('valid'))} (exit {results.get('exit_code')}); "
         f"run directory {results.get('dir')}"
+        + (f"; index page {Path(str(results.get('dir'))) / 'index.html'}"
+           if "index.html" in (results.get("files") or {}) else "")
     )
     if results.get("valid") is not True and results.get("reproduce"):
         lines.append(f"reproduce: {results['reproduce']}")

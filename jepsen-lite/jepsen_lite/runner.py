@@ -17,7 +17,8 @@ Owns the order of a run (:func:`run`):
    reach one applied index and then hold the same data there
    (:func:`jepsen_lite.convergence.check_convergence`, ``checks["convergence"]``);
 5. stop the cluster (its data and logs stay in ``RUN/cluster``), run the checkers, write
-   ``RUN/results.json``, ``RUN/plot.svg`` and, when invalid, ``RUN/failing-subhistory.jsonl``.
+   ``RUN/plot.svg``, ``RUN/failing-subhistory.jsonl`` when invalid, ``RUN/results.json``
+   and the page ``RUN/index.html`` (:mod:`.htmlindex`).
 
 The verdict is ``True`` only when every checker says valid; ``False`` when any says invalid;
 otherwise ``"unknown"`` (time budget, a crash of the harness, a cluster that never came
@@ -47,6 +48,7 @@ from .disk import DISK_FAULTS
 from .disk import check_history as check_disk
 from .history import History, Recorder, is_nemesis
 from .hostile import check_history as check_hostile
+from .htmlindex import write_results
 from .linearizable import check_linearizable
 from .membership import MEMBERSHIP_FAULTS
 from .membership import check_history as check_membership
@@ -57,7 +59,6 @@ from .report import (
     nemesis_summary,
     op_counts,
     render_svg,
-    summary_text,
     trim_check,
     write_json,
     write_subhistory,
@@ -592,9 +593,7 @@ def _check_and_report(
                                 "watch-events.jsonl", "cluster")
         if (run_dir / name).exists() or name == "results.json"
     }
-    write_json(run_dir / "results.json", results)
-    log(summary_text(results).splitlines()[-1])
-    return results
+    return write_results(run_dir, results, log)  # results.json, index.html, the closing line
 
 
 __all__ = ["RunConfig", "run", "run_checks", "transition_events", "unlisted_churn"]

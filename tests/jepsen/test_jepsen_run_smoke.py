@@ -55,6 +55,7 @@ def test_smoke_register_kill_partition_publish_fail(tmp_path):
     assert all(iv["stop_s"] is not None for iv in results["nemesis_intervals"])
     for name in ("history.jsonl", "results.json", "plot.svg", "schedule.json"):
         assert (tmp_path / "run" / name).exists(), name
+    assert (tmp_path / "run" / "index.html").is_file() and "index.html" in results["files"]
 
 
 def _switch_exists(name: str) -> bool:
