@@ -5,6 +5,10 @@ and its background tasks, the metrics endpoint of `--metrics-addr` with its coll
 coordinator.metrics) under one trio root nursery, failpoint admin, and graceful shutdown
 on SIGTERM / SIGINT (drain and seal grants, then exit 0). Never holds protocol logic
 (coordinator.service does) and never stores anything durable.
+
+It binds `--listen`; `--advertise-addr` (default the listen address) is the address stores
+and clients are given as `--coordinator`. A coordinator does not register itself anywhere,
+so the advertised address is only logged at start.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ async def serve(coordinator_id: int, listen: str, cluster_id: str, metaroot: lis
                 replication: int = 3, grant_ttl: float = 6.0, staleness_window: float = 3.0,
                 handle_signals: bool = True, secret: bytes | None = None,
                 service_options: dict | None = None, metrics_addr: str | None = None,
-                task_status=trio.TASK_STATUS_IGNORED) -> None:
+                advertise: str | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run one coordinator until SIGTERM / SIGINT or `service.stopped` (tests set it through
     `service.shutdown()`); `task_status.started(service)` once it listens. `metrics_addr`
     (host:port): serve Prometheus metrics there (nokvpy.rpc.metrics_http)."""
@@ -78,8 +82,8 @@ async def serve(coordinator_id: int, listen: str, cluster_id: str, metaroot: lis
             await nursery.start(server.serve, host, port)
             if metrics is not None:
                 await nursery.start(metrics.serve)
-            log.info("coordinator-%d serving on %s (cluster %s, metaroot %s)", coordinator_id,
-                     listen, cluster_id, ",".join(metaroot))
+            log.info("coordinator-%d serving on %s, advertised as %s (cluster %s, metaroot %s)",
+                     coordinator_id, listen, advertise or listen, cluster_id, ",".join(metaroot))
             task_status.started(service)
             if handle_signals:
                 async with trio.open_nursery() as waiters:
@@ -129,7 +133,8 @@ def main(args) -> int:
                                replication=args.replication, grant_ttl=args.grant_ttl,
                                staleness_window=args.staleness_window, secret=secret,
                                service_options={"scheduler": scheduler},
-                               metrics_addr=getattr(args, "metrics_addr", None)))
+                               metrics_addr=getattr(args, "metrics_addr", None),
+                               advertise=getattr(args, "advertise_addr", None)))
     except StartupError as exc:
         print(f"nokv coordinator: {exc}", file=sys.stderr, flush=True)
         return 1

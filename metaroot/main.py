@@ -7,6 +7,10 @@ the removal probe of metaroot.reconfig) under one trio root nursery, the start-u
 metrics address it cannot listen on) and graceful shutdown on SIGTERM / SIGINT. A data dir's
 membership is its own (metaroot.members): `--peer` only seeds a fresh one. Never holds
 protocol logic (metaroot.service does).
+
+A peer binds `--listen` (a wildcard such as 0.0.0.0 is fine); the address others dial is its
+entry in the membership: its `--peer ID=HOST:PORT` entry, or `--advertise-addr` when it
+founds a group alone without `--peer` (nokvpy.cli.configfile checks the two agree).
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def parse_peers(peers: list[str]) -> dict[int, str]:
 
 def split_addr(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
-    return host or "127.0.0.1", int(port)
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def check_fresh_peers(node_id: int, peers: dict[int, str], join: bool) -> None:
@@ -71,16 +75,17 @@ def check_fresh_peers(node_id: int, peers: dict[int, str], join: bool) -> None:
 async def serve(node_id: int, listen: str, cluster_id: str, peers: dict[int, str], data: str,
                 retained_tail: int = 4096, tick_interval: float = 0.1,
                 metrics_addr: str | None = None, join: bool = False,
-                task_status=trio.TASK_STATUS_IGNORED) -> None:
+                advertise: str | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run one metaroot peer until SIGTERM / SIGINT; `task_status.started(service)` once it
     serves. `metrics_addr` (host:port): serve Prometheus metrics there.
 
     `peers` seeds a fresh data dir only: the founding members (bootstrapped), or with `join`
     the current members' addresses (this peer then starts empty and waits to be added as a
     learner, metaroot.members). An existing data dir serves with its own durable membership,
-    whatever `peers` says, and a removed peer refuses to start."""
+    whatever `peers` says, and a removed peer refuses to start. Without `peers`, a fresh
+    data dir founds a one-peer group at `advertise` (default `listen`)."""
     if not peers:
-        peers = {node_id: listen}
+        peers = {node_id: advertise or listen}
     if retained_tail < 1:
         raise StartupError(f"--retained-tail must be >= 1, got {retained_tail}")
     if not os.path.isdir(data) or not os.listdir(data):
@@ -130,8 +135,9 @@ async def serve(node_id: int, listen: str, cluster_id: str, peers: dict[int, str
             nursery.start_soon(reconfig.retire_when_removed, service)
             nursery.start_soon(reconfig.probe_removal, service, rpc)
             m = service.sm.members
-            log.info("metaroot-%d serving on %s (cluster %s, voters %s, learners %s%s)",
-                     node_id, listen, cluster_id, list(m.voters), list(m.learners),
+            log.info("metaroot-%d serving on %s, advertised as %s (cluster %s, voters %s, "
+                     "learners %s%s)", node_id, listen, book.get(node_id, "(not a member)"),
+                     cluster_id, list(m.voters), list(m.learners),
                      "; joining: waiting to be added" if not m.is_member(node_id) else "")
             task_status.started(service)
             if m.voters == (node_id,):
@@ -189,7 +195,8 @@ def main(args) -> int:
         trio.run(functools.partial(serve, args.id, args.listen, args.cluster_id, peers, args.data,
                                    args.retained_tail,
                                    metrics_addr=getattr(args, "metrics_addr", None),
-                                   join=bool(getattr(args, "join", False))))
+                                   join=bool(getattr(args, "join", False)),
+                                   advertise=getattr(args, "advertise_addr", None)))
     except StartupError as exc:
         print(f"nokv metaroot: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -8,10 +8,12 @@ localmeta, identity mismatch, a metrics address it cannot listen on: one line, e
 non-zero, nothing written) and graceful shutdown on SIGTERM / SIGINT. Never holds
 execution logic (raftstore.store does).
 
-Static flags give addresses (`--listen`, `--coordinator`) and seed a fresh data directory
-with its identity (`--id`, `--cluster-id`); what the store hosts after a restart comes from
-localmeta only. `NOKV_QUEUE_LIMIT=N` in the environment sets the per-region proposal queue
-limit (default 4096; writes beyond it wait for a slot, see raftstore.kvpath).
+Static flags give addresses (`--listen` to bind, `--advertise-addr` to register with the
+coordinator and hand to peers and clients, default the listen address; `--coordinator`) and
+seed a fresh data directory with its identity (`--id`, `--cluster-id`); what the store hosts
+after a restart comes from localmeta only. `NOKV_QUEUE_LIMIT=N` in the environment sets the
+per-region proposal queue limit (default 4096; writes beyond it wait for a slot, see
+raftstore.kvpath).
 """
 
 from __future__ import annotations
@@ -65,10 +67,13 @@ async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
                 cluster_id: str = "nokv", tick_interval: float = 0.1,
                 heartbeat_interval: float = 1.0, secret: bytes | None = None,
                 options: dict[str, Any] | None = None, metrics_addr: str | None = None,
+                advertise: str | None = None,
                 task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run one store until cancelled. `task_status.started(store)` once it serves.
     `options` override `StoreConfig` fields (tests). `metrics_addr` (host:port): serve
-    Prometheus metrics there (nokvpy.rpc.metrics_http)."""
+    Prometheus metrics there (nokvpy.rpc.metrics_http). `advertise` (host:port, default
+    `listen`): the address the store registers and heartbeats, which peers and clients dial;
+    it binds `listen`."""
     if store_id <= 0:
         raise StartupError(f"--id must be a positive store id, got {store_id}")
     if not coordinators:
@@ -77,6 +82,8 @@ async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
         host, port = parse_addr(listen)
     except ValueError as exc:
         raise StartupError(str(exc)) from None
+    if advertise == listen:
+        advertise = None  # the default: the listen address (the bound one, for port 0)
     options = dict(options or {})
     queue_limit = os.environ.get(QUEUE_LIMIT_ENV, "").strip()
     if queue_limit:
@@ -126,7 +133,8 @@ async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
                 options.setdefault(field_name, True)
                 log.warning("store %d: %s=1: TEST-ONLY UNSAFE MODE, this store is deliberately "
                             "not linearizable", store_id, var)
-        cfg = StoreConfig(store_id, cluster_id, listen, tick_interval=tick_interval, **options)
+        cfg = StoreConfig(store_id, cluster_id, advertise or listen, tick_interval=tick_interval,
+                          **options)
         store = Store(cfg, env, rpc, raftlog)
         link = CoordinatorLink(rpc, coordinators)
         store.leases.link = link  # the sweeper routes to lease records through it
@@ -144,16 +152,16 @@ async def serve(store_id: int, listen: str, coordinators: list[str], data: str,
             metrics.add(rpc_collector(server, rpc), store_metrics.collector(store))
         async with trio.open_nursery() as nursery:
             bound_host, bound_port = await nursery.start(server.serve, host, port)
-            if port == 0:
+            if port == 0 and not advertise:  # the advertised address is the bound one
                 store.set_address(format_addr(bound_host, bound_port))
             if metrics is not None:
                 await nursery.start(metrics.serve)
             await nursery.start(store.run)
             await nursery.start(topology.run)
             await nursery.start(heartbeat_loop, store, link, heartbeat_interval)
-            log.info("store %d serving on %s (cluster %s, coordinators %s, %d region(s))",
-                     store_id, store.cfg.address, cluster_id, ",".join(coordinators),
-                     len(store.peers))
+            log.info("store %d serving on %s, advertised as %s (cluster %s, coordinators %s, "
+                     "%d region(s))", store_id, format_addr(bound_host, bound_port),
+                     store.cfg.address, cluster_id, ",".join(coordinators), len(store.peers))
             task_status.started(store)
     finally:
         if metrics is not None:
@@ -181,7 +189,8 @@ async def serve_until_signal(nursery, args, coordinators, secret,
                 serve, args.id, args.listen, coordinators, args.data, args.cluster_id,
                 args.tick_ms / 1000.0, 1.0, secret,
                 options={"watch_keep": getattr(args, "watch_keep", WATCH_KEEP)},
-                metrics_addr=getattr(args, "metrics_addr", None)))
+                metrics_addr=getattr(args, "metrics_addr", None),
+                advertise=getattr(args, "advertise_addr", None)))
             task_status.started()
             async for signum in signals:
                 log.info("store %d: signal %d, stopping", args.id, signum)

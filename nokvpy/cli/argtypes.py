@@ -2,9 +2,12 @@
 value is a usage error (one line, exit status 2) before anything runs.
 
 Owns: `key_text` (UTF-8 or 0x-hex keys and values), `positive`, `non_negative`, `addresses`
-(`host:port[,host:port]`) and `metrics_address` (a `--metrics-addr`, a wildcard refused).
-Never converts what it checked (the commands do) and never does I/O; imports the RPC layer
-only when a check needs it (every `nokv` invocation parses arguments, `--help` included).
+(`host:port[,host:port]`), `metrics_address` (a `--metrics-addr`, a wildcard refused),
+`advertise_address` (an `--advertise-addr`: a port, no wildcard), `peer_entry` (a metaroot
+`--peer ID=HOST:PORT`) and `is_wildcard`. Each numeric check carries `kind` (int or float),
+the value type a config file must give for it (nokvpy.cli.configfile). Never converts what
+it checked (the commands do) and never does I/O; imports the RPC layer only when a check
+needs it (every `nokv` invocation parses arguments, `--help` included).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ def positive(kind):
         return value
 
     check.__name__ = f"positive {kind.__name__}"
+    check.kind = kind
     return check
 
 
@@ -46,6 +50,9 @@ def non_negative(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
     return value
+
+
+non_negative.kind = int
 
 
 def addresses(text: str) -> str:
@@ -75,3 +82,51 @@ def metrics_address(text: str) -> str:
     except MetricsAddressError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text.strip()
+
+
+def is_wildcard(host: str) -> bool:
+    """A host that means every interface (0.0.0.0, ::, *, empty): others cannot dial it."""
+    import ipaddress
+
+    host = host.strip().strip("[]")
+    if host in ("", "*"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:  # a host name
+        return False
+
+
+def advertise_address(text: str) -> str:
+    """`--advertise-addr host:port`: the address other processes and clients dial, so it
+    needs a port (1-65535) and may not be a wildcard. The text itself is kept."""
+    from nokvpy.rpc.identity import parse_addr
+
+    text = text.strip()
+    try:
+        host, port = parse_addr(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad address {text!r}: expected host:port (for example 10.0.0.5:20160)") from None
+    if is_wildcard(host):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a wildcard: advertise an address others can dial (for example "
+            f"10.0.0.5:{port})")
+    if not 0 < port <= 65535:
+        raise argparse.ArgumentTypeError(f"bad address {text!r}: the port must be 1-65535")
+    return text
+
+
+def peer_entry(text: str) -> str:
+    """A metaroot `--peer ID=HOST:PORT`. The text itself is kept (metaroot.main splits it)."""
+    from nokvpy.rpc.identity import parse_addr
+
+    ident, sep, addr = text.partition("=")
+    try:
+        if not sep or not ident.isdigit():
+            raise ValueError(text)
+        parse_addr(addr)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad peer {text!r}: expected ID=HOST:PORT (for example 1=127.0.0.1:2380)") from None
+    return text

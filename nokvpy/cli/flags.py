@@ -1,6 +1,8 @@
 """The flags many `nokv` commands share: where a command goes (`--dir`, `--coordinator`,
-`--timeout`, the `--tls-*` files and their checks), `--json`, and the `nokv kv txn` phrase
-syntax its help shows. Never parses a command on its own (nokvpy.cli.main does).
+`--timeout`, the `--tls-*` files and their checks), `--json`, the flags of the three serve
+commands (`add_serve_flags`, with `SERVE_REQUIRED` and `SERVE_ENV`) and the `nokv kv txn`
+phrase syntax its help shows. Never parses a command on its own (nokvpy.cli.main does; the
+serve commands' `--config` file and required flags are nokvpy.cli.configfile's).
 """
 
 from __future__ import annotations
@@ -8,7 +10,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from nokvpy.cli.argtypes import addresses, positive
+from nokvpy.cli.argtypes import (
+    addresses,
+    advertise_address,
+    metrics_address,
+    non_negative,
+    peer_entry,
+    positive,
+)
 
 DEFAULT_DIR = os.environ.get("NOKV_DIR", "./nokv-cluster")
 
@@ -50,7 +59,7 @@ def tls_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     if not hasattr(args, "tls_ca"):
         return
     given = {k: getattr(args, f"tls_{k}") for k in TLS_FILES if getattr(args, f"tls_{k}")}
-    serve = args.command in ("metaroot", "coordinator", "store")
+    serve = args.command in SERVE_KINDS
     if not serve:
         if given and not args.coordinator:
             parser.error("--tls-cert, --tls-key and --tls-ca go with --coordinator (a --dir "
@@ -63,6 +72,82 @@ def tls_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         missing = ", ".join(f"--tls-{k}" for k in TLS_FILES if k not in given)
         parser.error(f"--tls-cert, --tls-key and --tls-ca go together (missing {missing})")
     args.tls = given or None
+
+
+SERVE_KINDS = ("metaroot", "coordinator", "store")
+# Flags a serve command needs, given on the command line or in its --config file (argparse
+# requires them of a command line without --config; with one, nokvpy.cli.configfile checks
+# them once the file is read)
+SERVE_REQUIRED = {"metaroot": ("id", "listen", "data"),
+                  "coordinator": ("id", "listen", "metaroot"),
+                  "store": ("id", "listen", "coordinator", "data")}
+# Serve flags whose default comes from the environment (below a flag and the config file)
+SERVE_ENV = {"cluster_id": "NOKV_CLUSTER_ID", "log_level": "NOKV_LOG_LEVEL",
+             "log_format": "NOKV_LOG_FORMAT", "scheduler": "NOKV_SCHEDULER"}
+NEEDED = " (required, here or in the --config file)"
+
+
+def add_serve_flags(s: argparse.ArgumentParser, kind: str) -> None:
+    """The flags of `nokv KIND serve` (KIND: metaroot, coordinator or store)."""
+    s.add_argument("--config", default=None, metavar="FILE",
+                   help="a TOML file of serve flags: top-level keys for every kind, "
+                        f"[{kind}] keys for this one (a flag given here overrides the file; "
+                        "`nokv config show` prints the result)")
+    s.add_argument("--id", type=int, required=True, help=f"this {kind}'s id (1, 2, ...)" + NEEDED)
+    s.add_argument("--listen", required=True, help="host:port to listen on" + NEEDED)
+    s.add_argument("--advertise-addr", type=advertise_address, default=None, metavar="HOST:PORT",
+                   help="host:port other processes and clients dial to reach this one (default: "
+                        "the --listen address, which then may not be a wildcard such as "
+                        "0.0.0.0" + (", or this peer's --peer entry" if kind == "metaroot" else "")
+                        + ")")
+    s.add_argument("--cluster-id", default=os.environ.get("NOKV_CLUSTER_ID", "nokv"),
+                   help="cluster id every process of the cluster shares "
+                        "(default NOKV_CLUSTER_ID, else nokv)")
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   default=os.environ.get("NOKV_LOG_LEVEL", "info"),
+                   help="least severe log events written (default info, or NOKV_LOG_LEVEL)")
+    s.add_argument("--log-format", choices=["text", "json"],
+                   default=os.environ.get("NOKV_LOG_FORMAT", "text"),
+                   help="text lines, or one JSON object per line with ts, level, "
+                        "process, logger, msg (default text, or NOKV_LOG_FORMAT)")
+    s.add_argument("--enable-failpoints", action="store_true",
+                   help="accept failpoint and fault-rule requests from the admin role "
+                        "(testing only; off by default; `nokv cluster up` passes it)")
+    add_tls(s, client=False)
+    s.add_argument("--metrics-addr", type=metrics_address, default=None, metavar="HOST:PORT",
+                   help="serve Prometheus metrics over plain HTTP at "
+                        "http://HOST:PORT/metrics (off when not given; no wildcard "
+                        "address: the endpoint has no authentication)")
+    if kind == "metaroot":
+        s.add_argument("--peer", action="append", type=peer_entry, default=[],
+                       help="id=host:port of every metaroot peer, this one included (repeat)")
+        s.add_argument("--data", required=True, help="data directory (created if missing)" + NEEDED)
+        s.add_argument("--retained-tail", type=int, default=4096,
+                       help="rooted events kept after the checkpoint (default %(default)s)")
+        s.add_argument("--join", action="store_true", help="a fresh data dir joins a "
+                       "running group (`nokv metaroot add-peer`) instead of founding one")
+    elif kind == "coordinator":
+        s.add_argument("--metaroot", type=addresses, required=True,
+                       help="metaroot addresses, comma separated" + NEEDED)
+        s.add_argument("--replication", type=int, default=3,
+                       help="replicas per region (default %(default)s)")
+        s.add_argument("--grant-ttl", type=float, default=6.0,
+                       help="seconds an authority grant lasts (default %(default)g)")
+        s.add_argument("--staleness-window", type=float, default=3.0,
+                       help="seconds without hearing from metaroot before routes count as "
+                            "possibly stale (default %(default)g)")
+        s.add_argument("--scheduler", default=None,
+                       help="scheduler options, e.g. split_keys=1000,repair_after=30,"
+                            "merge_keys=0,stuck_after=15 (also NOKV_SCHEDULER)")
+    else:
+        s.add_argument("--coordinator", type=addresses, required=True,
+                       help="coordinator addresses, comma separated" + NEEDED)
+        s.add_argument("--data", required=True, help="data directory (created if missing)" + NEEDED)
+        s.add_argument("--tick-ms", type=int, default=100,
+                       help="raft tick in milliseconds (default %(default)s)")
+        s.add_argument("--watch-keep", type=non_negative, default=4096,
+                       help="raft indexes of changes each region keeps for watches "
+                            "(default %(default)s; 0: keep none, watches are refused)")
 
 
 TXN_SYNTAX = """\

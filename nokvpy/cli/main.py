@@ -14,14 +14,16 @@ import os
 import sys
 from pathlib import Path
 
-from nokvpy.cli.argtypes import addresses, key_text, metrics_address, non_negative, positive
+from nokvpy.cli.argtypes import addresses, key_text, non_negative, positive
 from nokvpy.cli.common import CliError as CliError  # re-exported (tests, callers)
 from nokvpy.cli.common import remote_text, use_tls
 from nokvpy.cli.flags import (
     DEFAULT_DIR,  # noqa: F401 - re-exported
+    SERVE_KINDS,
     TXN_SYNTAX,
     add_dir,
     add_json,
+    add_serve_flags,
     add_target,
     add_tls,
     tls_flags,
@@ -112,38 +114,12 @@ def build_parser() -> ArgumentParser:
         add_json(p)
 
     # ---- serve ----------------------------------------------------------------------------
-    for kind in ("metaroot", "coordinator", "store"):
+    for kind in SERVE_KINDS:
         kp = sub.add_parser(kind, help=f"{kind} process")
         ksub = kp.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
         s = ksub.add_parser("serve", help=f"run a {kind}")
-        s.add_argument("--id", type=int, required=True, help=f"this {kind}'s id (1, 2, ...)")
-        s.add_argument("--listen", required=True, help="host:port to listen on")
-        s.add_argument("--cluster-id", default=os.environ.get("NOKV_CLUSTER_ID", "nokv"),
-                       help="cluster id every process of the cluster shares "
-                            "(default NOKV_CLUSTER_ID, else nokv)")
-        s.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                       default=os.environ.get("NOKV_LOG_LEVEL", "info"),
-                       help="least severe log events written (default info, or NOKV_LOG_LEVEL)")
-        s.add_argument("--log-format", choices=["text", "json"],
-                       default=os.environ.get("NOKV_LOG_FORMAT", "text"),
-                       help="text lines, or one JSON object per line with ts, level, "
-                            "process, logger, msg (default text, or NOKV_LOG_FORMAT)")
-        s.add_argument("--enable-failpoints", action="store_true",
-                       help="accept failpoint and fault-rule requests from the admin role "
-                            "(testing only; off by default; `nokv cluster up` passes it)")
-        add_tls(s, client=False)
-        s.add_argument("--metrics-addr", type=metrics_address, default=None, metavar="HOST:PORT",
-                       help="serve Prometheus metrics over plain HTTP at "
-                            "http://HOST:PORT/metrics (off when not given; no wildcard "
-                            "address: the endpoint has no authentication)")
+        add_serve_flags(s, kind)
         if kind == "metaroot":
-            s.add_argument("--peer", action="append", default=[],
-                           help="id=host:port of every metaroot peer, this one included (repeat)")
-            s.add_argument("--data", required=True, help="data directory (created if missing)")
-            s.add_argument("--retained-tail", type=int, default=4096,
-                           help="rooted events kept after the checkpoint (default %(default)s)")
-            s.add_argument("--join", action="store_true", help="a fresh data dir joins a "
-                           "running group (`nokv metaroot add-peer`) instead of founding one")
             ap = ksub.add_parser("add-peer", help="add a peer to a local cluster's metaroot")
             rp = ksub.add_parser("remove-peer", help="remove peer ID from a local cluster's "
                                  "metaroot, then stop it")
@@ -153,26 +129,23 @@ def build_parser() -> ArgumentParser:
                 mp.add_argument("--wait", type=positive(float), default=60.0,
                                 help="seconds to wait for each step (default %(default)g)")
                 add_json(mp)
-        elif kind == "coordinator":
-            s.add_argument("--metaroot", required=True, help="metaroot addresses, comma separated")
-            s.add_argument("--replication", type=int, default=3,
-                           help="replicas per region (default %(default)s)")
-            s.add_argument("--grant-ttl", type=float, default=6.0,
-                           help="seconds an authority grant lasts (default %(default)g)")
-            s.add_argument("--staleness-window", type=float, default=3.0,
-                           help="seconds without hearing from metaroot before routes count as "
-                                "possibly stale (default %(default)g)")
-            s.add_argument("--scheduler", default=None,
-                           help="scheduler options, e.g. split_keys=1000,repair_after=30,"
-                                "merge_keys=0,stuck_after=15 (also NOKV_SCHEDULER)")
-        else:
-            s.add_argument("--coordinator", required=True, help="coordinator addresses, comma separated")
-            s.add_argument("--data", required=True, help="data directory (created if missing)")
-            s.add_argument("--tick-ms", type=int, default=100,
-                           help="raft tick in milliseconds (default %(default)s)")
-            s.add_argument("--watch-keep", type=non_negative, default=4096,
-                           help="raft indexes of changes each region keeps for watches "
-                                "(default %(default)s; 0: keep none, watches are refused)")
+    cf = sub.add_parser("config", help="serve configuration files")
+    cfsub = cf.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
+    cs = cfsub.add_parser("show", help="the effective configuration of a serve command and where "
+                          "each value comes from (flag, file, env, default)",
+                          usage="nokv config show --kind KIND [--config FILE] [--json] "
+                                "[serve flags ...]",
+                          description="What `nokv KIND serve` given the same --config file "
+                                      "and serve flags would run with (flag > file > env > "
+                                      "default), as a TOML file it reads back, or the usage "
+                                      "error it would stop at. Any flag of `nokv KIND serve` "
+                                      "may follow.")
+    cs.add_argument("--kind", required=True, choices=SERVE_KINDS,
+                    help="which serve command: metaroot, coordinator or store")
+    cs.add_argument("--config", default=None, metavar="FILE",
+                    help="the TOML file the serve command would be given")
+    cs.add_argument("--json", action="store_true",
+                    help="one JSON document: each value with its source")
 
     # ---- data -----------------------------------------------------------------------------
     kv = sub.add_parser("kv", help="key-value operations")
@@ -413,6 +386,9 @@ def build_parser() -> ArgumentParser:
                     help="seconds to wait for the answer (default %(default)g)")
     mt.add_argument("--json", action="store_true",
                     help="the parsed metric families as JSON instead of the text")
+    from nokvpy.cli import top_cmd  # `nokv top`: its flags live with it
+
+    top_cmd.add_parser(sub)
 
     dm = sub.add_parser("demo", help="a narrated tour of a local cluster")
     dm.add_argument("--keep", action="store_true", help="leave the cluster running")
@@ -436,7 +412,7 @@ def dispatch(args: argparse.Namespace) -> int:
         from nokvpy.cli import metaroot_cmd
 
         return metaroot_cmd.run(args)
-    if cmd in ("metaroot", "coordinator", "store"):
+    if cmd in SERVE_KINDS:
         from nokvpy.cli import serve_cmd
 
         return serve_cmd.run(args)
@@ -459,6 +435,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from nokvpy.cli import metrics_cmd
 
         return metrics_cmd.run(args)
+    if cmd == "top":
+        from nokvpy.cli import top_cmd
+
+        return top_cmd.run(args)
     if cmd == "lease":
         from nokvpy.cli import lease_cmd
 
@@ -524,7 +504,20 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["jepsen"]:  # everything after `jepsen`, --help included, is jepsen-lite's
             return run_jepsen(argv[1:])
         parser = build_parser()
+        if argv[:2] == ["config", "show"]:  # the flags it does not know are serve flags
+            from nokvpy.cli import configfile
+
+            args, serve_argv = parser.parse_known_args(argv)
+            return configfile.show(parser, args, serve_argv)
+        if argv[1:2] == ["serve"]:
+            from nokvpy.cli import configfile  # --config, required flags, --advertise-addr
+
+            configfile.relax_required(parser, argv)
         args = parser.parse_args(argv)
+        if args.command in SERVE_KINDS and args.action == "serve":
+            from nokvpy.cli import configfile
+
+            configfile.resolve(parser, args, argv[2:])
         tls_flags(parser, args)
         return dispatch(args)
     except KeyboardInterrupt:

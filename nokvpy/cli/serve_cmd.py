@@ -2,8 +2,10 @@
 
 Owns: what every serve command sets up before its process's `main` runs (log format,
 remote failpoints, TLS) and handing the parsed arguments to it (`--metrics-addr`, checked
-while parsing, is served by each process's main through nokvpy.rpc.metrics_http). Never
-serves anything itself.
+while parsing, is served by each process's main through nokvpy.rpc.metrics_http). The
+arguments arrive complete: the `--config` file merged under the flags, the required flags
+checked and `--advertise-addr` resolved (nokvpy.cli.configfile). Never serves anything
+itself.
 """
 
 from __future__ import annotations
