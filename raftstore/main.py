@@ -188,7 +188,8 @@ async def serve_until_signal(nursery, args, coordinators, secret,
             await inner.start(functools.partial(
                 serve, args.id, args.listen, coordinators, args.data, args.cluster_id,
                 args.tick_ms / 1000.0, 1.0, secret,
-                options={"watch_keep": getattr(args, "watch_keep", WATCH_KEEP)},
+                options={"watch_keep": getattr(args, "watch_keep", WATCH_KEEP),
+                         "hibernate_tick": getattr(args, "hibernate_ticks", 20)},
                 metrics_addr=getattr(args, "metrics_addr", None),
                 advertise=getattr(args, "advertise_addr", None)))
             task_status.started()

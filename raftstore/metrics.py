@@ -53,6 +53,9 @@ def families(body: Mapping[str, Any], terms: Mapping[str, int] | None = None
                 body.get("region_count", 0)),
         m.gauge("nokv_store_leaders", "Region replicas of this store that lead their region.",
                 body.get("leader_count", 0)),
+        m.gauge("nokv_store_hibernating_regions", "Region replicas that stopped ticking "
+                "(hibernating: idle, woken by any message or proposal).",
+                body.get("hibernating_count", 0)),
         m.gauge("nokv_store_joined", "1 once the store joined the cluster (coordinator).",
                 m.flag(body.get("joined"))),
     ]

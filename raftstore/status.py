@@ -165,6 +165,7 @@ class StoreStatus:
                 "commit_index": p.commit_index(),
                 "in_flight": p.in_flight,
                 "state": d.state.name if d else "",
+                "hibernating": bool(p.group is not None and p.group.node.hibernating),
             }
         tracker = store.tracker.status()
         outbox = []
@@ -178,6 +179,7 @@ class StoreStatus:
             "joined": store.joined,
             "region_count": len(store.peers),
             "leader_count": leaders,
+            "hibernating_count": store.driver.hibernating(),
             "restart_state": restart,
             "current_state": self.current_state().as_dict() if store.restart is not None else {},
             "last_admission": tracker["last_admission"],

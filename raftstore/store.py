@@ -8,8 +8,8 @@ heartbeat's region reports and the handling of its replies, and the wiring of th
 delegates to: the raft traffic gate and outgoing routing (raftstore.traffic, every drop
 counted by reason), the KV read and write paths with the line of writes waiting for a
 proposal slot (raftstore.kvpath), the `ExecutionStatus` body, the outbox operator RPC and
-the `RegionDigest` RPC (raftstore.status). It is the `StoreContext` of the topology runtime
-(raftstore.topology).
+the `RegionDigest` RPC (raftstore.status), waking hibernating followers whose leader's store
+is gone (raftstore.hibernation). It is the `StoreContext` of the topology runtime.
 
 Peers are (region id, peer id): a tombstone keeps out the peer it destroyed and older ones,
 not a later peer of the same region (`raftstore.topology.tombstone`); a leader message for a
@@ -84,6 +84,7 @@ from raftstore.apply import (
 from raftstore.changelog import WATCH_KEEP, RegionChanges
 from raftstore.execution import ExecutionTracker
 from raftstore.exportpath import ExportPath
+from raftstore.hibernation import watch_leaders
 from raftstore.kvpath import KvPath
 from raftstore.leases import LeaseService
 from raftstore.peer import Peer
@@ -107,6 +108,7 @@ class StoreConfig:
     tick_interval: float = 0.1
     election_tick: int = 10
     heartbeat_tick: int = 2
+    hibernate_tick: int = 20  # idle ticks before a region stops ticking (0: never)
     queue_limit: int = adm_mod.DEFAULT_QUEUE_LIMIT
     max_uninitialized: int = 1024
     snapshot_timeout: float = 10.0  # a sent snapshot with no answer by then is retried
@@ -116,8 +118,7 @@ class StoreConfig:
     compact_keep: int = COMPACT_KEEP  # applied raft entries kept behind the applied index
     compact_slack: int = COMPACT_SLACK
     watch_keep: int = WATCH_KEEP  # indexes of changes a region keeps for watches (0: none)
-    # TEST-ONLY deliberately broken modes for jepsen-lite's detection experiment
-    # (NOKV_UNSAFE_READS=1 / NOKV_UNSAFE_ACK=1): never enable them anywhere else.
+    # TEST-ONLY broken modes for jepsen-lite (NOKV_UNSAFE_READS=1 / NOKV_UNSAFE_ACK=1)
     unsafe_reads: bool = False  # linearizable reads served from local state, no ReadIndex
     unsafe_ack: bool = False  # writes acknowledged once queued, before commit
 
@@ -240,6 +241,7 @@ class Store:
             await nursery.start(self.transport.run)
             await nursery.start(self.driver.run)
             nursery.start_soon(self._housekeeping)
+            nursery.start_soon(watch_leaders, self)  # wakes sleeping followers of a lost leader
             await nursery.start(self.leases.run)
             task_status.started()
 
@@ -256,8 +258,7 @@ class Store:
                     await self._drop_uninitialized(peer)
 
     def _abandoned(self, peer: Peer, now: float) -> bool:
-        after = self.cfg.uninitialized_gc_after
-        last = peer.last_leader_contact or peer.created_at
+        after, last = self.cfg.uninitialized_gc_after, peer.last_leader_contact or peer.created_at
         return now - peer.created_at > after and now - last > after / 2
 
     async def _drop_uninitialized(self, peer: Peer) -> None:
@@ -297,7 +298,8 @@ class Store:
         group = self.driver.add_group(rid, peer_id, storage, sm, peer.route,
                                       election_tick=self.cfg.election_tick,
                                       heartbeat_tick=self.cfg.heartbeat_tick,
-                                      lazy_commit_broadcast=True)
+                                      lazy_commit_broadcast=True,
+                                      hibernate_tick=self.cfg.hibernate_tick)
         group.early_ack = True  # reads go through ReadIndex + the durable applied index
         if desc is not None:
             group.epoch = (desc.epoch.version, desc.epoch.conf_ver)

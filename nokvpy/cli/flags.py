@@ -148,6 +148,9 @@ def add_serve_flags(s: argparse.ArgumentParser, kind: str) -> None:
         s.add_argument("--watch-keep", type=non_negative, default=4096,
                        help="raft indexes of changes each region keeps for watches "
                             "(default %(default)s; 0: keep none, watches are refused)")
+        s.add_argument("--hibernate-ticks", type=non_negative, default=20,
+                       help="ticks a region must be idle before it stops ticking (it wakes on "
+                            "any message or request; default %(default)s; 0: never)")
 
 
 TXN_SYNTAX = """\

@@ -40,6 +40,11 @@ class Config:
     # `Ready.early_messages` instead of `Ready.messages` (the rule is in rawnode.py). Off, every
     # message waits for the persist: the caller then needs to know nothing about the rule.
     early_messages: bool = False
+    # Hibernation (0: off): a leader idle for this many ticks, with every peer holding its
+    # whole log and everything committed and applied, asks its peers to stop ticking; the
+    # caller stops ticking a node while `RawNode.hibernating` and calls `RawNode.wake` before
+    # it steps anything into it again. See "Hibernating regions" in docs/protocols.md.
+    hibernate_tick: int = 0
     rng: random.Random | None = None
 
     def validate(self) -> None:
@@ -49,6 +54,8 @@ class Config:
             raise ValueError("heartbeat tick must be greater than 0")
         if self.election_tick <= self.heartbeat_tick:
             raise ValueError("election tick must be greater than heartbeat tick")
+        if self.hibernate_tick < 0:
+            raise ValueError("hibernate tick must not be negative")
         if self.max_inflight_msgs <= 0:
             raise ValueError("max inflight messages must be greater than 0")
         if self.read_only_option == ReadOnlyOption.LEASE_BASED and not self.check_quorum:

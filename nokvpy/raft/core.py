@@ -140,6 +140,10 @@ class Raft:
         "lazy_commit",
         "commit_bcast_pending",
         "dropped_forwarded_proposals",
+        "hibernate_tick",
+        "idle_ticks",
+        "hibernate_acks",
+        "hibernating",
         "_tick_fn",
         "_step_fn",
     )
@@ -198,6 +202,13 @@ class Raft:
         self.lazy_commit = c.lazy_commit_broadcast
         self.commit_bcast_pending = False
         self.dropped_forwarded_proposals = 0
+        # Hibernation (see `ask_hibernate`): ticks the leader has been idle; the peers that
+        # agreed to stop ticking (None: not asked); this node stopped ticking (the caller
+        # reads it and must `wake` the node before stepping anything into it).
+        self.hibernate_tick = c.hibernate_tick
+        self.idle_ticks = 0
+        self.hibernate_acks: set[int] | None = None
+        self.hibernating = False
         self._tick_fn = self.tick_election
         self._step_fn = self.step_follower
 
@@ -403,6 +414,9 @@ class Raft:
         self.lease_revoked = False
         self.bcast_pending = False
         self.commit_bcast_pending = False
+        self.idle_ticks = 0
+        self.hibernate_acks = None
+        self.hibernating = False
 
     def become_follower(self, term: int, lead: int) -> None:
         self._step_fn = self.step_follower
@@ -491,9 +505,109 @@ class Raft:
                 self.abort_leader_transfer()
         if self.state != StateType.LEADER:
             return
+        if self.hibernate_tick and self.tick_hibernation():
+            return
         if self.heartbeat_elapsed >= self.heartbeat_timeout:
             self.heartbeat_elapsed = 0
             self.step(Message(MT.BEAT, frm=self.id))
+
+    # -- hibernation -----------------------------------------------------------------------
+    #
+    # A leader with nothing left to do asks every peer to stop ticking (HIBERNATE, carrying
+    # its last index and term and its commit index). A peer whose log ends at the same index
+    # and term (so, by log matching, holds exactly the leader's log) takes the commit index,
+    # answers yes and stops ticking; any other answers no. The leader sends no heartbeats
+    # while it waits, stops ticking once every peer said yes, and gives up (heartbeats again)
+    # on a no, on any activity, or after half an election timeout. Sleeping is safe because a
+    # tick only drives elections, heartbeats and the lease clock: a sleeping follower keeps
+    # its promise not to vote for anyone else (its election clock is stopped, so it promises
+    # for longer, never shorter), and `wake` moves a sleeping leader's lease clock by the
+    # ticks that really elapsed, so a lease never outlives the real time it was granted for.
+    # Liveness needs the caller to wake a sleeping follower when its leader may be gone (the
+    # store pings the leader's store; raftstore/hibernation.py).
+
+    def tick_hibernation(self) -> bool:
+        """Leader tick: count idleness, ask to hibernate, or wait for the answers. True
+        when no heartbeat may go out this tick (asked, waiting for answers)."""
+        self.idle_ticks += 1
+        if self.hibernate_acks is not None:
+            if self.idle_ticks < self.hibernate_tick + self.election_timeout // 2:
+                return True
+            self.cancel_hibernation()  # no (complete) answer in time: heartbeat again
+            self.heartbeat_elapsed = self.heartbeat_timeout
+            return False
+        if self.idle_ticks >= self.hibernate_tick and self.can_hibernate():
+            self.ask_hibernate()
+            return True
+        return False
+
+    def can_hibernate(self) -> bool:
+        """Leader: nothing in flight. Every entry committed (in this term) and applied, every
+        peer replicating with the whole log, no transfer, read or conf change pending."""
+        log = self.raft_log
+        last = log.last_index()
+        if (self.state != StateType.LEADER or self.lead_transferee != NONE
+                or log.committed != last or log.applied != last
+                or not self.committed_entry_in_current_term()
+                or self.pending_read_index_messages or self.read_only.pending()
+                or self.bcast_pending or self.pending_conf_index > log.applied):
+            return False
+        for pid, pr in self.prs.progress.items():
+            if pid != self.id and (pr.match != last or pr.state != ProgressState.REPLICATE
+                                   or pr.pending_snapshot):
+                return False
+        return True
+
+    def ask_hibernate(self) -> None:
+        self.hibernate_acks = {self.id}
+        log = self.raft_log
+        last, last_term = log.last_index(), log.last_term()
+        for pid in self.prs.ids():
+            if pid != self.id:
+                self.send(Message(MT.HIBERNATE, to=pid, index=last, log_term=last_term,
+                                  commit=log.committed))
+        self.maybe_hibernate()
+
+    def maybe_hibernate(self) -> None:
+        acks = self.hibernate_acks
+        if acks is not None and acks.issuperset(self.prs.progress) and self.can_hibernate():
+            self.hibernating = True
+
+    def cancel_hibernation(self) -> None:
+        """Leader: activity (a proposal, a read, a transfer), a refusal or no answer."""
+        self.idle_ticks = 0
+        self.hibernate_acks = None
+
+    def handle_hibernate(self, m: Message) -> None:
+        """Follower or learner: agree to stop ticking when our log is the leader's."""
+        log = self.raft_log
+        agree = (m.frm == self.lead and log.last_index() == m.index
+                 and log.last_term() == m.log_term and m.commit <= m.index)
+        if agree:
+            self.election_elapsed = 0
+            log.commit_to(m.commit)
+            self.hibernating = True
+        self.send(Message(MT.HIBERNATE_RESP, to=m.frm, reject=not agree))
+
+    def wake(self, elapsed: int, *, keep_lease_clock: bool = False) -> None:
+        """Start ticking again after `elapsed` ticks of real time asleep (the caller counts
+        them with its clock, at most `ticks.MAX_FEED`). The lease clock moves on by
+        `elapsed` (`keep_lease_clock`: test-only, the unsafe rule that keeps it still); a
+        leader counts its peers active again and heartbeats at once (the sleeping peers learn
+        it is awake), so neither check-quorum nor an election follows from the sleep itself."""
+        if not self.hibernating and self.hibernate_acks is None:
+            return
+        self.hibernating = False
+        self.hibernate_acks = None
+        self.idle_ticks = 0
+        if not keep_lease_clock:
+            self.ticks += max(0, elapsed)
+        if self.state == StateType.LEADER:
+            self.election_elapsed = 0
+            self.heartbeat_elapsed = 0
+            for pr in self.prs.progress.values():
+                pr.recent_active = True
+            self.bcast_heartbeat()
 
     # -- appending -------------------------------------------------------------------------
 
@@ -640,6 +754,7 @@ class Raft:
                     pr.recent_active = False
             return
         if t == MT.READ_INDEX:
+            self.cancel_hibernation()
             if self.prs.is_singleton():
                 self.answer_read_index(m, self.raft_log.committed)
                 return
@@ -680,11 +795,23 @@ class Raft:
             if pr.state == ProgressState.REPLICATE:
                 pr.become_probe()
         elif t == MT.TRANSFER_LEADER:
+            self.cancel_hibernation()
             self.handle_transfer_leader(m, pr)
+        elif t == MT.HIBERNATE_RESP:
+            pr.recent_active = True
+            if self.hibernate_acks is None:
+                return
+            if m.reject:
+                self.cancel_hibernation()
+                self.bcast_heartbeat()  # the peers that agreed start ticking again
+                return
+            self.hibernate_acks.add(m.frm)
+            self.maybe_hibernate()
 
     def leader_propose(self, m: Message) -> None:
         if not m.entries:
             raise AssertionError("stepped empty PROP")
+        self.cancel_hibernation()
         if self.id not in self.prs.progress:
             raise ProposalDroppedError("leader was removed from the group", NONE)
         if self.lead_transferee != NONE:
@@ -845,6 +972,8 @@ class Raft:
                 self.send(Message(MT.READ_INDEX, to=self.lead, frm=m.frm, context=m.context))
         elif t == MT.READ_INDEX_RESP:
             self.read_states.append(ReadState(m.index, m.context))
+        elif t == MT.HIBERNATE:
+            self.handle_hibernate(m)
 
     # -- follower handlers -----------------------------------------------------------------
 

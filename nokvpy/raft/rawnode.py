@@ -278,6 +278,16 @@ class RawNode:
     def commit_flush_pending(self) -> bool:
         return self.raft.commit_bcast_pending
 
+    @property
+    def hibernating(self) -> bool:
+        """This node stopped ticking (see "hibernation" in core.py): the caller must not
+        tick it, and must `wake` it before it steps anything into it."""
+        return self.raft.hibernating
+
+    def wake(self, elapsed: int, *, keep_lease_clock: bool = False) -> None:
+        """Tick again after `elapsed` ticks asleep (see `Raft.wake`)."""
+        self.raft.wake(elapsed, keep_lease_clock=keep_lease_clock)
+
     def apply_conf_change(self, cc: ConfChange) -> ConfState:
         return self.raft.apply_conf_change(cc)
 
@@ -289,6 +299,8 @@ class RawNode:
         anything."""
         r = self.raft
         if r.state != StateType.LEADER or r.read_only.option != ReadOnlyOption.LEASE_BASED:
+            return None
+        if r.hibernating:  # its lease clock stopped with it: `wake` first
             return None
         if not r.committed_entry_in_current_term() or not r.lease_valid():
             return None

@@ -37,6 +37,8 @@ class MessageType(IntEnum):
     TIMEOUT_NOW = 21
     READ_INDEX = 22
     READ_INDEX_RESP = 23
+    HIBERNATE = 24  # leader: "nothing is left to do, may we all stop ticking?" (core.py)
+    HIBERNATE_RESP = 25
 
 
 LOCAL_MESSAGE_TYPES = frozenset(

@@ -1,7 +1,7 @@
 """The driver's input queue: one small immutable command per caller action.
 
 Owns: the commands any task may queue for a group (`Propose`, `ReadIndex`, `Campaign`,
-`TransferLeader`, `ReportUnreachable`, `ReportSnapshot`) and how each is stepped into the
+`TransferLeader`, `ReportUnreachable`, `ReportSnapshot`, `Wake`) and how each is stepped into the
 group's raw node (`apply`) or answered when the group stopped before it ran (`drop`). Never
 runs outside the driver's loop task (a raw node is only touched there) and never persists,
 sends or waits.
@@ -110,3 +110,12 @@ class ReportSnapshot(Command):
 
     def apply(self) -> None:
         self.group.node.report_snapshot(self.to_node, self.failed)
+
+
+@dataclass(frozen=True, slots=True)
+class Wake(Command):
+    """Wake a hibernating group (the driver wakes a group before it applies any command, so
+    there is nothing left to do here): its leader may be gone (raftstore/hibernation.py)."""
+
+    def apply(self) -> None:
+        return None

@@ -6,6 +6,8 @@ queued input into the raw nodes, collects the Readys of every group and hands th
 `Persister` (persist.py: LMDB group commit, or the write-ahead log), which stages, commits,
 sends, applies and advances them in the order the raft core's Ready contract says. Held
 applies (held.py) are committed when a reader, another writer or the flush delay needs them.
+A hibernating group (the core's "hibernation") is not ticked; anything stepped into it wakes
+it first, with the ticks it slept (`_wake_group`).
 Never decides what may be sent before a persist or what must be synced (the raft core's
 Ready says), never interprets entry payloads (a `StateMachine` does, statemachine.py), never
 reads a raw node's internals (only `RawNode`'s API), and never mutates a raw node outside the
@@ -39,6 +41,7 @@ from nokvpy.replication.commands import (
     ReportSnapshot,
     ReportUnreachable,
     TransferLeader,
+    Wake,
 )
 from nokvpy.replication.group import (
     Group,
@@ -65,6 +68,12 @@ __all__ = [
 log = logging.getLogger("nokvpy.replication")
 
 _CTX = struct.Struct(">Q")
+
+
+# Test-only: a woken group keeps its lease clock where it stopped (a leader that slept
+# trusts a lease older than the real time it slept). See "Hibernating regions" in
+# docs/protocols.md; fault runs show they catch it.
+UNSAFE_HIBERNATE = os.environ.get("NOKV_UNSAFE_HIBERNATE", "") not in ("", "0")
 
 
 if os.environ.get("NOKV_UNSAFE_READINDEX", "") not in ("", "0"):
@@ -119,6 +128,8 @@ class Driver:
         self.commit_flush_delay = commit_flush_delay
         self._commit_pending: set[Group] = set()
         self.groups: dict[int, Group] = {}
+        # The groups that tick: every group but the hibernating ones (see _feed / _wake_group).
+        self._ticking: dict[int, Group] = {}
         self._wake = trio.Event()
         self._dirty: set[int] = set()
         self._proposals: deque[Command] = deque()  # the input queue (any task appends)
@@ -163,7 +174,7 @@ class Driver:
     def add_group(self, group_id: int, node_id: int, storage: Any, sm: StateMachine,
                   route: Callable[[int], int | None], *, election_tick: int = 10,
                   heartbeat_tick: int = 1, seed: int | None = None, lease_reads: bool = True,
-                  lazy_commit_broadcast: bool = False) -> Group:
+                  lazy_commit_broadcast: bool = False, hibernate_tick: int = 0) -> Group:
         config = Config(
             id=node_id,
             storage=storage,  # replaced by the group's snapshot-producing wrapper
@@ -175,15 +186,18 @@ class Driver:
             read_only_option=ReadOnlyOption.LEASE_BASED if lease_reads else ReadOnlyOption.SAFE,
             lazy_commit_broadcast=lazy_commit_broadcast,
             early_messages=True,  # the persisters send Ready.early_messages before the commit
+            hibernate_tick=hibernate_tick,
             rng=random.Random(seed if seed is not None else (group_id * 1_000_003 + node_id)),
         )
         group = Group(group_id, node_id, storage, sm, route, config)
         self.groups[group_id] = group
+        self._ticking[group_id] = group
         self.mark(group)
         return group
 
     def remove_group(self, group_id: int) -> Group | None:
         group = self.groups.pop(group_id, None)
+        self._ticking.pop(group_id, None)
         if group is not None:
             self._commit_pending.discard(group)
             group.stop()
@@ -275,6 +289,14 @@ class Driver:
         """The transport could not deliver to `to_node`: the leader probes it again."""
         self._queue(ReportUnreachable(group, to_node))
 
+    def wake(self, group: Group) -> None:
+        """Wake `group` if it hibernates (its leader may be gone: it ticks, so it elects)."""
+        self._queue(Wake(group))
+
+    def hibernating(self) -> int:
+        """Groups that do not tick now (hibernating)."""
+        return len(self.groups) - len(self._ticking)
+
     def report_snapshot(self, group: Group, to_node: int, failed: bool) -> None:
         """A snapshot sent to `to_node` was delivered (or lost): leave snapshot state."""
         self._queue(ReportSnapshot(group, to_node, failed))
@@ -339,14 +361,23 @@ class Driver:
             self.counters["ticks_fed"] += ticks
             if ticks > 1:
                 self.counters["ticks_late"] += ticks - 1
-            for group in self.groups.values():
+            fed, ticking = self._clock.fed, self._ticking
+            for gid, group in list(ticking.items()):
+                node = group.node
+                if node.hibernating:  # it stopped ticking at the end of the last turn
+                    del ticking[gid]
+                    group.slept_at = fed - ticks
+                    self.counters["hibernated"] += 1
+                    continue
                 for _ in range(min(ticks, MAX_FEED)):
-                    group.node.tick()
-                self._dirty.add(group.group_id)
+                    node.tick()
+                self._dirty.add(gid)
         for gid in list(self._dirty):
             group = self.groups.get(gid)
             if group is None:
                 continue
+            if group.pending_steps and group.node.hibernating:
+                self._wake_group(group)
             steps, group.pending_steps = group.pending_steps, []
             for msg in steps:
                 try:
@@ -363,9 +394,21 @@ class Driver:
                 cmd.drop()
                 continue
             self._dirty.add(cmd.group.group_id)
+            if cmd.group.node.hibernating:
+                self._wake_group(cmd.group)
             cmd.apply()
         if queue:
             self._wake.set()
+
+    def _wake_group(self, group: Group) -> None:
+        """Before anything is stepped into a hibernating node: it ticks again, and learns
+        how many ticks it slept (so a leader's lease clock moves on by the real time)."""
+        slept = group.slept_at
+        elapsed = 0 if slept is None else self._clock.fed - slept
+        group.node.wake(min(elapsed, MAX_FEED), keep_lease_clock=UNSAFE_HIBERNATE)
+        group.slept_at = None
+        self._ticking[group.group_id] = group
+        self.counters["woken"] += 1
 
     async def _turn(self) -> None:
         readies = await self._begin_turn()

@@ -136,6 +136,9 @@ class Group:
         self.term = 0
         self.vote = 0
         self.stopped = False
+        # The driver's tick count when it found the node hibernating (None: ticking); the
+        # ticks since then are handed to `RawNode.wake` (driver.py).
+        self.slept_at: int | None = None
         self.early_ack = False  # resolve proposals before the fsync when safe (ack_durable)
         self.pending_steps: list[Message] = []
         self.epoch: tuple[int, int] = (0, 0)  # (version, conf_ver) stamped on outgoing envelopes
