@@ -17,6 +17,7 @@ from xml.sax.saxutils import escape
 
 from .commands import format_table
 from .history import History, is_nemesis
+from .kvleasecheck import kvlease_lines
 from .watchcheck import watch_lines
 
 COMPLETION_COLORS = {"ok": "#2ca02c", "fail": "#d62728", "info": "#ff7f0e"}
@@ -186,6 +187,7 @@ def summary_text(results: Mapping) -> str:
     lines += convergence_lines((results.get("checks") or {}).get("convergence"))
     lines += hostile_lines((results.get("checks") or {}).get("hostile"))
     lines += watch_lines((results.get("checks") or {}).get("watch"))
+    lines += kvlease_lines((results.get("checks") or {}).get("kvlease"))
     heal = results.get("heal") or {}
     if isinstance(heal, dict) and heal.get("error"):
         lines.append(f"heal: {heal['error']}")

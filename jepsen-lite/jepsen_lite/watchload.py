@@ -41,7 +41,10 @@ from typing import Any
 
 import trio
 
-from . import txnload  # noqa: F401 - adds the txn workload to WORKLOADS
+from . import (
+    kvleaseload,  # noqa: F401 - adds the kvlease workload to WORKLOADS
+    txnload,  # noqa: F401 - adds the txn workload to WORKLOADS
+)
 from .watchcheck import WATCH_EVENTS, check_run_dir
 from .workloads import (
     WORKLOADS,
