@@ -221,14 +221,22 @@ class Network:
                 if n is None:
                     continue
                 self.delivered.append(m)
+                self.before_step(m)
                 n.rn.step(m)
                 if m.type == MessageType.SNAP and m.frm in self.nodes:
                     self.nodes[m.frm].rn.report_snapshot(m.to, failed=False)
                 q.extend(self._filter(n.handle_ready()))
             for n in self.nodes.values():
                 q.extend(self._filter(n.handle_ready()))
+            self.after_round()
             if not q:
                 return
+
+    def before_step(self, m: Message) -> None:
+        """Called before `m` is stepped into its node (a subclass may wake it first)."""
+
+    def after_round(self) -> None:
+        """Called after each round of deliveries and Readys."""
 
     def stabilize(self) -> None:
         self.send()

@@ -11,7 +11,6 @@ leader's store (raftstore/hibernation.py).
 from __future__ import annotations
 
 import random
-from collections import deque
 
 import pytest
 from hypothesis import given, settings
@@ -50,28 +49,16 @@ class SleepyNetwork(Network):
             else:
                 self.slept_at.pop(i, None)
 
-    def send(self, *msgs) -> None:
-        q = deque(self._filter(msgs))
-        while True:
-            while q:
-                m = q.popleft()
-                n = self.nodes.get(m.to)
-                if n is None:
-                    continue
-                self.delivered.append(m)
-                self.wake(m.to)  # the driver wakes a node before stepping into it
-                n.rn.step(m)
-                q.extend(self._filter(n.handle_ready()))
-            for n in self.nodes.values():
-                q.extend(self._filter(n.handle_ready()))
-            self._note_sleep()
-            if not q:
-                return
+    def before_step(self, m) -> None:
+        self.wake(m.to)  # the driver wakes a node before stepping into it
+
+    def after_round(self) -> None:
+        self._note_sleep()
 
     def tick_all(self, times: int = 1) -> None:
         for _ in range(times):
             self.now += 1
-            for i, n in list(self.nodes.items()):
+            for n in list(self.nodes.values()):
                 if not n.rn.hibernating:
                     n.rn.tick()
             self.stabilize()
