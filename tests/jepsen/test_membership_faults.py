@@ -131,7 +131,7 @@ def test_params_are_seeded_and_name_the_fault():
     assert a[0] == a[1] and a[0][0] in by_kind["store"]
     assert membership.membership_params("join", random.Random(5), by_kind)[0] == "cluster"
     assert membership.membership_params("retire", random.Random(5), {})[0] is None
-    assert set(membership.MEMBERSHIP_FAULTS) == {"join", "retire"}
+    assert set(membership.MEMBERSHIP_FAULTS) == {"join", "retire", "metaroot-swap"}
     with pytest.raises(ValueError):
         membership.membership_params("kill", random.Random(5), by_kind)
 
