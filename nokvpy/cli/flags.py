@@ -173,3 +173,36 @@ example:
 
 def add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+TOP_INTERVAL = 2.0  # `nokv top`: seconds between frames
+TOP_TIMEOUT = 1.0  # seconds a process has to answer one sample
+
+
+def add_top_parser(sub) -> None:
+    """`nokv top` under the subcommands `sub` of `nokv` (nokvpy.cli.top_cmd runs it;
+    its flags are here so that parsing any command does not import it)."""
+    tp = sub.add_parser(
+        "top", help="the live figures of every process of a local cluster (CPU, RPC, fsync, "
+                    "WAL and apply rates, role), redrawn every interval until Ctrl-C",
+        description="Every interval, the metrics of every process of the cluster in --dir, "
+                    "one row each. ROLE: a store's regions and leaders; a metaroot peer's "
+                    "leader or follower and term; a coordinator's grants held of its duties, "
+                    "catch-up state and root lag; `down: ...` for one that did not answer. "
+                    "CPU%, RPC/s (requests), ERR/s (request errors), SYNC/s (fsyncs), SYNC_MS "
+                    "(mean fsync time), WAL_MB/s and APPLY/s (raft entries applied, all "
+                    "replicas) are rates over the interval, '-' when unknown (a restart in "
+                    "between); MAXRSS is the peak resident memory, MB.")
+    add_dir(tp)
+    tp.add_argument("--interval", type=positive(float), default=TOP_INTERVAL, metavar="S",
+                    help="seconds between frames (default %(default)g); rates are the change "
+                         "over one interval, so the first frame comes one interval after the "
+                         "first sample")
+    tp.add_argument("--count", type=positive(int), default=None, metavar="N",
+                    help="stop after N frames (default: until Ctrl-C)")
+    tp.add_argument("--timeout", type=positive(float), default=TOP_TIMEOUT, metavar="S",
+                    help="seconds each process has to answer a sample (default %(default)g); "
+                         "one that does not is shown as down")
+    tp.add_argument("--json", action="store_true",
+                    help="one JSON object per frame, one per line: {\"time\", \"cluster\", "
+                         "\"interval\", \"processes\": [rows of numbers]}")

@@ -26,6 +26,7 @@ from nokvpy.cli.flags import (
     add_serve_flags,
     add_target,
     add_tls,
+    add_top_parser,
     tls_flags,
 )
 
@@ -386,9 +387,7 @@ def build_parser() -> ArgumentParser:
                     help="seconds to wait for the answer (default %(default)g)")
     mt.add_argument("--json", action="store_true",
                     help="the parsed metric families as JSON instead of the text")
-    from nokvpy.cli import top_cmd  # `nokv top`: its flags live with it
-
-    top_cmd.add_parser(sub)
+    add_top_parser(sub)  # `nokv top`
 
     dm = sub.add_parser("demo", help="a narrated tour of a local cluster")
     dm.add_argument("--keep", action="store_true", help="leave the cluster running")

@@ -1,6 +1,6 @@
 """`nokv top`: the live figures of every process of a local cluster, in the terminal.
 
-Owns: the command's flags (`add_parser`), sampling the metrics endpoint of every serving
+Owns: sampling the metrics endpoint of every serving
 (non-retired) process of a `--dir` cluster at once, every interval, each with a short
 timeout (a process that does not answer is a `down` row, never an error of the command);
 turning two samples of a process into its row (`process_row`, `frame_rows`: pure, parsed
@@ -23,15 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nokvpy.cli.argtypes import positive
 from nokvpy.cli.common import CliError
-from nokvpy.cli.flags import add_dir
 
 if TYPE_CHECKING:
     from nokvpy.metrics import Family
 
-DEFAULT_INTERVAL = 2.0  # seconds between frames
-DEFAULT_TIMEOUT = 1.0  # seconds a process has to answer one sample
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear the screen
 MB = 1_000_000
 
@@ -46,34 +42,6 @@ COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("WAL_MB/s", "wal_mb_per_s", 2), ("APPLY/s", "applied_per_s", 1),
     ("MAXRSS", "max_rss_mb", 0),
 )
-
-
-def add_parser(sub) -> None:
-    """`nokv top` under the subcommands `sub` of `nokv`."""
-    tp = sub.add_parser(
-        "top", help="the live figures of every process of a local cluster (CPU, RPC, fsync, "
-                    "WAL and apply rates, role), redrawn every interval until Ctrl-C",
-        description="Every interval, the metrics of every process of the cluster in --dir, "
-                    "one row each. ROLE: a store's regions and leaders; a metaroot peer's "
-                    "leader or follower and term; a coordinator's grants held of its duties, "
-                    "catch-up state and root lag; `down: ...` for one that did not answer. "
-                    "CPU%, RPC/s (requests), ERR/s (request errors), SYNC/s (fsyncs), SYNC_MS "
-                    "(mean fsync time), WAL_MB/s and APPLY/s (raft entries applied, all "
-                    "replicas) are rates over the interval, '-' when unknown (a restart in "
-                    "between); MAXRSS is the peak resident memory, MB.")
-    add_dir(tp)
-    tp.add_argument("--interval", type=positive(float), default=DEFAULT_INTERVAL, metavar="S",
-                    help="seconds between frames (default %(default)g); rates are the change "
-                         "over one interval, so the first frame comes one interval after the "
-                         "first sample")
-    tp.add_argument("--count", type=positive(int), default=None, metavar="N",
-                    help="stop after N frames (default: until Ctrl-C)")
-    tp.add_argument("--timeout", type=positive(float), default=DEFAULT_TIMEOUT, metavar="S",
-                    help="seconds each process has to answer a sample (default %(default)g); "
-                         "one that does not is shown as down")
-    tp.add_argument("--json", action="store_true",
-                    help="one JSON object per frame, one per line: {\"time\", \"cluster\", "
-                         "\"interval\", \"processes\": [rows of numbers]}")
 
 
 # ---- rows: pure -------------------------------------------------------------------------------

@@ -513,6 +513,7 @@ def _offline(results: dict, **options) -> dict:
                          load_records(d / "kvlease-events.jsonl"), **options)
 
 
+@pytest.mark.slow  # ~24 s; the checker's rules are covered above without a cluster
 @pytest.mark.cluster
 def test_a_short_run_with_the_lease_authority_paused(tmp_path):
     """12 s, every pause aimed at the region leader (the lease authority: one region); the
