@@ -51,7 +51,8 @@ def run(args) -> int:
                     raise CliError(f"no cluster in {root} (run `nokv cluster up --dir {args.dir}`, "
                                    "or leave out --dir to bench a temporary cluster)")
                 cluster.create(stores=3, replication=3)
-            spec = cluster.load()
+            full = cluster.load()
+            spec = full.serving()  # a retired store or metaroot peer stays stopped for good
             from nokvpy.client.admin import wait_cluster_ready
 
             stopped = [p.name for p in spec.processes if cluster.pid(p.name) is None]
@@ -62,7 +63,7 @@ def run(args) -> int:
                                f"`nokv cluster up --dir {args.dir}`")
             progress = Progress("bench", enabled=not args.json)
             for proc in spec.processes:
-                cluster.start(spec, proc)
+                cluster.start(full, proc)
             progress.update(f"starting cluster in {root}")
             wait_cluster_ready(spec, timeout=60.0, on_progress=progress.update)
             coordinators = spec.coordinator_addrs()
