@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from nokvpy.cluster.ports import free_ports
+from nokvpy.cluster.ports import ClusterError, check_host, host_ports, join
 
 KINDS = ("metaroot", "coordinator", "store")
 SECRET_FILE_MODE = 0o600  # files holding the cluster secret or a private key
@@ -53,10 +53,6 @@ TLS_VALID_DAYS = 5  # certificates of `cluster up --tls`: a throwaway cluster's
 TLS_RENEW_WITHIN = timedelta(days=1)  # `cluster up` of a stopped cluster reissues them then
 ADMIN_TLS_NAME = "admin"  # the certificate of the local CLI / admin client
 LOOPBACK = "127.0.0.1"  # where a local cluster's processes listen unless `--host` says otherwise
-
-
-class ClusterError(Exception):
-    """A cluster directory or process problem, with a one-line message for operators."""
 
 
 @dataclass
@@ -404,33 +400,6 @@ class LocalCluster:
             if self.stop(proc.name, grace) is not None:
                 stopped.append(proc.name)
         return stopped
-
-
-def check_host(host: str) -> str:
-    """`host` as processes will listen on and advertise it: an IPv4 address or a name of this
-    machine, never a wildcard (no other process could reach an address like 0.0.0.0)."""
-    host = host.strip()
-    if not host:
-        raise ClusterError("--host needs an address, e.g. 10.0.0.5")
-    if host in ("0.0.0.0", "*") or ":" in host:
-        raise ClusterError(f"--host {host}: give the IPv4 address or name other hosts reach this "
-                           f"one by (processes advertise the address they listen on, so not a "
-                           f"wildcard; IPv6 is not supported)")
-    return host
-
-
-def join(host: str, port: int) -> str:
-    return f"{host}:{port}"
-
-
-def host_ports(host: str, count: int) -> list[int]:
-    """`count` distinct ports free on `host`; ClusterError when this machine cannot listen
-    there (not one of its addresses)."""
-    try:
-        return free_ports(count, host)
-    except OSError as exc:
-        raise ClusterError(f"cannot listen on {host}: {exc.strerror or exc} (is it an address "
-                           f"of this machine?)") from None
 
 
 def write_secret_file(path: Path, data: bytes) -> None:
