@@ -831,3 +831,31 @@ def test_cycle_checker_finds_a_lazy_import_planted_in_a_copy(tmp_path):
     assert len(new) == 1
     assert any(e.startswith("nokvpy/wire/errors.py:") and e.endswith("-> nokvpy.wire.framing")
                for e in new[0])
+
+
+MAX_MODULE_LINES = 600  # nokvpy/raft (the etcd-shaped core) is exempt
+
+
+def oversized_modules(root: Path) -> list[str]:
+    """Source modules outside nokvpy/raft longer than MAX_MODULE_LINES, with their length."""
+    out = []
+    for top in SOURCE_ROOTS:
+        for path in sorted((root / top).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if rel.startswith("nokvpy/raft/"):
+                continue
+            lines = path.read_text().count("\n")
+            if lines > MAX_MODULE_LINES:
+                out.append(f"{rel}: {lines} lines")
+    return out
+
+
+def test_no_module_outside_the_raft_core_is_longer_than_600_lines():
+    assert oversized_modules(ROOT) == []
+
+
+def test_the_size_check_finds_a_module_grown_in_a_copy(tmp_path):
+    root = copy_tree(tmp_path)
+    plant(root, "raftstore/store.py", "\n# grown\n" * 10)
+    (found,) = oversized_modules(root)
+    assert found.startswith("raftstore/store.py: ") and int(found.split()[1]) > MAX_MODULE_LINES
