@@ -43,7 +43,6 @@ Never decides whether what was read is right (:mod:`.kvleasecheck`).
 from __future__ import annotations
 
 import itertools
-import json
 import random
 import time
 from collections.abc import Callable
@@ -54,7 +53,16 @@ from typing import Any
 import trio
 
 from .kvleasecheck import KVLEASE_EVENTS, check_run_dir
-from .workloads import WORKLOADS, Op, Outcome, Workload, decode_int, encode_int, perform
+from .workloads import (
+    WORKLOADS,
+    Op,
+    Outcome,
+    RecordingSession,
+    Workload,
+    decode_int,
+    encode_int,
+    perform,
+)
 
 LEASE_PREFIX = b"\xff\xfflease/"  # nokvpy.protocol.leases.LEASE_PREFIX: the records
 KEY_PREFIX = "l/"
@@ -177,73 +185,42 @@ class Lessee:
     client: Any = None
 
 
-class KvLeaseSession:
+class KvLeaseSession(RecordingSession):
     """The lessees and the leader sampler of one run: ``async with`` starts them (before the
     readers); :meth:`finish` stops the lessees and reads every key once more; leaving the
     block stops whatever still runs."""
 
     def __init__(self, workload: KvLeaseWorkload, new_client: Callable[[int], Any],
                  recorder: Any, run_dir: Path, log: Callable[[str], None], op_timeout: float):
+        super().__init__(new_client, run_dir / KVLEASE_EVENTS)
         self.workload = workload
-        self.new_client = new_client
         self.recorder = recorder
         self.log = log
         self.op_timeout = op_timeout
-        self.path = run_dir / KVLEASE_EVENTS
         self.lessees = [Lessee(i, LESSEE_PROCESS_BASE + i,
                                random.Random(f"{workload.seed}-kvlease-{i}"))
                         for i in range(workload.n_lessees)]
-        self.clients: list[Any] = []
         self._stopping = False
-        self._file: Any = None
-        self._cm: Any = None
-        self._nursery: trio.Nursery | None = None
         self._lessees_done = trio.Event()
         self._running = 0
 
-    def _write(self, record: dict) -> None:
-        if self._file is not None:
-            self._file.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
-            self._file.flush()
-
-    def _client(self, index: int) -> Any:
-        client = self.new_client(index)
-        self.clients.append(client)
-        return client
-
     async def __aenter__(self) -> KvLeaseSession:
-        self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in __aexit__
         wl = self.workload
-        self._write({"type": "config", "ttl": wl.ttl, "bound": wl.bound,
-                     "clock_drift": wl.clock_drift, "lessees": wl.n_lessees,
-                     "keys_per_lease": wl.n_keys, "keep_max": wl.keep_max,
-                     "revoke_share": wl.revoke_share, "failover": wl.failover})
-        self._cm = trio.open_nursery()
-        self._nursery = await self._cm.__aenter__()
-        self._nursery.start_soon(self._sample_leaders)
+        nursery = await self._open({"type": "config", "ttl": wl.ttl, "bound": wl.bound,
+                                    "clock_drift": wl.clock_drift, "lessees": wl.n_lessees,
+                                    "keys_per_lease": wl.n_keys, "keep_max": wl.keep_max,
+                                    "revoke_share": wl.revoke_share, "failover": wl.failover})
+        nursery.start_soon(self._sample_leaders)
         self._running = len(self.lessees)
         for lessee in self.lessees:
             lessee.client = self._client(LESSEE_CLIENT_BASE + lessee.index)
-            self._nursery.start_soon(self._run_lessee, lessee)
+            nursery.start_soon(self._run_lessee, lessee)
         self.log(f"kvlease: {len(self.lessees)} lessees, TTL {wl.ttl:g} s, {wl.n_keys} keys "
                  f"per lease, bound {wl.bound:g} s")
         return self
 
     async def __aexit__(self, *exc: Any) -> bool:
-        assert self._nursery is not None
-        self._nursery.cancel_scope.cancel()
-        try:
-            await self._cm.__aexit__(None, None, None)
-        finally:
-            with trio.CancelScope(shield=True):
-                for client in self.clients:
-                    try:
-                        await client.aclose()
-                    except Exception:  # noqa: BLE001, S110
-                        pass
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+        await self._close()
         return False
 
     # ---- the lessees ---------------------------------------------------------------------

@@ -30,7 +30,6 @@ Never decides whether what the watchers saw is right (:mod:`.watchcheck`).
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -50,6 +49,7 @@ from .workloads import (
     WORKLOADS,
     Op,
     Outcome,
+    RecordingSession,
     RegisterWorkload,
     decode_int,
     encode_int,
@@ -134,19 +134,18 @@ class Watcher:
     ready: trio.Event = field(default_factory=trio.Event)  # its first open attempt ended
 
 
-class WatchSession:
+class WatchSession(RecordingSession):
     """The watchers of one run: ``async with`` opens every watch (before the writers
     start); :meth:`finish` writes the markers and ends them; leaving the block stops any
     still running (outcome ``aborted``: the run ended early)."""
 
     def __init__(self, workload: WatchWorkload, new_client: Callable[[int], Any], recorder: Any,
                  run_dir: Path, log: Callable[[str], None], op_timeout: float):
+        super().__init__(new_client, run_dir / WATCH_EVENTS)
         self.workload = workload
-        self.new_client = new_client
         self.recorder = recorder
         self.log = log
         self.op_timeout = op_timeout
-        self.path = run_dir / WATCH_EVENTS
         self.markers: dict[str, Any] = {}  # key -> its acknowledged marker value
         self.markers_failed: set[str] = set()
         prefixes = workload.prefixes()
@@ -155,27 +154,17 @@ class WatchSession:
             Watcher(i, prefixes[i % len(prefixes)],
                     [k for k in keys if k.startswith(prefixes[i % len(prefixes)])])
             for i in range(workload.n_watchers)]
-        self.clients: list[Any] = []
-        self._file: Any = None
-        self._cm: Any = None
-        self._nursery: trio.Nursery | None = None
         self._all_done = trio.Event()
 
-    def _write(self, record: dict) -> None:
-        if self._file is not None:
-            self._file.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
-            self._file.flush()
-
     async def __aenter__(self) -> WatchSession:
-        self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in __aexit__
         wl = self.workload
-        self._write({"type": "config", "prefixes": wl.prefixes(), "keys": wl.keys(),
-                     "watchers": wl.n_watchers, "resume_every": wl.resume_every,
-                     "watch_keep": wl.watch_keep, "expect_compacted": wl.watch_keep > 0})
-        self._cm = trio.open_nursery()
-        self._nursery = await self._cm.__aenter__()
+        nursery = await self._open({"type": "config", "prefixes": wl.prefixes(),
+                                    "keys": wl.keys(), "watchers": wl.n_watchers,
+                                    "resume_every": wl.resume_every,
+                                    "watch_keep": wl.watch_keep,
+                                    "expect_compacted": wl.watch_keep > 0})
         for w in self.watchers:  # not nursery.start: a watch holds a nursery of its own
-            self._nursery.start_soon(self._run_watcher, w)
+            nursery.start_soon(self._run_watcher, w)
         for w in self.watchers:
             await w.ready.wait()
         opened = sum(1 for w in self.watchers if w.outcome is None)
@@ -185,21 +174,8 @@ class WatchSession:
 
     async def __aexit__(self, *exc: Any) -> bool:
         await self._stop("aborted")
-        assert self._nursery is not None
-        self._nursery.cancel_scope.cancel()
-        try:
-            # the watcher tasks never raise; the body's exception (if any) goes on unwrapped
-            await self._cm.__aexit__(None, None, None)
-        finally:
-            with trio.CancelScope(shield=True):
-                for client in self.clients:
-                    try:
-                        await client.aclose()
-                    except Exception:  # noqa: BLE001, S110
-                        pass
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+        # the watcher tasks never raise; the body's exception (if any) goes on unwrapped
+        await self._close()
         return False
 
     # ---- the end -------------------------------------------------------------------------
@@ -209,8 +185,7 @@ class WatchSession:
         most ``marker_timeout`` s), ``linger`` s more, then end the watchers."""
         wl = self.workload
         t0 = trio.current_time()
-        client = self.new_client(WATCH_CLIENT_BASE - 1)
-        self.clients.append(client)
+        client = self._client(WATCH_CLIENT_BASE - 1)
         process = MARKER_PROCESS_BASE
         deadline = t0 + wl.marker_timeout
         for key in wl.keys():
@@ -278,8 +253,7 @@ class WatchSession:
         invoke = self.recorder.invoke(WATCH_PROCESS_BASE + w.index, "watch", w.prefix, None,
                                       watcher=w.index)
         try:
-            client = self.new_client(WATCH_CLIENT_BASE + w.index)
-            self.clients.append(client)
+            client = self._client(WATCH_CLIENT_BASE + w.index)
             rng = random.Random(f"{self.workload.seed}-watch-{w.index}")
             token = None
             with w.scope:

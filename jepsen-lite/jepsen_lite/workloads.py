@@ -148,6 +148,55 @@ class NoSession:
         return None
 
 
+class RecordingSession:
+    """What a workload's session with an events file has in common (watch, kvlease): the
+    JSON-lines file it records to (`_write`), the clients it made (`_client`, all closed at
+    the end), and one nursery for its tasks, opened by `_open` and cancelled by `_close`."""
+
+    def __init__(self, new_client: Callable[[int], Any], path: Any):
+        self.new_client = new_client
+        self.path = path
+        self.clients: list[Any] = []
+        self._file: Any = None
+        self._cm: Any = None
+        self._nursery: trio.Nursery | None = None
+
+    def _write(self, record: dict) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
+            self._file.flush()
+
+    def _client(self, index: int) -> Any:
+        client = self.new_client(index)
+        self.clients.append(client)
+        return client
+
+    async def _open(self, config: dict) -> trio.Nursery:
+        """Open the events file (its first record: `config`) and the nursery."""
+        self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in _close
+        self._write(config)
+        self._cm = trio.open_nursery()
+        self._nursery = await self._cm.__aenter__()
+        return self._nursery
+
+    async def _close(self) -> None:
+        """Cancel the nursery's tasks, then close every client and the file."""
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+        try:
+            await self._cm.__aexit__(None, None, None)
+        finally:
+            with trio.CancelScope(shield=True):
+                for client in self.clients:
+                    try:
+                        await client.aclose()
+                    except Exception:  # noqa: BLE001, S110 - closing: nothing to do about it
+                        pass
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
 # -- register ------------------------------------------------------------------------------
 
 
