@@ -24,10 +24,9 @@ from pathlib import Path
 
 import trio
 
+from nokvpy.cli.backup_cmd import _split as split_at
 from nokvpy.client import Client
 from nokvpy.cluster.local import LocalCluster
-from nokvpy.protocol import Freshness
-from nokvpy.protocol.store_rpc import AdminRequest
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -40,20 +39,7 @@ def cpu_seconds(pid: int) -> float:
 async def split_into(client: Client, regions: int, say) -> float:
     t0 = time.monotonic()
     for i in range(1, regions):
-        key = f"r{i:06d}".encode()
-        for _attempt in range(100):
-            route = await client.route(key, Freshness.STRONG)
-            d = route.descriptor
-            if d.start_key == key:
-                break
-            try:
-                addr = await client._store_addr(route.leader_store_id)
-                await client.rpc.call(addr, AdminRequest("split", d.region_id, split_key=key),
-                                      timeout=30.0)
-            except Exception:  # noqa: BLE001 - a leader moving: ask again
-                await trio.sleep(0.2)
-        else:
-            raise SystemExit(f"could not split at {key!r}")
+        await split_at(client, f"r{i:06d}".encode())  # nokv restore's split, leader moves retried
         if i % 50 == 0:
             say(f"{i + 1} regions ({time.monotonic() - t0:.0f}s)")
     return time.monotonic() - t0

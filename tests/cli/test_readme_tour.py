@@ -10,11 +10,11 @@ pid left).
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -62,6 +62,26 @@ def argv_of(line: str, tmp: Path, lease_id: str | None) -> list[str]:
     return out
 
 
+def watch_while_writing(argv: list[str], directory: Path) -> subprocess.CompletedProcess:
+    """Run the tour's `nokv watch` (bounded to one event) and put a key under its prefix
+    until it exits: the watch sees the first put made after it opened, whenever that is."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "nokvpy.cli.main", *argv], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        n = 0
+        while proc.poll() is None and time.monotonic() < deadline:
+            n += 1
+            ok(nokv("kv", "put", "user/9", f"tour{n}", "--dir", directory))
+        out, err = proc.communicate(timeout=30)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 def test_the_tour_block_is_what_this_test_expects():
     lines = tour_lines()
     assert lines[0].startswith("nokv cluster up --dir ./c")
@@ -81,13 +101,9 @@ def test_every_command_of_the_readme_tour_succeeds(tmp_path):
         for line in tour_lines():
             argv = argv_of(line, tmp_path, lease_id)
             if argv[:1] == ["watch"]:
-                # the watch waits for a change: make one while it waits
-                def later():
-                    time.sleep(3)
-                    nokv("kv", "put", "user/9", "tour", "--dir", tmp_path / "c")
-
-                threading.Thread(target=later, daemon=True).start()
-            result = nokv(*argv, timeout=240)
+                result = watch_while_writing(argv, tmp_path / "c")
+            else:
+                result = nokv(*argv, timeout=240)
             assert result.returncode == 0, (line, argv, result.stdout[-2000:],
                                             result.stderr[-2000:])
             if argv[:2] == ["lease", "grant"]:
